@@ -1,0 +1,109 @@
+"""The command line: ``python train.py <command> --config <yaml> [--key value ...]``.
+
+Model commands (``fit``, ``validate``, ``test``, ``predict``) are Lightning's ``LightningCLI``;
+stage commands (``data``, ...) are jsonargparse parsers over the same classes, so one YAML
+syntax (``class_path`` / ``init_args``) and the same ``--print_config`` work everywhere, and a
+data preset (``configs/data/*.yaml``, a top-level ``data:`` block) composes with any model
+config: ``--config configs/data/amazon-beauty.yaml --config configs/tiger/base.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch.cli import LightningCLI
+
+from genrec.artifacts import write_json
+from genrec.data.datamodule import SequenceDataModule
+from genrec.data.formats.base import DataFormatError, MissingItemError
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+class GenRecCLI(LightningCLI):
+    """LightningCLI over every genrec model and data module (subclass mode for both)."""
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            model_class=L.LightningModule,
+            datamodule_class=L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=list(args) if args is not None else None,
+            run=run,
+        )
+
+
+def data_parser() -> ArgumentParser:
+    """Parser of the ``data`` command."""
+    parser = ArgumentParser(prog="train.py data", description="Read a data set, filter, split, and print its statistics.")
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML with a top-level data: block (configs/data/*.yaml)")
+    parser.add_subclass_arguments(SequenceDataModule, "data", required=True, help="The data module and its reader.")
+    parser.add_argument("--output", type=str | None, default=None, help="Also write the statistics as JSON here.")
+    return parser
+
+
+def run_data(args: Sequence[str]) -> dict[str, object]:
+    """``data`` command: statistics and split sizes of a data preset; returns them as a dict."""
+    parser = data_parser()
+    config = parser.parse_args(list(args))
+    datamodule: SequenceDataModule = parser.instantiate_classes(config).data
+    data = datamodule.data
+    split = {stage: len(data.samples(stage)[0]) for stage in ("train", "val", "test")}
+    print(f"data set: {datamodule.name}  ({type(datamodule.source).__name__})")
+    print(data.stats.format())
+    print(f"{'leave-one-out samples train / val / test':<46} {split['train']:,} / {split['val']:,} / {split['test']:,}")
+    result = {"data": datamodule.describe(), "stats": data.stats.as_dict(), "split": split}
+    if config.output:
+        write_json(Path(config.output), result)
+        print(f"wrote {config.output}")
+    return result
+
+
+STAGE_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], object], str]] = {
+    "data": (run_data, "read a data set and print its statistics"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python train.py <command> --config <yaml> [--key value ...]", "", "commands:"]
+    for name in LIGHTNING_COMMANDS:
+        lines.append(f"  {name:<10} Lightning {name} of a model (LightningCLI)")
+    for name, (_, help_text) in STAGE_COMMANDS.items():
+        lines.append(f"  {name:<10} {help_text}")
+    lines.append("")
+    lines.append("`python train.py <command> --help` lists a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``train.py``. Process-wide settings are made here, never at import."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_float32_matmul_precision("high")
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return
+    command, rest = args[0], args[1:]
+    if command not in LIGHTNING_COMMANDS and command not in STAGE_COMMANDS:
+        print(f"unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        if command in LIGHTNING_COMMANDS:
+            GenRecCLI(args=[command, *rest])
+        else:
+            STAGE_COMMANDS[command][0](rest)
+    except (FileNotFoundError, DataFormatError, MissingItemError) as error:
+        # Bad input is the user's to fix: say what and where, without a traceback.
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+__all__ = ["GenRecCLI", "main", "run_data"]

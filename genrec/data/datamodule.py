@@ -1,0 +1,279 @@
+"""LightningDataModules shared by every model.
+
+:class:`SequenceDataModule` serves item-id histories and next-item targets (train: every
+prefix of every training sequence; val/test: the leave-one-out targets with their full
+histories). It knows nothing about semantic IDs or titles: each model maps item ids to its
+own tokens with a table lookup on the device.
+
+:class:`ItemEmbeddingDataModule` serves the rows of an item-embedding matrix to a tokenizer.
+
+Batches are built whole by the dataset (``__getitems__``), with tensor gathers over the flat
+sequence storage: no per-sample Python in the loader.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from genrec.data.formats.base import DataSource, expand
+from genrec.data.sequences import SequenceData, Stage, build_sequences
+
+log = logging.getLogger(__name__)
+
+PAD_ITEM = -1
+"""Value of the padding positions in :attr:`SeqBatch.history`."""
+
+
+@dataclass
+class SeqBatch:
+    """A batch of histories and next-item targets.
+
+    Attributes:
+        users: ``[B]`` int64 dense user ids.
+        history: ``[B, L]`` int64 item ids, oldest first, right-padded with ``PAD_ITEM`` (-1);
+            ``L`` is the longest history in the batch (at most ``max_history``).
+        lengths: ``[B]`` int64 number of real items in each history (>= 1).
+        targets: ``[B]`` int64 the next item of each history.
+    """
+
+    users: torch.Tensor
+    history: torch.Tensor
+    lengths: torch.Tensor
+    targets: torch.Tensor
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """``[B, L]`` bool, True at real (non-padding) history positions."""
+        return self.history != PAD_ITEM
+
+    def __len__(self) -> int:
+        return self.targets.shape[0]
+
+    def to(self, device: torch.device | str) -> SeqBatch:
+        return SeqBatch(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)))
+
+    def pin_memory(self) -> SeqBatch:
+        return SeqBatch(*(getattr(self, f.name).pin_memory() for f in fields(self)))
+
+
+class PrefixDataset(Dataset[SeqBatch]):
+    """Samples ``(user, target position)`` over flat sequences; a batch is gathered at once.
+
+    Args:
+        data: the sequences.
+        users: ``[N]`` user of each sample.
+        positions: ``[N]`` index of each sample's target in its user's sequence (>= 1).
+        max_history: keep at most this many most recent history items.
+    """
+
+    def __init__(self, data: SequenceData, users: torch.Tensor, positions: torch.Tensor, max_history: int) -> None:
+        if max_history < 1:
+            raise ValueError(f"max_history must be >= 1, got {max_history}")
+        self.offsets = data.offsets
+        self.items = data.items
+        self.users = users
+        self.positions = positions
+        self.max_history = max_history
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, index: int) -> SeqBatch:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> SeqBatch:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        users, positions = self.users[idx], self.positions[idx]
+        starts = self.offsets[users]
+        lengths = positions.clamp(max=self.max_history)
+        width = int(lengths.max())
+        steps = torch.arange(width)
+        first = starts + positions - lengths  # global index of each history's oldest kept item
+        gather = first[:, None] + steps[None, :]
+        valid = steps[None, :] < lengths[:, None]
+        history = torch.where(valid, self.items[gather.clamp(max=len(self.items) - 1)], PAD_ITEM)
+        return SeqBatch(users=users, history=history, lengths=lengths, targets=self.items[starts + positions])
+
+
+def _keep_batch(batch: SeqBatch) -> SeqBatch:
+    """The collate function: the dataset already built the batch."""
+    return batch
+
+
+class SequenceDataModule(L.LightningDataModule):
+    """Leave-one-out next-item data from any reader, for every model.
+
+    Args:
+        source: the reader of the on-disk format (a ``genrec.data.formats`` class).
+        name: the data set's preset name, used in messages and artifact records.
+        kcore: keep users and items with at least this many interactions (iterated); 0 disables.
+        min_length: drop users with fewer interactions after filtering (counted); at least 3.
+        max_history: the most recent items kept in a history.
+        batch_size: training batch size (per device).
+        eval_batch_size: validation/test batch size; defaults to ``batch_size``.
+        num_workers: DataLoader worker processes.
+        seed: seed of the training shuffle.
+    """
+
+    def __init__(
+        self,
+        source: DataSource,
+        name: str = "custom",
+        kcore: int = 5,
+        min_length: int = 3,
+        max_history: int = 50,
+        batch_size: int = 256,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["source"])
+        self.source = source
+        self.name = name
+        self.kcore = kcore
+        self.min_length = min_length
+        self.max_history = max_history
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self._data: SequenceData | None = None
+
+    @property
+    def data(self) -> SequenceData:
+        """The filtered sequences, read on first use."""
+        if self._data is None:
+            self._data = self.load()
+        return self._data
+
+    def load(self) -> SequenceData:
+        """Read and filter the data set (no caching; :attr:`data` caches)."""
+        try:
+            raw = self.source.read()
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                f"{error} -- expected by data preset {self.name!r} ({type(self.source).__name__}); "
+                "point the source's path at your copy"
+            ) from error
+        data = build_sequences(raw, kcore=self.kcore, min_length=self.min_length)
+        log.info("data set %s: %d users, %d items, %d interactions", self.name, data.num_users, data.num_items, len(data.items))
+        return data
+
+    def describe(self) -> dict[str, object]:
+        """Everything that determines the data, for artifact records and cache keys."""
+        return {
+            "name": self.name,
+            "source": self.source.describe(),
+            "kcore": self.kcore,
+            "min_length": self.min_length,
+            "max_history": self.max_history,
+        }
+
+    def setup(self, stage: str | None = None) -> None:
+        _ = self.data
+
+    def dataset(self, stage: Stage) -> PrefixDataset:
+        users, positions = self.data.samples(stage)
+        return PrefixDataset(self.data, users, positions, self.max_history)
+
+    def _loader(self, stage: Stage, batch_size: int, shuffle: bool) -> DataLoader[SeqBatch]:
+        return DataLoader(
+            self.dataset(stage),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            collate_fn=_keep_batch,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader[SeqBatch]:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader[SeqBatch]:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader[SeqBatch]:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader[SeqBatch]:
+        return self.test_dataloader()
+
+
+class ItemEmbeddingDataModule(L.LightningDataModule):
+    """Rows of an item-embedding matrix, for training a tokenizer.
+
+    Args:
+        embeddings: a safetensors file with an ``embeddings`` tensor ``[num_items, dim]``
+            (what the ``encode`` stage writes).
+        batch_size: rows per training batch.
+        val_fraction: share of items held out to report reconstruction on unseen rows (0: none;
+            then validation runs over all items).
+        num_workers: DataLoader worker processes.
+        seed: seed of the shuffle and the held-out draw.
+    """
+
+    def __init__(
+        self,
+        embeddings: str,
+        batch_size: int = 1024,
+        val_fraction: float = 0.0,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.path = expand(embeddings)
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.num_workers = num_workers
+        self.seed = seed
+        self._table: torch.Tensor | None = None
+
+    @property
+    def table(self) -> torch.Tensor:
+        """``[num_items, dim]`` float32 embeddings."""
+        if self._table is None:
+            self._table = load_embeddings(self.path)
+        return self._table
+
+    def _split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.table.shape[0]
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        held = int(round(n * self.val_fraction))
+        return order[held:], (order[:held] if held else torch.arange(n))
+
+    def train_dataloader(self) -> DataLoader[torch.Tensor]:
+        train, _ = self._split()
+        return DataLoader(
+            torch.utils.data.TensorDataset(self.table[train]),
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(self.seed),
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader[torch.Tensor]:
+        _, val = self._split()
+        return DataLoader(torch.utils.data.TensorDataset(self.table[val]), batch_size=self.batch_size, num_workers=self.num_workers)
+
+
+def load_embeddings(path: str | Path) -> torch.Tensor:
+    """The ``embeddings`` tensor of a safetensors file as float32 ``[num_items, dim]``."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (run the encode stage first)")
+    tensors = load_file(str(path))
+    if "embeddings" not in tensors:
+        raise KeyError(f"{path} has no 'embeddings' tensor (found {sorted(tensors)})")
+    return tensors["embeddings"].float()

@@ -1,0 +1,17 @@
+"""One reader per on-disk format; each returns :class:`~genrec.data.formats.base.RawData`."""
+
+from genrec.data.formats.base import DataFormatError, DataSource, MissingItemError, RawData, ReadReport
+from genrec.data.formats.lcrec import LCRecSource
+from genrec.data.formats.movielens import MovieLensSource
+from genrec.data.formats.p5 import P5Source
+
+__all__ = [
+    "DataFormatError",
+    "DataSource",
+    "LCRecSource",
+    "MissingItemError",
+    "MovieLensSource",
+    "P5Source",
+    "RawData",
+    "ReadReport",
+]

@@ -1,0 +1,223 @@
+"""The reader contract: what every on-disk format reader returns, and how it reads lines.
+
+A reader (a :class:`DataSource` subclass, one per format) turns files into :class:`RawData`:
+catalogue items in the reader's native order and interaction events ``(user, item, time)``.
+Everything after that (time ordering, k-core, split) is format-independent and lives in
+:mod:`genrec.data.sequences`.
+
+Bad input never disappears: a malformed line raises :class:`DataFormatError` naming the file and
+line, or, with ``skip_bad_lines``, is skipped and counted in :class:`ReadReport`; bytes that are
+not UTF-8 are replaced and counted; events whose item has no catalogue entry raise an error
+naming the item, or with ``missing_items="drop"`` are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from genrec.data.catalog import Item
+
+T = TypeVar("T")
+
+
+class DataFormatError(ValueError):
+    """A file does not have the format its reader expects; the message names file and line."""
+
+
+class MissingItemError(KeyError):
+    """An interaction names an item that has no catalogue entry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass
+class ReadReport:
+    """Counts of everything a reader skipped, replaced or dropped, reported with the statistics.
+
+    Attributes:
+        bad_lines: malformed lines skipped (only with ``skip_bad_lines``), per file name.
+        non_utf8_lines: lines with bytes that were not UTF-8 (replaced by U+FFFD), per file name.
+        missing_item_events: events dropped because their item has no catalogue entry.
+        missing_item_examples: up to 5 such item ids, for the report.
+        duplicate_meta_lines: catalogue lines skipped because their item id was already read
+            (the first entry is kept), per file name.
+    """
+
+    bad_lines: Counter[str] = field(default_factory=Counter)
+    non_utf8_lines: Counter[str] = field(default_factory=Counter)
+    missing_item_events: int = 0
+    missing_item_examples: list[str] = field(default_factory=list)
+    duplicate_meta_lines: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "bad_lines": dict(self.bad_lines),
+            "non_utf8_lines": dict(self.non_utf8_lines),
+            "missing_item_events": self.missing_item_events,
+            "missing_item_examples": list(self.missing_item_examples),
+            "duplicate_meta_lines": dict(self.duplicate_meta_lines),
+        }
+
+
+@dataclass
+class RawData:
+    """What a reader returns.
+
+    Attributes:
+        items: catalogue entries by external id, in the reader's native order (which becomes
+            the dense id order of the final catalogue).
+        users: external user id per event.
+        item_ids: external item id per event; every one is a key of ``items``.
+        timestamps: time of each event (seconds, or a position for formats without time).
+        report: what was skipped or replaced while reading.
+    """
+
+    items: dict[str, Item]
+    users: list[str] = field(default_factory=list)
+    item_ids: list[str] = field(default_factory=list)
+    timestamps: list[float] = field(default_factory=list)
+    report: ReadReport = field(default_factory=ReadReport)
+
+    def add(self, user: str, item: str, timestamp: float) -> None:
+        self.users.append(user)
+        self.item_ids.append(item)
+        self.timestamps.append(timestamp)
+
+    def add_sequence(self, user: str, items: list[str]) -> None:
+        """Add an already time-ordered sequence; positions serve as timestamps."""
+        for position, item in enumerate(items):
+            self.add(user, item, float(position))
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def resolve_file(directory: str | os.PathLike[str], name: str) -> Path:
+    """``directory/name``, or ``directory/name.gz`` when only the compressed file exists.
+
+    Raises:
+        FileNotFoundError: naming both paths tried.
+    """
+    base = Path(os.path.expandvars(os.path.expanduser(str(directory))))
+    plain = base / name
+    if plain.is_file():
+        return plain
+    gz = base / f"{name}.gz"
+    if gz.is_file():
+        return gz
+    raise FileNotFoundError(f"{plain} not found (nor {gz.name})")
+
+
+def expand(path: str | os.PathLike[str]) -> Path:
+    """A user-given path with ``~`` and ``$VARS`` expanded."""
+    return Path(os.path.expandvars(os.path.expanduser(str(path))))
+
+
+def read_text(path: Path, report: ReadReport) -> str:
+    """The whole file (plain or ``.gz``) as text; undecodable bytes replaced and counted."""
+    data = _open_binary(path).read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+        report.non_utf8_lines[path.name] += sum("\ufffd" in line for line in text.splitlines())
+        return text
+
+
+def iter_lines(path: Path, report: ReadReport) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for every non-blank line (1-based numbers, newline stripped).
+
+    Lines with bytes that are not UTF-8 are decoded with replacement and counted in ``report``.
+    """
+    with _open_binary(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                line = raw.decode("utf-8", errors="replace")
+                report.non_utf8_lines[path.name] += 1
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield number, line
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+class DataSource(ABC):
+    """Base class of the format readers.
+
+    Args:
+        skip_bad_lines: skip malformed lines (counted in the report) instead of raising
+            :class:`DataFormatError` at the first one.
+        missing_items: what to do with an interaction whose item has no catalogue entry:
+            ``"error"`` raises naming the item, ``"drop"`` drops the event and counts it.
+    """
+
+    def __init__(self, skip_bad_lines: bool = False, missing_items: Literal["error", "drop"] = "error") -> None:
+        if missing_items not in ("error", "drop"):
+            raise ValueError(f"missing_items must be 'error' or 'drop', not {missing_items!r}")
+        self.skip_bad_lines = skip_bad_lines
+        self.missing_items = missing_items
+
+    @abstractmethod
+    def read(self) -> RawData:
+        """Read the files into items and events."""
+
+    def describe(self) -> dict[str, Any]:
+        """The reader's settings, recorded next to every artifact built from its data."""
+        return {"class": type(self).__qualname__, **{k: _plain(v) for k, v in vars(self).items()}}
+
+    def parse_line(self, path: Path, number: int, line: str, parse: Callable[[str], T], report: ReadReport) -> T | None:
+        """``parse(line)``, or on failure raise naming ``path:number`` (or skip and count)."""
+        try:
+            return parse(line)
+        except Exception as error:  # noqa: BLE001 - any parse failure is a format error here
+            if self.skip_bad_lines:
+                report.bad_lines[path.name] += 1
+                return None
+            raise DataFormatError(f"{path}:{number}: cannot parse line ({type(error).__name__}: {error}): {line[:120]!r}") from error
+
+    def bad_record(self, path: Path, number: int, message: str, report: ReadReport) -> None:
+        """A parsed record misses required content: raise naming ``path:number`` or count a skip."""
+        if self.skip_bad_lines:
+            report.bad_lines[path.name] += 1
+            return
+        raise DataFormatError(f"{path}:{number}: {message}")
+
+    def keep_event(self, raw: RawData, item: str, where: str) -> bool:
+        """Whether an event on ``item`` can be kept; raises (or counts a drop) when the item has
+        no catalogue entry. ``where`` names the file and line or the user, for the message."""
+        if item in raw.items:
+            return True
+        if self.missing_items == "error":
+            raise MissingItemError(
+                f"{where}: item {item!r} has no catalogue entry "
+                "(set missing_items: drop to drop such events and count them)"
+            )
+        raw.report.missing_item_events += 1
+        if len(raw.report.missing_item_examples) < 5 and item not in raw.report.missing_item_examples:
+            raw.report.missing_item_examples.append(item)
+        return False
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,74 @@
+import torch
+
+from genrec.data.catalog import Item
+from genrec.data.datamodule import PAD_ITEM, SeqBatch, SequenceDataModule
+from genrec.data.formats.base import DataSource, RawData
+
+
+class ListSource(DataSource):
+    """In-memory sequences, for tests."""
+
+    def __init__(self, sequences: dict[str, list[str]]) -> None:
+        super().__init__()
+        self.sequences = sequences
+
+    def read(self) -> RawData:
+        names = sorted({i for seq in self.sequences.values() for i in seq})
+        raw = RawData(items={n: Item.from_raw(n, title=n) for n in names})
+        for user, seq in self.sequences.items():
+            raw.add_sequence(user, seq)
+        return raw
+
+
+SEQS = {"u0": ["a", "b", "c", "d", "e", "f"], "u1": ["c", "a", "b"], "u2": ["f", "e", "d", "c"]}
+
+
+def _module(**kwargs) -> SequenceDataModule:
+    dm = SequenceDataModule(ListSource(SEQS), kcore=0, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def _ids(dm, row):
+    return [dm.data.catalog[i].external_id for i in row if i != PAD_ITEM]
+
+
+def test_train_batches_are_every_prefix_of_the_training_part():
+    dm = _module(batch_size=100, max_history=50)
+    batch = next(iter(dm.train_dataloader()))
+    assert isinstance(batch, SeqBatch)
+    pairs = sorted((tuple(_ids(dm, h.tolist())), dm.data.catalog[t].external_id) for h, t in zip(batch.history, batch.targets))
+    # u0 training part a b c d -> (a)->b, (a b)->c, (a b c)->d ; u1 part 'c' -> none ; u2 'f e' -> (f)->e
+    assert pairs == [(("a",), "b"), (("a", "b"), "c"), (("a", "b", "c"), "d"), (("f",), "e")]
+    assert (batch.lengths == batch.mask.sum(1)).all()
+    assert batch.history.shape == (4, 3)
+
+
+def test_eval_batches_hold_full_history_and_respect_max_history():
+    dm = _module(batch_size=2, max_history=3)
+    val = next(iter(dm.val_dataloader()))
+    test = next(iter(dm.test_dataloader()))
+    assert _ids(dm, val.history[0].tolist()) == ["b", "c", "d"]  # u0: a..d, last 3 kept
+    assert dm.data.catalog[int(val.targets[0])].external_id == "e"
+    assert _ids(dm, test.history[0].tolist()) == ["c", "d", "e"]
+    assert dm.data.catalog[int(test.targets[0])].external_id == "f"
+    assert _ids(dm, test.history[1].tolist()) == ["c", "a"]
+    assert test.history[1, 2] == PAD_ITEM and test.lengths.tolist() == [3, 2]
+    assert sum(len(b) for b in dm.test_dataloader()) == 3
+
+
+def test_training_shuffle_is_deterministic_per_seed():
+    order = lambda dm: torch.cat([b.targets for b in dm.train_dataloader()]).tolist()  # noqa: E731
+    a, b, c = order(_module(batch_size=1, seed=1)), order(_module(batch_size=1, seed=1)), order(_module(batch_size=1, seed=7))
+    assert a == b
+    assert sorted(a) == sorted(c)
+
+
+def test_batches_move_and_pin():
+    dm = _module(batch_size=4)
+    batch = next(iter(dm.val_dataloader()))
+    moved = batch.to("cpu")
+    assert torch.equal(moved.history, batch.history)
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    assert isinstance(move_data_to_device(batch, torch.device("cpu")), SeqBatch)
