@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 _WHITESPACE = re.compile(r"\s+")
-_TAG = re.compile(r"<[^>]{0,200}>")
+_TAG = re.compile(r"</?[A-Za-z][^<>]{0,200}>")
 _OPTIONAL = re.compile(r"\[([^\[\]]*)\]")
 _FIELD = re.compile(r"\{(\w+)\}")
 
@@ -30,7 +30,7 @@ def clean_text(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):
-        return ", ".join(s for s in (clean_text(v) for v in value) if s)
+        return " ".join(s for s in (clean_text(v) for v in value) if s)
     text = html.unescape(html.unescape(str(value)))
     text = _TAG.sub(" ", text)
     return _WHITESPACE.sub(" ", text).strip()

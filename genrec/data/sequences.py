@@ -70,6 +70,8 @@ class DataStats:
             rows.append(("malformed lines skipped", _per_file(read["bad_lines"])))
         if read.get("non_utf8_lines"):
             rows.append(("lines with non-UTF-8 bytes (replaced)", _per_file(read["non_utf8_lines"])))
+        if read.get("duplicate_meta_lines"):
+            rows.append(("duplicate meta lines (first kept)", _per_file(read["duplicate_meta_lines"])))
         if read.get("missing_item_events"):
             examples = ", ".join(read.get("missing_item_examples", []))
             rows.append(("events on items without catalogue entry (dropped)", f"{read['missing_item_events']:,} (e.g. {examples})"))

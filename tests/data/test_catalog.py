@@ -1,13 +1,21 @@
 import pytest
 
-from genrec.data.catalog import DEFAULT_TEMPLATE, Item, ItemCatalog, clean_categories, clean_text, render
+from genrec.data.catalog import (
+    DEFAULT_TEMPLATE,
+    Item,
+    ItemCatalog,
+    clean_categories,
+    clean_text,
+    render,
+)
 
 
 def test_clean_text_unescapes_html_and_normalises_whitespace():
     assert clean_text("AT&amp;T  210\n Phone ") == "AT&T 210 Phone"
     assert clean_text("a &amp;amp; b") == "a & b"  # double-escaped in some Amazon dumps
     assert clean_text("<b>Bold</b>\ttext") == "Bold text"
-    assert clean_text(["First line.", "", " Second  "]) == "First line., Second"
+    assert clean_text(["First line.", "", " Second  "]) == "First line. Second"
+    assert clean_text("size &lt;5mm&gt;") == "size <5mm>"  # not a tag
     assert clean_text(None) == ""
 
 

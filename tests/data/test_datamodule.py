@@ -37,7 +37,7 @@ def test_train_batches_are_every_prefix_of_the_training_part():
     dm = _module(batch_size=100, max_history=50)
     batch = next(iter(dm.train_dataloader()))
     assert isinstance(batch, SeqBatch)
-    pairs = sorted((tuple(_ids(dm, h.tolist())), dm.data.catalog[t].external_id) for h, t in zip(batch.history, batch.targets))
+    pairs = sorted((tuple(_ids(dm, h.tolist())), dm.data.catalog[t].external_id) for h, t in zip(batch.history, batch.targets, strict=True))
     # u0 training part a b c d -> (a)->b, (a b)->c, (a b c)->d ; u1 part 'c' -> none ; u2 'f e' -> (f)->e
     assert pairs == [(("a",), "b"), (("a", "b"), "c"), (("a", "b", "c"), "d"), (("f",), "e")]
     assert (batch.lengths == batch.mask.sum(1)).all()

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from genrec.data.formats import DataFormatError, LCRecSource, MissingItemError, MovieLensSource, P5Source
+from genrec.data.formats import (
+    DataFormatError,
+    LCRecSource,
+    MissingItemError,
+    MovieLensSource,
+    P5Source,
+)
 from genrec.data.sequences import build_sequences
 
 

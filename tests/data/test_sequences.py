@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from genrec.data.catalog import Item
 from genrec.data.formats.base import RawData

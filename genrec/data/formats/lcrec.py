@@ -14,7 +14,14 @@ import json
 from typing import Any, Literal
 
 from genrec.data.catalog import Item
-from genrec.data.formats.base import DataFormatError, DataSource, RawData, ReadReport, read_text, resolve_file
+from genrec.data.formats.base import (
+    DataFormatError,
+    DataSource,
+    RawData,
+    ReadReport,
+    read_text,
+    resolve_file,
+)
 
 
 class LCRecSource(DataSource):

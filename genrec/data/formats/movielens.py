@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Literal
 
 from genrec.data.catalog import Item
-from genrec.data.formats.base import DataFormatError, DataSource, RawData, ReadReport, expand, iter_lines, resolve_file
+from genrec.data.formats.base import (
+    DataFormatError,
+    DataSource,
+    RawData,
+    ReadReport,
+    expand,
+    iter_lines,
+    resolve_file,
+)
 
 
 def recbole_ml100k_dir() -> Path:

@@ -17,7 +17,15 @@ import json
 from typing import Literal
 
 from genrec.data.catalog import Item
-from genrec.data.formats.base import DataFormatError, DataSource, RawData, ReadReport, expand, iter_lines, read_text, resolve_file
+from genrec.data.formats.base import (
+    DataFormatError,
+    DataSource,
+    RawData,
+    ReadReport,
+    iter_lines,
+    read_text,
+    resolve_file,
+)
 
 
 class P5Source(DataSource):
