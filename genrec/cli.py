@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LightningCLI
 from genrec.artifacts import write_json
 from genrec.data.datamodule import SequenceDataModule
 from genrec.data.formats.base import DataFormatError, MissingItemError
+from genrec.encode import EncoderConfig, encode_catalog
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -67,8 +68,30 @@ def run_data(args: Sequence[str]) -> dict[str, object]:
     return result
 
 
+def encode_parser() -> ArgumentParser:
+    """Parser of the ``encode`` command."""
+    parser = ArgumentParser(prog="train.py encode", description="Embed every item's text with a modality encoder.")
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML(s): a data: block and encoder:/encode: blocks")
+    parser.add_subclass_arguments(SequenceDataModule, "data", required=True, help="The data set whose items are encoded.")
+    parser.add_class_arguments(EncoderConfig, "encoder", help="The modality encoder.")
+    parser.add_function_arguments(encode_catalog, "encode", skip={"catalog", "encoder", "data_name"})
+    return parser
+
+
+def run_encode(args: Sequence[str]) -> Path:
+    """``encode`` command: writes (or reuses) the item-embedding file and returns its path."""
+    parser = encode_parser()
+    config = parser.parse_args(list(args))
+    init = parser.instantiate_classes(config)
+    datamodule: SequenceDataModule = init.data
+    path = encode_catalog(datamodule.data.catalog, encoder=init.encoder, data_name=datamodule.name, **vars(config.encode))
+    print(f"embeddings: {path}")
+    return path
+
+
 STAGE_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], object], str]] = {
     "data": (run_data, "read a data set and print its statistics"),
+    "encode": (run_encode, "embed every item's text (modality encoder) into a safetensors file"),
 }
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from genrec.cli import main, run_data
+from genrec.cli import main, run_data, run_encode
+from genrec.encode import embedding_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
@@ -39,11 +40,44 @@ def test_data_config(config, monkeypatch):
         assert (stats["users"], stats["items"], stats["interactions"]) == EXPECTED[config]
 
 
+TINY_DATA = {
+    "data": {
+        "class_path": "genrec.data.SequenceDataModule",
+        "init_args": {
+            "name": "tiny",
+            "kcore": 0,
+            "source": {
+                "class_path": "genrec.data.synthetic.SyntheticSource",
+                "init_args": {"num_users": 40, "num_items": 60, "num_categories": 4, "num_brands": 8, "max_length": 10},
+            },
+        },
+    }
+}
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> str:
+    path = tmp_path / "tiny-data.yaml"
+    path.write_text(yaml.safe_dump(TINY_DATA))
+    return str(path)
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.startswith("configs/encode/")])
+def test_encode_config(config, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "emb.safetensors"
+    path = run_encode(["--config", tiny_data, "--config", config, "--encode.output", str(out), "--encode.accelerator", "cpu"])
+    meta = embedding_metadata(path)
+    items = run_data(["--config", tiny_data])["stats"]["items"]
+    assert path == out and meta["num_items"] == str(items)
+    assert meta["model"] == yaml.safe_load((ROOT / config).read_text())["encoder"]["model"]
+
+
 def test_every_config_is_covered():
-    """Each config has a key this test module knows how to run."""
+    """Each config has a block this test module knows how to run."""
     for config in CONFIGS:
         keys = set(yaml.safe_load((ROOT / config).read_text()))
-        assert keys & {"data", "model"}, f"{config} has neither data: nor model:"
+        assert keys & {"data", "model", "encoder"}, f"{config} has none of data:, model:, encoder:"
 
 
 def test_cli_reports_bad_input_without_traceback(capsys, monkeypatch):

@@ -1,0 +1,66 @@
+"""Benchmark rows: print a table and append it to docs/benchmarks.md with command, device, date.
+
+Each benchmark owns one section (``## <title>``) of docs/benchmarks.md holding one markdown
+table; a run appends its rows under that section (creating it if needed), so the file keeps the
+history of every measured number with what produced it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def device_name() -> str:
+    """The device the numbers come from, e.g. ``NVIDIA H100 80GB HBM3`` or ``CPU (2 threads)``."""
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        return f"{torch.cuda.get_device_name(0)}" + (f" x{count}" if count > 1 else "")
+    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def command_line() -> str:
+    """The command as typed (``python -m bench.x --flag ...``)."""
+    argv = list(getattr(sys, "orig_argv", sys.argv))
+    argv[0] = "python"
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def format_table(rows: list[dict[str, object]]) -> str:
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def record(section: str, rows: list[dict[str, object]], note: str = "", path: Path = BENCHMARKS) -> None:
+    """Print ``rows`` and append them (with date, device and command) under ``## section``."""
+    stamp = {"date": dt.date.today().isoformat(), "device": device_name(), "command": f"`{command_line()}`"}
+    rows = [{**row, **stamp} for row in rows]
+    table = format_table(rows)
+    print(table)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number here was measured by a script in bench/; each row names its command, device and date.\n"
+    header = f"\n## {section}\n"
+    body = table.split("\n", 2)
+    if header in text:
+        start = text.index(header) + len(header)
+        end = text.find("\n## ", start)
+        end = len(text) if end < 0 else end
+        block = text[start:end].rstrip("\n")
+        # append rows to the section's table (columns must match; otherwise start a new table)
+        if body[0] in block:
+            block = block + "\n" + body[2]
+        else:
+            block = block + "\n\n" + table
+        text = text[:start] + block + "\n" + text[end:]
+    else:
+        text = text.rstrip("\n") + "\n" + header + (f"\n{note}\n" if note else "") + "\n" + table + "\n"
+    path.write_text(text)
