@@ -70,6 +70,8 @@ class DataStats:
             rows.append(("malformed lines skipped", _per_file(read["bad_lines"])))
         if read.get("non_utf8_lines"):
             rows.append(("lines with non-UTF-8 bytes (replaced)", _per_file(read["non_utf8_lines"])))
+        for reason, count in read.get("filtered_events", {}).items():
+            rows.append((f"events filtered ({reason})", f"{count:,}"))
         if read.get("duplicate_meta_lines"):
             rows.append(("duplicate meta lines (first kept)", _per_file(read["duplicate_meta_lines"])))
         if read.get("missing_item_events"):

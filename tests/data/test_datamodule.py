@@ -72,3 +72,17 @@ def test_batches_move_and_pin():
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
     assert isinstance(move_data_to_device(batch, torch.device("cpu")), SeqBatch)
+
+
+def test_distributed_sampler_shards_without_loss():
+    """Under DDP, Lightning swaps in a DistributedSampler; batches still come whole."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    dm = _module(batch_size=2)
+    dataset = dm.dataset("test")
+    seen = []
+    for rank in (0, 1):
+        sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=False)
+        loader = DataLoader(dataset, batch_size=2, sampler=sampler, collate_fn=lambda b: b)
+        seen += [u for batch in loader for u in batch.users.tolist()]
+    assert sorted(set(seen)) == [0, 1, 2]  # 3 users over 2 ranks: one padded repeat, none lost

@@ -125,7 +125,8 @@ def test_movielens_atomic_files(tmp_path, compress):
     data = build_sequences(raw, kcore=0)
     # user 7: item 1 at t=50, then items 2 and 3 tie at t=100 and keep file order
     assert [data.catalog[i].external_id for i in data.sequence(0).tolist()] == ["1", "2", "3"]
-    assert len(MovieLensSource(path=str(tmp_path), min_rating=3).read()) == 4
+    filtered = MovieLensSource(path=str(tmp_path), min_rating=3).read()
+    assert len(filtered) == 4 and filtered.report.filtered_events == {"rating < 3": 2}  # counted, not lost
 
 
 def test_movielens_bad_row(tmp_path):

@@ -48,6 +48,7 @@ class ReadReport:
         non_utf8_lines: lines with bytes that were not UTF-8 (replaced by U+FFFD), per file name.
         missing_item_events: events dropped because their item has no catalogue entry.
         missing_item_examples: up to 5 such item ids, for the report.
+        filtered_events: events a reader option filtered out, per reason (e.g. ``rating < 4``).
         duplicate_meta_lines: catalogue lines skipped because their item id was already read
             (the first entry is kept), per file name.
     """
@@ -57,6 +58,7 @@ class ReadReport:
     missing_item_events: int = 0
     missing_item_examples: list[str] = field(default_factory=list)
     duplicate_meta_lines: Counter[str] = field(default_factory=Counter)
+    filtered_events: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +67,7 @@ class ReadReport:
             "missing_item_events": self.missing_item_events,
             "missing_item_examples": list(self.missing_item_examples),
             "duplicate_meta_lines": dict(self.duplicate_meta_lines),
+            "filtered_events": dict(self.filtered_events),
         }
 
 

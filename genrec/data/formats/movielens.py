@@ -108,6 +108,7 @@ class MovieLensSource(DataSource):
                 self.bad_record(inter_path, number, f"bad row ({error})", report)
                 continue
             if self.min_rating and not rating >= self.min_rating:
+                report.filtered_events[f"rating < {self.min_rating:g}"] += 1
                 continue
             if self.keep_event(raw, row["item_id"], f"{inter_path}:{number}"):
                 raw.add(row["user_id"], row["item_id"], timestamp)
