@@ -1,0 +1,431 @@
+"""Constrained beam search over a prefix trie of item token sequences, batched on the device.
+
+Both recommenders decode an item as a token sequence: TIGER its semantic ID (fixed length, one
+code per level), the LM recommender its title tokens (variable length, ending with EOS). Only
+real items may come out, so every step masks the continuations that leave the trie.
+
+:class:`PrefixTrie` stores the trie as tensors in CSR form. Node 0 is the root; the children of
+node ``n`` are the edges ``child_ptr[n] : child_ptr[n + 1]``, sorted by token, with their tokens in
+``child_token`` and their nodes in ``child_node``; ``leaf_item[n]`` is the item id a node ends
+(``-1`` for inner nodes). Memory is ``O(nodes)``, independent of the vocabulary, so a 50k-token
+vocabulary with 250k title nodes costs a few MB, where a dense node x vocab table would not fit.
+
+:func:`constrained_beam_search` keeps ``W`` live beams per batch row, all at the same depth, and a
+separate pool of the ``K`` best finished items per row. At step ``t`` each live beam's children are
+gathered as a padded ``[B*W, D_t]`` block (``D_t``: the largest out-degree at depth ``t``, known
+when the trie is built, so shapes are static and nothing syncs with the host), scored with the
+model's log-probs, and split: children that end an item compete for the pool, the others for the
+``W`` live beams. Items of different lengths therefore compete by score, and a finished item does
+not take a live beam's place.
+
+The model is a callback (see :class:`StepFn`): it receives the tokens just chosen and, for every
+new beam, the row of its previous output that the beam extends, so it can reorder its KV cache
+or decoder state with ``index_select(0, parents)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, NamedTuple, Protocol, TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+S = TypeVar("S")
+
+
+class StepFn(Protocol[S]):
+    """The model callback of :func:`constrained_beam_search` and :func:`score_all_items`.
+
+    ``step(tokens, parents, state) -> (log_probs, new_state)``
+
+    * First call: ``tokens is None`` and ``parents is None``. Return the log-probs of the first
+      item token, ``[R0, V]``, where ``R0`` is a multiple of the batch size ``B``: either ``B``
+      (one row per batch row, so a long prompt is prefilled once; recommended) or ``B * W``
+      (rows ``b * W .. b * W + W - 1`` for batch row ``b``, as when the state was built with
+      ``repeat_interleave(W, dim=0)``; only the first row of each batch row is read).
+    * Every later call: ``tokens`` ``[B * W]`` int64 is the token just chosen for each beam, and
+      ``parents`` ``[B * W]`` int64 is, for each beam, the row of the *previous call's* output
+      (hence of the state as the previous call left it) that the beam extends. Beam ``w`` of
+      batch row ``b`` is row ``b * W + w``, and its parent is always a row of the same batch row.
+      The model must first reorder or expand its state, e.g. ``cache.reorder_cache(parents)`` or
+      ``h = h.index_select(0, parents)`` (this also expands ``B`` rows to ``B * W`` after the
+      first call), then feed ``tokens`` and return the next-token log-probs ``[B * W, V]``.
+    * Rows of dead beams (score ``-inf``, when a row has fewer than ``W`` live prefixes) carry an
+      arbitrary valid token; their outputs are ignored but must not raise.
+    * Log-probs must be normalised (``<= 0``, e.g. ``log_softmax``) when ``early_stop`` is on:
+      the search stops once no live beam can beat the ``K``-th finished item, which holds only
+      if scores never increase. Any float dtype; scores accumulate in at least float32.
+    """
+
+    def __call__(self, tokens: Tensor | None, parents: Tensor | None, state: S) -> tuple[Tensor, S]: ...
+
+
+class BeamResult(NamedTuple):
+    """The best items of each batch row, best first.
+
+    Attributes:
+        items: ``[B, K]`` int64 item ids, distinct per row; ``-1`` in slots with no item.
+        scores: ``[B, K]`` float, each item's summed token log-probs; ``-inf`` where no item.
+    """
+
+    items: Tensor
+    scores: Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class PrefixTrie:
+    """A prefix trie of item token sequences, as CSR tensors (see the module docstring).
+
+    Build it with :meth:`from_sequences`. Nodes are numbered in depth-first pre-order (root 0);
+    every non-root node is the target of exactly one edge.
+
+    Attributes:
+        child_ptr: ``[num_nodes + 1]`` int64, edges of node ``n`` are ``child_ptr[n]:child_ptr[n+1]``.
+        child_token: ``[E]`` int64, the token of each edge, ascending within a node's slice.
+        child_node: ``[E]`` int64, the node each edge leads to.
+        edge_key: ``[E]`` int64, ``parent * vocab_size + token`` per edge, globally ascending
+            (what :meth:`advance` searches).
+        leaf_item: ``[num_nodes]`` int64, the item id a node completes, ``-1`` for inner nodes.
+        depth: ``[num_nodes]`` int64, tokens from the root.
+        items: ``[N]`` int64, item ids in the order the sequences were given.
+        item_tokens: ``[N, max_depth]`` int64, each item's tokens, padded with ``-1``.
+        item_lengths: ``[N]`` int64, each item's number of tokens.
+        vocab_size: tokens are ``0 .. vocab_size - 1``.
+        max_depth: the longest sequence.
+        degree_by_depth: ``max_depth`` host ints, the largest out-degree among nodes at depth
+            ``t``; the width of the child block beam search gathers at step ``t``.
+    """
+
+    child_ptr: Tensor
+    child_token: Tensor
+    child_node: Tensor
+    edge_key: Tensor
+    leaf_item: Tensor
+    depth: Tensor
+    items: Tensor
+    item_tokens: Tensor
+    item_lengths: Tensor
+    vocab_size: int
+    max_depth: int
+    degree_by_depth: tuple[int, ...]
+
+    @classmethod
+    def from_sequences(
+        cls,
+        seqs: Sequence[Sequence[int]] | Tensor | np.ndarray,
+        item_ids: Sequence[int] | Tensor | None = None,
+        vocab_size: int | None = None,
+    ) -> PrefixTrie:
+        """Build the trie from one token sequence per item.
+
+        Args:
+            seqs: ``N`` non-empty sequences of token ids (lists, tuples, or an ``[N, L]`` tensor /
+                array for fixed length). Lengths may differ, but no sequence may be a proper prefix
+                of another: end variable-length sequences with an end token (EOS).
+            item_ids: ``N`` item ids, one per sequence (default ``0 .. N-1``), returned by search.
+            vocab_size: size of the model's vocabulary (default: largest token + 1); the width of
+                :meth:`next_mask`.
+
+        Raises:
+            ValueError: no sequences, an empty sequence, a negative or out-of-vocabulary token, two
+                items with the same sequence, or one item's sequence a proper prefix of another's.
+        """
+        if isinstance(seqs, (Tensor, np.ndarray)):
+            seqs = seqs.tolist()
+        tuples = [tuple(int(t) for t in s) for s in seqs]
+        n = len(tuples)
+        if n == 0:
+            raise ValueError("PrefixTrie needs at least one sequence")
+        ids = list(range(n)) if item_ids is None else [int(i) for i in (item_ids.tolist() if isinstance(item_ids, Tensor) else item_ids)]
+        if len(ids) != n:
+            raise ValueError(f"{len(ids)} item ids for {n} sequences")
+        if len(set(ids)) != n:
+            raise ValueError("item ids must be distinct")
+        if min(ids) < 0:
+            raise ValueError("item ids must be >= 0 (-1 marks an empty result slot)")
+        for i, s in enumerate(tuples):
+            if not s:
+                raise ValueError(f"item {ids[i]} has an empty token sequence")
+            if min(s) < 0:
+                raise ValueError(f"item {ids[i]} has a negative token: {s}")
+        max_token = max(max(s) for s in tuples)
+        vocab = max_token + 1 if vocab_size is None else int(vocab_size)
+        if max_token >= vocab:
+            raise ValueError(f"token {max_token} outside the vocabulary of size {vocab}")
+
+        # Lexicographic order: shared prefixes are adjacent, a prefix precedes its extensions, and
+        # pre-order node creation lists every node's children in ascending token order.
+        order = sorted(range(n), key=tuples.__getitem__)
+        parent = [-1]
+        token = [-1]
+        depth = [0]
+        leaf = [-1]
+        path = [0]  # node ids along the previous sequence, path[d] at depth d
+        prev: tuple[int, ...] = ()
+        prev_item = -1
+        for i in order:
+            s = tuples[i]
+            lcp = 0
+            for a, b in zip(prev, s, strict=False):
+                if a != b:
+                    break
+                lcp += 1
+            if prev and lcp == len(prev):
+                what = "the same token sequence as" if len(s) == len(prev) else "a proper prefix:"
+                raise ValueError(
+                    f"item {ids[prev_item]} has {what} item {ids[i]} ({list(prev)} vs {list(s)}); "
+                    "disambiguate identical sequences and end variable-length ones with EOS"
+                )
+            del path[lcp + 1 :]
+            for d in range(lcp, len(s)):
+                parent.append(path[d])
+                token.append(s[d])
+                depth.append(d + 1)
+                leaf.append(-1)
+                path.append(len(parent) - 1)
+            leaf[path[-1]] = ids[i]
+            prev, prev_item = s, i
+
+        parent_np = np.asarray(parent, dtype=np.int64)
+        token_np = np.asarray(token, dtype=np.int64)
+        depth_np = np.asarray(depth, dtype=np.int64)
+        num_nodes = len(parent)
+        # Edges grouped by parent (stable, so tokens stay ascending within each parent).
+        edge_nodes = 1 + np.argsort(parent_np[1:], kind="stable")
+        edge_parent = parent_np[edge_nodes]
+        counts = np.bincount(edge_parent, minlength=num_nodes)
+        child_ptr = np.zeros(num_nodes + 1, dtype=np.int64)
+        np.cumsum(counts, out=child_ptr[1:])
+        max_depth = int(depth_np.max())
+        degree = np.zeros(max_depth, dtype=np.int64)
+        inner = depth_np < max_depth
+        np.maximum.at(degree, depth_np[inner], counts[inner])
+
+        lengths = np.asarray([len(s) for s in tuples], dtype=np.int64)
+        padded = np.full((n, max_depth), -1, dtype=np.int64)
+        for i, s in enumerate(tuples):
+            padded[i, : len(s)] = s
+        return cls(
+            child_ptr=torch.from_numpy(child_ptr),
+            child_token=torch.from_numpy(token_np[edge_nodes]),
+            child_node=torch.from_numpy(edge_nodes),
+            edge_key=torch.from_numpy(edge_parent * vocab + token_np[edge_nodes]),
+            leaf_item=torch.tensor(leaf, dtype=torch.int64),
+            depth=torch.from_numpy(depth_np),
+            items=torch.tensor(ids, dtype=torch.int64),
+            item_tokens=torch.from_numpy(padded),
+            item_lengths=torch.from_numpy(lengths),
+            vocab_size=vocab,
+            max_depth=max_depth,
+            degree_by_depth=tuple(int(d) for d in degree),
+        )
+
+    @property
+    def num_nodes(self) -> int:
+        return self.leaf_item.numel()
+
+    @property
+    def num_items(self) -> int:
+        return self.items.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.child_ptr.device
+
+    def to(self, device: torch.device | str) -> PrefixTrie:
+        """A copy with every tensor on ``device``."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
+        return replace(self, **moved)
+
+    def num_children(self, nodes: Tensor) -> Tensor:
+        """Out-degree of ``nodes`` ``[M]`` -> ``[M]`` int64 (0 for leaves)."""
+        return self.child_ptr[nodes + 1] - self.child_ptr[nodes]
+
+    def children(self, nodes: Tensor, width: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The first ``width`` children of each node, padded; no host sync.
+
+        Args:
+            nodes: ``[M]`` int64 node ids.
+            width: ``D``, the block width (default: the largest out-degree of the trie). Children
+                beyond ``width`` are left out.
+
+        Returns:
+            ``tokens [M, D]`` int64, ``child_nodes [M, D]`` int64 and ``valid [M, D]`` bool;
+            ``tokens`` and ``child_nodes`` hold in-range placeholders where ``valid`` is False.
+        """
+        width = max(self.degree_by_depth, default=0) if width is None else width
+        start = self.child_ptr[nodes]
+        count = self.child_ptr[nodes + 1] - start
+        offsets = torch.arange(width, device=nodes.device)
+        valid = offsets < count[:, None]
+        edge = (start[:, None] + offsets).clamp_(max=max(self.child_token.numel() - 1, 0))
+        return self.child_token[edge], self.child_node[edge], valid
+
+    def valid_tokens(self, nodes: Tensor) -> tuple[Tensor, Tensor]:
+        """All allowed next tokens of ``nodes`` ``[M]``, flat (one host sync for the total).
+
+        Returns:
+            ``rows [E']`` int64 (index into ``nodes``) and ``tokens [E']`` int64, where ``E'`` is
+            the total out-degree of ``nodes``.
+        """
+        start = self.child_ptr[nodes]
+        count = self.child_ptr[nodes + 1] - start
+        rows = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), count)
+        first = torch.cumsum(count, 0) - count
+        edge = start[rows] + torch.arange(rows.numel(), device=nodes.device) - first[rows]
+        return rows, self.child_token[edge]
+
+    def next_mask(self, nodes: Tensor, vocab_size: int | None = None) -> Tensor:
+        """Allowed next tokens as a dense mask: ``nodes [M]`` -> ``[M, vocab_size]`` bool.
+
+        Add ``torch.where(mask, 0, -inf)`` to logits to constrain them. Memory ``M x V``; beam
+        search itself never builds it.
+        """
+        vocab = self.vocab_size if vocab_size is None else vocab_size
+        rows, tokens = self.valid_tokens(nodes)
+        mask = torch.zeros(nodes.numel(), vocab, dtype=torch.bool, device=nodes.device)
+        mask[rows, tokens] = True
+        return mask
+
+    def advance(self, nodes: Tensor, tokens: Tensor) -> Tensor:
+        """Follow one edge per node: ``nodes [M]``, ``tokens [M]`` -> child nodes ``[M]`` int64.
+
+        ``-1`` where the token is not a child of the node, or where the node is ``-1``.
+        A binary search in the globally sorted ``edge_key``; no host sync.
+        """
+        key = nodes * self.vocab_size + tokens
+        pos = torch.searchsorted(self.edge_key, key).clamp_(max=max(self.edge_key.numel() - 1, 0))
+        found = (self.edge_key[pos] == key) & (nodes >= 0) & (tokens >= 0) & (tokens < self.vocab_size)
+        return torch.where(found, self.child_node[pos], torch.full_like(nodes, -1))
+
+
+def constrained_beam_search(
+    step: StepFn[Any],
+    trie: PrefixTrie,
+    batch_size: int,
+    beam_width: int,
+    num_results: int,
+    state: Any = None,
+    max_steps: int | None = None,
+    early_stop: bool = True,
+) -> BeamResult:
+    """Beam search that can only produce items of ``trie``, for a batch of ``B`` queries at once.
+
+    Step 0 starts every batch row from the root with one live beam. At step ``t`` the children of
+    the ``W`` live beams are scored ``beam score + log p(token)``; those that complete an item
+    compete (by score) with the finished items found so far for the ``K`` result slots, the
+    others for the ``W`` live beams of step ``t + 1``. Every hypothesis is a distinct trie path,
+    so an item is produced at most once per row. With ``W`` at least the number of distinct
+    prefixes at every depth (e.g. ``W >= trie.num_items``) the result is exact: the ``K`` items of
+    highest sequence log-prob (see :func:`score_all_items`).
+
+    Runs on ``trie.device``; the model's log-probs must be there too. The loop has no host sync
+    except, with ``early_stop``, one boolean per step.
+
+    Args:
+        step: the model callback; its contract is in :class:`StepFn`.
+        trie: the items, on the device the model runs on.
+        batch_size: ``B``.
+        beam_width: ``W`` live beams per row (may exceed the number of items).
+        num_results: ``K`` items per row.
+        state: the model's initial state, passed to the first ``step`` call.
+        max_steps: stop after this many tokens (default ``trie.max_depth``); longer items are
+            never produced.
+        early_stop: stop once, in every row, ``K`` items are found and no live beam scores above
+            the ``K``-th (exact for normalised log-probs; costs one host sync per step).
+
+    Returns:
+        :class:`BeamResult` with ``items [B, K]`` and ``scores [B, K]``, best first.
+    """
+    if batch_size < 1 or beam_width < 1 or num_results < 1:
+        raise ValueError("batch_size, beam_width and num_results must be >= 1")
+    device = trie.device
+    B, W, K = batch_size, beam_width, num_results
+    steps = trie.max_depth if max_steps is None else min(max_steps, trie.max_depth)
+    neg_inf = float("-inf")
+
+    log_probs, state = step(None, None, state)
+    rows0 = log_probs.shape[0]
+    if rows0 % B:
+        raise ValueError(f"the first step returned {rows0} rows, not a multiple of batch_size {B}")
+    width = rows0 // B  # live beams per row in the current step (1 or W at step 0)
+    score_dtype = torch.promote_types(log_probs.dtype, torch.float32)
+    scores = torch.full((B, width), neg_inf, dtype=score_dtype, device=device)
+    scores[:, 0] = 0.0
+    nodes = torch.zeros(B * width, dtype=torch.int64, device=device)
+    pool_scores = torch.full((B, K), neg_inf, dtype=score_dtype, device=device)
+    pool_items = torch.full((B, K), -1, dtype=torch.int64, device=device)
+    row_base = torch.arange(B, device=device)[:, None]
+
+    for t in range(steps):
+        D = trie.degree_by_depth[t]
+        tokens, child, valid = trie.children(nodes, D)  # [B*width, D]
+        cand = scores.reshape(-1, 1) + log_probs.gather(1, tokens).to(score_dtype)
+        cand = cand.masked_fill(~valid, neg_inf)
+        is_leaf = trie.leaf_item[child] >= 0
+        cand = cand.view(B, width * D)
+        is_leaf = is_leaf.view(B, width * D)
+        tokens = tokens.view(B, width * D)
+        child = child.view(B, width * D)
+
+        # Finished items compete with the pool for the K result slots.
+        k_fin = min(K, width * D)
+        fin_scores, fin_idx = cand.masked_fill(~is_leaf, neg_inf).topk(k_fin, dim=1)
+        fin_items = trie.leaf_item[child.gather(1, fin_idx)]
+        fin_items = fin_items.masked_fill(fin_scores == neg_inf, -1)
+        pool_scores, pick = torch.cat([pool_scores, fin_scores], 1).topk(K, dim=1)
+        pool_items = torch.cat([pool_items, fin_items], 1).gather(1, pick)
+        if t + 1 == steps:
+            break
+
+        # Unfinished children compete for the W live beams.
+        k_live = min(W, width * D)
+        live_scores, live_idx = cand.masked_fill(is_leaf, neg_inf).topk(k_live, dim=1)
+        parents = row_base * width + live_idx // D  # flat row of the previous step
+        next_tokens = tokens.gather(1, live_idx)
+        nodes = child.gather(1, live_idx)
+        if k_live < W:  # pad with dead beams
+            pad = W - k_live
+            live_scores = torch.cat([live_scores, live_scores.new_full((B, pad), neg_inf)], 1)
+            parents = torch.cat([parents, parents[:, :1].expand(B, pad)], 1)
+            next_tokens = torch.cat([next_tokens, next_tokens[:, :1].expand(B, pad)], 1)
+            nodes = torch.cat([nodes, nodes[:, :1].expand(B, pad)], 1)
+        if early_stop and not bool((live_scores[:, 0] > pool_scores[:, -1]).any()):
+            break
+        scores, width = live_scores, W
+        nodes = nodes.reshape(-1)
+        log_probs, state = step(next_tokens.reshape(-1), parents.reshape(-1), state)
+
+    pool_items = pool_items.masked_fill(pool_scores == neg_inf, -1)
+    return BeamResult(items=pool_items, scores=pool_scores)
+
+
+def score_all_items(step: StepFn[Any], trie: PrefixTrie, batch_size: int, state: Any = None) -> Tensor:
+    """Every item's sequence log-prob under the model, by teacher forcing (the exact reference).
+
+    Runs ``B * N`` rows through ``step`` (same contract as beam search: after the first call,
+    row ``b * N + j`` scores item ``trie.items[j]`` for batch row ``b``), so it is for tests and
+    small catalogues.
+
+    Returns:
+        ``[B, N]`` float, column ``j`` the summed token log-probs of ``trie.items[j]``.
+    """
+    B, N = batch_size, trie.num_items
+    device = trie.device
+    seqs, lengths = trie.item_tokens, trie.item_lengths  # [N, L], [N]
+    log_probs, state = step(None, None, state)
+    per_row = log_probs.shape[0] // B
+    dtype = torch.promote_types(log_probs.dtype, torch.float32)
+    first = log_probs.view(B, per_row, -1)[:, 0].to(dtype)  # [B, V]
+    total = first.gather(1, seqs[:, 0].expand(B, N)).clone()
+    parents = (torch.arange(B, device=device) * per_row).repeat_interleave(N)
+    for t in range(1, trie.max_depth):
+        prev_tokens = seqs[:, t - 1].clamp(min=0).repeat(B)
+        log_probs, state = step(prev_tokens, parents, state)
+        parents = torch.arange(B * N, device=device)
+        lp = log_probs.to(dtype).gather(1, seqs[:, t].clamp(min=0).repeat(B)[:, None]).view(B, N)
+        total += lp.masked_fill(~(lengths > t).expand(B, N), 0.0)
+    return total
