@@ -9,6 +9,7 @@ config: ``--config configs/data/amazon-beauty.yaml --config configs/tiger/base.y
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -23,6 +24,9 @@ from genrec.artifacts import write_json
 from genrec.data.datamodule import SequenceDataModule
 from genrec.data.formats.base import DataFormatError, MissingItemError
 from genrec.encode import EncoderConfig, encode_catalog
+from genrec.quantize.rqkmeans import RQKMeans
+from genrec.quantize.rqvae import RQVAEModule
+from genrec.quantize.stage import TokenizeConfig, format_quality, tokenize
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -89,9 +93,40 @@ def run_encode(args: Sequence[str]) -> Path:
     return path
 
 
+def tokenize_parser() -> ArgumentParser:
+    """Parser of the ``tokenize`` command: the encode parser plus the tokenizer and its training."""
+    parser = encode_parser()
+    parser.prog = "train.py tokenize"
+    parser.description = "Train an RQ-VAE / RQ-KMeans tokenizer on item embeddings and write semantic IDs."
+    parser.add_argument("--tokenizer", type=RQVAEModule | RQKMeans, required=True, help="The quantizer (class_path/init_args).")
+    parser.add_class_arguments(TokenizeConfig, "tokenize", help="Training settings and output.")
+    return parser
+
+
+def run_tokenize(args: Sequence[str]) -> Path:
+    """``tokenize`` command: (encode if needed,) train the tokenizer, write the SID artifact."""
+    parser = tokenize_parser()
+    config = parser.parse_args(list(args))
+    tokenizer_config = parser.dump(config, format="json_indented", skip_check=True)
+    init = parser.instantiate_classes(config)
+    datamodule: SequenceDataModule = init.data
+    catalog = datamodule.data.catalog
+    settings: TokenizeConfig = init.tokenize
+    if settings.embeddings:
+        embeddings = Path(settings.embeddings)
+    else:
+        embeddings = encode_catalog(catalog, encoder=init.encoder, data_name=datamodule.name, **vars(config.encode))
+    recorded = json.loads(tokenizer_config)["tokenizer"]
+    path, sids = tokenize(init.tokenizer, recorded, embeddings, catalog.fingerprint(), settings, data_name=datamodule.name)
+    print(f"semantic IDs: {path}")
+    print(format_quality(sids.quality))
+    return path
+
+
 STAGE_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], object], str]] = {
     "data": (run_data, "read a data set and print its statistics"),
     "encode": (run_encode, "embed every item's text (modality encoder) into a safetensors file"),
+    "tokenize": (run_tokenize, "train an RQ-VAE / RQ-KMeans tokenizer and write every item's semantic ID"),
 }
 
 

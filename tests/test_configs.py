@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from genrec.cli import main, run_data, run_encode
+from genrec.cli import main, run_data, run_encode, run_tokenize
 from genrec.encode import embedding_metadata
+from genrec.quantize import SemanticIDs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
@@ -73,11 +74,28 @@ def test_encode_config(config, tiny_data, tmp_path, monkeypatch):
     assert meta["model"] == yaml.safe_load((ROOT / config).read_text())["encoder"]["model"]
 
 
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.startswith("configs/tokenizer/")])
+def test_tokenizer_config(config, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "sids.safetensors"
+    args = ["--config", tiny_data, "--config", "configs/encode/minilm.yaml", "--config", config,
+            "--encode.output", str(tmp_path / "emb.safetensors"), "--encode.accelerator", "cpu",
+            "--tokenize.output", str(out), "--tokenize.accelerator", "cpu", "--tokenize.fast_dev_run", "true",
+            "--tokenizer.init_args.codebook_size", "8"]
+    path = run_tokenize(args)
+    sids = SemanticIDs.load(path)
+    assert sids.codebook_size == 8 and sids.num_items == run_data(["--config", tiny_data])["stats"]["items"]
+    assert len(set(map(tuple, sids.table.tolist()))) == sids.num_items  # unique after dedup
+    mtime = path.stat().st_mtime_ns
+    run_tokenize(args)  # same settings: the artifact is reused
+    assert path.stat().st_mtime_ns == mtime
+
+
 def test_every_config_is_covered():
     """Each config has a block this test module knows how to run."""
     for config in CONFIGS:
         keys = set(yaml.safe_load((ROOT / config).read_text()))
-        assert keys & {"data", "model", "encoder"}, f"{config} has none of data:, model:, encoder:"
+        assert keys & {"data", "model", "encoder", "tokenizer"}, f"{config} has none of data:, model:, encoder:, tokenizer:"
 
 
 def test_cli_reports_bad_input_without_traceback(capsys, monkeypatch):

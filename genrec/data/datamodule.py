@@ -101,7 +101,7 @@ class PrefixDataset(Dataset[SeqBatch]):
         return SeqBatch(users=users, history=history, lengths=lengths, targets=self.items[starts + positions])
 
 
-def _keep_batch(batch: SeqBatch) -> SeqBatch:
+def _keep_batch(batch: SeqBatch | torch.Tensor) -> SeqBatch | torch.Tensor:
     """The collate function: the dataset already built the batch."""
     return batch
 
@@ -251,19 +251,37 @@ class ItemEmbeddingDataModule(L.LightningDataModule):
         held = int(round(n * self.val_fraction))
         return order[held:], (order[:held] if held else torch.arange(n))
 
-    def train_dataloader(self) -> DataLoader[torch.Tensor]:
-        train, _ = self._split()
+    def _loader(self, rows: torch.Tensor, shuffle: bool) -> DataLoader[torch.Tensor]:
         return DataLoader(
-            torch.utils.data.TensorDataset(self.table[train]),
+            RowDataset(self.table[rows]),
             batch_size=self.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed),
+            shuffle=shuffle,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            collate_fn=_keep_batch,
             num_workers=self.num_workers,
         )
 
+    def train_dataloader(self) -> DataLoader[torch.Tensor]:
+        return self._loader(self._split()[0], shuffle=True)
+
     def val_dataloader(self) -> DataLoader[torch.Tensor]:
-        _, val = self._split()
-        return DataLoader(torch.utils.data.TensorDataset(self.table[val]), batch_size=self.batch_size, num_workers=self.num_workers)
+        return self._loader(self._split()[1], shuffle=False)
+
+
+class RowDataset(Dataset[torch.Tensor]):
+    """Rows of a ``[N, D]`` tensor; a batch is one indexing operation (``__getitems__``)."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        self.table = table
+
+    def __len__(self) -> int:
+        return self.table.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.table[index]
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        return self.table[torch.as_tensor(indices, dtype=torch.long)]
 
 
 def load_embeddings(path: str | Path) -> torch.Tensor:

@@ -1,0 +1,33 @@
+"""Tokenize stage: quantizers that turn item embeddings into semantic IDs, and the SID artifact."""
+
+from genrec.quantize.residual import QuantizerOutput, ResidualQuantizer
+from genrec.quantize.rqkmeans import KMeansResult, RQKMeans, kmeans, kmeans_plusplus, nearest
+from genrec.quantize.rqvae import RQVAE_PRESETS, RQVAEConfig, RQVAEModule, RQVAEOutput
+from genrec.quantize.semantic_ids import (
+    SemanticIDs,
+    Tokenizer,
+    assign_dedup,
+    build_semantic_ids,
+    dedup_digits,
+    quality_report,
+)
+
+__all__ = [
+    "RQVAE_PRESETS",
+    "KMeansResult",
+    "QuantizerOutput",
+    "RQKMeans",
+    "RQVAEConfig",
+    "RQVAEModule",
+    "RQVAEOutput",
+    "ResidualQuantizer",
+    "SemanticIDs",
+    "Tokenizer",
+    "assign_dedup",
+    "build_semantic_ids",
+    "dedup_digits",
+    "kmeans",
+    "kmeans_plusplus",
+    "nearest",
+    "quality_report",
+]

@@ -1,0 +1,172 @@
+"""The tokenize stage: item embeddings -> a trained quantizer -> the semantic-ID artifact.
+
+Chains the encode stage (reused when its file exists), trains the tokenizer (an
+:class:`~genrec.quantize.rqvae.RQVAEModule` through a Lightning ``Trainer``, or a fitted
+:class:`~genrec.quantize.rqkmeans.RQKMeans`), assigns every item its SID with the dedup digit and
+writes the artifact with its quality report. The artifact records a digest of everything that
+made it (tokenizer config, training settings, embedding file and catalogue); re-running with the
+same settings reuses it, a changed setting rebuilds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from genrec.artifacts import atomic_path, config_digest
+from genrec.data.datamodule import ItemEmbeddingDataModule, load_embeddings
+from genrec.quantize.rqkmeans import RQKMeans
+from genrec.quantize.rqvae import RQVAEModule
+from genrec.quantize.semantic_ids import SemanticIDs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenizeConfig:
+    """How the tokenizer is trained and where its artifact goes.
+
+    Args:
+        name: artifact name; the default output is ``checkpoints/<data>/sids/<name>.safetensors``.
+        output: explicit artifact path (overrides ``name``).
+        embeddings: explicit embedding file; default: the encode stage's output for the given
+            data and encoder (computed first if missing).
+        max_epochs: RQ-VAE training epochs over the items.
+        batch_size: RQ-VAE items per batch.
+        accelerator: Lightning accelerator for RQ-VAE training (``auto``, ``cpu``, ``gpu``); RQ-KMeans
+            runs on the GPU when ``gpu``/``auto`` finds one.
+        devices: Lightning devices for RQ-VAE training.
+        precision: Lightning precision for RQ-VAE training.
+        seed: seed of initialisation and shuffling.
+        fast_dev_run: one batch of RQ-VAE training (tests, smoke runs).
+    """
+
+    name: str = "rqvae"
+    output: str | None = None
+    embeddings: str | None = None
+    max_epochs: int = 100
+    batch_size: int = 1024
+    accelerator: str = "auto"
+    devices: int | str = 1
+    precision: str | None = None
+    seed: int = 0
+    fast_dev_run: bool = False
+
+
+def sids_path(data_name: str, config: TokenizeConfig) -> Path:
+    """Where the artifact of ``config`` goes for data set ``data_name``."""
+    if config.output:
+        return Path(config.output)
+    return Path("checkpoints") / (data_name or "data") / "sids" / f"{config.name}.safetensors"
+
+
+def tokenize(
+    tokenizer: RQVAEModule | RQKMeans,
+    tokenizer_config: dict[str, Any],
+    embeddings: Path,
+    fingerprint: str,
+    config: TokenizeConfig,
+    data_name: str = "",
+) -> tuple[Path, SemanticIDs]:
+    """Train ``tokenizer`` on ``embeddings`` and write (or reuse) the SID artifact.
+
+    Args:
+        tokenizer: an untrained RQ-VAE module or RQ-KMeans.
+        tokenizer_config: its ``class_path``/``init_args`` as configured (recorded, hashed).
+        embeddings: the encode stage's safetensors file.
+        fingerprint: the catalogue fingerprint the embeddings were made for.
+        config: training settings and output.
+        data_name: the data set's name (default output folder).
+
+    Returns:
+        The artifact path and the loaded :class:`SemanticIDs`.
+    """
+    output = sids_path(data_name, config)
+    stage = {
+        "tokenizer": tokenizer_config,
+        "train": {k: v for k, v in asdict(config).items() if k not in ("output", "name", "embeddings")},
+        "embeddings": str(embeddings),
+        "embeddings_mtime_ns": embeddings.stat().st_mtime_ns,
+        "fingerprint": fingerprint,
+    }
+    digest = config_digest(stage)
+    if output.is_file():
+        try:
+            existing = SemanticIDs.load(output, expected_fingerprint=fingerprint)
+            if existing.quantizer.get("stage_digest") == digest:
+                log.info("semantic IDs %s exist with the same settings: reused", output)
+                return output, existing
+        except ValueError as error:
+            log.warning("rebuilding %s: %s", output, error)
+        log.info("semantic IDs %s exist with other settings: rebuilding", output)
+
+    table = load_embeddings(embeddings)
+    started = time.perf_counter()
+    if isinstance(tokenizer, RQVAEModule):
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        datamodule = ItemEmbeddingDataModule(str(embeddings), batch_size=config.batch_size, seed=config.seed)
+        trainer = L.Trainer(
+            max_epochs=config.max_epochs,
+            accelerator=config.accelerator,
+            devices=config.devices,
+            precision=config.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            fast_dev_run=config.fast_dev_run,
+            check_val_every_n_epoch=max(1, config.max_epochs // 10),
+        )
+        trainer.fit(tokenizer, datamodule=datamodule)
+        tokenizer.eval()
+        if torch.cuda.is_available() and config.accelerator in ("gpu", "cuda", "auto"):
+            tokenizer.cuda()
+            table = table.cuda()
+    else:
+        if tokenizer.device is None and torch.cuda.is_available() and config.accelerator in ("gpu", "cuda", "auto"):
+            table = table.cuda()
+        tokenizer.seed = config.seed
+        tokenizer.fit(table)
+    seconds = time.perf_counter() - started
+
+    codes = tokenizer.encode_codes(table)
+    sids = SemanticIDs.from_codes(
+        codes.cpu(),
+        tokenizer.codebook_size,
+        quantizer={**tokenizer.describe(), "config": tokenizer_config, "stage": stage, "stage_digest": digest, "train_seconds": round(seconds, 2)},
+        embeddings=embeddings,
+        fingerprint=fingerprint,
+        reconstruction_error=tokenizer.reconstruction_error(table),
+    )
+    sids.save(output)
+    # the trained tokenizer itself, to give SIDs to items added later
+    if isinstance(tokenizer, RQVAEModule):
+        with atomic_path(output.with_suffix(".tokenizer.ckpt")) as tmp:
+            trainer.save_checkpoint(tmp)
+    else:
+        tokenizer.save(output.with_suffix(".tokenizer.safetensors"))
+    log.info("wrote %s (%d items, trained in %.1fs)", output, sids.num_items, seconds)
+    return output, sids
+
+
+def format_quality(quality: dict[str, Any]) -> str:
+    """The quality report as lines of text (code usage per level, collisions, error)."""
+    lines = []
+    size = quality.get("codebook_size", "?")
+    for stats in quality.get("per_level", []):
+        lines.append(
+            f"level {stats['level']}: {stats['codes_used']}/{size} codes used ({100 * stats['fraction_used']:.1f} %), "
+            f"perplexity {stats['perplexity']:.1f}, {stats['unique_prefixes']} distinct prefixes"
+        )
+    for key in ("collision_rate", "items_with_dedup", "max_dedup_digit", "reconstruction_error"):  # in this order
+        if key in quality and quality[key] is not None:
+            value = quality[key]
+            lines.append(f"{key.replace('_', ' ')}: {value:.4g}" if isinstance(value, float) else f"{key.replace('_', ' ')}: {value}")
+    for warning in quality.get("warnings", []):
+        lines.append(f"WARNING: {warning}")
+    return "\n".join(lines)
