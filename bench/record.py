@@ -8,6 +8,7 @@ history of every measured number with what produced it.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import platform
 import shlex
 import sys
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+BENCHMARKS = Path(os.environ.get("GENREC_BENCH_FILE") or Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
+"""Where rows go; ``GENREC_BENCH_FILE`` redirects them (e.g. to ``$OUT`` on a lent GPU machine,
+to be merged back with ``python -m bench.record merge FILE``)."""
 
 
 def device_name() -> str:
@@ -46,6 +49,11 @@ def record(section: str, rows: list[dict[str, object]], note: str = "", path: Pa
     rows = [{**row, **stamp} for row in rows]
     table = format_table(rows)
     print(table)
+    append_table(section, table, note, path)
+
+
+def append_table(section: str, table: str, note: str = "", path: Path = BENCHMARKS) -> None:
+    """Append a markdown ``table`` under ``## section`` of ``path`` (see the module docstring)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number here was measured by a script in bench/; each row names its command, device and date.\n"
     header = f"\n## {section}\n"
@@ -64,3 +72,22 @@ def record(section: str, rows: list[dict[str, object]], note: str = "", path: Pa
     else:
         text = text.rstrip("\n") + "\n" + header + (f"\n{note}\n" if note else "") + "\n" + table + "\n"
     path.write_text(text)
+
+
+def merge(source: Path, path: Path = BENCHMARKS) -> None:
+    """Append every section's table rows of ``source`` (a file written elsewhere) to ``path``."""
+    for block in source.read_text().split("\n## ")[1:]:
+        title, _, body = block.partition("\n")
+        lines = [line for line in body.splitlines() if line.startswith("|")]
+        note = "\n".join(line for line in body.splitlines() if line and not line.startswith("|")).strip()
+        if lines:
+            append_table(title.strip(), "\n".join(lines), note, path)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Merge benchmark rows measured elsewhere into docs/benchmarks.md.")
+    parser.add_argument("command", choices=["merge"])
+    parser.add_argument("source", type=Path)
+    merge(parser.parse_args().source)
