@@ -91,6 +91,39 @@ def test_tokenizer_config(config, tiny_data, tmp_path, monkeypatch):
     assert path.stat().st_mtime_ns == mtime
 
 
+def tiny_sids(path: Path) -> str:
+    """A SID artifact (random codes, 3 x 8) for TINY_DATA's catalogue."""
+    import torch
+
+    from genrec.data import SequenceDataModule
+    from genrec.data.synthetic import SyntheticSource
+    from genrec.quantize import SemanticIDs
+
+    data = TINY_DATA["data"]["init_args"]
+    catalog = SequenceDataModule(SyntheticSource(**data["source"]["init_args"]), kcore=data["kcore"]).data.catalog
+    codes = torch.randint(0, 8, (len(catalog), 3), generator=torch.Generator().manual_seed(0))
+    return str(SemanticIDs.from_codes(codes, 8, fingerprint=catalog.fingerprint()).save(path / "tiny-sids.safetensors"))
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.startswith("configs/tiger/")])
+def test_tiger_config(config, tiny_data, tmp_path, monkeypatch):
+    """Each TIGER config fits one batch (and validates) on the tiny data set, on the CPU."""
+    import torch
+
+    sids = tiny_sids(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the config's checkpoint and log folders are relative paths
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny batches: more threads only contend on a shared 2-core box
+    try:
+        main(
+            ["fit", "--config", tiny_data, "--config", str(ROOT / config), "--model.init_args.sids", sids]
+            + ["--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true"]
+            + ["--data.init_args.batch_size", "8", "--data.init_args.eval_batch_size", "8"]  # one small batch each
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_every_config_is_covered():
     """Each config has a block this test module knows how to run."""
     for config in CONFIGS:
