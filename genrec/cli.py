@@ -24,6 +24,7 @@ from genrec.artifacts import write_json
 from genrec.data.datamodule import SequenceDataModule
 from genrec.data.formats.base import DataFormatError, MissingItemError
 from genrec.encode import EncoderConfig, encode_catalog
+from genrec.models import presets
 from genrec.quantize.rqkmeans import RQKMeans
 from genrec.quantize.rqvae import RQVAEModule
 from genrec.quantize.stage import TokenizeConfig, format_quality, tokenize
@@ -32,7 +33,11 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 class GenRecCLI(LightningCLI):
-    """LightningCLI over every genrec model and data module (subclass mode for both)."""
+    """LightningCLI over every genrec model and data module (subclass mode for both).
+
+    ``fit`` ends with ``test`` on the best checkpoint (by the ModelCheckpoint's monitor, or the
+    final weights when there is none), so one command trains, validates and tests.
+    """
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
         super().__init__(
@@ -44,6 +49,14 @@ class GenRecCLI(LightningCLI):
             args=list(args) if args is not None else None,
             run=run,
         )
+
+
+    def after_fit(self) -> None:
+        if not callable(getattr(self.model, "test_step", None)) or self.trainer.interrupted:
+            return
+        callback = self.trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
 def data_parser() -> ArgumentParser:
@@ -123,9 +136,28 @@ def run_tokenize(args: Sequence[str]) -> Path:
     return path
 
 
+def run_presets(args: Sequence[str]) -> list[dict[str, object]]:
+    """``presets`` command: every model size preset with its parameter count (built on the meta
+    device, nothing allocated)."""
+    parser = ArgumentParser(prog="train.py presets", description="List model size presets and their parameter counts.")
+    parser.add_argument("--vocab_size", type=int, default=presets.DEFAULT_VOCAB_SIZE, help="TIGER vocabulary (SID tokens + specials).")
+    config = parser.parse_args(list(args))
+    rows = []
+    for name in presets.names():
+        shape = presets.TigerConfig.from_name(name)
+        count = presets.count_parameters(shape, config.vocab_size)
+        rows.append({"model": "tiger", "preset": name, "parameters": count, "shape": shape.as_dict()})
+    print(f"{'model':<8}{'preset':<10}{'parameters':>14}  shape")
+    for row in rows:
+        shape = ", ".join(f"{k}={v}" for k, v in row["shape"].items())
+        print(f"{row['model']:<8}{row['preset']:<10}{row['parameters']:>14,}  {shape}")
+    return rows
+
+
 STAGE_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], object], str]] = {
     "data": (run_data, "read a data set and print its statistics"),
     "encode": (run_encode, "embed every item's text (modality encoder) into a safetensors file"),
+    "presets": (run_presets, "list model size presets and their parameter counts"),
     "tokenize": (run_tokenize, "train an RQ-VAE / RQ-KMeans tokenizer and write every item's semantic ID"),
 }
 

@@ -1,0 +1,48 @@
+"""The CLI's own behaviour: fit ends with a test on the best checkpoint, fit resumes from
+`--ckpt_path last`, and the `presets` command reports parameter counts."""
+
+from pathlib import Path
+
+import torch
+
+from genrec.cli import GenRecCLI, run_presets
+from genrec.models import presets
+from tests.test_configs import ROOT, TINY_DATA, tiny_sids
+
+
+def _cli(tmp_path: Path, epochs: int, extra: list[str] = ()) -> GenRecCLI:
+    import yaml
+
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    args = ["fit", "--config", str(data), "--config", str(ROOT / "configs/tiger/synthetic.yaml")]
+    args += ["--model.init_args.sids", tiny_sids(tmp_path), "--trainer.accelerator", "cpu"]
+    args += ["--trainer.max_epochs", str(epochs), "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false"]
+    args += ["--data.init_args.batch_size", "64", *extra]
+    return GenRecCLI(args=args)
+
+
+def test_fit_tests_best_checkpoint_and_resumes_from_last(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the config's checkpoint folders are relative
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first = _cli(tmp_path, epochs=1)
+        assert "test/recall@10" in first.trainer.callback_metrics  # fit ended with a test pass
+        assert first.trainer.checkpoint_callback.best_model_path
+        steps = first.trainer.global_step
+        last = Path(first.trainer.checkpoint_callback.dirpath) / "last.ckpt"
+        assert last.is_file()
+        resumed = _cli(tmp_path, epochs=2, extra=["--ckpt_path", "last"])
+        assert resumed.trainer.current_epoch == 2
+        assert resumed.trainer.global_step == 2 * steps  # continued, not restarted
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_presets_command_reports_every_preset(capsys):
+    rows = run_presets([])
+    assert [r["preset"] for r in rows if r["model"] == "tiger"] == presets.names()
+    counts = {r["preset"]: r["parameters"] for r in rows}
+    assert counts["13m"] == presets.count_parameters(presets.TigerConfig.from_name("13m"))
+    assert "12,979,584" in capsys.readouterr().out
