@@ -46,3 +46,31 @@ def test_presets_command_reports_every_preset(capsys):
     counts = {r["preset"]: r["parameters"] for r in rows}
     assert counts["13m"] == presets.count_parameters(presets.TigerConfig.from_name("13m"))
     assert "12,979,584" in capsys.readouterr().out
+
+
+def test_ddp_test_metrics_equal_single_process(tmp_path):
+    """Two DDP processes (CPU, gloo) give the same test metrics as one: every user counted once
+    (uneven shards, no repeats) and the metric states summed across ranks."""
+    import lightning as L
+
+    from genrec.data import SequenceDataModule
+    from genrec.data.synthetic import SyntheticSource
+    from genrec.models import TigerModule
+    from genrec.quantize import SemanticIDs
+
+    init = TINY_DATA["data"]["init_args"]
+    source = {**init["source"]["init_args"], "num_users": 39}  # same catalogue, an odd number of users
+    datamodule = SequenceDataModule(SyntheticSource(**source), kcore=init["kcore"], eval_batch_size=16)
+    assert len(datamodule.dataset("test")) % 2 == 1  # odd: the uneven-shard case
+    catalog = datamodule.data.catalog
+    codes = torch.randint(0, 8, (len(catalog), 3), generator=torch.Generator().manual_seed(0))
+    sids = SemanticIDs.from_codes(codes, 8, fingerprint=catalog.fingerprint()).save(tmp_path / "sids.safetensors")
+    torch.manual_seed(0)
+    model = TigerModule(sids=str(sids), preset="336k", dropout=0.0)
+    results = {}
+    for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
+        trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+        results[devices] = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    for key in ("test/recall@10", "test/ndcg@10", "test/recall@5", "test/popularity/recall@10"):
+        assert abs(results[1][key] - results[2][key]) < 1e-6, (key, results)

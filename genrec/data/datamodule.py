@@ -184,10 +184,19 @@ class SequenceDataModule(L.LightningDataModule):
         return PrefixDataset(self.data, users, positions, self.max_history)
 
     def _loader(self, stage: Stage, batch_size: int, shuffle: bool) -> DataLoader[SeqBatch]:
+        dataset = self.dataset(stage)
+        sampler = None
+        if stage != "train" and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every user exactly once over all ranks: the default DistributedSampler would repeat
+            # users to even the shards out, and the repeats would count in Recall/NDCG.
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
-            self.dataset(stage),
+            dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
+            shuffle=shuffle if sampler is None else None,
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
             collate_fn=_keep_batch,
             num_workers=self.num_workers,

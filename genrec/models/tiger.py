@@ -253,6 +253,9 @@ class TigerModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Load the SID file, check it against the data module's catalogue, build the lookups."""
+        # A spawned process (ddp_spawn) unpickles the model without running __init__: register
+        # the attention function there too (idempotent).
+        beam_attention(self.hparams.attn_implementation)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         data = getattr(datamodule, "data", None)
         if data is None:
