@@ -146,3 +146,54 @@ def popularity_ranking(train_counts: Tensor, k: int) -> Tensor:
     """
     order = torch.sort(train_counts, descending=True, stable=True).indices
     return order[:k].to(torch.int64)
+
+
+class RecEvaluation(torch.nn.Module):
+    """Everything a recommender measures on val and test, in one place for every model.
+
+    Holds ``val/...`` and ``test/...`` Recall/NDCG, the cold-start slice ``test/cold/...``
+    (test targets seen at most ``cold_start_max_count`` times in training) and a popularity
+    baseline ``test/popularity/...``, plus the item counts they need (buffers, not saved).
+
+    Args:
+        ks: the cut-offs K.
+        cold_start_max_count: the largest training count of a cold-start target.
+    """
+
+    def __init__(self, ks: Sequence[int] = (5, 10), cold_start_max_count: int = 5) -> None:
+        super().__init__()
+        self.ks = tuple(int(k) for k in ks)
+        self.cold_start_max_count = cold_start_max_count
+        self.val = RankingMetrics(self.ks, prefix="val/")
+        self.test = RankingMetrics(self.ks, prefix="test/")
+        self.test_cold = RankingMetrics(self.ks, prefix="test/cold/")
+        self.test_popularity = RankingMetrics(self.ks, prefix="test/popularity/")
+        self.register_buffer("train_counts", torch.zeros(0, dtype=torch.long), persistent=False)
+        self.register_buffer("popular", torch.zeros(0, dtype=torch.long), persistent=False)
+
+    def attach(self, train_counts: Tensor | None, num_items: int) -> None:
+        """Set the ``[num_items]`` training interactions per item (cold-start mask, popularity
+        ranking); ``None``: all zero."""
+        device = self.train_counts.device
+        counts = torch.zeros(num_items, dtype=torch.long) if train_counts is None else train_counts.long().cpu()
+        if counts.shape != (num_items,):
+            raise ValueError(f"train_counts has shape {tuple(counts.shape)}, expected ({num_items},)")
+        self.train_counts = counts.to(device)
+        self.popular = popularity_ranking(counts.cpu(), min(max(self.ks), counts.numel())).to(device)
+
+    def update(self, stage: str, ranked: Tensor, targets: Tensor) -> list[RankingMetrics]:
+        """Add a batch of ``ranked [B, R]`` recommendations for ``targets [B]``.
+
+        Returns:
+            the metric collections updated, for ``LightningModule.log_dict``.
+        """
+        if stage == "val":
+            self.val.update(ranked, targets)
+            return [self.val]
+        if stage != "test":
+            raise ValueError(f"stage must be 'val' or 'test', got {stage!r}")
+        cold = self.train_counts[targets] <= self.cold_start_max_count
+        self.test.update(ranked, targets)
+        self.test_cold.update(ranked, targets, mask=cold)
+        self.test_popularity.update(self.popular.expand(targets.shape[0], -1), targets)
+        return [self.test, self.test_cold, self.test_popularity]

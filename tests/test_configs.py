@@ -124,6 +124,48 @@ def test_tiger_config(config, tiny_data, tmp_path, monkeypatch):
         torch.set_num_threads(threads)
 
 
+LM_TINY_SHAPE = "{num_layers: 1, hidden_size: 32, num_heads: 2, num_kv_heads: 1, head_dim: 16, intermediate_size: 64}"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [pytest.param(c, marks=[pytest.mark.slow] if "smollm2" in c else []) for c in CONFIGS if c.startswith("configs/lm/")],
+)
+def test_lm_config(config, tiny_data, tmp_path, monkeypatch):
+    """Each LM config fits one batch (and validates with beam search) on the tiny data, on the CPU.
+
+    smollm2 configs load the real offline GGUF (slow-marked: over a minute on 2 cores). A config
+    naming a hub model (Qwen/Qwen3-0.6B: no network in tests) keeps every other setting but builds
+    the same architecture from the ``qwen3-0.6b`` preset at tiny width. An FSDP strategy is built
+    from the YAML and checked, then replaced by the default one: Lightning's FSDP refuses the CPU.
+    """
+    import torch
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch.strategies import FSDPStrategy, Strategy
+
+    spec = yaml.safe_load((ROOT / config).read_text())
+    init = spec["model"]["init_args"]
+    args = ["fit", "--config", tiny_data, "--config", str(ROOT / config)]
+    args += ["--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32-true"]
+    args += ["--data.init_args.batch_size", "4", "--data.init_args.eval_batch_size", "4", "--model.init_args.max_prompt_tokens", "128"]
+    if init.get("preset") is None and "/" in init.get("model", "smollm2") and not Path(init["model"]).exists():
+        args += ["--model.init_args.preset", "qwen3-0.6b", "--model.init_args.preset_overrides", LM_TINY_SHAPE]
+    strategy = (spec.get("trainer") or {}).get("strategy")
+    if isinstance(strategy, dict):
+        parser = ArgumentParser()
+        parser.add_argument("--strategy", type=Strategy)
+        built = parser.instantiate(parser.parse_object({"strategy": strategy})).strategy
+        assert isinstance(built, FSDPStrategy) and "auto_wrap_policy" in built.kwargs
+        args += ["--trainer.strategy", "auto"]
+    monkeypatch.chdir(tmp_path)  # the config's checkpoint and log folders are relative paths
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_every_config_is_covered():
     """Each config has a block this test module knows how to run."""
     for config in CONFIGS:

@@ -142,3 +142,22 @@ def test_invalid_arguments():
 def test_popularity_ranking():
     counts = torch.tensor([3, 9, 0, 9, 5])
     assert popularity_ranking(counts, 4).tolist() == [1, 3, 4, 0]
+
+
+def test_rec_evaluation_slices_and_baseline():
+    from genrec.metrics import RecEvaluation
+
+    evaluation = RecEvaluation(ks=(1, 2), cold_start_max_count=1)
+    evaluation.attach(torch.tensor([5, 0, 3, 1]), num_items=4)  # item 0 most popular, then 2
+    ranked = torch.tensor([[1, 2], [0, 3], [3, 1]])
+    targets = torch.tensor([1, 3, 2])  # item 1 (count 0) and 3 (count 1) are cold, 2 is not
+    updated = evaluation.update("test", ranked, targets)
+    assert [m.prefix for m in updated] == ["test/", "test/cold/", "test/popularity/"]
+    overall = evaluation.test.compute()
+    assert overall["test/recall@1"] == pytest.approx(1 / 3) and overall["test/recall@2"] == pytest.approx(2 / 3)
+    cold = evaluation.test_cold.compute()
+    assert cold["test/cold/recall@2"] == pytest.approx(1.0)  # rows 0 and 1 only
+    popularity = evaluation.test_popularity.compute()  # ranking [0, 2] for everyone: hits target 2
+    assert popularity["test/popularity/recall@2"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="expected \\(4,\\)"):
+        evaluation.attach(torch.zeros(3, dtype=torch.long), num_items=4)

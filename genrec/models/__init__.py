@@ -1,12 +1,31 @@
-"""Recommenders: TIGER (T5 over semantic IDs) and their size presets."""
+"""Recommenders: TIGER (T5 over semantic IDs), the LM recommender (titles), and their size presets."""
 
+from genrec.models.lm_rec import LMRecModule, LMRecPrediction
 from genrec.models.presets import (
     DEFAULT_VOCAB_SIZE,
+    LM_PRESETS,
     TIGER_PRESETS,
+    LMRecConfig,
     TigerConfig,
+    count_lm_parameters,
     count_parameters,
+    lm_names,
     names,
 )
 from genrec.models.tiger import TigerModule, TigerPrediction
 
-__all__ = ["DEFAULT_VOCAB_SIZE", "TIGER_PRESETS", "TigerConfig", "TigerModule", "TigerPrediction", "count_parameters", "names"]
+__all__ = [
+    "DEFAULT_VOCAB_SIZE",
+    "LM_PRESETS",
+    "TIGER_PRESETS",
+    "LMRecConfig",
+    "LMRecModule",
+    "LMRecPrediction",
+    "TigerConfig",
+    "TigerModule",
+    "TigerPrediction",
+    "count_lm_parameters",
+    "count_parameters",
+    "lm_names",
+    "names",
+]

@@ -4,7 +4,8 @@
 gives a named preset, ``TigerConfig.from_name("13m", num_layers=1)`` a preset with overrides (how
 tests shrink a model). :meth:`TigerConfig.build` turns a config and a vocabulary size into a
 ``transformers`` ``T5ForConditionalGeneration``, built from the config and never downloaded;
-:func:`count_parameters` builds it on the meta device and counts.
+:func:`count_parameters` builds it on the meta device and counts. :class:`LMRecConfig` does the
+same for the causal LMs of the LM recommender (Llama / Qwen3 shapes, :func:`count_lm_parameters`).
 
 The feed-forward block. HF's T5 has one hidden layer per feed-forward block
 (``d_model -> d_ff -> d_model``). GRID (snap-research/GRID, the paper group's TIGER code) can
@@ -205,4 +206,161 @@ def count_parameters(config: TigerConfig, vocab_size: int = DEFAULT_VOCAB_SIZE) 
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["DEFAULT_VOCAB_SIZE", "TIGER_PRESETS", "DeepFeedForward", "TigerConfig", "count_parameters", "names", "nominal_size"]
+SMOLLM2_VOCAB_SIZE = 49_152
+"""Vocabulary of the SmolLM2 tokenizer, the default tokenizer of from-scratch LM recommenders."""
+
+
+@dataclass(frozen=True)
+class LMRecConfig:
+    """The shape of a decoder-only causal LM built from scratch for :class:`~genrec.models.LMRecModule`.
+
+    ``LMRecConfig.from_name("10m", num_layers=2)`` gives a preset with overrides;
+    :meth:`build` a freshly initialised ``LlamaForCausalLM`` / ``Qwen3ForCausalLM`` (no download);
+    :func:`count_lm_parameters` counts on the meta device.
+
+    Names. The ladder ``1m``, ``10m``, ``50m`` is named by *non-embedding* parameters (Kaplan et
+    al.'s convention: the embedding of a 49k vocabulary alone is 6M at width 128, so a total
+    count would say nothing about depth and width). ``smollm2-135m`` and ``qwen3-0.6b`` are the
+    published models' shapes, named by their total (tied-embedding) count at their own vocabulary
+    (SmolLM2-135M: 134.5M at 49,152 tokens; Qwen3-0.6B: 596.0M at 151,936 tokens).
+
+    Attributes:
+        arch: ``"llama"`` (LlamaForCausalLM) or ``"qwen3"`` (Qwen3ForCausalLM, q/k norms).
+        num_layers: decoder layers.
+        hidden_size: residual width (and embedding size).
+        num_heads: query heads.
+        num_kv_heads: key/value heads (grouped-query attention; divides ``num_heads``).
+        head_dim: size of each head; ``None``: ``hidden_size // num_heads``.
+        intermediate_size: width of the SwiGLU feed-forward block.
+        vocab_size: the vocabulary the preset's stated count assumes; the module builds the
+            model over its tokenizer's vocabulary instead.
+        tie_embeddings: share the input embedding with the output layer.
+        rope_theta: RoPE base.
+        max_position_embeddings: longest sequence (RoPE table).
+        dropout: attention dropout.
+    """
+
+    arch: str = "llama"
+    num_layers: int = 4
+    hidden_size: int = 128
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int | None = None
+    intermediate_size: int = 512
+    vocab_size: int = SMOLLM2_VOCAB_SIZE
+    tie_embeddings: bool = True
+    rope_theta: float = 10_000.0
+    max_position_embeddings: int = 2048
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("llama", "qwen3"):
+            raise ValueError(f"LMRecConfig.arch must be 'llama' or 'qwen3', got {self.arch!r}")
+        for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LMRecConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_kv_heads ({self.num_kv_heads}) must divide num_heads ({self.num_heads})")
+        if self.head_dim is None and self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads}), or give head_dim")
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> LMRecConfig:
+        """The preset ``name`` (see :func:`lm_names`) with ``overrides`` of its fields.
+
+        Raises:
+            ValueError: an unknown name (the message lists the known ones) or field.
+        """
+        key = name.lower()
+        if key not in LM_PRESETS:
+            raise ValueError(f"unknown LM preset {name!r}; known: {', '.join(lm_names())}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown LMRecConfig field(s) {unknown}; fields: {sorted(known)}")
+        return replace(LM_PRESETS[key], **overrides)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def hf_config(self, vocab_size: int | None = None, pad_token_id: int | None = None, eos_token_id: int | None = None):
+        """The ``transformers`` ``LlamaConfig`` / ``Qwen3Config`` of this shape over ``vocab_size``
+        tokens (default :attr:`vocab_size`)."""
+        from transformers import LlamaConfig, Qwen3Config
+
+        kwargs = {
+            "vocab_size": vocab_size or self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim or self.hidden_size // self.num_heads,
+            "intermediate_size": self.intermediate_size,
+            "tie_word_embeddings": self.tie_embeddings,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "attention_dropout": self.dropout,
+            "pad_token_id": pad_token_id,
+            "eos_token_id": eos_token_id,
+            "bos_token_id": None,
+        }
+        return (LlamaConfig if self.arch == "llama" else Qwen3Config)(**kwargs)
+
+    def build(self, vocab_size: int | None = None, pad_token_id: int | None = None, eos_token_id: int | None = None) -> nn.Module:
+        """A freshly initialised causal LM of this shape (no download)."""
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_config(self.hf_config(vocab_size, pad_token_id, eos_token_id))
+
+
+LM_PRESETS: dict[str, LMRecConfig] = {
+    # name: shape; non-embedding count for the ladder, total count for the published shapes
+    "1m": LMRecConfig(num_layers=4, hidden_size=128, num_heads=4, num_kv_heads=2, intermediate_size=512),  # 0.98M
+    "10m": LMRecConfig(num_layers=8, hidden_size=320, num_heads=5, num_kv_heads=5, intermediate_size=864),  # 9.92M
+    "50m": LMRecConfig(num_layers=16, hidden_size=512, num_heads=8, num_kv_heads=4, intermediate_size=1536),  # 50.3M
+    "smollm2-135m": LMRecConfig(
+        num_layers=30, hidden_size=576, num_heads=9, num_kv_heads=3, intermediate_size=1536, rope_theta=100_000.0, max_position_embeddings=8192
+    ),  # 134.5M total
+    "qwen3-0.6b": LMRecConfig(
+        arch="qwen3", num_layers=28, hidden_size=1024, num_heads=16, num_kv_heads=8, head_dim=128, intermediate_size=3072,
+        vocab_size=151_936, rope_theta=1_000_000.0, max_position_embeddings=40_960,
+    ),  # 596.0M total
+}
+"""Causal-LM shapes for LM-as-recommender runs from scratch (see :class:`LMRecConfig` for the names)."""
+
+
+def lm_names() -> list[str]:
+    """The LM preset names, smallest first."""
+    return list(LM_PRESETS)
+
+
+def count_lm_parameters(config: LMRecConfig, vocab_size: int | None = None, embeddings: bool = True) -> int:
+    """Parameters of ``config`` over ``vocab_size`` tokens (default its own; tied embedding counted
+    once); ``embeddings=False`` leaves out the input embedding (and an untied output layer).
+
+    Builds the model on the meta device: no memory, no initialisation cost.
+    """
+    with torch.device("meta"):
+        model = config.build(vocab_size)
+    total = sum(p.numel() for p in model.parameters())
+    if not embeddings:
+        total -= model.get_input_embeddings().weight.numel()
+        if not config.tie_embeddings:
+            total -= model.get_output_embeddings().weight.numel()
+    return total
+
+
+__all__ = [
+    "DEFAULT_VOCAB_SIZE",
+    "LM_PRESETS",
+    "SMOLLM2_VOCAB_SIZE",
+    "TIGER_PRESETS",
+    "DeepFeedForward",
+    "LMRecConfig",
+    "TigerConfig",
+    "count_lm_parameters",
+    "count_parameters",
+    "lm_names",
+    "names",
+    "nominal_size",
+]

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from genrec.data.datamodule import SeqBatch
 from genrec.decoding import BeamResult, PrefixTrie, constrained_beam_search
-from genrec.metrics import RankingMetrics, popularity_ranking
+from genrec.metrics import RecEvaluation
 from genrec.models.presets import TigerConfig
 from genrec.quantize.semantic_ids import FORMAT, SemanticIDs
 
@@ -237,17 +237,12 @@ class TigerModule(L.LightningModule):
 
         self.register_buffer("position_offsets", torch.tensor(offsets, dtype=torch.long), persistent=False)
         self.register_buffer("item_tokens", torch.zeros(0, self.tokens_per_item, dtype=torch.long), persistent=False)
-        self.register_buffer("train_counts", torch.zeros(0, dtype=torch.long), persistent=False)
-        self.register_buffer("popular", torch.zeros(0, dtype=torch.long), persistent=False)
         self._trie: PrefixTrie | None = None
         self._sid_digest: str | None = None
         self._checkpoint_digest: str | None = None
         self._train_forward = None
 
-        self.val_metrics = RankingMetrics(self.ks, prefix="val/")
-        self.test_metrics = RankingMetrics(self.ks, prefix="test/")
-        self.test_cold_metrics = RankingMetrics(self.ks, prefix="test/cold/")
-        self.test_popularity_metrics = RankingMetrics(self.ks, prefix="test/popularity/")
+        self.evaluation = RecEvaluation(self.ks, cold_start_max_count)
 
     # ---- items and tokens ---------------------------------------------------------------------
 
@@ -293,11 +288,7 @@ class TigerModule(L.LightningModule):
         device = self.position_offsets.device
         tokens = sids.table.to(device) + self.position_offsets
         self.item_tokens = tokens
-        counts = torch.zeros(sids.num_items, dtype=torch.long) if train_counts is None else train_counts.long()
-        if counts.shape != (sids.num_items,):
-            raise ValueError(f"train_counts has shape {tuple(counts.shape)}, expected ({sids.num_items},)")
-        self.train_counts = counts.to(device)
-        self.popular = popularity_ranking(counts, min(self.num_results, sids.num_items)).to(device)
+        self.evaluation.attach(train_counts, sids.num_items)
         self._trie = PrefixTrie.from_sequences(tokens.cpu(), vocab_size=self.vocab_size)
 
     def trie(self) -> PrefixTrie:
@@ -366,17 +357,8 @@ class TigerModule(L.LightningModule):
             return loss
 
         ranked = self.search(encoder_out, mask).items
-        if stage == "val":
-            self.val_metrics.update(ranked, batch.targets)
-            self.log_dict(self.val_metrics, on_epoch=True, batch_size=B)
-        else:
-            cold = self.train_counts[batch.targets] <= self.hparams.cold_start_max_count
-            self.test_metrics.update(ranked, batch.targets)
-            self.test_cold_metrics.update(ranked, batch.targets, mask=cold)
-            self.test_popularity_metrics.update(self.popular.expand(B, -1), batch.targets)
-            self.log_dict(self.test_metrics, on_epoch=True, batch_size=B)
-            self.log_dict(self.test_cold_metrics, on_epoch=True, batch_size=B)
-            self.log_dict(self.test_popularity_metrics, on_epoch=True, batch_size=B)
+        for metrics in self.evaluation.update(stage, ranked, batch.targets):
+            self.log_dict(metrics, on_epoch=True, batch_size=B)
         return loss
 
     def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:

@@ -14,30 +14,10 @@ from genrec.decoding import score_all_items
 from genrec.models import TigerModule, TigerPrediction
 from genrec.models.tiger import EOS, PAD, lr_schedule, sid_vocab_sizes
 from genrec.quantize import RQKMeans, SemanticIDs
+from tests.trainer import quiet_trainer
 
 # A T5 small enough for 2 CPU cores: one layer each side, d_model 64 (the 336k preset's width).
 TINY = {"preset": "336k", "d_ff": 128, "ff_layers": 1, "num_heads": 2, "d_kv": 32, "dropout": 0.0}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors on a shared 2-core box: more intra-op threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def quiet_trainer(**kwargs) -> L.Trainer:
-    defaults = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-    }
-    return L.Trainer(**{**defaults, **kwargs})
 
 
 def category_sids(datamodule: SequenceDataModule, levels: int = 2, codebook_size: int = 16, noise: float = 0.3) -> SemanticIDs:

@@ -10,12 +10,9 @@ from safetensors.torch import save_file
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation cost (10x on a shared 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _tiny_tensors_one_thread(one_thread):
+    """Tokenizer tests run tiny tensors: one intra-op thread (see tests/conftest.py)."""
     yield
-    torch.set_num_threads(before)
 
 
 def planted_clusters(seed: int = 0, clusters: int = 8, per_cluster: int = 60, dim: int = 32, spread: float = 3.0):

