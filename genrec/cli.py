@@ -140,17 +140,21 @@ def run_presets(args: Sequence[str]) -> list[dict[str, object]]:
     """``presets`` command: every model size preset with its parameter count (built on the meta
     device, nothing allocated)."""
     parser = ArgumentParser(prog="train.py presets", description="List model size presets and their parameter counts.")
-    parser.add_argument("--vocab_size", type=int, default=presets.DEFAULT_VOCAB_SIZE, help="TIGER vocabulary (SID tokens + specials).")
+    parser.add_argument("--vocab_size", type=int, default=presets.DEFAULT_VOCAB_SIZE, help="TIGER vocabulary (SID tokens + specials); LM presets use their own.")
     config = parser.parse_args(list(args))
     rows = []
     for name in presets.names():
         shape = presets.TigerConfig.from_name(name)
         count = presets.count_parameters(shape, config.vocab_size)
         rows.append({"model": "tiger", "preset": name, "parameters": count, "shape": shape.as_dict()})
-    print(f"{'model':<8}{'preset':<10}{'parameters':>14}  shape")
+    for name in presets.lm_names():
+        shape = presets.LMRecConfig.from_name(name)
+        count = presets.count_lm_parameters(shape)
+        rows.append({"model": "lm", "preset": name, "parameters": count, "shape": shape.as_dict()})
+    print(f"{'model':<8}{'preset':<14}{'parameters':>14}  shape")
     for row in rows:
         shape = ", ".join(f"{k}={v}" for k, v in row["shape"].items())
-        print(f"{row['model']:<8}{row['preset']:<10}{row['parameters']:>14,}  {shape}")
+        print(f"{row['model']:<8}{row['preset']:<14}{row['parameters']:>14,}  {shape}")
     return rows
 
 

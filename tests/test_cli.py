@@ -45,7 +45,10 @@ def test_presets_command_reports_every_preset(capsys):
     assert [r["preset"] for r in rows if r["model"] == "tiger"] == presets.names()
     counts = {r["preset"]: r["parameters"] for r in rows}
     assert counts["13m"] == presets.count_parameters(presets.TigerConfig.from_name("13m"))
-    assert "12,979,584" in capsys.readouterr().out
+    assert [r["preset"] for r in rows if r["model"] == "lm"] == presets.lm_names()
+    assert counts["qwen3-0.6b"] == presets.count_lm_parameters(presets.LMRecConfig.from_name("qwen3-0.6b"))
+    out = capsys.readouterr().out
+    assert "12,979,584" in out and "596,049,920" in out
 
 
 def test_ddp_test_metrics_equal_single_process(tmp_path):

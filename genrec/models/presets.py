@@ -89,14 +89,7 @@ class TigerConfig:
         Raises:
             ValueError: an unknown name (the message lists the known ones) or field.
         """
-        key = name.lower()
-        if key not in TIGER_PRESETS:
-            raise ValueError(f"unknown TIGER preset {name!r}; known: {', '.join(names())}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown TigerConfig field(s) {unknown}; fields: {sorted(known)}")
-        return replace(TIGER_PRESETS[key], **overrides)
+        return _from_preset(TIGER_PRESETS, "TIGER", name, overrides)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,6 +178,19 @@ TIGER_PRESETS: dict[str, TigerConfig] = {
 """The paper's T5 ladder; names are parameter counts at :data:`DEFAULT_VOCAB_SIZE`."""
 
 
+def _from_preset(table: dict[str, Any], kind: str, name: str, overrides: dict[str, Any]) -> Any:
+    """``table[name]`` with ``overrides`` of its fields; clear errors for unknown names or fields."""
+    key = name.lower()
+    if key not in table:
+        raise ValueError(f"unknown {kind} preset {name!r}; known: {', '.join(table)}")
+    preset = table[key]
+    known = {f.name for f in fields(preset)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown {type(preset).__name__} field(s) {unknown}; fields: {sorted(known)}")
+    return replace(preset, **overrides)
+
+
 def names() -> list[str]:
     """The preset names, smallest first."""
     return list(TIGER_PRESETS)
@@ -271,14 +277,7 @@ class LMRecConfig:
         Raises:
             ValueError: an unknown name (the message lists the known ones) or field.
         """
-        key = name.lower()
-        if key not in LM_PRESETS:
-            raise ValueError(f"unknown LM preset {name!r}; known: {', '.join(lm_names())}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown LMRecConfig field(s) {unknown}; fields: {sorted(known)}")
-        return replace(LM_PRESETS[key], **overrides)
+        return _from_preset(LM_PRESETS, "LM", name, overrides)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
