@@ -63,6 +63,20 @@ class StepFn(Protocol[S]):
     def __call__(self, tokens: Tensor | None, parents: Tensor | None, state: S) -> tuple[Tensor, S]: ...
 
 
+class Recommendations(NamedTuple):
+    """What a recommender's ``predict_step`` returns (TIGER's and the LM recommender's alike).
+
+    Attributes:
+        users: ``[B]`` int64 dense user ids.
+        items: ``[B, K]`` int64 recommended item ids, best first, distinct per row (``-1``: none).
+        scores: ``[B, K]`` float their sequence log-probs (SID tokens or title tokens).
+    """
+
+    users: Tensor
+    items: Tensor
+    scores: Tensor
+
+
 class BeamResult(NamedTuple):
     """The best items of each batch row, best first.
 

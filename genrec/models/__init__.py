@@ -1,6 +1,6 @@
 """Recommenders: TIGER (T5 over semantic IDs), the LM recommender (titles), and their size presets."""
 
-from genrec.models.lm_rec import LMRecModule, LMRecPrediction
+from genrec.models.lm_rec import LMRecModule
 from genrec.models.presets import (
     DEFAULT_VOCAB_SIZE,
     LM_PRESETS,
@@ -12,7 +12,7 @@ from genrec.models.presets import (
     lm_names,
     names,
 )
-from genrec.models.tiger import TigerModule, TigerPrediction
+from genrec.models.tiger import TigerModule
 
 __all__ = [
     "DEFAULT_VOCAB_SIZE",
@@ -20,10 +20,8 @@ __all__ = [
     "TIGER_PRESETS",
     "LMRecConfig",
     "LMRecModule",
-    "LMRecPrediction",
     "TigerConfig",
     "TigerModule",
-    "TigerPrediction",
     "count_lm_parameters",
     "count_parameters",
     "lm_names",

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from genrec.data.catalog import ItemCatalog
 from genrec.data.datamodule import SeqBatch
-from genrec.decoding import BeamResult, PrefixTrie, constrained_beam_search
+from genrec.decoding import BeamResult, PrefixTrie, Recommendations, constrained_beam_search
 from genrec.metrics import RecEvaluation
 from genrec.models.presets import LMRecConfig
 from genrec.models.tiger import lr_schedule
@@ -108,20 +108,6 @@ class LMInputs(NamedTuple):
     labels: Tensor
     items: Tensor
     target_width: int
-
-
-class LMRecPrediction(NamedTuple):
-    """What :meth:`LMRecModule.predict_step` returns.
-
-    Attributes:
-        users: ``[B]`` int64 dense user ids.
-        items: ``[B, K]`` int64 recommended item ids, best first, distinct per row (``-1``: none).
-        scores: ``[B, K]`` float their title log-probs.
-    """
-
-    users: Tensor
-    items: Tensor
-    scores: Tensor
 
 
 @dataclass
@@ -502,9 +488,9 @@ class LMRecModule(L.LightningModule):
     def test_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
         return self.model_step(batch, "test")
 
-    def predict_step(self, batch: SeqBatch, batch_idx: int = 0) -> LMRecPrediction:
+    def predict_step(self, batch: SeqBatch, batch_idx: int = 0) -> Recommendations:
         result = self.recommend(batch)
-        return LMRecPrediction(users=batch.users, items=result.items, scores=result.scores)
+        return Recommendations(users=batch.users, items=result.items, scores=result.scores)
 
     # ---- generation ---------------------------------------------------------------------------
 
@@ -579,4 +565,4 @@ class LMRecModule(L.LightningModule):
             self.cf = self._new_cf(weight.shape[0])
 
 
-__all__ = ["DEFAULT_ITEM_TEMPLATE", "DEFAULT_PROMPT", "LMInputs", "LMRecModule", "LMRecPrediction", "decoder_layer_classes", "load_tokenizer"]
+__all__ = ["DEFAULT_ITEM_TEMPLATE", "DEFAULT_PROMPT", "LMInputs", "LMRecModule", "decoder_layer_classes", "load_tokenizer"]

@@ -36,7 +36,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from genrec.data.datamodule import SeqBatch
-from genrec.decoding import BeamResult, PrefixTrie, constrained_beam_search
+from genrec.decoding import BeamResult, PrefixTrie, Recommendations, constrained_beam_search
 from genrec.metrics import RecEvaluation
 from genrec.models.presets import TigerConfig
 from genrec.quantize.semantic_ids import FORMAT, SemanticIDs
@@ -79,20 +79,6 @@ def sid_vocab_sizes(path: str | Path) -> list[int]:
 def table_digest(table: Tensor) -> str:
     """sha256 of a SID table (``[N, levels + 1]`` int64), to tie a checkpoint to its SIDs."""
     return hashlib.sha256(table.detach().cpu().to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
-
-
-class TigerPrediction(NamedTuple):
-    """What :meth:`TigerModule.predict_step` returns.
-
-    Attributes:
-        users: ``[B]`` int64 dense user ids.
-        items: ``[B, K]`` int64 recommended item ids, best first, distinct per row (``-1``: none).
-        scores: ``[B, K]`` float their sequence log-probs.
-    """
-
-    users: Tensor
-    items: Tensor
-    scores: Tensor
 
 
 @dataclass
@@ -370,9 +356,9 @@ class TigerModule(L.LightningModule):
     def test_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
         return self.model_step(batch, "test")
 
-    def predict_step(self, batch: SeqBatch, batch_idx: int = 0) -> TigerPrediction:
+    def predict_step(self, batch: SeqBatch, batch_idx: int = 0) -> Recommendations:
         result = self.recommend(batch)
-        return TigerPrediction(users=batch.users, items=result.items, scores=result.scores)
+        return Recommendations(users=batch.users, items=result.items, scores=result.scores)
 
     # ---- generation ---------------------------------------------------------------------------
 
@@ -489,4 +475,4 @@ def lr_schedule(kind: str, warmup_steps: int, total_steps: float, min_ratio: flo
     return factor
 
 
-__all__ = ["EOS", "PAD", "TigerModule", "TigerPrediction", "beam_attention", "lr_schedule", "sid_vocab_sizes", "table_digest"]
+__all__ = ["EOS", "PAD", "TigerModule", "beam_attention", "lr_schedule", "sid_vocab_sizes", "table_digest"]

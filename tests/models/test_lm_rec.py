@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from genrec.data import SeqBatch, SequenceDataModule, SyntheticSource
 from genrec.data.catalog import Item, ItemCatalog
-from genrec.decoding import score_all_items
-from genrec.models import LMRecConfig, LMRecModule, LMRecPrediction, count_lm_parameters, lm_names
+from genrec.decoding import Recommendations, score_all_items
+from genrec.models import LMRecConfig, LMRecModule, count_lm_parameters, lm_names
 from genrec.models.lm_rec import decoder_layer_classes, load_tokenizer
 from tests.trainer import quiet_trainer
 
@@ -269,7 +269,7 @@ def test_fit_validate_test_predict(datamodule):
     for key in ("test/recall@5", "test/ndcg@10", "test/cold/recall@10", "test/popularity/recall@10", "test/loss"):
         assert key in result and 0.0 <= result[key] < 20
     prediction = m.predict_step(next(iter(datamodule.test_dataloader())))
-    assert isinstance(prediction, LMRecPrediction) and prediction.items.shape == (6, 10)
+    assert isinstance(prediction, Recommendations) and prediction.items.shape == (6, 10)
 
 
 def end_to_end(epochs: int, num_users: int) -> tuple[dict[str, float], list[float]]:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from genrec.data import SeqBatch, SequenceDataModule, SyntheticSource
-from genrec.decoding import score_all_items
-from genrec.models import TigerModule, TigerPrediction
+from genrec.decoding import Recommendations, score_all_items
+from genrec.models import TigerModule
 from genrec.models.tiger import EOS, PAD, lr_schedule, sid_vocab_sizes
 from genrec.quantize import RQKMeans, SemanticIDs
 from tests.trainer import quiet_trainer
@@ -203,7 +203,7 @@ def test_recommendations_are_real_and_distinct(small):
     module.attach_items(sids)
     batch = next(iter(datamodule.test_dataloader()))
     prediction = module.predict_step(batch)
-    assert isinstance(prediction, TigerPrediction)
+    assert isinstance(prediction, Recommendations)
     items = prediction.items
     assert items.shape == (len(batch), 20)
     assert ((items >= 0) & (items < sids.num_items)).all()
