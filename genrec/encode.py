@@ -186,6 +186,18 @@ class _TextDataset(Dataset[tuple[int, str]]):
         return self.item_ids[index], self.texts[index]
 
 
+class _Collate:
+    """Tokenizes a batch of ``(item id, text)``; picklable, so tokenization can run in workers."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, batch: list[tuple[int, str]]) -> dict[str, torch.Tensor]:
+        ids, texts = zip(*batch, strict=True)
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {"ids": torch.tensor(ids, dtype=torch.long), **tokens}
+
+
 class EncoderModule(L.LightningModule):
     """Runs a :class:`TextEncoder` under Lightning ``predict`` (devices, precision, sharding)."""
 
@@ -256,6 +268,7 @@ def encode_catalog(
     devices: int | str = "auto",
     strategy: str = "auto",
     precision: str | None = None,
+    num_workers: int = 0,
     data_name: str = "",
 ) -> Path:
     """Encode every item of ``catalog`` and write ``output`` (see the module docstring).
@@ -274,6 +287,8 @@ def encode_catalog(
         devices: Lightning devices; several shard the items.
         strategy: Lightning strategy (``auto``, ``ddp``).
         precision: Lightning precision, e.g. ``bf16-mixed`` on a GPU.
+        num_workers: DataLoader workers that tokenize ahead of the model (tokenization in the
+            main process can bound a GPU).
         data_name: the data set's name, recorded and used in the default path.
 
     Returns:
@@ -318,11 +333,13 @@ def encode_catalog(
         dataset = _TextDataset([todo[i] for i in order], [texts[i] for i in order])
         text_encoder = TextEncoder(encoder)
 
-        def collate(batch: list[tuple[int, str]]) -> dict[str, torch.Tensor]:
-            ids, batch_texts = zip(*batch, strict=True)
-            return {"ids": torch.tensor(ids, dtype=torch.long), **text_encoder.tokenize(list(batch_texts))}
-
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            collate_fn=_Collate(text_encoder.tokenizer, encoder.max_length),
+            num_workers=num_workers,
+        )
         trainer = L.Trainer(
             accelerator=accelerator,
             devices=devices,

