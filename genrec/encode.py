@@ -355,18 +355,28 @@ def encode_catalog(
         seconds = time.perf_counter() - started
         trainer.strategy.barrier()  # every rank has flushed its chunks
         if not trainer.is_global_zero:
+            trainer.strategy.barrier()  # wait for rank 0's file, so the caller can read it
             return output
+        try:
+            _merge(output, parts, catalog, settings, seconds, len(todo), dtype)
+        finally:
+            trainer.strategy.barrier()
+        return output
+    _merge(output, parts, catalog, settings, seconds, len(todo), dtype)
+    return output
 
+
+def _merge(output: Path, parts: Path, catalog: ItemCatalog, settings: dict[str, str], seconds: float, encoded: int, dtype: str) -> None:
+    """Gather the flushed chunks into the final file (atomically), check it, drop the chunks."""
     ids, rows = _load_parts(parts)
     table = torch.full((len(catalog), rows.shape[1]), float("nan"))
     table[ids] = rows
     _check(table, catalog)
-    metadata = {**settings, "dim": str(table.shape[1]), "encode_seconds": f"{seconds:.2f}", "items_encoded": str(len(todo))}
+    metadata = {**settings, "dim": str(table.shape[1]), "encode_seconds": f"{seconds:.2f}", "items_encoded": str(encoded)}
     with atomic_path(output) as tmp:
         save_file({"embeddings": table.to(getattr(torch, dtype)).contiguous()}, str(tmp), metadata=metadata)
     shutil.rmtree(parts)
     log.info("wrote %s: %d x %d in %.1fs", output, table.shape[0], table.shape[1], seconds)
-    return output
 
 
 def _check(table: torch.Tensor, catalog: ItemCatalog) -> None:

@@ -100,3 +100,12 @@ def test_tokenizing_workers_give_the_same_table(tmp_path, catalog):
     one = encode_catalog(catalog, tmp_path / "a.safetensors", template="{title}", batch_size=5, accelerator="cpu")
     two = encode_catalog(catalog, tmp_path / "b.safetensors", template="{title}", batch_size=5, accelerator="cpu", num_workers=2)
     assert torch.allclose(load_file(str(one))["embeddings"], load_file(str(two))["embeddings"], atol=1e-5)
+
+
+def test_items_sharded_over_two_processes_give_the_same_table(tmp_path, catalog):
+    """Lightning predict over 2 CPU processes (gloo): each rank flushes its shard, rank 0 merges."""
+    one = encode_catalog(catalog, tmp_path / "a.safetensors", template="{title}", batch_size=4, accelerator="cpu")
+    two = encode_catalog(
+        catalog, tmp_path / "b.safetensors", template="{title}", batch_size=4, accelerator="cpu", devices=2, strategy="ddp_spawn"
+    )
+    assert torch.allclose(load_file(str(one))["embeddings"], load_file(str(two))["embeddings"], atol=1e-5)
