@@ -101,6 +101,49 @@ class PrefixDataset(Dataset[SeqBatch]):
         return SeqBatch(users=users, history=history, lengths=lengths, targets=self.items[starts + positions])
 
 
+class LengthBucketSampler(torch.utils.data.Sampler[int]):
+    """A shuffled order in which every run of ``batch_size`` samples has similar history lengths.
+
+    Each epoch: a random permutation, cut into buckets of ``bucket_batches`` batches; inside a
+    bucket samples are sorted by length and cut into batches; the batches are shuffled. A batch
+    then pads to a length close to its own samples' (random batches pad to the longest history,
+    nearly always ``max_history``). Under DDP, Lightning wraps this sampler and deals its order
+    round-robin to the ranks, so ``batch_size`` here is the *global* batch (per-device batch x
+    world size), keeping every rank's batch inside one bucket. The order changes every epoch
+    (``set_epoch``, or each new iteration) and is the same on every rank.
+
+    Args:
+        lengths: ``[N]`` history length of each sample.
+        batch_size: samples per (global) batch.
+        seed: base seed of the shuffles.
+        bucket_batches: batches per bucket (more: less padding, less randomness).
+    """
+
+    def __init__(self, lengths: torch.Tensor, batch_size: int, seed: int = 0, bucket_batches: int = 64) -> None:
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.seed = seed
+        self.bucket_batches = bucket_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1  # a wrapper that only re-iterates still gets a new order each epoch
+        order = torch.randperm(len(self.lengths), generator=generator)
+        batches = []
+        for bucket in order.split(self.batch_size * self.bucket_batches):
+            bucket = bucket[torch.sort(self.lengths[bucket], stable=True).indices]
+            batches.extend(bucket.split(self.batch_size))
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        yield from torch.cat([batches[i] for i in shuffled]).tolist() if batches else []
+
+
 def _keep_batch(batch: SeqBatch | torch.Tensor) -> SeqBatch | torch.Tensor:
     """The collate function: the dataset already built the batch."""
     return batch
@@ -119,6 +162,8 @@ class SequenceDataModule(L.LightningDataModule):
         eval_batch_size: validation/test batch size; defaults to ``batch_size``.
         num_workers: DataLoader worker processes.
         seed: seed of the training shuffle.
+        bucket_by_length: draw training batches of similar history lengths
+            (:class:`LengthBucketSampler`): less padding, faster steps; off = uniform shuffle.
     """
 
     def __init__(
@@ -132,9 +177,11 @@ class SequenceDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        bucket_by_length: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["source"])
+        self.bucket_by_length = bucket_by_length
         self.source = source
         self.name = name
         self.kcore = kcore
@@ -192,12 +239,16 @@ class SequenceDataModule(L.LightningDataModule):
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        elif stage == "train" and self.bucket_by_length:
+            world = self.trainer.world_size if self.trainer is not None else 1
+            lengths = dataset.positions.clamp(max=self.max_history)
+            sampler = LengthBucketSampler(lengths, batch_size * world, seed=self.seed)
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
             shuffle=shuffle if sampler is None else None,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle and sampler is None else None,
             collate_fn=_keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -86,3 +86,29 @@ def test_distributed_sampler_shards_without_loss():
         loader = DataLoader(dataset, batch_size=2, sampler=sampler, collate_fn=lambda b: b)
         seen += [u for batch in loader for u in batch.users.tolist()]
     assert sorted(set(seen)) == [0, 1, 2]  # 3 users over 2 ranks: one padded repeat, none lost
+
+
+def test_length_buckets_cut_padding_and_cover_every_sample_once():
+    from genrec.data.datamodule import LengthBucketSampler
+
+    lengths = torch.randint(1, 21, (1000,), generator=torch.Generator().manual_seed(0))
+    sampler = LengthBucketSampler(lengths, batch_size=50, seed=3, bucket_batches=10)
+    first, second = list(sampler), list(sampler)
+    assert sorted(first) == list(range(1000)) and sorted(second) == list(range(1000))
+    assert first != second  # a new order every epoch
+    sampler.set_epoch(0)
+    assert list(sampler) == first  # reproducible per epoch
+    batches = torch.tensor(first).view(20, 50)
+    padded = lengths[batches].max(1).values.sum() * 50
+    assert padded < 0.6 * 20 * 50 * 20  # far below random batches, which pad to ~20 each
+    assert lengths[batches].max(1).values.float().mean() < 15
+
+
+def test_bucketed_training_batches_from_the_datamodule():
+    dm = SequenceDataModule(ListSource({f"u{i}": [chr(97 + (i + j) % 20) for j in range(3 + i % 12)] for i in range(60)}),
+                            kcore=0, batch_size=8, bucket_by_length=True)
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert sum(len(b) for b in batches) == len(dm.dataset("train"))
+    spread = [int(b.lengths.max() - b.lengths.min()) for b in batches]
+    assert sum(spread) / len(spread) < 3  # histories of one batch have similar lengths
