@@ -375,9 +375,10 @@ def plot_scaling(fits_and_points: Mapping[str, tuple[ScalingFit, Sequence[Scalin
                  path: str | os.PathLike[str], metric_label: str = "Recall@k") -> Path:
     """Plot Recall@k against total parameters with the fitted law, one series per entry.
 
-    Points are the mean ± std over seeds of each distinct configuration; the line is the fitted
-    law along the measured ladder of configurations (sorted by total size, interpolated
-    geometrically between them). Written atomically as PNG.
+    Points are the mean ± std over seeds (ddof 1) of each distinct configuration. The line is
+    the fitted law along the measured configurations sorted by total size: interpolated
+    geometrically between them when they form a ladder (every count non-decreasing), else the
+    fitted value at each configuration (``x``) joined by a thin line. Written atomically as PNG.
 
     Args:
         fits_and_points: legend label -> (fit, its points).
@@ -399,10 +400,13 @@ def plot_scaling(fits_and_points: Mapping[str, tuple[ScalingFit, Sequence[Scalin
             color = f"C{i}"
             counts, total, mean, std = _grouped(points)
             ax.errorbar(total, mean, yerr=std, fmt="o", color=color, capsize=3, label=f"{name} (data)")
-            dense = _path(counts)
+            # A ladder (every count non-decreasing with size) gets a smooth curve; scattered
+            # configurations get the fitted value at each, joined in size order.
+            ladder = bool(np.all(np.diff(counts, axis=0) >= 0))
+            dense = _path(counts) if ladder else counts
             curve = fit.predict([ScalingPoint(recall=0.0, n_rs=c[0], n_llm=c[1], n_qt=c[2], n_lora=c[3])
                                  for c in dense])
-            ax.plot(dense.sum(axis=1), curve, "-", color=color,
+            ax.plot(dense.sum(axis=1), curve, "-" if ladder else "x-", color=color, lw=1.5 if ladder else 0.8,
                     label=f"{name} fit (R0={fit.r0:.4f}, R²={fit.r2:.3f})")
         ax.set_xscale("log")
         ax.set_xlabel("total parameters")
