@@ -191,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(2)
     try:
         if command in LIGHTNING_COMMANDS:
-            GenRecCLI(args=[command, *rest])
+            # From the shell LightningCLI reads sys.argv itself (passing both makes it warn).
+            GenRecCLI(args=None if argv is None else [command, *rest])
         else:
             STAGE_COMMANDS[command][0](rest)
     except (FileNotFoundError, DataFormatError, MissingItemError) as error:
