@@ -166,6 +166,14 @@ def test_lm_config(config, tiny_data, tmp_path, monkeypatch):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.startswith("configs/sasrec/")])
+def test_sasrec_config(config, tiny_data, tmp_path, monkeypatch):
+    """Each SASRec config fits one batch (and validates) on the tiny data set, on the CPU."""
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", tiny_data, "--config", str(ROOT / config), "--trainer.fast_dev_run", "true",
+          "--trainer.accelerator", "cpu", "--data.init_args.batch_size", "8", "--data.init_args.eval_batch_size", "8"])
+
+
 def test_every_config_is_covered():
     """Each config has a block this test module knows how to run."""
     for config in CONFIGS:

@@ -1,4 +1,4 @@
-"""Recommenders: TIGER (T5 over semantic IDs), the LM recommender (titles), and their size presets."""
+"""Recommenders: TIGER (T5 over semantic IDs), the LM recommender (titles), the SASRec baseline, and size presets."""
 
 from genrec.models.lm_rec import LMRecModule
 from genrec.models.presets import (
@@ -12,6 +12,7 @@ from genrec.models.presets import (
     lm_names,
     names,
 )
+from genrec.models.sasrec import SASRecModule
 from genrec.models.tiger import TigerModule
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "TIGER_PRESETS",
     "LMRecConfig",
     "LMRecModule",
+    "SASRecModule",
     "TigerConfig",
     "TigerModule",
     "count_lm_parameters",

@@ -1,0 +1,168 @@
+"""SASRec with full cross-entropy: the ID-based baseline the generative models must beat.
+
+A causal Transformer over item-id embeddings (Kang & McAuley 2018) whose last position scores
+every item of the catalogue; trained with softmax cross-entropy over all items (which beats the
+sampled-negative loss of the original, see ../shared/datasets/README.md). Items are ranked by
+score over the full catalogue, so Recall/NDCG are comparable with TIGER's and the LM's; with
+``mask_history`` the user's history items are excluded from the ranking (the other protocol).
+
+Histories come right-padded (``SeqBatch``); with a causal mask the output at position
+``length - 1`` only sees real items, so no key-padding mask is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genrec.data.datamodule import PAD_ITEM, SeqBatch
+from genrec.decoding import Recommendations
+from genrec.metrics import RecEvaluation
+
+Stage = Literal["train", "val", "test"]
+
+
+class SASRecModule(L.LightningModule):
+    """SASRec trained with full softmax cross-entropy.
+
+    Args:
+        hidden_size: embedding and model width.
+        num_layers: Transformer blocks.
+        num_heads: attention heads.
+        dropout: dropout on embeddings, attention and feed-forward.
+        max_length: longest history (positions); histories are cut to their most recent items.
+        num_items: catalogue size; ``None``: read from the data module at setup (and recorded,
+            so checkpoints load without data).
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        mask_history: exclude the history's items from the ranking.
+        ks: cut-offs K of Recall@K / NDCG@K.
+        cold_start_max_count: test targets seen at most this often in training form the
+            cold-start slice.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 1,
+        dropout: float = 0.5,
+        max_length: int = 50,
+        num_items: int | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        mask_history: bool = False,
+        ks: tuple[int, ...] = (5, 10),
+        cold_start_max_count: int = 5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.ks = tuple(int(k) for k in ks)
+        self.evaluation = RecEvaluation(self.ks, cold_start_max_count)
+        self.positions = nn.Embedding(max_length, hidden_size)
+        layer = nn.TransformerEncoderLayer(
+            hidden_size, num_heads, dim_feedforward=hidden_size, dropout=dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.items: nn.Embedding | None = None
+        if num_items is not None:
+            self._build(num_items)
+
+    def _build(self, num_items: int) -> None:
+        # row num_items is the padding item
+        self.items = nn.Embedding(num_items + 1, self.hparams.hidden_size, padding_idx=num_items)
+        nn.init.normal_(self.items.weight, std=self.hparams.hidden_size**-0.5)
+        with torch.no_grad():
+            self.items.weight[num_items].zero_()
+        self.hparams["num_items"] = num_items
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data = getattr(datamodule, "data", None)
+        if data is None:
+            raise RuntimeError("SASRecModule needs a data module with a .data (SequenceData)")
+        if self.items is None:
+            self._build(data.num_items)
+        elif self.items.num_embeddings != data.num_items + 1:
+            raise ValueError(f"the model has {self.items.num_embeddings - 1} items, the data set {data.num_items}")
+        self.evaluation.attach(data.train_item_counts(), data.num_items)
+
+    def forward(self, history: Tensor, lengths: Tensor) -> Tensor:
+        """User states from histories.
+
+        Args:
+            history: ``[B, L]`` item ids, right-padded with -1.
+            lengths: ``[B]`` real items per history.
+
+        Returns:
+            ``[B, hidden_size]`` the state after each history's last item.
+        """
+        if self.items is None:
+            raise RuntimeError("no catalogue yet: run inside a Trainer with a data module or pass num_items")
+        max_length = self.hparams.max_length
+        if history.shape[1] > max_length:  # keep the most recent items
+            shift = (lengths - max_length).clamp(min=0)
+            index = (shift[:, None] + torch.arange(max_length, device=history.device)).clamp(max=history.shape[1] - 1)
+            history = history.gather(1, index)
+            lengths = lengths.clamp(max=max_length)
+        pad = self.items.num_embeddings - 1
+        tokens = history.masked_fill(history == PAD_ITEM, pad)
+        steps = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.items(tokens) * self.hparams.hidden_size**0.5 + self.positions(steps)[None]
+        causal = nn.Transformer.generate_square_subsequent_mask(tokens.shape[1], device=tokens.device, dtype=x.dtype)
+        h = self.norm(self.encoder(self.dropout(x), mask=causal, is_causal=True))
+        return h[torch.arange(h.shape[0], device=h.device), lengths - 1]
+
+    def scores(self, batch: SeqBatch) -> Tensor:
+        """``[B, num_items]`` scores of every item as the next one."""
+        state = self(batch.history, batch.lengths)
+        return state @ self.items.weight[:-1].T
+
+    def model_step(self, batch: SeqBatch, stage: Stage) -> Tensor:
+        """Full cross-entropy of the next item; on val/test also the full ranking and metrics."""
+        scores = self.scores(batch)
+        loss = F.cross_entropy(scores.float(), batch.targets)
+        B = batch.targets.shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=stage == "train", on_epoch=True, batch_size=B)
+        if stage != "train":
+            ranked = self.rank(scores, batch)
+            for metrics in self.evaluation.update(stage, ranked, batch.targets):
+                self.log_dict(metrics, on_epoch=True, batch_size=B)
+        return loss
+
+    def rank(self, scores: Tensor, batch: SeqBatch, k: int | None = None) -> Tensor:
+        """``[B, k]`` top item ids (default ``max(ks)``), history items excluded with ``mask_history``."""
+        if self.hparams.mask_history:
+            scores = scores.clone()
+            rows = torch.arange(scores.shape[0], device=scores.device)[:, None].expand_as(batch.history)
+            valid = batch.history != PAD_ITEM
+            scores[rows[valid], batch.history[valid]] = float("-inf")
+        return scores.topk(min(k or max(self.ks), scores.shape[1]), dim=1).indices
+
+    def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
+        return self.model_step(batch, "train")
+
+    def validation_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
+        return self.model_step(batch, "val")
+
+    def test_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
+        return self.model_step(batch, "test")
+
+    @torch.no_grad()
+    def predict_step(self, batch: SeqBatch, batch_idx: int = 0) -> Recommendations:
+        scores = self.scores(batch)
+        top = self.rank(scores, batch)
+        return Recommendations(users=batch.users, items=top, scores=scores.gather(1, top))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.items is None:  # Trainer(ckpt_path=...) after a lazily built model: build it first
+            self._build(int(checkpoint["hyper_parameters"]["num_items"]))
