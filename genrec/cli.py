@@ -158,9 +158,24 @@ def run_presets(args: Sequence[str]) -> list[dict[str, object]]:
     return rows
 
 
+def run_pipeline_command(args: Sequence[str]) -> Path:
+    """``pipeline`` command: every stage of a pipeline config, then its report."""
+    from genrec.pipeline import PipelineConfig, run_pipeline
+
+    parser = ArgumentParser(prog="train.py pipeline", description="data -> encode -> tokenize -> models -> report, skipping finished stages.")
+    parser.add_argument("--config", action=ActionConfigFile, help="a pipeline YAML (configs/pipeline/*.yaml)")
+    parser.add_class_arguments(PipelineConfig, as_group=False)
+    config = parser.parse_args(list(args))
+    settings = PipelineConfig(**{k: v for k, v in vars(config).items() if k not in ("config", "__path__")})
+    report = run_pipeline(settings, command="python train.py pipeline " + " ".join(args))
+    print(f"report: {report}")
+    return report
+
+
 STAGE_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], object], str]] = {
     "data": (run_data, "read a data set and print its statistics"),
     "encode": (run_encode, "embed every item's text (modality encoder) into a safetensors file"),
+    "pipeline": (run_pipeline_command, "run data -> encode -> tokenize -> models -> report, skipping finished stages"),
     "presets": (run_presets, "list model size presets and their parameter counts"),
     "tokenize": (run_tokenize, "train an RQ-VAE / RQ-KMeans tokenizer and write every item's semantic ID"),
 }

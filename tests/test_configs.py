@@ -174,11 +174,22 @@ def test_sasrec_config(config, tiny_data, tmp_path, monkeypatch):
           "--trainer.accelerator", "cpu", "--data.init_args.batch_size", "8", "--data.init_args.eval_batch_size", "8"])
 
 
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.startswith("configs/pipeline/")])
+def test_pipeline_config(config, tmp_path, monkeypatch, one_thread):
+    """Each pipeline config runs to its report (outputs under a temporary root)."""
+    monkeypatch.chdir(ROOT)
+    main(["pipeline", "--config", config, "--root", str(tmp_path)])
+    name = yaml.safe_load((ROOT / config).read_text())["name"]
+    assert "## Results" in (tmp_path / name / "report.md").read_text()
+
+
 def test_every_config_is_covered():
     """Each config has a block this test module knows how to run."""
     for config in CONFIGS:
         keys = set(yaml.safe_load((ROOT / config).read_text()))
         assert keys & {"data", "model", "encoder", "tokenizer"}, f"{config} has none of data:, model:, encoder:, tokenizer:"
+        prefix = config.split("/")[1]
+        assert prefix in {"data", "encode", "tokenizer", "tiger", "lm", "sasrec", "pipeline"}, f"{config}: no test runs configs/{prefix}/"
 
 
 def test_cli_reports_bad_input_without_traceback(capsys, monkeypatch):

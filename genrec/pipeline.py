@@ -1,0 +1,244 @@
+"""The ``pipeline`` command: data -> encode -> tokenize -> every model's fit/test -> report.
+
+One YAML (``configs/pipeline/*.yaml``) names the data preset, the encoder, the tokenizer and a
+config per model (TIGER, the LM recommender, SASRec, ...), with extra command-line overrides
+per stage. Everything goes under ``checkpoints/<name>/``:
+
+* ``data.json`` — the data set's statistics;
+* ``embeddings/<encoder>.safetensors`` — the item embeddings;
+* ``sids/<tokenizer>.safetensors`` — the semantic IDs (the tokenize stage reuses it, and the
+  embeddings, when their settings are unchanged);
+* ``<model>/config.yaml`` — the exact config the model ran with (its checkpoint and log folders
+  moved under the run), ``<model>/checkpoints/``, ``<model>/result.json`` — test metrics,
+  parameter count, training time, device, and a digest of everything that made them;
+* ``report.md`` and ``recall_vs_params.png``.
+
+A model whose ``result.json`` carries the same digest is skipped; one killed mid-training
+resumes from its ``last.ckpt``; a changed config or override re-runs it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from genrec.artifacts import atomic_path, config_digest, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+SID_MODELS = ("TigerModule",)
+
+
+@dataclass
+class PipelineConfig:
+    """What the pipeline runs.
+
+    Args:
+        name: run name; outputs go to ``<root>/<name>/``.
+        data: the data preset YAML (a ``data:`` block).
+        encoder: the encoder YAML (``encoder:``/``encode:`` blocks).
+        tokenizer: the tokenizer YAML (``tokenizer:``/``tokenize:`` blocks).
+        models: model name -> its YAML (``model:``/``trainer:`` blocks), run in this order.
+        overrides: stage name (``data``, ``tokenize`` or a model name) -> extra command-line
+            arguments, e.g. ``{"tiger": ["--trainer.max_epochs", "3"]}``.
+        root: the folder of all runs.
+    """
+
+    name: str
+    data: str
+    encoder: str = "configs/encode/minilm.yaml"
+    tokenizer: str = "configs/tokenizer/rqvae.yaml"
+    models: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, list[str]] = field(default_factory=dict)
+    root: str = "checkpoints"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.root) / self.name
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def run_pipeline(config: PipelineConfig, command: str = "") -> Path:
+    """Run every stage of ``config`` (skipping finished ones) and write the report.
+
+    Returns:
+        the path of ``report.md``.
+    """
+    from genrec.cli import run_data, run_tokenize
+
+    run = config.run_dir
+    run.mkdir(parents=True, exist_ok=True)
+    stats = run_data(["--config", config.data, *config.overrides.get("data", []), "--output", str(run / "data.json")])
+    sids_path = run / "sids" / f"{Path(config.tokenizer).stem}.safetensors"
+    needs_sids = any(_model_class(path) in SID_MODELS for path in config.models.values())
+    if needs_sids:
+        run_tokenize(
+            ["--config", config.data, "--config", config.encoder, "--config", config.tokenizer,
+             "--encode.output", str(run / "embeddings" / f"{Path(config.encoder).stem}.safetensors"),
+             "--tokenize.output", str(sids_path), *config.overrides.get("tokenize", [])]
+        )
+    results = {}
+    for name, path in config.models.items():
+        sids = sids_path if _model_class(path) in SID_MODELS else None
+        results[name] = run_model(config, name, path, sids)
+    return write_report(config, stats, sids_path if needs_sids else None, results, command)
+
+
+def _model_class(path: str) -> str:
+    model = (yaml.safe_load(Path(path).read_text()) or {}).get("model", {})
+    return str(model.get("class_path", "")).rsplit(".", 1)[-1]
+
+
+def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None) -> dict[str, Any]:
+    """Fit and test one model under ``<run>/<name>/`` unless its result is up to date."""
+    from genrec.cli import GenRecCLI
+
+    folder = config.run_dir / name
+    overrides = list(config.overrides.get(name, []))
+    digest = config_digest(
+        {
+            "data": Path(config.data).read_text(),
+            "model": Path(path).read_text(),
+            "overrides": [*config.overrides.get("data", []), *overrides],
+            "sids": None if sids is None else [str(sids), sids.stat().st_mtime_ns],
+        }
+    )
+    result_path = folder / "result.json"
+    if result_path.is_file() and read_json(result_path).get("digest") == digest:
+        log.info("%s: result up to date, skipped", name)
+        return read_json(result_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_config = _relocate(yaml.safe_load(Path(path).read_text()), folder)
+    with atomic_path(folder / "config.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(model_config, sort_keys=False))
+    args = ["--config", config.data, "--config", str(folder / "config.yaml"), *config.overrides.get("data", []), *overrides]
+    if sids is not None:
+        args += ["--model.init_args.sids", str(sids)]
+    cli = GenRecCLI(args=args, run=False)
+    last = folder / "checkpoints" / "last.ckpt"
+    resume = last if last.is_file() and (folder / "digest").is_file() and (folder / "digest").read_text() == digest else None
+    (folder / "digest").write_text(digest)
+    if resume:
+        log.info("%s: resuming from %s", name, resume)
+    started = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(resume) if resume else None)
+    train_seconds = time.perf_counter() - started
+    callback = cli.trainer.checkpoint_callback
+    best = getattr(callback, "best_model_path", "") if callback is not None else ""
+    metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)[0]
+    result = {
+        "model": name,
+        "class": type(cli.model).__name__,
+        "parameters": sum(p.numel() for p in cli.model.parameters()),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "train_seconds": round(train_seconds, 1),
+        "epochs": cli.trainer.current_epoch,
+        "checkpoint": best,
+        "device": device_name(),
+        "digest": digest,
+    }
+    write_json(result_path, result)
+    return result
+
+
+def _relocate(model_config: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The model config with its trainer's root, logger and checkpoint folders under ``folder``."""
+    trainer = model_config.setdefault("trainer", {})
+    trainer["default_root_dir"] = str(folder)
+    logger = trainer.get("logger")
+    if isinstance(logger, dict):
+        logger.setdefault("init_args", {})["save_dir"] = str(folder)
+    for callback in trainer.get("callbacks") or []:
+        if isinstance(callback, dict) and str(callback.get("class_path", "")).endswith("ModelCheckpoint"):
+            callback.setdefault("init_args", {})["dirpath"] = str(folder / "checkpoints")
+    return model_config
+
+
+def write_report(config: PipelineConfig, stats: dict[str, Any], sids: Path | None, results: dict[str, dict[str, Any]], command: str) -> Path:
+    """``report.md`` (every number, with the command and device) and the Recall@10 plot."""
+    from genrec.quantize.semantic_ids import SemanticIDs
+
+    run = config.run_dir
+    s = stats["stats"]
+    lines = [
+        f"# genrec pipeline report: {config.name}",
+        "",
+        f"- command: `{command or 'python train.py pipeline'}`",
+        f"- device: {device_name()}; date: {dt.date.today().isoformat()}",
+        f"- config: `{yaml.safe_dump(asdict(config), default_flow_style=True, width=10_000).strip()}`",
+        "",
+        "## Data",
+        "",
+        f"{stats['data']['name']}: {s['users']:,} users, {s['items']:,} items, {s['interactions']:,} interactions; "
+        f"sequence length {s['length_min']} / {s['length_mean']:.2f} / {s['length_max']} (min / mean / max); "
+        f"leave-one-out samples train / val / test {stats['split']['train']:,} / {stats['split']['val']:,} / {stats['split']['test']:,}.",
+        "",
+    ]
+    if sids is not None:
+        q = SemanticIDs.load(sids).quality
+        lines += ["## Semantic IDs", "", f"`{sids}`", "", "| level | codes used | perplexity |", "|---|---|---|"]
+        lines += [f"| {lv['level']} | {lv['codes_used']}/{q['codebook_size']} ({lv['fraction_used']:.1%}) | {lv['perplexity']:.1f} |" for lv in q["per_level"]]
+        lines += ["", f"Items needing a dedup digit > 0: {q['collision_rate']:.2%} (max digit {q['max_dedup_digit']}); reconstruction MSE {q['reconstruction_error']:.3g}.", ""]
+    lines += [
+        "## Results (test, full catalogue)",
+        "",
+        "| model | parameters | R@5 | N@5 | R@10 | N@10 | cold R@10 | train s | epochs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    popularity = None
+    for name, result in results.items():
+        m = result["metrics"]
+        popularity = popularity or m
+        lines.append(
+            f"| {name} ({result['class']}) | {result['parameters']:,} | {m.get('test/recall@5', float('nan')):.4f} | "
+            f"{m.get('test/ndcg@5', float('nan')):.4f} | {m.get('test/recall@10', float('nan')):.4f} | "
+            f"{m.get('test/ndcg@10', float('nan')):.4f} | {m.get('test/cold/recall@10', float('nan')):.4f} | "
+            f"{result['train_seconds']} | {result['epochs']} |"
+        )
+    if popularity:
+        p = popularity
+        lines.append(
+            f"| popularity | 0 | {p.get('test/popularity/recall@5', float('nan')):.4f} | {p.get('test/popularity/ndcg@5', float('nan')):.4f} | "
+            f"{p.get('test/popularity/recall@10', float('nan')):.4f} | {p.get('test/popularity/ndcg@10', float('nan')):.4f} | | | |"
+        )
+    if results:
+        plot = _plot_recall(results, run / "recall_vs_params.png")
+        lines += ["", f"![Recall@10 vs parameters]({plot.name})"]
+    report = run / "report.md"
+    with atomic_path(report) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return report
+
+
+def _plot_recall(results: dict[str, dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, result in results.items():
+        ax.scatter(result["parameters"], result["metrics"].get("test/recall@10", float("nan")), label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("test Recall@10")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
