@@ -174,7 +174,15 @@ def test_sasrec_config(config, tiny_data, tmp_path, monkeypatch):
           "--trainer.accelerator", "cpu", "--data.init_args.batch_size", "8", "--data.init_args.eval_batch_size", "8"])
 
 
-@pytest.mark.parametrize("config", [c for c in CONFIGS if c.startswith("configs/pipeline/")])
+PIPELINES = [
+    # the demo trains three models on MovieLens-100K for minutes: run with `-m slow` (and by the README's main command)
+    pytest.param(c, marks=pytest.mark.slow) if c.endswith("/demo.yaml") else c
+    for c in CONFIGS
+    if c.startswith("configs/pipeline/")
+]
+
+
+@pytest.mark.parametrize("config", PIPELINES)
 def test_pipeline_config(config, tmp_path, monkeypatch, one_thread):
     """Each pipeline config runs to its report (outputs under a temporary root)."""
     monkeypatch.chdir(ROOT)
