@@ -56,7 +56,7 @@ class Timeline(L.Callback):
         self.val_started = 0.0
         self.val_seconds = 0.0
         self.samples = 0
-        self.enc_tokens = 0
+        self._enc_tokens = None
         self.dec_tokens = 0
         self.points: list[dict[str, float]] = []
         self.reached: float | None = None
@@ -66,9 +66,15 @@ class Timeline(L.Callback):
         self.start = time.perf_counter()
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:  # noqa: ANN001
+        # Counted on the device: an int() here would sync the GPU every step and stall the pipeline.
         self.samples += len(batch)
-        self.enc_tokens += int(batch.lengths.sum()) * module.tokens_per_item + len(batch)
+        tokens = batch.lengths.sum() * module.tokens_per_item + len(batch)
+        self._enc_tokens = tokens if self._enc_tokens is None else self._enc_tokens + tokens
         self.dec_tokens += len(batch) * module.tokens_per_item
+
+    @property
+    def enc_tokens(self) -> int:
+        return int(self._enc_tokens) if self._enc_tokens is not None else 0
 
     def on_validation_start(self, trainer, module) -> None:  # noqa: ANN001
         _sync()

@@ -172,10 +172,33 @@ def run_pipeline_command(args: Sequence[str]) -> Path:
     return report
 
 
+def run_scaling_command(args: Sequence[str]) -> Path:
+    """``scaling`` command: train every (sweep, preset, seed) of a scaling config, fit the law, report."""
+    from genrec.sweep import ScalingConfig, run_scaling
+
+    parser = ArgumentParser(prog="train.py scaling", description="size presets x seeds per paradigm -> scaling-law fit, table and plot.")
+    parser.add_argument("--config", action=ActionConfigFile, help="a scaling YAML (configs/scaling/*.yaml)")
+    parser.add_class_arguments(ScalingConfig, as_group=False)
+    parser.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i (independent jobs, e.g. one per GPU)")
+    parser.add_argument("--collect_only", type=bool, default=False, help="fit and report the finished runs, train nothing")
+    config = parser.parse_args(list(args))
+    values = {k: v for k, v in vars(config).items() if k not in ("config", "__path__", "shard", "collect_only")}
+    values["sweeps"] = {k: (vars(v) if not isinstance(v, dict) else v) for k, v in values["sweeps"].items()}
+    try:
+        index, count = (int(x) for x in str(config.shard).split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n, got {config.shard!r}") from None
+    report = run_scaling(ScalingConfig(**values), command="python train.py scaling " + " ".join(args), shard=(index, count),
+                         collect_only=config.collect_only)
+    print(f"report: {report}")
+    return report
+
+
 STAGE_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], object], str]] = {
     "data": (run_data, "read a data set and print its statistics"),
     "encode": (run_encode, "embed every item's text (modality encoder) into a safetensors file"),
     "pipeline": (run_pipeline_command, "run data -> encode -> tokenize -> models -> report, skipping finished stages"),
+    "scaling": (run_scaling_command, "sweep size presets x seeds per paradigm, fit the paper's scaling law, table + plot"),
     "presets": (run_presets, "list model size presets and their parameter counts"),
     "tokenize": (run_tokenize, "train an RQ-VAE / RQ-KMeans tokenizer and write every item's semantic ID"),
 }

@@ -11,7 +11,7 @@ per stage. Everything goes under ``checkpoints/<name>/``:
 * ``<model>/config.yaml`` — the exact config the model ran with (its checkpoint and log folders
   moved under the run), ``<model>/checkpoints/``, ``<model>/result.json`` — test metrics,
   parameter count, training time, device, and a digest of everything that made them;
-* ``report.md`` and ``recall_vs_params.png``.
+* ``report.md``, ``recall_vs_params.png`` and (with SIDs) ``sid_usage.png``.
 
 A model whose ``result.json`` carries the same digest is skipped; one killed mid-training
 resumes from its ``last.ckpt``; a changed config or override re-runs it.
@@ -25,12 +25,15 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
 
 from genrec.artifacts import atomic_path, config_digest, read_json, write_json
+
+if TYPE_CHECKING:
+    from genrec.quantize.semantic_ids import SemanticIDs
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +146,7 @@ def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None) -
         "model": name,
         "class": type(cli.model).__name__,
         "parameters": sum(p.numel() for p in cli.model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in cli.model.parameters() if p.requires_grad),
         "metrics": {k: float(v) for k, v in metrics.items()},
         "train_seconds": round(train_seconds, 1),
         "epochs": cli.trainer.current_epoch,
@@ -168,7 +172,8 @@ def _relocate(model_config: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 
 def write_report(config: PipelineConfig, stats: dict[str, Any], sids: Path | None, results: dict[str, dict[str, Any]], command: str) -> Path:
-    """``report.md`` (every number, with the command and device) and the Recall@10 plot."""
+    """``report.md`` (every number, with the command and device), the Recall@10 plot and the
+    SID code-usage plot."""
     from genrec.quantize.semantic_ids import SemanticIDs
 
     run = config.run_dir
@@ -188,10 +193,13 @@ def write_report(config: PipelineConfig, stats: dict[str, Any], sids: Path | Non
         "",
     ]
     if sids is not None:
-        q = SemanticIDs.load(sids).quality
+        semantic_ids = SemanticIDs.load(sids)
+        q = semantic_ids.quality
         lines += ["## Semantic IDs", "", f"`{sids}`", "", "| level | codes used | perplexity |", "|---|---|---|"]
         lines += [f"| {lv['level']} | {lv['codes_used']}/{q['codebook_size']} ({lv['fraction_used']:.1%}) | {lv['perplexity']:.1f} |" for lv in q["per_level"]]
         lines += ["", f"Items needing a dedup digit > 0: {q['collision_rate']:.2%} (max digit {q['max_dedup_digit']}); reconstruction MSE {q['reconstruction_error']:.3g}.", ""]
+        usage = _plot_sid_usage(semantic_ids, run / "sid_usage.png")
+        lines += [f"![SID code usage per level]({usage.name})", ""]
     lines += [
         "## Results (test, full catalogue)",
         "",
@@ -225,18 +233,47 @@ def write_report(config: PipelineConfig, stats: dict[str, Any], sids: Path | Non
 
 
 def _plot_recall(results: dict[str, dict[str, Any]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _subplots(figsize=(5, 3.5))
     for name, result in results.items():
         ax.scatter(result["parameters"], result["metrics"].get("test/recall@10", float("nan")), label=name)
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
     ax.set_ylabel("test Recall@10")
     ax.legend()
+    return _save_png(fig, path)
+
+
+def _plot_sid_usage(sids: SemanticIDs, path: Path) -> Path:
+    """One panel per RQ level: items per code, codes sorted by use, titled with the share of
+    codes used. Even use is a flat profile at ``N / codebook_size`` (dashed); collapse is a
+    steep or short one."""
+    size = sids.codebook_size
+    fig, axes = _subplots(ncols=sids.levels, figsize=(2.6 * sids.levels + 0.6, 2.8), sharey=True, squeeze=False)
+    for level, ax in enumerate(axes[0]):
+        counts = torch.bincount(sids.codes[:, level], minlength=size).sort(descending=True).values
+        used = int((counts > 0).sum())
+        ax.bar(range(size), counts.tolist(), width=1.0)
+        ax.axhline(sids.num_items / size, color="gray", linestyle="--", linewidth=0.8)
+        ax.set_title(f"level {level}: {used}/{size} codes ({used / size:.0%})", fontsize=9)
+        ax.set_xlabel("code, by use")
+    axes[0][0].set_ylabel("items")
+    return _save_png(fig, path)
+
+
+def _subplots(**kwargs: Any) -> tuple[Any, Any]:
+    """``plt.subplots`` on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(**kwargs)
+
+
+def _save_png(fig: Any, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

@@ -195,9 +195,9 @@ def test_every_config_is_covered():
     """Each config has a block this test module knows how to run."""
     for config in CONFIGS:
         keys = set(yaml.safe_load((ROOT / config).read_text()))
-        assert keys & {"data", "model", "encoder", "tokenizer"}, f"{config} has none of data:, model:, encoder:, tokenizer:"
+        assert keys & {"data", "model", "encoder", "tokenizer", "sweeps"}, f"{config} has none of data:, model:, encoder:, tokenizer:, sweeps:"
         prefix = config.split("/")[1]
-        assert prefix in {"data", "encode", "tokenizer", "tiger", "lm", "sasrec", "pipeline"}, f"{config}: no test runs configs/{prefix}/"
+        assert prefix in {"data", "encode", "tokenizer", "tiger", "lm", "sasrec", "pipeline", "scaling"}, f"{config}: no test runs configs/{prefix}/"
 
 
 def test_cli_reports_bad_input_without_traceback(capsys, monkeypatch):
@@ -215,3 +215,26 @@ def test_cli_usage_lists_commands(capsys):
     assert "fit" in out and "data" in out
     with pytest.raises(SystemExit):
         main(["nonsense"])
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.startswith("configs/scaling/")])
+def test_scaling_config(config, tiny_data, tmp_path, monkeypatch, one_thread):
+    """Each scaling config sweeps every one of its presets (one seed, fast_dev_run on the tiny data,
+    CPU) and writes its report: the presets, sweeps and model configs it names all exist."""
+    monkeypatch.chdir(ROOT)
+    settings = yaml.safe_load((ROOT / config).read_text())
+    fast = ["--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
+            "--data.init_args.batch_size", "8", "--data.init_args.eval_batch_size", "8"]
+    for sweep in settings["sweeps"].values():
+        sweep["overrides"] = [*sweep.get("overrides", []), *fast]
+        if "lm/" in sweep["model"]:  # a narrow one-layer LM: the 49k-token vocabulary dominates its cost
+            sweep["overrides"] += ["--model.init_args.max_prompt_tokens", "64", "--model.init_args.beam_width", "10"]
+    settings.update(data=tiny_data, seeds=[0], root=str(tmp_path))
+    settings["overrides"] = {"tokenize": ["--tokenizer.init_args.codebook_size", "8", "--tokenize.accelerator", "cpu", "--encode.accelerator", "cpu"]}
+    path = tmp_path / "scaling.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    main(["scaling", "--config", str(path)])
+    report = (tmp_path / settings["name"] / "scaling.md").read_text()
+    for name, sweep in settings["sweeps"].items():
+        for preset in sweep["presets"]:
+            assert f"| {name} | {sweep['paradigm']} | {preset} |" in report and (tmp_path / settings["name"] / f"{name}-{preset}-s0" / "result.json").is_file()

@@ -1,27 +1,47 @@
 """The pipeline end to end on tiny synthetic data: every section of the report, skipping of
-finished stages, and re-running exactly what a config change touches."""
+finished stages, re-running exactly what a config change touches, and resuming a killed model
+stage from its last checkpoint."""
 
+import json
+import logging
+
+import pytest
+import torch
 import yaml
 
+from genrec.artifacts import read_json
 from genrec.cli import main
+from genrec.models import SASRecModule
 from tests.test_configs import ROOT, TINY_DATA
 
+FAST = ["--trainer.check_val_every_n_epoch", "1", "--trainer.accelerator", "cpu", "--data.init_args.batch_size", "32"]
+MODELS = {  # name -> (config, overrides besides FAST and the epochs)
+    "tiger": ("configs/tiger/synthetic.yaml", []),
+    "sasrec": ("configs/sasrec/synthetic.yaml", []),
+    "lm": (  # the from-scratch LM shrunk to one narrow layer (the 49k-token vocabulary dominates)
+        "configs/lm/tiny-scratch.yaml",
+        ["--model.init_args.preset_overrides", json.dumps({"num_layers": 1, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}),
+         "--model.init_args.max_prompt_tokens", "96", "--model.init_args.beam_width", "10", "--model.init_args.warmup_steps", "0"],
+    ),
+}
 
-def _config(tmp_path, sasrec_epochs: int) -> str:
+
+def pipeline_config(tmp_path, epochs: dict[str, int]) -> str:
+    """A pipeline YAML in ``tmp_path`` over TINY_DATA: the models of ``MODELS`` named in ``epochs``,
+    in that order, each trained that many epochs on the CPU, validated and checkpointed every
+    epoch; outputs under ``tmp_path / "runs" / "tiny"``."""
     data = tmp_path / "data.yaml"
     data.write_text(yaml.safe_dump(TINY_DATA))
-    fast = ["--trainer.check_val_every_n_epoch", "1", "--trainer.accelerator", "cpu", "--data.init_args.batch_size", "32"]
     config = {
         "name": "tiny",
         "root": str(tmp_path / "runs"),
         "data": str(data),
         "encoder": str(ROOT / "configs/encode/minilm.yaml"),
         "tokenizer": str(ROOT / "configs/tokenizer/rqkmeans.yaml"),
-        "models": {"tiger": str(ROOT / "configs/tiger/synthetic.yaml"), "sasrec": str(ROOT / "configs/sasrec/synthetic.yaml")},
+        "models": {name: str(ROOT / MODELS[name][0]) for name in epochs},
         "overrides": {
             "tokenize": ["--tokenizer.init_args.codebook_size", "8", "--tokenize.accelerator", "cpu", "--encode.accelerator", "cpu"],
-            "tiger": ["--trainer.max_epochs", "1", *fast],
-            "sasrec": ["--trainer.max_epochs", str(sasrec_epochs), *fast],
+            **{name: ["--trainer.max_epochs", str(n), *FAST, *MODELS[name][1]] for name, n in epochs.items()},
         },
     }
     path = tmp_path / "pipeline.yaml"
@@ -31,21 +51,55 @@ def _config(tmp_path, sasrec_epochs: int) -> str:
 
 def test_pipeline_report_skip_and_rerun(tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)
-    main(["pipeline", "--config", _config(tmp_path, sasrec_epochs=1)])
+    main(["pipeline", "--config", pipeline_config(tmp_path, {"tiger": 1, "sasrec": 1})])
     run = tmp_path / "runs" / "tiny"
     report = (run / "report.md").read_text()
     for section in ("## Data", "## Semantic IDs", "## Results", "| tiger (TigerModule) |", "| sasrec (SASRecModule) |", "| popularity |"):
         assert section in report, section
-    assert (run / "recall_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for plot in ("recall_vs_params.png", "sid_usage.png"):
+        assert (run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({plot})" in report, plot
+    assert report.index("](sid_usage.png)") < report.index("## Results")  # in the SID section
     relocated = yaml.safe_load((run / "tiger" / "config.yaml").read_text())["trainer"]
     assert relocated["default_root_dir"] == str(run / "tiger")  # checkpoints and logs live in the run
     assert any((run / "tiger" / "checkpoints").glob("*.ckpt"))
     stamps = {m: (run / m / "result.json").stat().st_mtime_ns for m in ("tiger", "sasrec")}
 
-    main(["pipeline", "--config", _config(tmp_path, sasrec_epochs=1)])  # nothing changed: all skipped
+    main(["pipeline", "--config", pipeline_config(tmp_path, {"tiger": 1, "sasrec": 1})])  # nothing changed: all skipped
     assert {m: (run / m / "result.json").stat().st_mtime_ns for m in stamps} == stamps
 
-    main(["pipeline", "--config", _config(tmp_path, sasrec_epochs=2)])  # only SASRec's config changed
+    main(["pipeline", "--config", pipeline_config(tmp_path, {"tiger": 1, "sasrec": 2})])  # only SASRec's config changed
     assert (run / "tiger" / "result.json").stat().st_mtime_ns == stamps["tiger"]
     assert (run / "sasrec" / "result.json").stat().st_mtime_ns != stamps["sasrec"]
     assert yaml.safe_load((run / "sasrec" / "result.json").read_text())["epochs"] == 2
+
+
+def test_killed_model_stage_resumes_from_last_checkpoint(tmp_path, monkeypatch, caplog, one_thread):
+    """A crash in epoch 2 of 3 leaves ``last.ckpt`` of epoch 1 and no result; the re-run trains
+    epoch 2 only, from that checkpoint, and finishes the stage."""
+    monkeypatch.chdir(tmp_path)
+    config = pipeline_config(tmp_path, {"sasrec": 3})
+    folder = tmp_path / "runs" / "tiny" / "sasrec"
+    started: list[int] = []
+
+    def killed_in_epoch_2(module):
+        started.append(module.current_epoch)
+        if module.current_epoch == 2:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(SASRecModule, "on_train_epoch_start", killed_in_epoch_2)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(["pipeline", "--config", config])
+    assert started == [0, 1, 2] and not (folder / "result.json").exists()
+    killed = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert killed["epoch"] == 1 and killed["global_step"] > 0
+
+    started.clear()
+    monkeypatch.setattr(SASRecModule, "on_train_epoch_start", lambda module: started.append(module.current_epoch))
+    with caplog.at_level(logging.INFO, logger="genrec.pipeline"):
+        main(["pipeline", "--config", config])
+    assert started == [2]  # resumed, not started over
+    assert "sasrec: resuming from" in caplog.text
+    final = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == killed["global_step"] * 3 // 2  # the steps of one more epoch
+    assert read_json(folder / "result.json")["epochs"] == 3

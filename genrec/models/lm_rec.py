@@ -24,8 +24,11 @@ no tokenizer call in the training loop)::
   ``max target length`` logits only (``logits_to_keep``), not on a ``[B, S, V]`` tensor.
 
 Decoding prefills the left-padded prompt batch once (``B`` rows), then
-:func:`genrec.decoding.constrained_beam_search` feeds one token per beam, the KV cache reordered
-by the beams' parents (``B`` -> ``B * W`` rows after the first step).
+:func:`genrec.decoding.constrained_beam_search` feeds one token per beam (``R = B * W`` rows).
+The prompt's keys/values stay at ``B`` rows, shared by the ``W`` beams of a user; only the
+title tokens generated so far are kept per beam and reordered by the beams' parents (see
+:func:`shared_prefix_attention`). A per-beam copy of the prompt cache, as HF's cache reorder
+makes, costs ``W`` times the memory and a full copy of it at every step.
 
 Model sources: a pretrained LM (``model``: the offline alias ``smollm2``, a local folder or a hub
 name; optional ``gguf_file``), or ``preset`` (:class:`~genrec.models.presets.LMRecConfig`) for a
@@ -37,11 +40,13 @@ are flags; FSDP is the trainer's ``strategy`` (see ``configs/lm/fsdp.yaml`` and
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import functools
 import logging
 import tempfile
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
 import lightning as L
@@ -110,13 +115,102 @@ class LMInputs(NamedTuple):
     target_width: int
 
 
+class _PrefixKV:
+    """Keys/values of one beam search: the prompt's per layer (``[B, kv_heads, S, d]``, shared
+    by a user's beams) and the generated tokens' per layer (``[R, kv_heads, t, d]``, per beam)."""
+
+    def __init__(self, prompt_mask: Tensor) -> None:
+        self.prompt_mask = prompt_mask.bool()  # [B, S], False at left padding
+        self.prefix: dict[int, tuple[Tensor, Tensor]] = {}
+        self.generated: dict[int, tuple[Tensor, Tensor]] = {}
+        self.parents: Tensor | None = None  # [R]: the previous step's row of each beam, set per step
+
+
+_ACTIVE_PREFIX: contextvars.ContextVar[_PrefixKV | None] = contextvars.ContextVar("genrec_prefix_kv", default=None)
+
+
+def _attend_shared_prefix(query: Tensor, state: _PrefixKV, layer: int, key: Tensor, value: Tensor, scaling: float) -> Tensor:
+    """One decoding step's attention of ``R = B * W`` one-token queries over their user's prompt
+    and their own beam's generated tokens (``key``/``value`` ``[R, kv_heads, 1, d]`` of this
+    token are appended to the latter first).
+
+    Args:
+        query: ``[R, H, 1, d]`` (rotary embedding applied), ``H = kv_heads * g``.
+
+    Returns:
+        ``[R, 1, H, d]``, the layout of ``transformers`` attention functions.
+    """
+    done = state.generated.get(layer)
+    if done is not None:
+        gk, gv = done
+        if state.parents is not None:
+            gk, gv = gk.index_select(0, state.parents), gv.index_select(0, state.parents)
+        key, value = torch.cat([gk, key], dim=2), torch.cat([gv, value], dim=2)
+    state.generated[layer] = (key, value)
+    pk, pv = state.prefix[layer]  # [B, kvh, S, d]
+    R, H, _, d = query.shape
+    B, kvh, S, _ = pk.shape
+    W, g = R // B, H // kvh
+    # Prompt part, per user: the W beams x g heads of a kv head are W * g query positions.
+    qf = query.reshape(B, W, kvh, g, d).permute(0, 2, 1, 3, 4).reshape(B, kvh, W * g, d)
+    prompt = torch.matmul(qf, pk.transpose(-1, -2)).float() * scaling  # [B, kvh, W*g, S]
+    prompt = prompt.masked_fill(~state.prompt_mask[:, None, None, :], float("-inf"))
+    prompt = prompt.view(B, kvh, W, g, S).permute(0, 2, 1, 3, 4).reshape(R, kvh, g, S)
+    own = torch.matmul(query.reshape(R, kvh, g, d), key.transpose(-1, -2)).float() * scaling  # [R, kvh, g, t]
+    weights = torch.softmax(torch.cat([prompt, own], dim=-1), dim=-1)
+    wp = weights[..., :S].reshape(B, W, kvh, g, S).permute(0, 2, 1, 3, 4).reshape(B, kvh, W * g, S)
+    out_prompt = torch.matmul(wp.to(pv.dtype), pv).view(B, kvh, W, g, d).permute(0, 2, 1, 3, 4).reshape(R, kvh, g, d)
+    out_own = torch.matmul(weights[..., S:].to(value.dtype), value)  # [R, kvh, g, d]
+    return (out_prompt + out_own).reshape(R, 1, H, d)
+
+
+def _with_shared_prefix(inner: Callable[..., tuple[Tensor, Any]]) -> Callable[..., tuple[Tensor, Any]]:
+    """Wrap a ``transformers`` attention function: unchanged unless a beam search is active
+    (:data:`_ACTIVE_PREFIX`); then the prefill keeps each layer's prompt keys/values and the
+    decoding steps attend as :func:`_attend_shared_prefix`."""
+
+    def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None, **kwargs: Any):
+        state = _ACTIVE_PREFIX.get()
+        if state is None:
+            return inner(module, query, key, value, attention_mask, **kwargs)
+        layer = module.layer_idx
+        if layer not in state.prefix:
+            state.prefix[layer] = (key, value)
+            return inner(module, query, key, value, attention_mask, **kwargs)
+        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+        return _attend_shared_prefix(query, state, layer, key, value, scaling), None
+
+    return attention
+
+
+def shared_prefix_attention(name: str) -> str:
+    """Register (once) and return the ``transformers`` attention implementation
+    ``genrec_prefix_<name>``: ``name`` (``sdpa``, ``eager``, ...) outside beam search, the
+    shared-prompt attention of :func:`_attend_shared_prefix` in it."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask, sdpa_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    if name.startswith("genrec_prefix_"):
+        return name
+    key = f"genrec_prefix_{name}"
+    if key not in ALL_ATTENTION_FUNCTIONS._global_mapping:
+        if name == "eager":
+            from transformers.models.llama.modeling_llama import eager_attention_forward as inner
+        else:
+            inner = ALL_ATTENTION_FUNCTIONS[name]
+        AttentionInterface.register(key, _with_shared_prefix(inner))
+        mask = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(name, sdpa_mask if name != "eager" else eager_mask)
+        AttentionMaskInterface.register(key, mask)
+    return key
+
+
 @dataclass
 class _BeamState:
     """Decoder state threaded through the beam-search step function."""
 
     inputs: LMInputs  # the prompts, [B, S]
     lengths: Tensor  # [B] real prompt tokens
-    cache: Any  # transformers DynamicCache: B rows after the prefill, B*W after the first reorder
+    kv: _PrefixKV  # the prompt's keys/values (B rows) and the generated tokens' (R rows)
     generated: int = 0
 
 
@@ -154,7 +248,7 @@ class LMRecModule(L.LightningModule):
             needs the weights or a network). Ignored when ``preset`` is given.
         gguf_file: the GGUF file inside ``model``'s folder, if it ships as GGUF (dequantised on load).
         preset: build a freshly initialised LM of this shape instead (``genrec.models.presets.lm_names()``:
-            1m, 10m, 50m, smollm2-135m, qwen3-0.6b) over the tokenizer's vocabulary; the
+            1m, 3m, 10m, 25m, 50m, smollm2-135m, qwen3-0.6b) over the tokenizer's vocabulary; the
             ``preset_overrides`` change single fields (e.g. ``{num_layers: 2}``).
         preset_overrides: fields of :class:`~genrec.models.presets.LMRecConfig` to override.
         tokenizer: the tokenizer (alias, folder or hub name); default: ``model``'s own for
@@ -289,9 +383,18 @@ class LMRecModule(L.LightningModule):
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         return self._adapt(model)
 
+    @staticmethod
+    def _shared_prefix(model: nn.Module) -> nn.Module:
+        """Switch ``model``'s attention to :func:`shared_prefix_attention` of its current one."""
+        config = model.config
+        config._attn_implementation = shared_prefix_attention(config._attn_implementation or "sdpa")
+        return model
+
     def _adapt(self, model: nn.Module) -> nn.Module:
-        """Gradient checkpointing, k-bit preparation and LoRA adapters, as the flags say."""
+        """Shared-prompt beam attention, gradient checkpointing, k-bit preparation and LoRA
+        adapters, as the flags say."""
         hp = self.hparams
+        model = self._shared_prefix(model)
         if hp.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hp.lora:
@@ -513,34 +616,34 @@ class LMRecModule(L.LightningModule):
         )
 
     def initial_state(self, batch: SeqBatch) -> _BeamState:
-        """The state of :meth:`beam_step` before the first token: the prompts and an empty KV cache."""
-        from transformers.cache_utils import DynamicCache
-
+        """The state of :meth:`beam_step` before the first token: the prompts, no keys/values yet."""
         inputs = self.lm_inputs(batch, with_target=False)
-        return _BeamState(inputs=inputs, lengths=inputs.attention_mask.sum(1), cache=DynamicCache())
+        return _BeamState(inputs=inputs, lengths=inputs.attention_mask.sum(1), kv=_PrefixKV(inputs.attention_mask))
 
     def beam_step(self, tokens: Tensor | None, parents: Tensor | None, state: _BeamState) -> tuple[Tensor, _BeamState]:
-        """The :class:`genrec.decoding.StepFn` of the LM with a KV cache.
+        """The :class:`genrec.decoding.StepFn` of the LM, the prompt's keys/values shared by the beams.
 
-        First call: prefill the left-padded prompts ``[B, S]`` once, ``[B, V]`` log-probs of the
-        first title token. Later calls: reorder the cache by ``parents`` ``[R]`` (``R = B * W``;
-        expands ``B`` rows to ``R``), feed ``tokens`` ``[R]`` at position ``prompt length +
-        generated - 1`` with the parent row's prompt mask, ``[R, V]`` float32 log-probs.
+        First call: prefill the left-padded prompts ``[B, S]`` once (each layer's keys/values
+        kept, ``B`` rows), ``[B, V]`` log-probs of the first title token. Later calls: feed
+        ``tokens`` ``[R]`` (``R = B * W``, beam ``w`` of user ``b`` at row ``b * W + w``) at
+        position ``prompt length + generated - 1``; each attends to its user's prompt and to
+        its own beam's earlier tokens, reordered by ``parents`` ``[R]``; ``[R, V]`` float32 log-probs.
         """
-        if tokens is None:
-            logits = self(state.inputs, logits_to_keep=1, cache=state.cache)
-            return torch.log_softmax(logits[:, -1].float(), dim=-1), state
-        state.cache.reorder_cache(parents)
-        state.generated += 1
-        rows = tokens.shape[0]
-        per_row = rows // state.lengths.shape[0]
-        prompt_mask = state.inputs.attention_mask.repeat_interleave(per_row, dim=0)
-        mask = torch.cat([prompt_mask, prompt_mask.new_ones(rows, state.generated)], dim=1)
-        positions = (state.lengths.repeat_interleave(per_row) + state.generated - 1)[:, None]
-        out = self.model(
-            input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, past_key_values=state.cache, use_cache=True
-        )
-        return torch.log_softmax(out.logits[:, -1].float(), dim=-1), state
+        token = _ACTIVE_PREFIX.set(state.kv)
+        try:
+            if tokens is None:
+                logits = self(state.inputs, logits_to_keep=1)
+                return torch.log_softmax(logits[:, -1].float(), dim=-1), state
+            # The first decoding step's parents point at the B prefill rows: no beam tokens to reorder yet.
+            state.kv.parents = parents if state.generated else None
+            state.generated += 1
+            rows = tokens.shape[0]
+            per_row = rows // state.lengths.shape[0]
+            positions = (state.lengths.repeat_interleave(per_row) + state.generated - 1)[:, None]
+            out = self.model(input_ids=tokens[:, None], position_ids=positions, use_cache=False)
+            return torch.log_softmax(out.logits[:, -1].float(), dim=-1), state
+        finally:
+            _ACTIVE_PREFIX.reset(token)
 
     # ---- optimisation -------------------------------------------------------------------------
 

@@ -224,7 +224,7 @@ class LMRecConfig:
     :meth:`build` a freshly initialised ``LlamaForCausalLM`` / ``Qwen3ForCausalLM`` (no download);
     :func:`count_lm_parameters` counts on the meta device.
 
-    Names. The ladder ``1m``, ``10m``, ``50m`` is named by *non-embedding* parameters (Kaplan et
+    Names. The ladder ``1m``, ``3m``, ``10m``, ``25m``, ``50m`` is named by *non-embedding* parameters (Kaplan et
     al.'s convention: the embedding of a 49k vocabulary alone is 6M at width 128, so a total
     count would say nothing about depth and width). ``smollm2-135m`` and ``qwen3-0.6b`` are the
     published models' shapes, named by their total (tied-embedding) count at their own vocabulary
@@ -315,7 +315,9 @@ class LMRecConfig:
 LM_PRESETS: dict[str, LMRecConfig] = {
     # name: shape; non-embedding count for the ladder, total count for the published shapes
     "1m": LMRecConfig(num_layers=4, hidden_size=128, num_heads=4, num_kv_heads=2, intermediate_size=512),  # 0.98M
+    "3m": LMRecConfig(num_layers=6, hidden_size=192, num_heads=6, num_kv_heads=3, intermediate_size=640),  # 2.88M
     "10m": LMRecConfig(num_layers=8, hidden_size=320, num_heads=5, num_kv_heads=5, intermediate_size=864),  # 9.92M
+    "25m": LMRecConfig(num_layers=12, hidden_size=416, num_heads=8, num_kv_heads=4, intermediate_size=1280),  # 25.4M
     "50m": LMRecConfig(num_layers=16, hidden_size=512, num_heads=8, num_kv_heads=4, intermediate_size=1536),  # 50.3M
     "smollm2-135m": LMRecConfig(
         num_layers=30, hidden_size=576, num_heads=9, num_kv_heads=3, intermediate_size=1536, rope_theta=100_000.0, max_position_embeddings=8192

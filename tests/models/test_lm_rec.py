@@ -58,7 +58,7 @@ def batch(datamodule) -> SeqBatch:
 def test_lm_preset_parameter_counts():
     counts = {name: count_lm_parameters(LMRecConfig.from_name(name)) for name in lm_names()}
     non_embedding = {name: count_lm_parameters(LMRecConfig.from_name(name), embeddings=False) for name in lm_names()}
-    assert non_embedding["1m"] == 984_192 and non_embedding["10m"] == 9_917_760 and non_embedding["50m"] == 50_348_544
+    assert non_embedding["1m"] == 984_192 and non_embedding["3m"] == 2_877_888 and non_embedding["10m"] == 9_917_760 and non_embedding["25m"] == 25_409_696 and non_embedding["50m"] == 50_348_544
     assert counts["smollm2-135m"] == 134_515_008  # the dequantised GGUF's count
     assert counts["qwen3-0.6b"] == 596_049_920  # Qwen3-0.6B's published shape
     qwen = LMRecConfig.from_name("qwen3-0.6b")
@@ -306,3 +306,21 @@ def test_end_to_end_beats_popularity():
     assert losses[-1] < losses[0] - 1.0, losses
     # measured: recall@10 0.573 vs popularity 0.217 (8 epochs, 300 users, ~280 s on 2 shared cores)
     assert result["test/recall@10"] > 2 * result["test/popularity/recall@10"], result
+
+
+def test_beam_scores_equal_plain_forward(module, batch):
+    """The shared-prompt beam attention agrees with the plain model: each row's target title
+    scored by the decoding path (prefill + one step per token) equals its log-prob under a
+    single teacher-forced forward pass of prompt + title (no beam state, ordinary attention)."""
+    module.eval()
+    with torch.no_grad():
+        brute = score_all_items(module.beam_step, module.trie(), len(batch), module.initial_state(batch))
+        inputs = module.lm_inputs(batch, with_target=True)
+        width = inputs.target_width
+        logits = module(inputs, logits_to_keep=width + 1)[:, :-1].float()
+        labels = inputs.labels[:, -width:]
+        token_lp = torch.log_softmax(logits, -1).gather(2, labels.clamp(min=0)[..., None])[..., 0]
+        plain = (token_lp * (labels >= 0)).sum(1)
+    column = {int(item): j for j, item in enumerate(module.trie().items)}
+    decoded = brute[torch.arange(len(batch)), torch.tensor([column[int(t)] for t in batch.targets])]
+    assert torch.allclose(decoded, plain, atol=1e-4), (decoded, plain)

@@ -1,0 +1,113 @@
+"""LM-recommender training and test benchmark: quality (overall and cold-start), tokens/s, decoding users/s.
+
+    python -m bench.lm_train --data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml \
+        [--set trainer.max_epochs=1 --set model.init_args.lr=0.0005 ...]
+
+Runs ``fit`` exactly as ``train.py fit`` would (same configs, LightningCLI) with a callback that
+counts the real (unpadded) prompt + target tokens of every training batch and the wall time of
+training with validation excluded; then ``test`` on the best checkpoint (by val NDCG@10),
+timed: title-constrained beam search over every test user. Records in docs/benchmarks.md test
+Recall/NDCG@5/10 overall and on the cold-start slice, the popularity baseline, trainable and
+total parameters, training tokens/s and samples/s, and decoding users/s (the timed test pass
+includes loading the checkpoint, a few seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from bench.record import record
+from bench.tiger_train import Timeline, _sync
+from genrec.cli import GenRecCLI
+
+
+class TokenTimeline(Timeline):
+    """:class:`bench.tiger_train.Timeline` counting the LM's real prompt + target tokens (on the device)."""
+
+    def __init__(self, target: float) -> None:
+        super().__init__(target)
+        self.tokens: torch.Tensor | None = None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:  # noqa: ANN001
+        self.samples += len(batch)
+        valid = batch.history >= 0
+        lines = module.line_lengths[batch.history.clamp(min=0)] * valid
+        newer = lines.flip(1).cumsum(1).flip(1)
+        kept = (lines * (newer <= module.history_budget)).sum()
+        fixed = len(batch) * (module.prompt_prefix.numel() + module.prompt_suffix.numel())
+        count = kept + module.target_lengths[batch.targets].sum() + fixed
+        self.tokens = count if self.tokens is None else self.tokens + count
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.tokens) if self.tokens is not None else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--target", type=float, default=0.0655, help="val Recall@10 to time")
+    parser.add_argument("--set", action="append", default=[], help="extra CLI override key=value")
+    parser.add_argument("--out", default=None, help="also write the timeline JSON here")
+    args = parser.parse_args()
+    torch.set_float32_matmul_precision("high")
+    overrides = [f"--{item.split('=', 1)[0]}={item.split('=', 1)[1]}" for item in args.set]
+    cli = GenRecCLI(args=["--config", args.data, "--config", args.model, *overrides], run=False)
+    timeline = TokenTimeline(args.target)
+    cli.trainer.callbacks.append(timeline)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    _sync()
+    train_s = timeline.train_seconds()
+    checkpoint = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
+    started = time.perf_counter()
+    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=checkpoint or None)[0]
+    _sync()
+    test_s = time.perf_counter() - started
+
+    model = cli.model
+    hp = model.hparams
+    dm = cli.datamodule
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # Users actually decoded (fewer than the test set under trainer.limit_test_batches).
+    users = min(len(dm.dataset("test")), int(sum(cli.trainer.num_test_batches)) * dm.eval_batch_size)
+    source = hp.preset or hp.model
+    row = {
+        "data": dm.name,
+        "model": f"{source} ({total / 1e6:.1f}M, {trainable / 1e6:.2f}M trained)",
+        "lora": f"r {hp.lora_r}" if hp.lora else "full",
+        "epochs": f"{timeline.samples / len(dm.dataset('train')):.2f}",
+        "batch": dm.batch_size,
+        "lr": hp.lr,
+        "precision": cli.trainer.precision,
+        "test R@5": f"{results.get('test/recall@5', float('nan')):.4f}",
+        "test N@5": f"{results.get('test/ndcg@5', float('nan')):.4f}",
+        "test R@10": f"{results.get('test/recall@10', float('nan')):.4f}",
+        "test N@10": f"{results.get('test/ndcg@10', float('nan')):.4f}",
+        "cold R@10": f"{results.get('test/cold/recall@10', float('nan')):.4f}",
+        "cold N@10": f"{results.get('test/cold/ndcg@10', float('nan')):.4f}",
+        "popularity R@10": f"{results.get('test/popularity/recall@10', float('nan')):.4f}",
+        "train s (no val)": f"{train_s:.0f}",
+        "train tokens/s": f"{timeline.total_tokens / train_s:,.0f}",
+        "samples/s": f"{timeline.samples / train_s:.0f}",
+        f"test pass s ({users:,} users, beam {hp.beam_width})": f"{test_s:.1f}",
+        "decode users/s": f"{users / test_s:.0f}",
+    }
+    record(
+        "LM recommender (LLM-as-RS)",
+        [row],
+        note="Causal LM over item titles trained by `train.py fit` settings; test on the best val NDCG@10 checkpoint "
+        "with title-constrained beam search (every recommendation a real item). Tokens = real prompt + target tokens.",
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps({"row": row, "timeline": timeline.points, "test": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

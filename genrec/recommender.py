@@ -1,0 +1,310 @@
+"""Inference: load a trained model and recommend items for new histories.
+
+``Recommender.load(folder)`` rebuilds what a model trained with from what its run wrote:
+
+* the data module (so the catalogue: dense ids, external ids, titles) from the config
+  LightningCLI saved for the run (a ``config.yaml`` with ``model:`` and ``data:`` blocks under
+  the model's folder, e.g. ``logs/version_N/config.yaml``; the newest if there are several);
+* the LightningModule of that config's ``model.class_path`` from a checkpoint
+  (``load_from_checkpoint``);
+* the item tables the module decodes with: TIGER's SID file (checked against the catalogue
+  and against the SID table the checkpoint was trained on), the LM recommender's title
+  tokens and trie; SASRec needs none.
+
+``recommend(history, k)`` returns the ``k`` best distinct catalogue items of a history,
+best first. Scores compare items of one model only: TIGER and the LM recommender give the
+item's summed token log-probability under constrained beam search (SID tokens / title
+tokens), SASRec the dot product of the user state with the item embedding (a logit). As in
+evaluation, items of the history may be recommended again (SASRec with ``mask_history``
+excludes them).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import operator
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, overload
+
+import lightning as L
+import torch
+import yaml
+from torch import Tensor
+
+from genrec.data.catalog import ItemCatalog, clean_text
+from genrec.data.datamodule import PAD_ITEM, SeqBatch, SequenceDataModule
+from genrec.models.lm_rec import LMRecModule
+from genrec.models.sasrec import SASRecModule
+from genrec.models.tiger import TigerModule
+from genrec.quantize.semantic_ids import SemanticIDs
+
+log = logging.getLogger(__name__)
+
+ItemRef = int | str
+"""A history entry: a dense item id (``int``), or an external id or exact title (``str``)."""
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One recommended item.
+
+    Attributes:
+        item: the dense item id (row of the catalogue).
+        external_id: the data set's id of the item (ASIN, MovieLens id, ...).
+        title: the item's title, as cleaned in the catalogue.
+        score: the model's score, higher is better (see the module docstring).
+    """
+
+    item: int
+    external_id: str
+    title: str
+    score: float
+
+
+class Recommender:
+    """A trained recommender and its catalogue, for inference on new histories.
+
+    Args:
+        module: a :class:`~genrec.models.TigerModule`, :class:`~genrec.models.LMRecModule`
+            (items attached) or :class:`~genrec.models.SASRecModule`.
+        catalog: the catalogue the module was trained on.
+        max_history: the most recent items of a history that are kept (the data module's).
+    """
+
+    def __init__(self, module: L.LightningModule, catalog: ItemCatalog, max_history: int) -> None:
+        if not isinstance(module, (TigerModule, LMRecModule, SASRecModule)):
+            raise TypeError(f"no inference for {type(module).__name__}; expected TigerModule, LMRecModule or SASRecModule")
+        self.module = module.eval()
+        self.catalog = catalog
+        self.max_history = max_history
+        self._by_title: dict[str, list[int]] = {}
+        for item, title in enumerate(catalog.titles):
+            if title:
+                self._by_title.setdefault(title, []).append(item)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        model: str | None = None,
+        checkpoint: str = "best",
+        device: str | torch.device = "cpu",
+    ) -> Recommender:
+        """Load a trained model with its catalogue.
+
+        Args:
+            path: a model's folder (``checkpoints/`` and the saved config below it: a pipeline's
+                ``<run>/<model>/`` or a ``fit`` run's ``default_root_dir``), or a pipeline run
+                folder together with ``model``.
+            model: the model's name inside the pipeline run folder ``path`` (e.g. ``tiger``).
+            checkpoint: ``best`` (the ModelCheckpoint's best, read from ``last.ckpt``; the one a
+                pipeline tested), ``last``, or a checkpoint file (a path, or a name in
+                ``checkpoints/``).
+            device: where the model runs.
+
+        Raises:
+            FileNotFoundError: no checkpoint, saved config or SID file where expected.
+            ValueError: the SID file does not fit the catalogue or the checkpoint.
+        """
+        folder = _model_folder(Path(path), model)
+        config = _saved_config(folder)
+        module_class = _import(config["model"]["class_path"])
+        datamodule = _datamodule(config["data"])
+        catalog = datamodule.data.catalog
+        file = _checkpoint_file(folder, checkpoint)
+        overrides: dict[str, Any] = {}
+        if issubclass(module_class, TigerModule):
+            # The SID path as the run recorded it, or the pipeline's <run>/sids/ beside the model.
+            overrides["sids"] = str(_located(config["model"]["init_args"]["sids"], folder.parent / "sids"))
+        log.info("loading %s from %s", module_class.__name__, file)
+        module = module_class.load_from_checkpoint(file, map_location=device, **overrides).to(device)
+        if isinstance(module, TigerModule):
+            module.attach_items(SemanticIDs.load(module.hparams.sids, expected_fingerprint=catalog.fingerprint()))
+        elif isinstance(module, LMRecModule):
+            module.attach_items(catalog)
+        elif isinstance(module, SASRecModule) and module.items.num_embeddings - 1 != len(catalog):
+            raise ValueError(f"the checkpoint has {module.items.num_embeddings - 1} items, the catalogue {len(catalog)}")
+        return cls(module, catalog, datamodule.max_history)
+
+    @property
+    def device(self) -> torch.device:
+        return self.module.device
+
+    def item_id(self, item: ItemRef) -> int:
+        """The dense id of a history entry.
+
+        A ``str`` is an external id if the catalogue has it, else a title, matched exactly after
+        the catalogue's cleaning (HTML entities, whitespace); an ``int`` is a dense id.
+
+        Raises:
+            ValueError: naming an unknown id or title, or a title shared by several items.
+        """
+        if isinstance(item, str):
+            if item in self.catalog:
+                return self.catalog.id_of(item)
+            matches = self._by_title.get(clean_text(item), [])
+            if not matches:
+                raise ValueError(f"{item!r} is neither an external item id nor a title of the catalogue")
+            if len(matches) > 1:
+                ids = [self.catalog[i].external_id for i in matches]
+                raise ValueError(f"title {item!r} is shared by items {ids}; pass an external id")
+            return matches[0]
+        try:
+            index = operator.index(item)
+        except TypeError:
+            raise TypeError(f"a history entry is an int (dense id) or a str (external id or title), got {item!r}") from None
+        if not 0 <= index < len(self.catalog):
+            raise ValueError(f"item id {index} is not in the catalogue (dense ids 0 .. {len(self.catalog) - 1})")
+        return index
+
+    def batch(self, histories: Sequence[Sequence[ItemRef]]) -> SeqBatch:
+        """A :class:`SeqBatch` of histories, each cut to its ``max_history`` most recent items.
+
+        New histories have no user: ``users`` is 0 (the hashed user token of a TIGER model
+        with ``user_tokens`` is user 0's); ``targets`` is 0 and unused.
+        """
+        rows = []
+        for history in histories:
+            if not history:
+                raise ValueError("a history needs at least one item")
+            rows.append([self.item_id(item) for item in history][-self.max_history :])
+        width = max(len(row) for row in rows)
+        items = torch.full((len(rows), width), PAD_ITEM, dtype=torch.long)
+        for i, row in enumerate(rows):
+            items[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        zeros = torch.zeros(len(rows), dtype=torch.long)
+        lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
+        return SeqBatch(users=zeros, history=items, lengths=lengths, targets=zeros.clone()).to(self.device)
+
+    @torch.no_grad()
+    def top_items(self, batch: SeqBatch, k: int) -> tuple[Tensor, Tensor]:
+        """The ``k`` best items of each history of ``batch``.
+
+        Returns:
+            ``items [B, k]`` int64 dense ids, distinct per row, and their ``scores [B, k]``,
+            best first.
+        """
+        module = self.module
+        if isinstance(module, SASRecModule):
+            scores = module.scores(batch)
+            top = module.rank(scores, batch, k)
+            return top, scores.gather(1, top)
+        # beam_width >= k: every row ends with k items (see TigerModule / constrained_beam_search)
+        result = module.recommend(batch, num_results=k, beam_width=max(k, module.hparams.beam_width))
+        if bool((result.items < 0).any()):
+            raise RuntimeError(f"beam search found fewer than {k} items for a history")
+        return result.items, result.scores
+
+    @overload
+    def recommend(self, history: Sequence[ItemRef], k: int = 10) -> list[Recommendation]: ...
+
+    @overload
+    def recommend(self, history: Sequence[Sequence[ItemRef]], k: int = 10) -> list[list[Recommendation]]: ...
+
+    def recommend(
+        self, history: Sequence[ItemRef] | Sequence[Sequence[ItemRef]], k: int = 10
+    ) -> list[Recommendation] | list[list[Recommendation]]:
+        """The ``k`` best distinct catalogue items after ``history``, best first.
+
+        Args:
+            history: items oldest first (see :meth:`item_id`: external ids or titles as ``str``,
+                dense ids as ``int``), or a list of such histories (a batch). Only the
+                ``max_history`` most recent items are read.
+            k: items to recommend, ``1 .. len(catalogue)``.
+
+        Returns:
+            ``k`` :class:`Recommendation` s sorted by score (descending), or one such list per
+            history of a batch.
+        """
+        if not history:
+            raise ValueError("empty history: give at least one item")
+        if not 1 <= k <= len(self.catalog):
+            raise ValueError(f"k must lie in 1 .. {len(self.catalog)} (the catalogue size), got {k}")
+        batched = isinstance(history[0], (list, tuple))
+        histories = history if batched else [history]
+        items, scores = self.top_items(self.batch(histories), k)
+        results = [
+            [
+                Recommendation(item, self.catalog[item].external_id, self.catalog[item].title, score)
+                for item, score in zip(row_items, row_scores, strict=True)
+            ]
+            for row_items, row_scores in zip(items.tolist(), scores.float().tolist(), strict=True)
+        ]
+        return results if batched else results[0]
+
+
+def _model_folder(path: Path, model: str | None) -> Path:
+    folder = path / model if model else path
+    if (folder / "checkpoints").is_dir():
+        return folder
+    models = sorted(p.parent.name for p in path.glob("*/checkpoints") if p.is_dir())
+    hint = f"; the models of this run are {models} (pass model=...)" if models and not model else ""
+    raise FileNotFoundError(f"{folder} has no checkpoints/ folder{hint}")
+
+
+def _saved_config(folder: Path) -> dict[str, Any]:
+    """The newest config with ``model:`` and ``data:`` blocks under ``folder`` (what LightningCLI's
+    SaveConfigCallback writes to the log folder of each run)."""
+    found = []
+    for path in folder.rglob("config.yaml"):
+        config = yaml.safe_load(path.read_text())
+        if isinstance(config, dict) and isinstance(config.get("model"), dict) and isinstance(config.get("data"), dict):
+            found.append((path.stat().st_mtime_ns, str(path), config))
+    if not found:
+        raise FileNotFoundError(
+            f"no config.yaml with model: and data: blocks under {folder} (LightningCLI saves one in the run's log folder)"
+        )
+    return max(found, key=lambda entry: entry[:2])[2]
+
+
+def _import(class_path: str) -> type[L.LightningModule]:
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, L.LightningModule)):
+        raise TypeError(f"{class_path} is not a LightningModule")
+    return cls
+
+
+def _datamodule(data: dict[str, Any]) -> SequenceDataModule:
+    """The data module of a config's ``data:`` block (``class_path`` / ``init_args``)."""
+    from genrec.cli import data_parser
+
+    parser = data_parser()
+    return parser.instantiate_classes(parser.parse_object({"data": data})).data
+
+
+def _checkpoint_file(folder: Path, checkpoint: str) -> Path:
+    checkpoints = folder / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    if checkpoint == "last":
+        path = last
+    elif checkpoint == "best":
+        if not last.is_file():
+            raise FileNotFoundError(f"{last} not found, which records the best checkpoint; pass checkpoint=<file>")
+        state = torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("callbacks", {})
+        best = next((s["best_model_path"] for key, s in state.items() if key.startswith("ModelCheckpoint") and s.get("best_model_path")), "")
+        path = _located(best, checkpoints) if best else last
+    else:
+        path = Path(checkpoint) if Path(checkpoint).is_file() else checkpoints / checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    return path
+
+
+def _located(recorded: str, folder: Path) -> Path:
+    """``recorded`` if it exists, else the file of that name in ``folder`` (a run records paths
+    relative to the directory it ran in; this finds them from elsewhere)."""
+    path = Path(recorded)
+    if path.is_file():
+        return path
+    moved = folder / path.name
+    if moved.is_file():
+        return moved
+    raise FileNotFoundError(f"{recorded} not found (nor {moved})")
+
+
+__all__ = ["ItemRef", "Recommendation", "Recommender"]

@@ -1,0 +1,294 @@
+"""The ``scaling`` command: sweep size presets x seeds for each paradigm, fit the paper's law, report.
+
+``python train.py scaling --config configs/scaling/<name>.yaml`` trains and tests one model per
+(sweep, preset, seed) through the pipeline's model stage (:func:`genrec.pipeline.run_model`), so
+every run is skipped when its ``result.json`` is up to date and resumed from ``last.ckpt`` after
+a kill; then, per sweep, fits ``Recall@k = R0 - A/N_SI^a - B/N_CF^b``
+(:func:`genrec.scaling.fit_scaling_law`, the paradigm's form), checks extrapolation to the
+largest size (:func:`genrec.scaling.held_out_error`) and writes under ``<root>/<name>/``:
+
+* ``<sweep>-<preset>-s<seed>/`` — each run (config, checkpoints, ``result.json``);
+* ``scaling.json`` — every point and every fit;
+* ``scaling.md`` — the table (mean ± std over seeds per preset), fitted constants, R², held-out
+  error, the command and device;
+* ``scaling.png`` — points with error bars and the fitted curves.
+
+Parameter counts fed to the law: SID-based GR (``paradigm: sid``) — ``N_RS`` the TIGER model,
+``N_LLM`` the frozen modality encoder, ``N_QT`` the tokenizer; LLM-as-RS (``paradigm: llm``) —
+``N_LoRA`` the trained parameters (all of a from-scratch model), ``N_LLM`` the frozen pretrained
+ones (0 from scratch).
+
+Independent jobs: ``--shard i/n`` runs every n-th run starting at i (e.g. one process per GPU:
+``CUDA_VISIBLE_DEVICES=1 python train.py scaling --config ... --shard 1/2``), ``--collect_only
+true`` fits and reports from the results present, without training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+
+from genrec.artifacts import atomic_path, read_json, write_json
+from genrec.pipeline import PipelineConfig, device_name, run_model
+from genrec.scaling import ScalingPoint, fit_scaling_law, held_out_error, plot_scaling
+
+log = logging.getLogger(__name__)
+
+MIN_FIT_POINTS = 7
+"""The law has 7 free parameters (R0, A, a, B, b and two mixing weights)."""
+
+
+@dataclass
+class Sweep:
+    """One paradigm's ladder.
+
+    Args:
+        model: the model YAML (``model:``/``trainer:`` blocks), e.g. ``configs/tiger/amazon-beauty.yaml``.
+        presets: size preset names (``python train.py presets``), smallest first.
+        paradigm: ``sid`` (SID-based GR) or ``llm`` (LLM-as-RS): which law is fitted.
+        overrides: extra command-line arguments of every run of this sweep.
+    """
+
+    model: str
+    presets: list[str]
+    paradigm: Literal["sid", "llm"] = "sid"
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScalingConfig:
+    """What the ``scaling`` command sweeps.
+
+    Args:
+        name: study name; outputs go to ``<root>/<name>/``.
+        data: the data preset YAML.
+        sweeps: sweep name (e.g. ``tiger``, ``lm``) -> :class:`Sweep`.
+        seeds: seeds of every (sweep, preset).
+        encoder: encoder YAML of the SID stage (run or reused as in the pipeline), unless ``sids``.
+        tokenizer: tokenizer YAML of the SID stage, unless ``sids``.
+        sids: an existing semantic-ID artifact to use instead of running encode + tokenize.
+        encoder_parameters: ``N_LLM`` of SID-based GR (the frozen text encoder); ``None``:
+            counted from the encoder config's model (offline aliases and local folders).
+        tokenizer_parameters: ``N_QT``; ``None``: counted from the tokenizer file next to the SIDs.
+        metric: the test metric the law models (``recall@10`` -> ``test/recall@10``).
+        overrides: stage name (``data``, ``tokenize``) -> extra command-line arguments.
+        root: the folder of all runs.
+    """
+
+    name: str
+    data: str
+    sweeps: dict[str, Sweep]
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    encoder: str = "configs/encode/minilm.yaml"
+    tokenizer: str = "configs/tokenizer/rqvae.yaml"
+    sids: str | None = None
+    encoder_parameters: int | None = None
+    tokenizer_parameters: int | None = None
+    metric: str = "recall@10"
+    overrides: dict[str, list[str]] = field(default_factory=dict)
+    root: str = "checkpoints"
+
+    def __post_init__(self) -> None:
+        self.sweeps = {k: v if isinstance(v, Sweep) else Sweep(**v) for k, v in self.sweeps.items()}
+        for name, sweep in self.sweeps.items():
+            if sweep.paradigm not in ("sid", "llm"):
+                raise ValueError(f"sweep {name!r}: paradigm must be 'sid' or 'llm', got {sweep.paradigm!r}")
+            if not sweep.presets:
+                raise ValueError(f"sweep {name!r} lists no presets")
+        if not self.seeds:
+            raise ValueError("scaling needs at least one seed")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.root) / self.name
+
+    def runs(self) -> list[tuple[str, str, str, int]]:
+        """``(run name, sweep name, preset, seed)`` of every run, sweep by sweep, small to large."""
+        return [(f"{s}-{p}-s{seed}", s, p, seed) for s, sweep in self.sweeps.items() for p in sweep.presets for seed in self.seeds]
+
+
+def _model_class(path: str) -> str:
+    model = (yaml.safe_load(Path(path).read_text()) or {}).get("model", {})
+    return str(model.get("class_path", "")).rsplit(".", 1)[-1]
+
+
+def count_encoder_parameters(encoder_yaml: str) -> int:
+    """Parameters of the text encoder an encode YAML names (built on the meta device, no weights read)."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    from genrec.encode import resolve_model
+
+    settings = (yaml.safe_load(Path(encoder_yaml).read_text()) or {}).get("encoder", {})
+    settings = settings.get("init_args", settings)
+    path, gguf = resolve_model(settings.get("model", "minilm"), settings.get("gguf_file"))
+    config = AutoConfig.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_tokenizer_parameters(sids: Path) -> int:
+    """Parameters of the tokenizer saved next to a SID artifact (``<sids stem>.tokenizer.*``): the
+    RQ-VAE's weights and codebooks, or RQ-KMeans' centroids; 0 when none is found."""
+    import torch
+    from safetensors import safe_open
+
+    stem = sids.with_suffix("")
+    tensors = stem.with_name(stem.name + ".tokenizer.safetensors")
+    if tensors.is_file():
+        with safe_open(str(tensors), "pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
+    ckpt = stem.with_name(stem.name + ".tokenizer.ckpt")
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True).get("state_dict", {})
+        return sum(v.numel() for v in state.values() if hasattr(v, "numel") and v.is_floating_point())
+    log.warning("no tokenizer next to %s: N_QT taken as 0", sids)
+    return 0
+
+
+def _sids(config: ScalingConfig, pipeline: PipelineConfig) -> Path | None:
+    """The SID artifact: the configured one, or the pipeline's encode + tokenize stages (reused when unchanged)."""
+    if not any(_model_class(s.model) == "TigerModule" for s in config.sweeps.values()):
+        return None
+    if config.sids:
+        path = Path(config.sids)
+        if not path.is_file():
+            raise FileNotFoundError(f"scaling config: sids file {path} does not exist")
+        return path
+    from genrec.cli import run_tokenize
+
+    path = pipeline.run_dir / "sids" / f"{Path(config.tokenizer).stem}.safetensors"
+    run_tokenize(
+        ["--config", config.data, "--config", config.encoder, "--config", config.tokenizer,
+         "--encode.output", str(pipeline.run_dir / "embeddings" / f"{Path(config.encoder).stem}.safetensors"),
+         "--tokenize.output", str(path), *config.overrides.get("tokenize", [])]
+    )
+    return path
+
+
+def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int] = (0, 1), collect_only: bool = False) -> Path:
+    """Train the runs of this shard (skipping finished ones), then fit and report every sweep.
+
+    Returns:
+        the path of ``scaling.md``.
+    """
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: need 0 <= i < n")
+    runs = config.runs()
+    pipeline = PipelineConfig(name=config.name, data=config.data, root=config.root, overrides={"data": config.overrides.get("data", [])})
+    sids = _sids(config, pipeline)
+    if not collect_only:
+        for k, (run, sweep_name, preset, seed) in enumerate(runs):
+            if k % count != index:
+                continue
+            sweep = config.sweeps[sweep_name]
+            pipeline.models = {run: sweep.model}
+            pipeline.overrides[run] = [*sweep.overrides, "--model.init_args.preset", preset, "--seed_everything", str(seed)]
+            log.info("scaling run %d/%d: %s", k + 1, len(runs), run)
+            run_model(pipeline, run, sweep.model, sids if _model_class(sweep.model) == "TigerModule" else None)
+    return write_scaling_report(config, sids, command)
+
+
+def collect_points(config: ScalingConfig, sids: Path | None) -> dict[str, list[tuple[str, int, ScalingPoint, dict[str, Any]]]]:
+    """Per sweep, ``(preset, seed, point, result)`` of every finished run (missing ones are
+    reported in the log and the report, not fitted)."""
+    key = f"test/{config.metric}"
+    n_llm_sid = n_qt = 0.0
+    if any(s.paradigm == "sid" for s in config.sweeps.values()):
+        n_llm_sid = float(config.encoder_parameters if config.encoder_parameters is not None else count_encoder_parameters(config.encoder))
+        n_qt = float(config.tokenizer_parameters if config.tokenizer_parameters is not None else (count_tokenizer_parameters(sids) if sids else 0))
+    out: dict[str, list[tuple[str, int, ScalingPoint, dict[str, Any]]]] = {name: [] for name in config.sweeps}
+    for run, sweep_name, preset, seed in config.runs():
+        path = config.run_dir / run / "result.json"
+        if not path.is_file():
+            continue
+        result = read_json(path)
+        if key not in result["metrics"]:
+            raise KeyError(f"{path}: no metric {key!r} (has {sorted(result['metrics'])})")
+        recall = float(result["metrics"][key])
+        if config.sweeps[sweep_name].paradigm == "sid":
+            point = ScalingPoint(recall=recall, n_rs=float(result["parameters"]), n_llm=n_llm_sid, n_qt=n_qt, label=preset, seed=seed)
+        else:
+            trained = float(result.get("trainable_parameters", result["parameters"]))
+            point = ScalingPoint(recall=recall, n_lora=trained, n_llm=float(result["parameters"]) - trained, label=preset, seed=seed)
+        out[sweep_name].append((preset, seed, point, result))
+    return out
+
+
+def write_scaling_report(config: ScalingConfig, sids: Path | None, command: str) -> Path:
+    """Fit every sweep with enough points; write ``scaling.json``, ``scaling.md`` and ``scaling.png``."""
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    collected = collect_points(config, sids)
+    metric = config.metric
+    lines = [f"# Scaling study: {config.name}", "", f"Command: `{command}`", "",
+             f"Data: `{config.data}`; seeds {config.seeds}; metric test {metric}; device: {device_name()}.", ""]
+    lines += ["| sweep | paradigm | preset | parameters (trained) | seeds done | "
+              f"test {metric} mean ± std | test ndcg@10 mean | cold {metric} mean | train s mean |", "|---|---|---|---|---|---|---|---|---|"]
+    summary: dict[str, Any] = {"name": config.name, "metric": metric, "command": command, "device": device_name(), "sweeps": {}}
+    plotted = {}
+    missing = [run for run, *_ in config.runs() if not (run_dir / run / "result.json").is_file()]
+    for sweep_name, sweep in config.sweeps.items():
+        entries = collected[sweep_name]
+        for preset in sweep.presets:
+            rows = [e for e in entries if e[0] == preset]
+            if not rows:
+                lines.append(f"| {sweep_name} | {sweep.paradigm} | {preset} | — | 0/{len(config.seeds)} | — | — | — | — |")
+                continue
+            recall = np.array([e[2].recall for e in rows])
+            ndcg = np.mean([e[3]["metrics"].get("test/ndcg@10", float("nan")) for e in rows])
+            cold = np.mean([e[3]["metrics"].get(f"test/cold/{metric}", float("nan")) for e in rows])
+            seconds = np.mean([e[3].get("train_seconds", float("nan")) for e in rows])
+            std = recall.std(ddof=1) if len(recall) > 1 else 0.0
+            params = rows[0][3]["parameters"]
+            trained = rows[0][3].get("trainable_parameters", params)
+            lines.append(f"| {sweep_name} | {sweep.paradigm} | {preset} | {params:,} ({trained:,}) | {len(rows)}/{len(config.seeds)} | "
+                         f"{recall.mean():.4f} ± {std:.4f} | {ndcg:.4f} | {cold:.4f} | {seconds:.0f} |")
+        points = [e[2] for e in entries]
+        record: dict[str, Any] = {
+            "paradigm": sweep.paradigm,
+            "points": [{"preset": e[0], "seed": e[1], "recall": e[2].recall, "n_rs": e[2].n_rs, "n_llm": e[2].n_llm,
+                        "n_qt": e[2].n_qt, "n_lora": e[2].n_lora} for e in entries],
+        }
+        if len(points) >= MIN_FIT_POINTS:
+            fit = fit_scaling_law(points, sweep.paradigm)
+            record["fit"] = fit.to_dict()
+            plotted[f"{sweep_name} ({sweep.paradigm})"] = (fit, points)
+            larger = [p for p in points if p.total_params < max(q.total_params for q in points)]
+            if len(larger) >= MIN_FIT_POINTS:
+                held = held_out_error(points, sweep.paradigm)
+                record["held_out"] = {"size": held.size, "observed": held.observed, "predicted": held.predicted, "abs_error": held.abs_error}
+        summary["sweeps"][sweep_name] = record
+    lines += ["", "## Fitted laws", "",
+              "`Recall = R0 - A / N_SI^a - B / N_CF^b`, counts in millions (genrec/scaling.py has both paradigms' forms).", ""]
+    for sweep_name, record in summary["sweeps"].items():
+        fit = record.get("fit")
+        if fit is None:
+            lines.append(f"- {sweep_name}: {len(record['points'])} points, fewer than the {MIN_FIT_POINTS} the law needs: not fitted.")
+            continue
+        gammas = ", ".join(f"{k} {fit[k]:.3g}" for k in ("gamma1", "gamma2", "gamma", "beta") if fit.get(k) is not None)
+        text = (f"- {sweep_name} ({fit['paradigm']}): R0 {fit['r0']:.4f}, A {fit['a']:.3g}, a {fit['alpha']:.3g}, "
+                f"B {fit['b']:.3g}, b {fit['beta_exp']:.3g}, {gammas}; R² {fit['r2']:.3f} over {fit['n_points']} points")
+        held = record.get("held_out")
+        text += (f"; held-out largest size ({held['size'] / 1e6:.1f}M): observed {held['observed']:.4f}, predicted "
+                 f"{held['predicted']:.4f}, error {held['abs_error']:.4f}.") if held else "; held-out check needs 7 points below the largest size."
+        lines.append(text)
+    if missing:
+        lines += ["", f"Not run yet ({len(missing)}): " + ", ".join(missing) + ". Re-run the command to train them (finished runs are skipped)."]
+    if plotted:
+        plot_scaling(plotted, run_dir / "scaling.png", metric_label=f"test {metric}")
+        lines += ["", "![scaling](scaling.png)"]
+    write_json(run_dir / "scaling.json", summary)
+    report = run_dir / "scaling.md"
+    with atomic_path(report) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return report

@@ -1,0 +1,97 @@
+"""The ``scaling`` command's orchestration: shards, skipping, collection of the points with the
+right parameter counts per paradigm, the law fit, held-out check, table and plot. Training is
+replaced by a stand-in that writes each run's ``result.json`` from a known law (the real training
+path is ``genrec.pipeline.run_model``, tested in test_pipeline.py and by test_configs.py's sweep
+of every scaling config)."""
+
+import numpy as np
+import pytest
+
+from genrec.artifacts import read_json, write_json
+from genrec.cli import main
+from genrec.models.presets import nominal_size
+from genrec.sweep import ScalingConfig, run_scaling
+
+TRUTH = {"r0": 0.08, "a": 0.02, "alpha": 0.5}  # Recall = R0 - A / N^a, N in millions (both terms share N here)
+ENCODER, TOKENIZER = 22_713_216, 200_000
+
+
+def _config(tmp_path, seeds=(0, 1, 2)) -> ScalingConfig:
+    return ScalingConfig(
+        name="study",
+        data="configs/data/synthetic.yaml",
+        sids=str(tmp_path / "sids.safetensors"),
+        encoder_parameters=ENCODER,
+        tokenizer_parameters=TOKENIZER,
+        seeds=list(seeds),
+        root=str(tmp_path / "runs"),
+        sweeps={
+            "tiger": {"model": "configs/tiger/synthetic.yaml", "paradigm": "sid", "presets": ["336k", "6.7m", "13m", "21m", "43m"]},
+            "lm": {"model": "configs/lm/tiny-scratch.yaml", "paradigm": "llm", "presets": ["1m", "10m"]},
+        },
+    )
+
+
+@pytest.fixture
+def fake_training(tmp_path, monkeypatch):
+    """Replace training by a result.json whose recall follows TRUTH (plus seeded noise); record the calls."""
+    (tmp_path / "sids.safetensors").write_bytes(b"")
+    calls = []
+
+    def run_model(pipeline, name, path, sids):
+        calls.append(name)
+        preset, seed = name.split("-")[1], int(name.rsplit("-s", 1)[1])
+        params = nominal_size(preset) if name.startswith("tiger") else {"1m": 7.3e6, "10m": 25.6e6}[preset]
+        recall = TRUTH["r0"] - TRUTH["a"] / (params / 1e6) ** TRUTH["alpha"] + np.random.default_rng(seed).normal(0, 2e-4)
+        result = {"parameters": int(params), "trainable_parameters": int(params),
+                  "metrics": {"test/recall@10": recall, "test/ndcg@10": recall / 2}, "train_seconds": 1.0}
+        write_json(pipeline.run_dir / name / "result.json", result)
+        return result
+
+    monkeypatch.setattr("genrec.sweep.run_model", run_model)
+    return calls
+
+
+def test_shards_then_fit_and_report(tmp_path, fake_training):
+    config = _config(tmp_path)
+    runs = [r[0] for r in config.runs()]
+    assert len(runs) == 7 * 3 and runs[0] == "tiger-336k-s0" and runs[-1] == "lm-10m-s2"
+
+    report = run_scaling(config, shard=(0, 2)).read_text()
+    assert fake_training == runs[0::2]
+    assert "Not run yet (10)" in report and runs[1] in report
+
+    fake_training.clear()
+    report = run_scaling(config, shard=(1, 2)).read_text()
+    assert fake_training == runs[1::2]
+    assert "Not run yet" not in report
+    assert "| tiger | sid | 13m |" in report and "3/3" in report
+
+    summary = read_json(tmp_path / "runs" / "study" / "scaling.json")
+    tiger = summary["sweeps"]["tiger"]
+    assert len(tiger["points"]) == 15
+    assert all(p["n_llm"] == ENCODER and p["n_qt"] == TOKENIZER and p["n_lora"] == 0 for p in tiger["points"])
+    assert tiger["fit"]["r2"] > 0.95 and abs(tiger["fit"]["r0"] - TRUTH["r0"]) < 0.01
+    assert tiger["held_out"]["abs_error"] < 0.005  # extrapolation to 43m from the four smaller sizes
+    lm = summary["sweeps"]["lm"]
+    assert len(lm["points"]) == 6 and all(p["n_lora"] > 0 and p["n_llm"] == 0 for p in lm["points"])
+    assert "fit" not in lm and "lm: 6 points, fewer than the 7" in report
+    assert (tmp_path / "runs" / "study" / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_collect_only_trains_nothing(tmp_path, fake_training):
+    config = _config(tmp_path, seeds=(0,))
+    run_scaling(config, collect_only=True)
+    assert fake_training == []
+    assert "Not run yet (7)" in (tmp_path / "runs" / "study" / "scaling.md").read_text()
+
+
+def test_bad_settings(tmp_path, fake_training):
+    with pytest.raises(ValueError, match="paradigm must be 'sid' or 'llm'"):
+        ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": ["1m"], "paradigm": "other"}})
+    with pytest.raises(ValueError, match="lists no presets"):
+        ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": []}})
+    with pytest.raises(ValueError, match="shard 2/2"):
+        run_scaling(_config(tmp_path), shard=(2, 2))
+    with pytest.raises(ValueError, match="--shard must look like i/n, got 'half'"):
+        main(["scaling", "--config", "configs/scaling/synthetic.yaml", "--shard", "half"])
