@@ -8,8 +8,9 @@ per stage. Everything goes under ``checkpoints/<name>/``:
 * ``embeddings/<encoder>.safetensors`` — the item embeddings;
 * ``sids/<tokenizer>.safetensors`` — the semantic IDs (the tokenize stage reuses it, and the
   embeddings, when their settings are unchanged);
-* ``<model>/config.yaml`` — the exact config the model ran with (its checkpoint and log folders
-  moved under the run), ``<model>/checkpoints/``, ``<model>/result.json`` — test metrics,
+* ``<model>/config.yaml`` — the model's config with its checkpoint and log folders moved under
+  the run (the command-line overrides come on top; the fully resolved config, overrides
+  included, is the ``logs/version_N/config.yaml`` LightningCLI writes), ``<model>/checkpoints/``, ``<model>/result.json`` — test metrics,
   parameter count, training time, device, and a digest of everything that made them;
 * ``report.md``, ``recall_vs_params.png`` and (with SIDs) ``sid_usage.png``.
 

@@ -45,8 +45,8 @@ import copy
 import functools
 import logging
 import tempfile
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import lightning as L
@@ -187,7 +187,12 @@ def shared_prefix_attention(name: str) -> str:
     """Register (once) and return the ``transformers`` attention implementation
     ``genrec_prefix_<name>``: ``name`` (``sdpa``, ``eager``, ...) outside beam search, the
     shared-prompt attention of :func:`_attend_shared_prefix` in it."""
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, eager_mask, sdpa_mask
+    from transformers.masking_utils import (
+        ALL_MASK_ATTENTION_FUNCTIONS,
+        AttentionMaskInterface,
+        eager_mask,
+        sdpa_mask,
+    )
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
     if name.startswith("genrec_prefix_"):
@@ -655,6 +660,7 @@ class LMRecModule(L.LightningModule):
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.hparams.lr,
+            fused=self.device.type == "cuda",  # one kernel per step instead of a launch per tensor group
         )
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
         schedule = lr_schedule(self.hparams.scheduler, self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
