@@ -7,7 +7,11 @@ profiler's top operators.
 Takes the model and training batches exactly as ``train.py fit`` builds them (same configs), then
 runs plain PyTorch training steps (forward, loss, backward, clipping, AdamW; no Lightning) under
 bf16 autocast: ``--steps`` timed steps per variant after ``--warmup``, and one profiled stretch of
-the eager variant whose top operators by device time and by host time are printed. Comparing the
+the eager variant whose top operators by device time and by host time are printed. Variants:
+``eager``; ``compile`` (``torch.compile``, dynamic shapes); ``graphs`` (history padded to the data
+module's ``max_history`` so every batch has one shape, ``torch.compile(mode="reduce-overhead")``:
+CUDA graphs, what ``TigerModule(compile=True, compile_mode="reduce-overhead", pad_history=...)``
+does in training). Comparing the
 raw step time with the step time of ``bench.tiger_train`` shows the trainer's own overhead.
 """
 
@@ -33,6 +37,8 @@ def main() -> None:
     parser.add_argument("--sids", required=True)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--variant", action="append", choices=["eager", "compile", "graphs"],
+                        help="eager; compile (dynamic shapes); graphs (history padded to max_history, CUDA graphs). Default eager, graphs")
     parser.add_argument("--set", action="append", default=[], help="extra CLI override key=value")
     args = parser.parse_args()
     torch.set_float32_matmul_precision("high")
@@ -45,12 +51,19 @@ def main() -> None:
     module.attach_items(SemanticIDs.load(args.sids), dm.data.train_item_counts())
     batches = [b.to(device) if hasattr(b, "to") else b for b in itertools.islice(dm.train_dataloader(), args.warmup + args.steps)]
     rows = []
-    for variant in ("eager", "compile"):
-        forward = torch.compile(module.model, dynamic=True) if variant == "compile" else module.model
+    for variant in args.variant or ["eager", "graphs"]:
+        # graphs: history padded to max_history (one shape) and torch.compile with CUDA graphs.
+        pad = dm.max_history if variant == "graphs" else None
+        if variant == "eager":
+            forward = module.model
+        elif variant == "compile":
+            forward = torch.compile(module.model, dynamic=True)
+        else:
+            forward = torch.compile(module.model, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
         optimizer = torch.optim.AdamW(module.model.parameters(), lr=1e-4, fused=device.type == "cuda")
 
-        def step(batch, forward=forward, optimizer=optimizer) -> None:  # noqa: ANN001
-            input_ids, mask = module.encoder_inputs(batch)
+        def step(batch, forward=forward, optimizer=optimizer, pad=pad) -> None:  # noqa: ANN001
+            input_ids, mask = module.encoder_inputs(batch, pad)
             labels = module.tokens_of(batch.targets)
             decoder_input = torch.cat([labels.new_full((labels.shape[0], 1), PAD), labels[:, :-1]], dim=1)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):

@@ -162,7 +162,13 @@ class TigerModule(L.LightningModule):
         user_tokens: hashed user-id buckets prepended to the encoder input as one token; 0: off.
         attn_implementation: ``sdpa`` (fused attention; T5's position bias goes in as an
             additive mask) or ``eager``.
-        compile: ``torch.compile`` the training forward (dynamic shapes).
+        compile: ``torch.compile`` the training forward (dynamic shapes unless ``pad_history``).
+        compile_mode: ``torch.compile``'s ``mode``, e.g. ``reduce-overhead`` (CUDA graphs: one
+            launch per graph instead of one per kernel; needs ``pad_history``) or
+            ``max-autotune-no-cudagraphs``; ``None``: the default.
+        pad_history: pad every training batch's history to this many items (at least the data
+            module's ``max_history``), so every batch has the same shape: what CUDA graphs need.
+            ``None``: the batch's longest history (least padding).
     """
 
     def __init__(
@@ -189,6 +195,8 @@ class TigerModule(L.LightningModule):
         user_tokens: int = 0,
         attn_implementation: Literal["sdpa", "eager"] = "sdpa",
         compile: bool = False,
+        compile_mode: str | None = None,
+        pad_history: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -204,6 +212,10 @@ class TigerModule(L.LightningModule):
             "feed_forward_proj": feed_forward_proj,
         }
         self.config = TigerConfig.from_name(preset, **{k: v for k, v in overrides.items() if v is not None})
+        if pad_history is not None and pad_history < 1:
+            raise ValueError(f"pad_history must be >= 1 or None, got {pad_history}")
+        if compile_mode == "reduce-overhead" and pad_history is None:
+            raise ValueError("compile_mode 'reduce-overhead' (CUDA graphs) needs static shapes: set pad_history to the data's max_history")
         if beam_width < 1 or not ks or min(ks) < 1 or user_tokens < 0:
             raise ValueError(f"need beam_width >= 1, ks >= 1 and user_tokens >= 0; got {beam_width}, {ks}, {user_tokens}")
         self.ks = tuple(int(k) for k in ks)
@@ -252,7 +264,9 @@ class TigerModule(L.LightningModule):
             )
         self.attach_items(sids, data.train_item_counts())
         if stage == "fit" and self.hparams.compile and self._train_forward is None:
-            object.__setattr__(self, "_train_forward", torch.compile(self.model, dynamic=True))
+            static = self.hparams.pad_history is not None
+            compiled = torch.compile(self.model, dynamic=not static, mode=self.hparams.compile_mode)
+            object.__setattr__(self, "_train_forward", compiled)
 
     def attach_items(self, sids: SemanticIDs, train_counts: Tensor | None = None) -> None:
         """Build the item -> token table and the trie from ``sids`` (what :meth:`setup` does
@@ -291,14 +305,21 @@ class TigerModule(L.LightningModule):
             raise RuntimeError("no items attached: run inside a Trainer with a data module, or call attach_items()")
         return self.item_tokens[items]
 
-    def encoder_inputs(self, batch: SeqBatch) -> tuple[Tensor, Tensor]:
+    def encoder_inputs(self, batch: SeqBatch, pad_history: int | None = None) -> tuple[Tensor, Tensor]:
         """The encoder input of a batch (see the module docstring for the layout).
+
+        Args:
+            pad_history: pad the history ``[B, L]`` to this many items first (static shapes).
 
         Returns:
             ``input_ids [B, S]`` int64 and ``attention_mask [B, S]`` bool, with
             ``S = (1 if user_tokens) + L * (levels + 1) + 1``.
         """
         history = batch.history
+        if pad_history is not None:
+            if history.shape[1] > pad_history:
+                raise ValueError(f"a history of {history.shape[1]} items does not fit pad_history={pad_history}")
+            history = F.pad(history, (0, pad_history - history.shape[1]), value=-1)
         valid = history >= 0
         tokens = self.tokens_of(history.clamp(min=0)).masked_fill(~valid[..., None], PAD).flatten(1)  # [B, L*T]
         B = history.shape[0]
@@ -324,7 +345,7 @@ class TigerModule(L.LightningModule):
         Returns:
             the mean cross-entropy over the target SID tokens (float32 scalar).
         """
-        input_ids, mask = self.encoder_inputs(batch)
+        input_ids, mask = self.encoder_inputs(batch, self.hparams.pad_history if stage == "train" else None)
         labels = self.tokens_of(batch.targets)  # [B, T]
         decoder_input = torch.cat([labels.new_full((labels.shape[0], 1), PAD), labels[:, :-1]], dim=1)
         B = labels.shape[0]

@@ -8,6 +8,7 @@ import math
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 
 from genrec.data import SeqBatch, SequenceDataModule, SyntheticSource
 from genrec.decoding import Recommendations, score_all_items
@@ -181,6 +182,29 @@ def test_beam_search_with_full_beam_is_exact(small, attn):
     torch.testing.assert_close(result.scores, top.values, atol=1e-4, rtol=1e-4)
 
 
+def test_pad_history_gives_static_shapes_and_the_same_loss(small):
+    """Padding the history to a fixed length (for CUDA graphs) changes the shape, not the loss."""
+    datamodule, sids, path = small
+    batch = datamodule.dataset("train").__getitems__(list(range(16)))
+    assert batch.history.shape[1] < 12
+    torch.manual_seed(0)
+    module = TigerModule(path, **TINY, pad_history=12)
+    module.attach_items(sids)
+    ids, mask = module.encoder_inputs(batch, pad_history=12)
+    plain_ids, plain_mask = module.encoder_inputs(batch)
+    assert ids.shape == (16, 12 * module.tokens_per_item + 1)
+    assert torch.equal(ids[:, : plain_ids.shape[1]], plain_ids) and not mask[:, plain_ids.shape[1] :].any()
+    padded = module.model_step(batch, "train")  # the training step pads (pad_history)
+    labels = module.tokens_of(batch.targets)
+    decoder_input = torch.cat([labels.new_full((16, 1), PAD), labels[:, :-1]], dim=1)
+    logits = module.model(input_ids=plain_ids, attention_mask=plain_mask, decoder_input_ids=decoder_input).logits
+    torch.testing.assert_close(padded, F.cross_entropy(logits.flatten(0, 1), labels.flatten()), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="does not fit pad_history=4"):
+        module.encoder_inputs(batch, pad_history=4)
+    with pytest.raises(ValueError, match="needs static shapes"):
+        TigerModule(path, **TINY, compile=True, compile_mode="reduce-overhead")
+
+
 def test_sdpa_and_eager_agree(small):
     datamodule, sids, path = small
     batch = datamodule.dataset("test").__getitems__(list(range(8)))
@@ -249,6 +273,22 @@ def test_fast_dev_run_fit_and_test_log_every_metric(small):
     for name, value in result.items():
         if "recall" in name or "ndcg" in name:
             assert math.isnan(value) or 0.0 <= value <= 1.0, name
+
+
+@pytest.mark.slow  # torch.compile takes about a minute on 2 CPU cores
+def test_compiled_static_training_matches_eager(small):
+    """compile=True with pad_history (the CUDA-graph set-up, without graphs on a CPU) trains to the
+    same losses as the eager module from the same initialisation."""
+    datamodule, _, path = small
+    losses = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        module = TigerModule(path, **TINY, lr=3e-3, warmup_steps=1, compile=compiled, pad_history=10)
+        trainer = quiet_trainer(max_steps=3, limit_val_batches=0)
+        trainer.fit(module, datamodule)
+        assert (module._train_forward is not None) == compiled
+        losses.append(float(trainer.callback_metrics["train/loss_step"]))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-5)
 
 
 def test_checkpoint_reload_gives_the_same_predictions(small, tmp_path):
