@@ -203,7 +203,15 @@ def collect_points(config: ScalingConfig, sids: Path | None) -> dict[str, list[t
     key = f"test/{config.metric}"
     n_llm_sid = n_qt = 0.0
     if any(s.paradigm == "sid" for s in config.sweeps.values()):
-        n_llm_sid = float(config.encoder_parameters if config.encoder_parameters is not None else count_encoder_parameters(config.encoder))
+        if config.encoder_parameters is not None:
+            n_llm_sid = float(config.encoder_parameters)
+        else:
+            try:
+                n_llm_sid = float(count_encoder_parameters(config.encoder))
+            except (OSError, ValueError, ImportError) as error:  # e.g. the encoder's package is not installed here
+                log.error("cannot count the parameters of the encoder of %s (%s): the SID law is not fitted; "
+                          "set encoder_parameters in the scaling config", config.encoder, error)
+                n_llm_sid = float("nan")
         n_qt = float(config.tokenizer_parameters if config.tokenizer_parameters is not None else (count_tokenizer_parameters(sids) if sids else 0))
     out: dict[str, list[tuple[str, int, ScalingPoint, dict[str, Any]]]] = {name: [] for name in config.sweeps}
     for run, sweep_name, preset, seed in config.runs():
@@ -255,10 +263,12 @@ def write_scaling_report(config: ScalingConfig, sids: Path | None, command: str)
         points = [e[2] for e in entries]
         record: dict[str, Any] = {
             "paradigm": sweep.paradigm,
-            "points": [{"preset": e[0], "seed": e[1], "recall": e[2].recall, "n_rs": e[2].n_rs, "n_llm": e[2].n_llm,
+            "points": [{"preset": e[0], "seed": e[1], "recall": e[2].recall, "n_rs": e[2].n_rs, "n_llm": None if math.isnan(e[2].n_llm) else e[2].n_llm,
                         "n_qt": e[2].n_qt, "n_lora": e[2].n_lora} for e in entries],
         }
-        if len(points) >= MIN_FIT_POINTS:
+        if any(math.isnan(p.n_llm) for p in points):
+            record["not_fitted"] = "encoder parameter count unknown (set encoder_parameters)"
+        elif len(points) >= MIN_FIT_POINTS:
             fit = fit_scaling_law(points, sweep.paradigm)
             record["fit"] = fit.to_dict()
             plotted[f"{sweep_name} ({sweep.paradigm})"] = (fit, points)
@@ -271,6 +281,9 @@ def write_scaling_report(config: ScalingConfig, sids: Path | None, command: str)
               "`Recall = R0 - A / N_SI^a - B / N_CF^b`, counts in millions (genrec/scaling.py has both paradigms' forms).", ""]
     for sweep_name, record in summary["sweeps"].items():
         fit = record.get("fit")
+        if "not_fitted" in record:
+            lines.append(f"- {sweep_name}: not fitted: {record['not_fitted']}.")
+            continue
         if fit is None:
             lines.append(f"- {sweep_name}: {len(record['points'])} points, fewer than the {MIN_FIT_POINTS} the law needs: not fitted.")
             continue

@@ -95,3 +95,15 @@ def test_bad_settings(tmp_path, fake_training):
         run_scaling(_config(tmp_path), shard=(2, 2))
     with pytest.raises(ValueError, match="--shard must look like i/n, got 'half'"):
         main(["scaling", "--config", "configs/scaling/synthetic.yaml", "--shard", "half"])
+
+
+def test_unknown_encoder_size_skips_the_sid_fit_with_a_reason(tmp_path, fake_training, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    encoder = tmp_path / "encoder.yaml"
+    encoder.write_text("encoder:\n  model: no-such-org/no-such-encoder\n")
+    config = _config(tmp_path, seeds=(0, 1))
+    config.encoder, config.encoder_parameters = str(encoder), None
+    report = run_scaling(config).read_text()
+    assert "tiger: not fitted: encoder parameter count unknown (set encoder_parameters)" in report
+    summary = read_json(tmp_path / "runs" / "study" / "scaling.json")
+    assert summary["sweeps"]["tiger"]["points"][0]["n_llm"] is None and "fit" not in summary["sweeps"]["tiger"]
