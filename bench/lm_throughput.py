@@ -12,7 +12,10 @@ over every position, backward, fused AdamW — with CUDA events after ``--warmup
 
 * ``bf16-mixed``: float32 weights and optimizer, bf16 autocast (Lightning's ``bf16-mixed``);
 * ``bf16-true``: bf16 weights and optimizer state (Lightning's ``bf16-true``);
-* ``+compile``: ``torch.compile`` of the model (default mode).
+* ``+compile``: ``torch.compile`` of the model (default mode);
+* ``+chunked``: the output layer and loss run 4,096 positions at a time under activation
+  checkpointing (:func:`chunked_cross_entropy`), so the ``[tokens, vocab]`` logits never exist
+  whole: less memory, room for larger batches.
 
 Model FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B): ``6 * N + 12 * L * H * Q * T``
 with ``N`` the parameters of every matrix multiply (non-embedding parameters plus the output
@@ -29,6 +32,7 @@ import gc
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from bench.record import record
 from bench.tiger_train import peak_flops
@@ -44,6 +48,21 @@ def flops_per_token(config: LMRecConfig, seq_len: int) -> float:
     return 6 * (non_embedding + head) + attention
 
 
+def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy((hidden @ weight.t()).float(), labels, reduction="sum")
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Mean cross-entropy of ``hidden [T, d] @ head.weight.T`` against ``labels [T]``, ``chunk``
+    positions at a time with activation checkpointing: the ``[T, V]`` logits (5 GB in float32
+    for 8k tokens over Qwen3's 152k vocabulary) never exist at once."""
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk):
+        end = start + chunk
+        total = total + checkpoint(_chunk_loss, hidden[start:end], head.weight, labels[start:end], use_reentrant=False)
+    return total / labels.numel()
+
+
 def measure(config: LMRecConfig, variant: str, batch: int, seq_len: int, steps: int, warmup: int) -> dict[str, object]:
     """Train ``steps`` timed steps of ``variant`` on random tokens; the row of the table."""
     torch.manual_seed(0)
@@ -52,15 +71,22 @@ def measure(config: LMRecConfig, variant: str, batch: int, seq_len: int, steps: 
     if true_bf16:
         model = model.to(torch.bfloat16)
     model.train()
-    forward = torch.compile(model) if variant.endswith("+compile") else model
+    flags = set(variant.split("+")[1:])
+    chunked = "chunked" in flags
+    body = model.model if chunked else model  # chunked: the decoder stack only; the head runs per chunk below
+    forward = torch.compile(body) if "compile" in flags else body
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     tokens = torch.randint(0, config.vocab_size, (batch, seq_len + 1), device="cuda")
     inputs, labels = tokens[:, :-1], tokens[:, 1:]
 
     def step() -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=not true_bf16):
-            logits = forward(input_ids=inputs).logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+            if chunked:
+                hidden = forward(input_ids=inputs).last_hidden_state.flatten(0, 1)
+                loss = chunked_cross_entropy(hidden, model.lm_head, labels.flatten())
+            else:
+                logits = forward(input_ids=inputs).logits
+                loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -100,14 +126,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--variant", action="append", choices=["bf16-mixed", "bf16-true", "bf16-mixed+compile", "bf16-true+compile"])
+    parser.add_argument("--variant", action="append", help="bf16-mixed or bf16-true, optionally +compile and/or +chunked (e.g. bf16-true+compile+chunked)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench.lm_throughput needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = True
     config = LMRecConfig.from_name(args.preset)
     rows = []
-    for variant in args.variant or ["bf16-mixed", "bf16-true+compile"]:
+    variants = args.variant or ["bf16-mixed", "bf16-true+compile"]
+    for variant in variants:
+        base, *flags = variant.split("+")
+        if base not in ("bf16-mixed", "bf16-true") or not set(flags) <= {"compile", "chunked"}:
+            raise SystemExit(f"unknown variant {variant!r}: bf16-mixed or bf16-true, optionally +compile, +chunked")
+    for variant in variants:
         try:
             rows.append({"preset": args.preset, **measure(config, variant, args.batch, args.seq_len, args.steps, args.warmup)})
         except torch.OutOfMemoryError as error:
