@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from bench.record import record
+from bench.record import record, set_flags
 from genrec.cli import GenRecCLI
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="timed batches (0: the whole test set)")
     parser.add_argument("--set", action="append", default=[], help="extra CLI override key=value")
     args = parser.parse_args()
-    overrides = [f"--{item.split('=', 1)[0]}={item.split('=', 1)[1]}" for item in args.set]
+    overrides = set_flags(args.set)
     cli = GenRecCLI(args=["--config", args.data, "--config", args.model, "--trainer.logger=false",
                           f"--data.init_args.eval_batch_size={args.batch}", f"--model.init_args.beam_width={args.beam}", *overrides], run=False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

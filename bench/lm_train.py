@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench.record import record
+from bench.record import record, set_flags
 from bench.tiger_train import Timeline, _sync
 from genrec.cli import GenRecCLI
 
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the timeline JSON here")
     args = parser.parse_args()
     torch.set_float32_matmul_precision("high")
-    overrides = [f"--{item.split('=', 1)[0]}={item.split('=', 1)[1]}" for item in args.set]
+    overrides = set_flags(args.set)
     cli = GenRecCLI(args=["--config", args.data, "--config", args.model, *overrides], run=False)
     timeline = TokenTimeline(args.target)
     cli.trainer.callbacks.append(timeline)

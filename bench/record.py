@@ -36,6 +36,14 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
+def set_flags(items: list[str]) -> list[str]:
+    """A benchmark's ``--set key=value`` items as LightningCLI flags ``--key=value``."""
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise SystemExit(f"--set takes key=value, got {bad}")
+    return [f"--{item.split('=', 1)[0]}={item.split('=', 1)[1]}" for item in items]
+
+
 def format_table(rows: list[dict[str, object]]) -> str:
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

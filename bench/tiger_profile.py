@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench.record import record
+from bench.record import record, set_flags
 from genrec.cli import GenRecCLI
 from genrec.models.tiger import PAD
 from genrec.quantize.semantic_ids import SemanticIDs
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="extra CLI override key=value")
     args = parser.parse_args()
     torch.set_float32_matmul_precision("high")
-    overrides = [f"--{item.split('=', 1)[0]}={item.split('=', 1)[1]}" for item in args.set]
+    overrides = set_flags(args.set)
     cli = GenRecCLI(args=["--config", args.data, "--config", args.model, f"--model.init_args.sids={args.sids}", "--trainer.logger=false", *overrides], run=False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dm, module = cli.datamodule, cli.model

@@ -26,7 +26,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from bench.record import record
+from bench.record import record, set_flags
 from genrec.cli import GenRecCLI
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the timeline JSON here")
     args = parser.parse_args()
     torch.set_float32_matmul_precision("high")
-    overrides = [f"--{item.split('=', 1)[0]}={item.split('=', 1)[1]}" for item in args.set]
+    overrides = set_flags(args.set)
     cli = GenRecCLI(args=["--config", args.data, "--config", args.model, f"--model.init_args.sids={args.sids}", *overrides], run=False)
     timeline = Timeline(args.target)
     cli.trainer.callbacks.append(timeline)

@@ -87,7 +87,7 @@ def run_pipeline(config: PipelineConfig, command: str = "") -> Path:
     run.mkdir(parents=True, exist_ok=True)
     stats = run_data(["--config", config.data, *config.overrides.get("data", []), "--output", str(run / "data.json")])
     sids_path = run / "sids" / f"{Path(config.tokenizer).stem}.safetensors"
-    needs_sids = any(_model_class(path) in SID_MODELS for path in config.models.values())
+    needs_sids = any(model_class(path) in SID_MODELS for path in config.models.values())
     if needs_sids:
         run_tokenize(
             ["--config", config.data, "--config", config.encoder, "--config", config.tokenizer,
@@ -96,12 +96,13 @@ def run_pipeline(config: PipelineConfig, command: str = "") -> Path:
         )
     results = {}
     for name, path in config.models.items():
-        sids = sids_path if _model_class(path) in SID_MODELS else None
+        sids = sids_path if model_class(path) in SID_MODELS else None
         results[name] = run_model(config, name, path, sids)
     return write_report(config, stats, sids_path if needs_sids else None, results, command)
 
 
-def _model_class(path: str) -> str:
+def model_class(path: str) -> str:
+    """The class name a model YAML's ``model.class_path`` names (e.g. ``TigerModule``)."""
     model = (yaml.safe_load(Path(path).read_text()) or {}).get("model", {})
     return str(model.get("class_path", "")).rsplit(".", 1)[-1]
 

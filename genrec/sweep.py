@@ -35,7 +35,7 @@ import numpy as np
 import yaml
 
 from genrec.artifacts import atomic_path, read_json, write_json
-from genrec.pipeline import PipelineConfig, device_name, run_model
+from genrec.pipeline import SID_MODELS, PipelineConfig, device_name, model_class, run_model
 from genrec.scaling import ScalingPoint, fit_scaling_law, held_out_error, plot_scaling
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,6 @@ class ScalingConfig:
         return [(f"{s}-{p}-s{seed}", s, p, seed) for s, sweep in self.sweeps.items() for p in sweep.presets for seed in self.seeds]
 
 
-def _model_class(path: str) -> str:
-    model = (yaml.safe_load(Path(path).read_text()) or {}).get("model", {})
-    return str(model.get("class_path", "")).rsplit(".", 1)[-1]
-
-
 def count_encoder_parameters(encoder_yaml: str) -> int:
     """Parameters of the text encoder an encode YAML names (built on the meta device, no weights read)."""
     import torch
@@ -155,7 +150,7 @@ def count_tokenizer_parameters(sids: Path) -> int:
 
 def _sids(config: ScalingConfig, pipeline: PipelineConfig) -> Path | None:
     """The SID artifact: the configured one, or the pipeline's encode + tokenize stages (reused when unchanged)."""
-    if not any(_model_class(s.model) == "TigerModule" for s in config.sweeps.values()):
+    if not any(model_class(s.model) in SID_MODELS for s in config.sweeps.values()):
         return None
     if config.sids:
         path = Path(config.sids)
@@ -193,7 +188,7 @@ def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int]
             pipeline.models = {run: sweep.model}
             pipeline.overrides[run] = [*sweep.overrides, "--model.init_args.preset", preset, "--seed_everything", str(seed)]
             log.info("scaling run %d/%d: %s", k + 1, len(runs), run)
-            run_model(pipeline, run, sweep.model, sids if _model_class(sweep.model) == "TigerModule" else None)
+            run_model(pipeline, run, sweep.model, sids if model_class(sweep.model) in SID_MODELS else None)
     return write_scaling_report(config, sids, command)
 
 
