@@ -35,10 +35,8 @@ class TokenTimeline(Timeline):
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:  # noqa: ANN001
         self.samples += len(batch)
-        valid = batch.history >= 0
-        lines = module.line_lengths[batch.history.clamp(min=0)] * valid
-        newer = lines.flip(1).cumsum(1).flip(1)
-        kept = (lines * (newer <= module.history_budget)).sum()
+        _, lines, keep = module.history_lines(batch.history)
+        kept = (lines * keep).sum()
         fixed = len(batch) * (module.prompt_prefix.numel() + module.prompt_suffix.numel())
         count = kept + module.target_lengths[batch.targets].sum() + fixed
         self.tokens = count if self.tokens is None else self.tokens + count

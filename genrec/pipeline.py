@@ -81,24 +81,33 @@ def run_pipeline(config: PipelineConfig, command: str = "") -> Path:
     Returns:
         the path of ``report.md``.
     """
-    from genrec.cli import run_data, run_tokenize
+    from genrec.cli import run_data
 
     run = config.run_dir
     run.mkdir(parents=True, exist_ok=True)
     stats = run_data(["--config", config.data, *config.overrides.get("data", []), "--output", str(run / "data.json")])
-    sids_path = run / "sids" / f"{Path(config.tokenizer).stem}.safetensors"
     needs_sids = any(model_class(path) in SID_MODELS for path in config.models.values())
-    if needs_sids:
-        run_tokenize(
-            ["--config", config.data, "--config", config.encoder, "--config", config.tokenizer,
-             "--encode.output", str(run / "embeddings" / f"{Path(config.encoder).stem}.safetensors"),
-             "--tokenize.output", str(sids_path), *config.overrides.get("tokenize", [])]
-        )
+    sids_path = run_sid_stages(config) if needs_sids else None
     results = {}
     for name, path in config.models.items():
         sids = sids_path if model_class(path) in SID_MODELS else None
         results[name] = run_model(config, name, path, sids)
-    return write_report(config, stats, sids_path if needs_sids else None, results, command)
+    return write_report(config, stats, sids_path, results, command)
+
+
+def run_sid_stages(config: PipelineConfig) -> Path:
+    """encode + tokenize into ``<run>/embeddings/`` and ``<run>/sids/`` (each reused when its
+    settings are unchanged); the path of the SID artifact."""
+    from genrec.cli import run_tokenize
+
+    run = config.run_dir
+    sids_path = run / "sids" / f"{Path(config.tokenizer).stem}.safetensors"
+    run_tokenize(
+        ["--config", config.data, "--config", config.encoder, "--config", config.tokenizer,
+         "--encode.output", str(run / "embeddings" / f"{Path(config.encoder).stem}.safetensors"),
+         "--tokenize.output", str(sids_path), *config.overrides.get("tokenize", [])]
+    )
+    return sids_path
 
 
 def model_class(path: str) -> str:

@@ -35,7 +35,14 @@ import numpy as np
 import yaml
 
 from genrec.artifacts import atomic_path, read_json, write_json
-from genrec.pipeline import SID_MODELS, PipelineConfig, device_name, model_class, run_model
+from genrec.pipeline import (
+    SID_MODELS,
+    PipelineConfig,
+    device_name,
+    model_class,
+    run_model,
+    run_sid_stages,
+)
 from genrec.scaling import ScalingPoint, fit_scaling_law, held_out_error, plot_scaling
 
 log = logging.getLogger(__name__)
@@ -157,15 +164,7 @@ def _sids(config: ScalingConfig, pipeline: PipelineConfig) -> Path | None:
         if not path.is_file():
             raise FileNotFoundError(f"scaling config: sids file {path} does not exist")
         return path
-    from genrec.cli import run_tokenize
-
-    path = pipeline.run_dir / "sids" / f"{Path(config.tokenizer).stem}.safetensors"
-    run_tokenize(
-        ["--config", config.data, "--config", config.encoder, "--config", config.tokenizer,
-         "--encode.output", str(pipeline.run_dir / "embeddings" / f"{Path(config.encoder).stem}.safetensors"),
-         "--tokenize.output", str(path), *config.overrides.get("tokenize", [])]
-    )
-    return path
+    return run_sid_stages(pipeline)
 
 
 def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int] = (0, 1), collect_only: bool = False) -> Path:
@@ -178,7 +177,8 @@ def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int]
     if not 0 <= index < count:
         raise ValueError(f"shard {index}/{count}: need 0 <= i < n")
     runs = config.runs()
-    pipeline = PipelineConfig(name=config.name, data=config.data, root=config.root, overrides={"data": config.overrides.get("data", [])})
+    pipeline = PipelineConfig(name=config.name, data=config.data, encoder=config.encoder, tokenizer=config.tokenizer,
+                              root=config.root, overrides={k: config.overrides.get(k, []) for k in ("data", "tokenize")})
     sids = _sids(config, pipeline)
     if not collect_only:
         for k, (run, sweep_name, preset, seed) in enumerate(runs):

@@ -495,18 +495,29 @@ class LMRecModule(L.LightningModule):
             self._trie = self._trie.to(self.target_tokens.device)
         return self._trie
 
+    def history_lines(self, history: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The history lines a prompt keeps: the newest that fit ``max_prompt_tokens``.
+
+        Args:
+            history: ``[B, L]`` item ids, right-padded with -1.
+
+        Returns:
+            ``items [B, L]`` (padding as item 0), ``line_len [B, L]`` tokens of each line (0 at
+            padding) and ``keep [B, L]`` bool, the lines that go into the prompt.
+        """
+        valid = history >= 0
+        items = history.clamp(min=0)
+        line_len = self.line_lengths[items] * valid
+        newer = line_len.flip(1).cumsum(1).flip(1)  # tokens of this line and every newer one
+        return items, line_len, valid & (newer <= self.history_budget)
+
     def lm_inputs(self, batch: SeqBatch, with_target: bool = True) -> LMInputs:
         """The left-padded prompt (``+ target + EOS`` with ``with_target``) of each row of ``batch``,
         gathered from the pre-tokenized tables with tensor ops (layout: module docstring)."""
         if self.line_tokens.numel() == 0:
             raise RuntimeError("no items attached: run inside a Trainer with a data module, or call attach_items()")
-        history = batch.history
-        B = history.shape[0]
-        valid = history >= 0
-        items = history.clamp(min=0)
-        line_len = self.line_lengths[items] * valid  # [B, L]
-        newer = line_len.flip(1).cumsum(1).flip(1)  # tokens of this line and every newer one
-        keep = valid & (newer <= self.history_budget)
+        B = batch.history.shape[0]
+        items, line_len, keep = self.history_lines(batch.history)
         lines = self.line_tokens[items]  # [B, L, Tl]
         line_mask = (torch.arange(lines.shape[-1], device=lines.device) < line_len[..., None]) & keep[..., None]
 
