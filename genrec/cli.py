@@ -28,6 +28,7 @@ from genrec.models import presets
 from genrec.quantize.rqkmeans import RQKMeans
 from genrec.quantize.rqvae import RQVAEModule
 from genrec.quantize.stage import TokenizeConfig, format_quality, tokenize
+from genrec.recommender import QueryError
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -194,10 +195,35 @@ def run_scaling_command(args: Sequence[str]) -> Path:
     return report
 
 
+def run_recommend(args: Sequence[str]) -> list[dict[str, object]]:
+    """``recommend`` command: the top-k items of a trained model for one history (see
+    :class:`genrec.recommender.Recommender`); prints them and returns them as dicts."""
+    from dataclasses import asdict
+
+    from genrec.recommender import Recommender
+
+    parser = ArgumentParser(prog="train.py recommend", description="the top-k items a trained model recommends after a history.")
+    parser.add_argument("--run", required=True, help="a pipeline run folder (with --model) or a model folder")
+    parser.add_argument("--model", default=None, help="the model's name in the pipeline run, e.g. tiger")
+    parser.add_argument("--history", type=list[str], required=True, help='items oldest first: external ids or titles, e.g. ["Toy Story", "50"]')
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint file")
+    parser.add_argument("--output", default=None, help="also write the list as JSON here")
+    config = parser.parse_args(list(args))
+    recommender = Recommender.load(config.run, model=config.model, checkpoint=config.checkpoint)
+    rows = [asdict(r) for r in recommender.recommend(list(config.history), k=config.k)]
+    for rank, row in enumerate(rows, 1):
+        print(f"{rank:>3}  {row['score']:>10.4f}  {row['external_id']:<14} {row['title']}")
+    if config.output:
+        write_json(Path(config.output), {"history": list(config.history), "k": config.k, "recommendations": rows})
+    return rows
+
+
 STAGE_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], object], str]] = {
     "data": (run_data, "read a data set and print its statistics"),
     "encode": (run_encode, "embed every item's text (modality encoder) into a safetensors file"),
     "pipeline": (run_pipeline_command, "run data -> encode -> tokenize -> models -> report, skipping finished stages"),
+    "recommend": (run_recommend, "the top-k items a trained model recommends after a history (titles or item ids)"),
     "scaling": (run_scaling_command, "sweep size presets x seeds per paradigm, fit the paper's scaling law, table + plot"),
     "presets": (run_presets, "list model size presets and their parameter counts"),
     "tokenize": (run_tokenize, "train an RQ-VAE / RQ-KMeans tokenizer and write every item's semantic ID"),
@@ -233,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             GenRecCLI(args=None if argv is None else [command, *rest])
         else:
             STAGE_COMMANDS[command][0](rest)
-    except (FileNotFoundError, DataFormatError, MissingItemError) as error:
+    except (FileNotFoundError, DataFormatError, MissingItemError, QueryError) as error:
         # Bad input is the user's to fix: say what and where, without a traceback.
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -48,6 +48,11 @@ ItemRef = int | str
 """A history entry: a dense item id (``int``), or an external id or exact title (``str``)."""
 
 
+class QueryError(ValueError):
+    """A history or ``k`` the recommender cannot serve (unknown item, ambiguous title, empty
+    history, ``k`` out of range); the message names the offending value."""
+
+
 @dataclass(frozen=True)
 class Recommendation:
     """One recommended item.
@@ -148,17 +153,17 @@ class Recommender:
                 return self.catalog.id_of(item)
             matches = self._by_title.get(clean_text(item), [])
             if not matches:
-                raise ValueError(f"{item!r} is neither an external item id nor a title of the catalogue")
+                raise QueryError(f"{item!r} is neither an external item id nor a title of the catalogue")
             if len(matches) > 1:
                 ids = [self.catalog[i].external_id for i in matches]
-                raise ValueError(f"title {item!r} is shared by items {ids}; pass an external id")
+                raise QueryError(f"title {item!r} is shared by items {ids}; pass an external id")
             return matches[0]
         try:
             index = operator.index(item)
         except TypeError:
             raise TypeError(f"a history entry is an int (dense id) or a str (external id or title), got {item!r}") from None
         if not 0 <= index < len(self.catalog):
-            raise ValueError(f"item id {index} is not in the catalogue (dense ids 0 .. {len(self.catalog) - 1})")
+            raise QueryError(f"item id {index} is not in the catalogue (dense ids 0 .. {len(self.catalog) - 1})")
         return index
 
     def batch(self, histories: Sequence[Sequence[ItemRef]]) -> SeqBatch:
@@ -170,7 +175,7 @@ class Recommender:
         rows = []
         for history in histories:
             if not history:
-                raise ValueError("a history needs at least one item")
+                raise QueryError("a history needs at least one item")
             rows.append([self.item_id(item) for item in history][-self.max_history :])
         width = max(len(row) for row in rows)
         items = torch.full((len(rows), width), PAD_ITEM, dtype=torch.long)
@@ -221,9 +226,9 @@ class Recommender:
             history of a batch.
         """
         if not history:
-            raise ValueError("empty history: give at least one item")
+            raise QueryError("empty history: give at least one item")
         if not 1 <= k <= len(self.catalog):
-            raise ValueError(f"k must lie in 1 .. {len(self.catalog)} (the catalogue size), got {k}")
+            raise QueryError(f"k must lie in 1 .. {len(self.catalog)} (the catalogue size), got {k}")
         batched = isinstance(history[0], (list, tuple))
         histories = history if batched else [history]
         items, scores = self.top_items(self.batch(histories), k)
@@ -307,4 +312,4 @@ def _located(recorded: str, folder: Path) -> Path:
     raise FileNotFoundError(f"{recorded} not found (nor {moved})")
 
 
-__all__ = ["ItemRef", "Recommendation", "Recommender"]
+__all__ = ["ItemRef", "QueryError", "Recommendation", "Recommender"]

@@ -4,6 +4,7 @@ batches, truncation to the most recent items, and errors that name what is wrong
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -109,3 +110,20 @@ def test_load_by_folder_name_and_checkpoint(run, recommenders):
     assert len(Recommender.load(run, model="sasrec", checkpoint="last").recommend(history, k=3)) == 3
     with pytest.raises(FileNotFoundError, match=r"pass model=\.\.\."):
         Recommender.load(run)
+
+
+def test_recommend_command_matches_the_api(run, recommenders, tmp_path, capsys):
+    """`train.py recommend` (titles on the command line) prints and writes what the API returns."""
+    rec = recommenders["tiger"]
+    titles = [rec.catalog.titles[i] for i in _history(rec)]
+    out = tmp_path / "recs.json"
+    main(["recommend", "--run", str(run), "--model", "tiger", "--history", json.dumps(titles), "--k", "5", "--output", str(out)])
+    expected = rec.recommend(titles, k=5)
+    written = read_json(out)["recommendations"]
+    assert [r["item"] for r in written] == [r.item for r in expected]
+    assert [r["title"] for r in written] == [r.title for r in expected]
+    printed = capsys.readouterr().out
+    assert all(r.title in printed for r in expected)
+    with pytest.raises(SystemExit, match="1"):  # bad input: a one-line error, no traceback
+        main(["recommend", "--run", str(run), "--model", "tiger", "--history", '["no such item"]'])
+    assert "error: 'no such item' is neither an external item id nor a title" in capsys.readouterr().err
