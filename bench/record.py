@@ -71,15 +71,23 @@ def append_table(section: str, table: str, note: str = "", path: Path = BENCHMAR
         end = text.find("\n## ", start)
         end = len(text) if end < 0 else end
         block = text[start:end].rstrip("\n")
-        # append rows to the section's table (columns must match; otherwise start a new table)
-        if body[0] in block:
-            block = block + "\n" + body[2]
+        # rows go right after the last row of the section's table with the same columns, above any
+        # notes written under it; a table with other columns starts a new one at the section's end
+        lines = block.split("\n")
+        if body[0] in lines:
+            last = lines.index(body[0])
+            while last + 1 < len(lines) and lines[last + 1].startswith("|"):
+                last += 1
+            lines[last + 1 : last + 1] = body[2].split("\n")
+            block = "\n".join(lines)
         else:
             block = block + "\n\n" + table
         text = text[:start] + block + "\n" + text[end:]
     else:
         text = text.rstrip("\n") + "\n" + header + (f"\n{note}\n" if note else "") + "\n" + table + "\n"
-    path.write_text(text)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)  # atomic: a killed run leaves the old file whole
 
 
 def merge(source: Path, path: Path = BENCHMARKS) -> None:

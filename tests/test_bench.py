@@ -28,3 +28,23 @@ def test_flops_per_token_is_palms_formula():
     matmul = count_lm_parameters(config, embeddings=False) + config.hidden_size * config.vocab_size
     attention = 12 * config.num_layers * config.num_heads * (config.hidden_size // config.num_heads) * 256
     assert flops_per_token(config, 256) == 6 * matmul + attention
+
+
+def test_record_puts_new_rows_in_their_table_above_the_notes_and_merges_files(tmp_path):
+    from bench.record import append_table, merge
+
+    path = tmp_path / "benchmarks.md"
+    append_table("TIGER", "| a | b |\n|---|---|\n| 1 | 2 |", note="What the table is.", path=path)
+    path.write_text(path.read_text() + "\nA note written under the table.\n\n## Other\n\n| x |\n|---|\n| 9 |\n")
+    append_table("TIGER", "| a | b |\n|---|---|\n| 3 | 4 |", path=path)
+    append_table("TIGER", "| c |\n|---|\n| 5 |", path=path)  # other columns: a new table at the end
+    text = path.read_text()
+    tiger = text.split("## TIGER\n")[1].split("\n## ")[0]
+    assert tiger.index("| 1 | 2 |\n| 3 | 4 |") < tiger.index("A note written") < tiger.index("| c |\n|---|\n| 5 |")
+    assert "| x |\n|---|\n| 9 |" in text.split("## Other\n")[1]
+
+    elsewhere = tmp_path / "gpu.md"
+    append_table("Other", "| x |\n|---|\n| 10 |", path=elsewhere)
+    merge(elsewhere, path=path)
+    assert "| 9 |\n| 10 |" in path.read_text()
+    assert not list(tmp_path.glob("*.partial"))

@@ -59,7 +59,7 @@ from genrec.data.datamodule import SeqBatch
 from genrec.decoding import BeamResult, PrefixTrie, Recommendations, constrained_beam_search
 from genrec.metrics import RecEvaluation
 from genrec.models.presets import LMRecConfig
-from genrec.models.tiger import lr_schedule
+from genrec.models.tiger import fused_adamw, lr_schedule
 
 log = logging.getLogger(__name__)
 
@@ -671,7 +671,7 @@ class LMRecModule(L.LightningModule):
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.hparams.lr,
-            fused=self.device.type == "cuda",  # one kernel per step instead of a launch per tensor group
+            fused=fused_adamw(self),
         )
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
         schedule = lr_schedule(self.hparams.scheduler, self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)

@@ -445,7 +445,7 @@ class TigerModule(L.LightningModule):
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.hparams.lr,
-            fused=self.device.type == "cuda",  # one kernel per step instead of a launch per tensor group
+            fused=fused_adamw(self),
             betas=(0.9, 0.98),
         )
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
@@ -471,6 +471,18 @@ class TigerModule(L.LightningModule):
                 f"the checkpoint was trained on other semantic IDs than {self.hparams.sids} (SID table sha256 "
                 f"{saved[:12]}... vs {current[:12]}...)"
             )
+
+
+def fused_adamw(module: L.LightningModule) -> bool:
+    """Whether ``module``'s AdamW may be ``fused`` (one kernel per step instead of a launch per tensor group).
+
+    Only on CUDA, and only without gradient clipping: Lightning's mixed-precision plugin refuses to
+    clip the gradients of an optimizer that unscales them itself, which a fused one declares.
+    """
+    if module.device.type != "cuda":
+        return False
+    trainer = module._trainer
+    return trainer is None or not trainer.gradient_clip_val
 
 
 def lr_schedule(kind: str, warmup_steps: int, total_steps: float, min_ratio: float = 0.0):
