@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from genrec.data import SeqBatch, SequenceDataModule, SyntheticSource
 from genrec.decoding import Recommendations, score_all_items
 from genrec.models import TigerModule
-from genrec.models.tiger import EOS, PAD, lr_schedule, sid_vocab_sizes
+from genrec.models.tiger import EOS, PAD, fused_adamw, lr_schedule, sid_vocab_sizes
 from genrec.quantize import RQKMeans, SemanticIDs
 from tests.trainer import quiet_trainer
 
@@ -259,6 +259,18 @@ def test_lr_schedule():
     assert lr_schedule("cosine", 0, math.inf)(1000) == 1.0
     with pytest.raises(ValueError, match="unknown scheduler"):
         lr_schedule("linear", 1, 10)
+
+
+def test_fused_adamw_only_on_cuda_without_gradient_clipping(hand_made):
+    # Lightning's precision plugins refuse to clip the gradients of a fused AdamW (found on an H100).
+    module = TigerModule(sids=hand_made[1], preset="336k")
+    assert not fused_adamw(module)  # CPU
+    module._device = torch.device("cuda", 0)  # the decision only; nothing runs on the device
+    assert fused_adamw(module)  # no trainer: nothing clips
+    module._trainer = L.Trainer(gradient_clip_val=1.0, accelerator="cpu", logger=False)
+    assert not fused_adamw(module)
+    module._trainer = L.Trainer(accelerator="cpu", logger=False)
+    assert fused_adamw(module)
 
 
 def test_fast_dev_run_fit_and_test_log_every_metric(small):
