@@ -48,3 +48,15 @@ def test_record_puts_new_rows_in_their_table_above_the_notes_and_merges_files(tm
     merge(elsewhere, path=path)
     assert "| 9 |\n| 10 |" in path.read_text()
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_lm_padding_counts_the_same_real_tokens_and_bucketing_pads_less():
+    from bench.lm_padding import padding_efficiency
+
+    small = ["--data.init_args.batch_size=32", "--model.init_args.max_prompt_tokens=64"]
+    plain = padding_efficiency("configs/data/synthetic.yaml", "configs/lm/tiny-scratch.yaml", False, small)
+    bucketed = padding_efficiency("configs/data/synthetic.yaml", "configs/lm/tiny-scratch.yaml", True, small)
+    assert plain["real tokens"] == bucketed["real tokens"] and plain["batches"] == bucketed["batches"]
+    real = int(plain["real tokens"].replace(",", ""))
+    assert 0 < real < int(plain["computed tokens"].replace(",", ""))
+    assert float(bucketed["real / computed"]) > float(plain["real / computed"])
