@@ -48,6 +48,16 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """A short hash of a file's bytes: the same on every machine that has the same file, unlike
+    its path or modification time (a copy carried to another machine keeps neither)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()[:16]
+
+
 def config_digest(config: Any) -> str:
     """A short, stable hash of a JSON-able config (keys sorted), for artifact cache keys."""
     text = json.dumps(config, sort_keys=True, default=str)

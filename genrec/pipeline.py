@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 
-from genrec.artifacts import atomic_path, config_digest, read_json, write_json
+from genrec.artifacts import atomic_path, config_digest, file_digest, read_json, write_json
 
 if TYPE_CHECKING:
     from genrec.quantize.semantic_ids import SemanticIDs
@@ -127,7 +127,7 @@ def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None) -
             "data": Path(config.data).read_text(),
             "model": Path(path).read_text(),
             "overrides": [*config.overrides.get("data", []), *overrides],
-            "sids": None if sids is None else [str(sids), sids.stat().st_mtime_ns],
+            "sids": None if sids is None else file_digest(sids),  # content: a copy elsewhere still matches
         }
     )
     result_path = folder / "result.json"

@@ -4,6 +4,7 @@ stage from its last checkpoint."""
 
 import json
 import logging
+import os
 
 import pytest
 import torch
@@ -72,6 +73,15 @@ def test_pipeline_report_skip_and_rerun(tmp_path, monkeypatch, one_thread):
     assert (run / "tiger" / "result.json").stat().st_mtime_ns == stamps["tiger"]
     assert (run / "sasrec" / "result.json").stat().st_mtime_ns != stamps["sasrec"]
     assert yaml.safe_load((run / "sasrec" / "result.json").read_text())["epochs"] == 2
+
+    # The SID file's bytes, not its path or time, key TIGER's result: a copy on another machine
+    # (a new modification time) reuses it, as a scaling study split over machines needs.
+    sids = run / "sids" / "rqkmeans.safetensors"
+    later = sids.stat().st_mtime_ns + 10**10
+    os.utime(sids, ns=(later, later))
+    main(["pipeline", "--config", pipeline_config(tmp_path, {"tiger": 1, "sasrec": 2})])
+    assert (run / "tiger" / "result.json").stat().st_mtime_ns == stamps["tiger"]
+    assert sids.stat().st_mtime_ns == later  # the tokenize stage reused the file too
 
 
 def test_killed_model_stage_resumes_from_last_checkpoint(tmp_path, monkeypatch, caplog, one_thread):
