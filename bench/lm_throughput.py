@@ -15,7 +15,10 @@ over every position, backward, fused AdamW — with CUDA events after ``--warmup
 * ``+compile``: ``torch.compile`` of the model (default mode);
 * ``+chunked``: the output layer and loss run 4,096 positions at a time under activation
   checkpointing (:func:`chunked_cross_entropy`), so the ``[tokens, vocab]`` logits never exist
-  whole: less memory, room for larger batches.
+  whole: less memory, room for larger batches;
+* ``+liger``: Liger's Triton kernels (``liger-kernel``, GPU only) patched into the model: RMSNorm,
+  RoPE, SwiGLU, and the output layer fused with the cross-entropy (the logits never exist; the
+  model is called with ``shift_labels``, i.e. the same next-token targets as the other rows).
 
 Model FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B): ``6 * N + 12 * L * H * Q * T``
 with ``N`` the parameters of every matrix multiply (non-embedding parameters plus the output
@@ -63,6 +66,17 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, labels: t
     return total / labels.numel()
 
 
+def apply_liger(model: torch.nn.Module) -> None:
+    """Patch ``model`` (a Llama- or Qwen3-shaped ``*ForCausalLM``) in place with Liger's kernels,
+    including the fused linear + cross-entropy forward used when targets are passed."""
+    from liger_kernel.transformers import apply_liger_kernel_to_llama, apply_liger_kernel_to_qwen3
+
+    apply = {"llama": apply_liger_kernel_to_llama, "qwen3": apply_liger_kernel_to_qwen3}.get(model.config.model_type)
+    if apply is None:
+        raise SystemExit(f"+liger: no Liger kernels wired here for model type {model.config.model_type!r}")
+    apply(model=model)
+
+
 def measure(config: LMRecConfig, variant: str, batch: int, seq_len: int, steps: int, warmup: int) -> dict[str, object]:
     """Train ``steps`` timed steps of ``variant`` on random tokens; the row of the table."""
     torch.manual_seed(0)
@@ -72,7 +86,9 @@ def measure(config: LMRecConfig, variant: str, batch: int, seq_len: int, steps: 
         model = model.to(torch.bfloat16)
     model.train()
     flags = set(variant.split("+")[1:])
-    chunked = "chunked" in flags
+    chunked, liger = "chunked" in flags, "liger" in flags
+    if liger:
+        apply_liger(model)
     body = model.model if chunked else model  # chunked: the decoder stack only; the head runs per chunk below
     forward = torch.compile(body) if "compile" in flags else body
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -84,6 +100,8 @@ def measure(config: LMRecConfig, variant: str, batch: int, seq_len: int, steps: 
             if chunked:
                 hidden = forward(input_ids=inputs).last_hidden_state.flatten(0, 1)
                 loss = chunked_cross_entropy(hidden, model.lm_head, labels.flatten())
+            elif liger:
+                loss = forward(input_ids=inputs, shift_labels=labels).loss
             else:
                 logits = forward(input_ids=inputs).logits
                 loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
@@ -126,7 +144,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--variant", action="append", help="bf16-mixed or bf16-true, optionally +compile and/or +chunked (e.g. bf16-true+compile+chunked)")
+    parser.add_argument("--variant", action="append", help="bf16-mixed or bf16-true, optionally +compile and +chunked or +liger (e.g. bf16-true+compile+chunked)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench.lm_throughput needs a CUDA GPU")
@@ -136,8 +154,10 @@ def main() -> None:
     variants = args.variant or ["bf16-mixed", "bf16-true+compile"]
     for variant in variants:
         base, *flags = variant.split("+")
-        if base not in ("bf16-mixed", "bf16-true") or not set(flags) <= {"compile", "chunked"}:
-            raise SystemExit(f"unknown variant {variant!r}: bf16-mixed or bf16-true, optionally +compile, +chunked")
+        if base not in ("bf16-mixed", "bf16-true") or not set(flags) <= {"compile", "chunked", "liger"}:
+            raise SystemExit(f"unknown variant {variant!r}: bf16-mixed or bf16-true, optionally +compile, +chunked or +liger")
+        if {"chunked", "liger"} <= set(flags):
+            raise SystemExit(f"variant {variant!r}: +chunked and +liger both replace the loss; pick one")
     for variant in variants:
         try:
             rows.append({"preset": args.preset, **measure(config, variant, args.batch, args.seq_len, args.steps, args.warmup)})
