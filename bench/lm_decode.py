@@ -1,12 +1,12 @@
 """Decoding throughput of the LM recommender: title-constrained beam search, users per second.
 
     python -m bench.lm_decode --data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml \
-        --batch 64 --beam 20 [--batches 20] [--set model.init_args.preset=50m ...]
+        --batch 64 --beam 20 [--batches 32] [--set model.init_args.preset=50m ...]
 
 Builds the model and the test loader exactly as ``train.py test`` would (same configs; weights as
 configured: pretrained, or freshly initialised for a preset — speed does not depend on them),
 then times :meth:`genrec.models.LMRecModule.recommend` over ``--batches`` test batches of
-``--batch`` users (all of them with ``--batches 0``) after one warm-up batch, bf16 autocast on a
+``--batch`` users (all of them with ``--batches 0``) after decoding the first once as a warm-up, bf16 autocast on a
 GPU. Records users/s, the prompt length, peak GPU memory and every returned list's validity
 (K distinct catalogue items per user).
 """
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--batch", type=int, default=64, help="users per decoding batch")
     parser.add_argument("--beam", type=int, default=20)
-    parser.add_argument("--batches", type=int, default=20, help="timed batches (0: the whole test set)")
+    parser.add_argument("--batches", type=int, default=32, help="timed batches (0: the whole test set)")
     parser.add_argument("--set", action="append", default=[], help="extra CLI override key=value")
     args = parser.parse_args()
     overrides = set_flags(args.set)
@@ -40,8 +40,12 @@ def main() -> None:
     dm.setup("test")
     module.to(device).eval()
     module.attach_items(dm.data.catalog, dm.data.train_item_counts())
+    if dm.sort_eval_by_length and args.batches % 16:
+        # test users come in blocks of 16 batches sorted by history length (length_sorted_blocks):
+        # a partial block would time only its short histories
+        raise SystemExit(f"--batches {args.batches}: with sort_eval_by_length, time whole blocks (a multiple of 16, or 0 for all)")
     loader = dm.test_dataloader()
-    batches = list(itertools.islice(loader, 1 + args.batches)) if args.batches else list(loader)
+    batches = list(itertools.islice(loader, args.batches)) if args.batches else list(loader)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def decode(batch):  # noqa: ANN001, ANN202
@@ -52,7 +56,7 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    timed = batches[1:] if len(batches) > 1 else batches
+    timed = batches  # the warm-up batch is timed again: the timed users are whole length blocks
     users, valid, prompt = 0, 0, 0
     started = time.perf_counter()
     for batch in timed:

@@ -144,6 +144,27 @@ class LengthBucketSampler(torch.utils.data.Sampler[int]):
         yield from torch.cat([batches[i] for i in shuffled]).tolist() if batches else []
 
 
+def length_sorted_blocks(lengths: torch.Tensor, block: int) -> torch.Tensor:
+    """An evaluation order: the samples in consecutive blocks of ``block``, each block sorted by
+    history length (stable), so a batch pads to about its own samples' length.
+
+    Sorting within blocks rather than globally keeps any prefix of whole blocks (what
+    ``limit_val_batches`` / ``limit_test_batches`` evaluate) a sample of all lengths.
+
+    Args:
+        lengths: ``[N]`` history length of each sample, in the data's order.
+        block: samples per block (>= 1).
+
+    Returns:
+        ``[N]`` int64 permutation of ``range(N)``.
+    """
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    order = torch.arange(len(lengths))
+    parts = [part[torch.sort(lengths[part], stable=True).indices] for part in order.split(block)]
+    return torch.cat(parts) if parts else order
+
+
 def _keep_batch(batch: SeqBatch | torch.Tensor) -> SeqBatch | torch.Tensor:
     """The collate function: the dataset already built the batch."""
     return batch
@@ -164,6 +185,9 @@ class SequenceDataModule(L.LightningDataModule):
         seed: seed of the training shuffle.
         bucket_by_length: draw training batches of similar history lengths
             (:class:`LengthBucketSampler`): less padding, faster steps; off = uniform shuffle.
+        sort_eval_by_length: evaluate in blocks of ``16 * eval_batch_size`` samples, each sorted
+            by history length (:func:`length_sorted_blocks`): less padding, faster decoding, the
+            same metrics (each sample is scored on its own); off = the data's order.
     """
 
     def __init__(
@@ -178,10 +202,12 @@ class SequenceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         bucket_by_length: bool = False,
+        sort_eval_by_length: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["source"])
         self.bucket_by_length = bucket_by_length
+        self.sort_eval_by_length = sort_eval_by_length
         self.source = source
         self.name = name
         self.kcore = kcore
@@ -228,6 +254,9 @@ class SequenceDataModule(L.LightningDataModule):
 
     def dataset(self, stage: Stage) -> PrefixDataset:
         users, positions = self.data.samples(stage)
+        if stage != "train" and self.sort_eval_by_length:
+            order = length_sorted_blocks(positions.clamp(max=self.max_history), 16 * self.eval_batch_size)
+            users, positions = users[order], positions[order]
         return PrefixDataset(self.data, users, positions, self.max_history)
 
     def _loader(self, stage: Stage, batch_size: int, shuffle: bool) -> DataLoader[SeqBatch]:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from genrec.data.catalog import Item
@@ -45,7 +46,7 @@ def test_train_batches_are_every_prefix_of_the_training_part():
 
 
 def test_eval_batches_hold_full_history_and_respect_max_history():
-    dm = _module(batch_size=2, max_history=3)
+    dm = _module(batch_size=2, max_history=3, sort_eval_by_length=False)  # the data order
     val = next(iter(dm.val_dataloader()))
     test = next(iter(dm.test_dataloader()))
     assert _ids(dm, val.history[0].tolist()) == ["b", "c", "d"]  # u0: a..d, last 3 kept
@@ -112,3 +113,31 @@ def test_bucketed_training_batches_from_the_datamodule():
     assert sum(len(b) for b in batches) == len(dm.dataset("train"))
     spread = [int(b.lengths.max() - b.lengths.min()) for b in batches]
     assert sum(spread) / len(spread) < 3  # histories of one batch have similar lengths
+
+
+def test_length_sorted_blocks_sort_inside_blocks_only():
+    from genrec.data.datamodule import length_sorted_blocks
+
+    lengths = torch.tensor([5, 1, 3, 9, 2, 2, 7])
+    order = length_sorted_blocks(lengths, block=3)
+    assert order.tolist() == [1, 2, 0, 4, 5, 3, 6]  # blocks [5,1,3] [9,2,2] [7], each stably sorted
+    assert length_sorted_blocks(torch.zeros(0, dtype=torch.long), 4).tolist() == []
+    with pytest.raises(ValueError, match="block"):
+        length_sorted_blocks(lengths, 0)
+
+
+def test_bucketed_evaluation_sees_every_user_once_in_length_sorted_blocks():
+    source = ListSource({f"u{i}": [chr(97 + (i + j) % 20) for j in range(3 + (i * 7) % 12)] for i in range(60)})
+    plain = SequenceDataModule(source, kcore=0, batch_size=8, eval_batch_size=2, sort_eval_by_length=False)
+    bucketed = SequenceDataModule(source, kcore=0, batch_size=8, eval_batch_size=2)  # sorted by default
+    for stage, loader in (("val", "val_dataloader"), ("test", "test_dataloader")):
+        a = list(getattr(plain, loader)())
+        b = list(getattr(bucketed, loader)())
+        pairs = lambda batches: sorted(zip(torch.cat([x.users for x in batches]).tolist(), torch.cat([x.targets for x in batches]).tolist()))
+        assert pairs(a) == pairs(b) and len(pairs(b)) == len(plain.dataset(stage))
+        lengths = torch.cat([x.lengths for x in b])
+        block = 16 * 2
+        for start in range(0, len(lengths), block):
+            part = lengths[start : start + block]
+            assert torch.equal(part, part.sort().values)
+        assert sum(int(x.lengths.max()) for x in b) < sum(int(x.lengths.max()) for x in a)
