@@ -11,6 +11,13 @@ test Recall/NDCG@5/10 (overall and cold-start), popularity baseline, wall time u
 Recall@10 first reached ``--target``, training throughput (samples/s, validation excluded) and
 model-FLOPs utilisation, and the test-pass time over all users.
 
+A run longer than one sitting (e.g. a machine lent 10 minutes per command) goes in segments:
+``--fit-only --out seg1.json`` trains until ``trainer.max_time`` and writes the counts; the next
+segment, with the same settings plus ``--ckpt-path .../last.ckpt --prior seg1.json``, resumes the
+schedule from the checkpoint, adds its time, samples and tokens to the earlier ones, then tests
+and records one row for the whole run. ``trainer.max_time`` counts all segments (Lightning
+restores its timer from the checkpoint): raise it for each later segment.
+
 MFU counts ``6 * parameters * tokens`` for the real (unpadded) encoder and decoder tokens of
 every training sample, plus the output layer on decoder tokens, over the GPU's dense bf16 peak
 (H100 SXM: 989 TFLOP/s as NVIDIA lists it).
@@ -22,6 +29,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -50,16 +58,22 @@ def _sync() -> None:
 class Timeline(L.Callback):
     """Wall time of training (validation excluded), token counts, and val metrics over time."""
 
-    def __init__(self, target: float) -> None:
+    def __init__(self, target: float, prior: dict[str, Any] | None = None) -> None:
+        """``prior``: the ``state`` of an earlier segment of the same training (see :meth:`state`),
+        whose time, samples and tokens this one continues from (a run resumed from its checkpoint)."""
+        prior = prior or {}
         self.target = target
         self.start = 0.0
         self.val_started = 0.0
         self.val_seconds = 0.0
-        self.samples = 0
+        self.wall_offset = float(prior.get("wall_s", 0.0))
+        self.train_offset = float(prior.get("train_s", 0.0))
+        self.samples = int(prior.get("samples", 0))
         self._enc_tokens = None
-        self.dec_tokens = 0
-        self.points: list[dict[str, float]] = []
-        self.reached: float | None = None
+        self.enc_offset = int(prior.get("enc_tokens", 0))
+        self.dec_tokens = int(prior.get("dec_tokens", 0))
+        self.points: list[dict[str, float]] = list(prior.get("points", []))
+        self.reached: float | None = prior.get("reached")
 
     def on_fit_start(self, trainer, module) -> None:  # noqa: ANN001
         _sync()
@@ -74,7 +88,15 @@ class Timeline(L.Callback):
 
     @property
     def enc_tokens(self) -> int:
-        return int(self._enc_tokens) if self._enc_tokens is not None else 0
+        return self.enc_offset + (int(self._enc_tokens) if self._enc_tokens is not None else 0)
+
+    def wall_seconds(self, now: float | None = None) -> float:
+        return self.wall_offset + (now or time.perf_counter()) - self.start
+
+    def state(self) -> dict[str, Any]:
+        """Everything a later segment needs to continue the counts (``--prior``)."""
+        return {"wall_s": self.wall_seconds(), "train_s": self.train_seconds(), "samples": self.samples,
+                "enc_tokens": self.enc_tokens, "dec_tokens": self.dec_tokens, "points": self.points, "reached": self.reached}
 
     def on_validation_start(self, trainer, module) -> None:  # noqa: ANN001
         _sync()
@@ -88,13 +110,13 @@ class Timeline(L.Callback):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         recall = metrics.get("val/recall@10", 0.0)
-        self.points.append({"epoch": trainer.current_epoch, "wall_s": now - self.start, "train_s": self.train_seconds(now), **metrics})
+        self.points.append({"epoch": trainer.current_epoch, "wall_s": self.wall_seconds(now), "train_s": self.train_seconds(now), **metrics})
         if self.reached is None and recall >= self.target:
-            self.reached = now - self.start
-        print(f"[timeline] epoch {trainer.current_epoch} wall {now - self.start:.1f}s val/recall@10 {recall:.4f} ndcg@10 {metrics.get('val/ndcg@10', 0):.4f}", flush=True)
+            self.reached = self.wall_seconds(now)
+        print(f"[timeline] epoch {trainer.current_epoch} wall {self.wall_seconds(now):.1f}s val/recall@10 {recall:.4f} ndcg@10 {metrics.get('val/ndcg@10', 0):.4f}", flush=True)
 
     def train_seconds(self, now: float | None = None) -> float:
-        return (now or time.perf_counter()) - self.start - self.val_seconds
+        return self.train_offset + (now or time.perf_counter()) - self.start - self.val_seconds
 
 
 def main() -> None:
@@ -105,15 +127,27 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.0655, help="val Recall@10 to time")
     parser.add_argument("--set", action="append", default=[], help="extra CLI override key=value")
     parser.add_argument("--out", default=None, help="also write the timeline JSON here")
+    parser.add_argument("--fit-only", action="store_true",
+                        help="one segment of a longer run: train, write --out, no test and no row")
+    parser.add_argument("--ckpt-path", default=None, help="resume training from this checkpoint (e.g. the last.ckpt of a --fit-only segment)")
+    parser.add_argument("--prior", default=None, help="the --out JSON of the earlier segment: its time, samples and timeline carry over")
     args = parser.parse_args()
+    if args.fit_only and not args.out:
+        raise SystemExit("--fit-only needs --out (the next segment's --prior)")
     torch.set_float32_matmul_precision("high")
     overrides = set_flags(args.set)
     cli = GenRecCLI(args=["--config", args.data, "--config", args.model, f"--model.init_args.sids={args.sids}", *overrides], run=False)
-    timeline = Timeline(args.target)
+    prior = json.loads(Path(args.prior).read_text())["state"] if args.prior else None
+    timeline = Timeline(args.target, prior)
     cli.trainer.callbacks.append(timeline)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=args.ckpt_path)
     _sync()
     train_s = timeline.train_seconds()
+    if args.fit_only:
+        Path(args.out).write_text(json.dumps({"state": timeline.state()}, indent=2))
+        print(f"segment done: epoch {cli.trainer.current_epoch}, {train_s:.0f} s of training so far; resume with "
+              f"--ckpt-path <last.ckpt> --prior {args.out}", flush=True)
+        return
     checkpoint = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=checkpoint or None)[0]
     started = time.perf_counter()  # a second pass, weights loaded and kernels warm: the pass itself
@@ -161,7 +195,7 @@ def main() -> None:
         "MFU = 6 x params x real tokens / train time / dense bf16 peak.",
     )
     if args.out:
-        Path(args.out).write_text(json.dumps({"row": row, "timeline": timeline.points, "test": results}, indent=2))
+        Path(args.out).write_text(json.dumps({"row": row, "timeline": timeline.points, "test": results, "state": timeline.state()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -60,3 +60,42 @@ def test_lm_padding_counts_the_same_real_tokens_and_bucketing_pads_less():
     real = int(plain["real tokens"].replace(",", ""))
     assert 0 < real < int(plain["computed tokens"].replace(",", ""))
     assert float(bucketed["real / computed"]) > float(plain["real / computed"])
+
+
+def test_tiger_benchmark_in_two_segments_adds_up_and_records_one_row(tmp_path, monkeypatch):
+    import functools
+    import json
+    import sys
+
+    import yaml
+
+    from bench import tiger_train
+    from bench.record import record
+    from tests.test_configs import ROOT, TINY_DATA, tiny_sids
+
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    sids = tiny_sids(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the config's checkpoint folder is relative
+    bench_file = tmp_path / "benchmarks.md"
+    monkeypatch.setattr(tiger_train, "record", functools.partial(record, path=bench_file))
+    common = ["tiger_train", "--data", str(data), "--model", str(ROOT / "configs/tiger/synthetic.yaml"), "--sids", sids,
+              "--set", "trainer.accelerator=cpu", "--set", "data.init_args.batch_size=16", "--set", "trainer.check_val_every_n_epoch=1",
+              "--set", "trainer.enable_progress_bar=false", "--set", "trainer.logger=false"]
+    first, second = tmp_path / "seg1.json", tmp_path / "seg2.json"
+    monkeypatch.setattr(sys, "argv", [*common, "--set", "trainer.max_epochs=1", "--fit-only", "--out", str(first)])
+    tiger_train.main()
+    state1 = json.loads(first.read_text())["state"]
+    assert not bench_file.exists()  # a segment records no row
+    assert state1["samples"] > 0 and state1["train_s"] > 0 and len(state1["points"]) == 1
+
+    last = tmp_path / "checkpoints/synthetic/tiger/checkpoints/last.ckpt"
+    monkeypatch.setattr(sys, "argv", [*common, "--set", "trainer.max_epochs=2", "--ckpt-path", str(last), "--prior", str(first), "--out", str(second)])
+    tiger_train.main()
+    done = json.loads(second.read_text())
+    state2 = done["state"]
+    assert state2["samples"] == 2 * state1["samples"]  # the same epoch again: counts add up
+    assert state2["train_s"] > state1["train_s"] and state2["wall_s"] > state1["wall_s"]
+    assert [p["epoch"] for p in done["timeline"]] == [0, 1]
+    assert done["row"]["epochs"] == 2
+    assert bench_file.read_text().count("| tiny |") == 1
