@@ -272,6 +272,8 @@ class LMRecModule(L.LightningModule):
         load_in_4bit: load the pretrained base weights as 4-bit nf4 (bitsandbytes; bf16 compute)
             and prepare them for k-bit training (QLoRA); needs ``lora``.
         gradient_checkpointing: recompute activations in the backward pass (HF, non-reentrant).
+        compile: ``torch.compile`` the model for training steps (dynamic shapes: prompt lengths
+            vary by batch); validation, test and beam search run it eagerly.
         cf_embedding: add a learned item-id embedding (zero-initialised, ``[num_items, hidden]``)
             to the input embeddings of each history item's line tokens (collaborative signal).
         lr: peak AdamW learning rate.
@@ -305,6 +307,7 @@ class LMRecModule(L.LightningModule):
         lora_target_modules: list[str] | None = None,
         load_in_4bit: bool = False,
         gradient_checkpointing: bool = False,
+        compile: bool = False,
         cf_embedding: bool = False,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
@@ -343,6 +346,7 @@ class LMRecModule(L.LightningModule):
         if len(self.tokenizer) > self.vocab_size:
             raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens but the model only {self.vocab_size}")
         self.cf: nn.Embedding | None = None  # built in attach_items (needs the number of items)
+        self._train_forward = None  # torch.compile'd self.model for training (setup, with compile)
 
         before, after = prompt_template.split("{history}")
         line_before, line_after = item_template.split("{title}")
@@ -427,6 +431,9 @@ class LMRecModule(L.LightningModule):
         if data is None:
             raise RuntimeError("LMRecModule needs a data module with a .data (SequenceData), e.g. genrec.data.SequenceDataModule")
         self.attach_items(data.catalog, data.train_item_counts())
+        if stage == "fit" and self.hparams.compile and self._train_forward is None:
+            # kept off the module tree: the compiled wrapper shares self.model's parameters
+            object.__setattr__(self, "_train_forward", torch.compile(self.model, dynamic=True))
 
     def title_token_ids(self, catalog: ItemCatalog) -> list[list[int]]:
         """Each item's title tokens (``tok(" " + title)``, cut to ``max_title_tokens``, without
@@ -564,7 +571,8 @@ class LMRecModule(L.LightningModule):
 
     def forward(self, inputs: LMInputs, logits_to_keep: int = 0, cache: Any = None) -> Tensor:
         """Logits ``[B, S or logits_to_keep, V]`` of a batch of :class:`LMInputs`."""
-        out = self.model(
+        model = self._train_forward if self.training and self._train_forward is not None and cache is None else self.model
+        out = model(
             inputs_embeds=self.embed(inputs),
             attention_mask=inputs.attention_mask,
             position_ids=inputs.position_ids,

@@ -272,6 +272,26 @@ def test_fit_validate_test_predict(datamodule):
     assert isinstance(prediction, Recommendations) and prediction.items.shape == (6, 10)
 
 
+@pytest.mark.slow  # torch.compile takes tens of seconds on a CPU
+def test_compiled_training_matches_eager(datamodule):
+    """compile=True trains through the compiled model (prompt lengths vary by batch: dynamic
+    shapes) to the same losses as the eager module; decoding stays eager."""
+    from torch._dynamo.utils import counters
+
+    losses = []
+    for compiled in (False, True):
+        counters.clear()
+        m = tiny_module(compile=compiled, lr=3e-3)
+        trainer = quiet_trainer(max_steps=3, limit_val_batches=0)
+        trainer.fit(m, datamodule=datamodule)
+        assert (m._train_forward is not None) == compiled
+        assert (counters["stats"]["unique_graphs"] > 0) == compiled  # the steps ran the compiled model
+        losses.append(float(trainer.callback_metrics["train/loss_step"]))
+        m.eval()
+        assert m.recommend(next(iter(datamodule.test_dataloader()))).items.shape == (6, 10)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-5)
+
+
 def end_to_end(epochs: int, num_users: int) -> tuple[dict[str, float], list[float]]:
     dm = SequenceDataModule(
         SyntheticSource(num_users=num_users, num_items=60, num_categories=4, num_brands=8, max_length=10, seed=2),
