@@ -15,14 +15,13 @@ includes loading the checkpoint, a few seconds).
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
 from bench.record import record, set_flags
 from bench.tiger_train import Timeline, _sync
+from genrec.artifacts import write_json
 from genrec.cli import GenRecCLI
 
 
@@ -104,7 +103,7 @@ def main() -> None:
         "with title-constrained beam search (every recommendation a real item). Tokens = real prompt + target tokens.",
     )
     if args.out:
-        Path(args.out).write_text(json.dumps({"row": row, "timeline": timeline.points, "test": results}, indent=2))
+        write_json(args.out, {"row": row, "timeline": timeline.points, "test": results})
 
 
 if __name__ == "__main__":

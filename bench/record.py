@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from genrec.artifacts import atomic_path
+
 BENCHMARKS = Path(os.environ.get("GENREC_BENCH_FILE") or Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md")
 """Where rows go; ``GENREC_BENCH_FILE`` redirects them (e.g. to ``$OUT`` on a lent GPU machine,
 to be merged back with ``python -m bench.record merge FILE``)."""
@@ -85,9 +87,8 @@ def append_table(section: str, table: str, note: str = "", path: Path = BENCHMAR
         text = text[:start] + block + "\n" + text[end:]
     else:
         text = text.rstrip("\n") + "\n" + header + (f"\n{note}\n" if note else "") + "\n" + table + "\n"
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)  # atomic: a killed run leaves the old file whole
+    with atomic_path(path) as tmp:  # a killed run leaves the old file whole
+        tmp.write_text(text)
 
 
 def merge(source: Path, path: Path = BENCHMARKS) -> None:

@@ -35,6 +35,7 @@ import lightning as L
 import torch
 
 from bench.record import record, set_flags
+from genrec.artifacts import write_json
 from genrec.cli import GenRecCLI
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -144,7 +145,7 @@ def main() -> None:
     _sync()
     train_s = timeline.train_seconds()
     if args.fit_only:
-        Path(args.out).write_text(json.dumps({"state": timeline.state()}, indent=2))
+        write_json(args.out, {"state": timeline.state()})
         print(f"segment done: epoch {cli.trainer.current_epoch}, {train_s:.0f} s of training so far; resume with "
               f"--ckpt-path <last.ckpt> --prior {args.out}", flush=True)
         return
@@ -195,7 +196,7 @@ def main() -> None:
         "MFU = 6 x params x real tokens / train time / dense bf16 peak.",
     )
     if args.out:
-        Path(args.out).write_text(json.dumps({"row": row, "timeline": timeline.points, "test": results, "state": timeline.state()}, indent=2))
+        write_json(args.out, {"row": row, "timeline": timeline.points, "test": results, "state": timeline.state()})
 
 
 if __name__ == "__main__":

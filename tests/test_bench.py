@@ -47,7 +47,7 @@ def test_record_puts_new_rows_in_their_table_above_the_notes_and_merges_files(tm
     append_table("Other", "| x |\n|---|\n| 10 |", path=elsewhere)
     merge(elsewhere, path=path)
     assert "| 9 |\n| 10 |" in path.read_text()
-    assert not list(tmp_path.glob("*.partial"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["benchmarks.md", "gpu.md"]  # no temporary files left
 
 
 def test_lm_padding_counts_the_same_real_tokens_and_bucketing_pads_less():

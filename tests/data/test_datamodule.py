@@ -130,10 +130,13 @@ def test_bucketed_evaluation_sees_every_user_once_in_length_sorted_blocks():
     source = ListSource({f"u{i}": [chr(97 + (i + j) % 20) for j in range(3 + (i * 7) % 12)] for i in range(60)})
     plain = SequenceDataModule(source, kcore=0, batch_size=8, eval_batch_size=2, sort_eval_by_length=False)
     bucketed = SequenceDataModule(source, kcore=0, batch_size=8, eval_batch_size=2)  # sorted by default
+
+    def pairs(batches: list[SeqBatch]) -> list[tuple[int, int]]:
+        return sorted(zip(torch.cat([x.users for x in batches]).tolist(), torch.cat([x.targets for x in batches]).tolist(), strict=True))
+
     for stage, loader in (("val", "val_dataloader"), ("test", "test_dataloader")):
         a = list(getattr(plain, loader)())
         b = list(getattr(bucketed, loader)())
-        pairs = lambda batches: sorted(zip(torch.cat([x.users for x in batches]).tolist(), torch.cat([x.targets for x in batches]).tolist()))
         assert pairs(a) == pairs(b) and len(pairs(b)) == len(plain.dataset(stage))
         lengths = torch.cat([x.lengths for x in b])
         block = 16 * 2
