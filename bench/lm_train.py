@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from bench.record import record, set_flags
+from bench.record import metric_columns, record, set_flags
 from bench.tiger_train import Timeline, _sync
 from genrec.artifacts import write_json
 from genrec.cli import GenRecCLI
@@ -83,13 +83,7 @@ def main() -> None:
         "batch": dm.batch_size,
         "lr": hp.lr,
         "precision": cli.trainer.precision,
-        "test R@5": f"{results.get('test/recall@5', float('nan')):.4f}",
-        "test N@5": f"{results.get('test/ndcg@5', float('nan')):.4f}",
-        "test R@10": f"{results.get('test/recall@10', float('nan')):.4f}",
-        "test N@10": f"{results.get('test/ndcg@10', float('nan')):.4f}",
-        "cold R@10": f"{results.get('test/cold/recall@10', float('nan')):.4f}",
-        "cold N@10": f"{results.get('test/cold/ndcg@10', float('nan')):.4f}",
-        "popularity R@10": f"{results.get('test/popularity/recall@10', float('nan')):.4f}",
+        **metric_columns(results, cold_ndcg=True),
         "train s (no val)": f"{train_s:.0f}",
         "train tokens/s": f"{timeline.total_tokens / train_s:,.0f}",
         "samples/s": f"{timeline.samples / train_s:.0f}",

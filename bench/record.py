@@ -46,6 +46,15 @@ def set_flags(items: list[str]) -> list[str]:
     return [f"--{item.split('=', 1)[0]}={item.split('=', 1)[1]}" for item in items]
 
 
+def metric_columns(results: dict[str, float], cold_ndcg: bool = False) -> dict[str, str]:
+    """The test-metric columns of a quality row (``test R@5`` ... ``popularity R@10``), from a
+    ``trainer.test`` result; NaN where a metric is missing."""
+    columns = [("test R@5", "recall@5"), ("test N@5", "ndcg@5"), ("test R@10", "recall@10"), ("test N@10", "ndcg@10"),
+               ("cold R@10", "cold/recall@10"), *([("cold N@10", "cold/ndcg@10")] if cold_ndcg else []),
+               ("popularity R@10", "popularity/recall@10")]
+    return {label: f"{results.get(f'test/{key}', float('nan')):.4f}" for label, key in columns}
+
+
 def format_table(rows: list[dict[str, object]]) -> str:
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -22,11 +22,9 @@ import itertools
 import time
 
 import torch
-import torch.nn.functional as F
 
 from bench.record import record, set_flags
 from genrec.cli import GenRecCLI
-from genrec.models.tiger import PAD
 from genrec.quantize.semantic_ids import SemanticIDs
 
 
@@ -63,12 +61,8 @@ def main() -> None:
         optimizer = torch.optim.AdamW(module.model.parameters(), lr=1e-4, fused=device.type == "cuda")
 
         def step(batch, forward=forward, optimizer=optimizer, pad=pad) -> None:  # noqa: ANN001
-            input_ids, mask = module.encoder_inputs(batch, pad)
-            labels = module.tokens_of(batch.targets)
-            decoder_input = torch.cat([labels.new_full((labels.shape[0], 1), PAD), labels[:, :-1]], dim=1)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = forward(input_ids=input_ids, attention_mask=mask, decoder_input_ids=decoder_input, use_cache=False).logits
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+                loss = module.training_loss(batch, forward, pad)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(module.model.parameters(), 1.0)
             optimizer.step()

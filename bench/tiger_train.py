@@ -26,7 +26,6 @@ every training sample, plus the output layer on decoder tokens, over the GPU's d
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from bench.record import record, set_flags
-from genrec.artifacts import write_json
+from bench.record import metric_columns, record, set_flags
+from genrec.artifacts import read_json, write_json
 from genrec.cli import GenRecCLI
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -138,7 +137,7 @@ def main() -> None:
     torch.set_float32_matmul_precision("high")
     overrides = set_flags(args.set)
     cli = GenRecCLI(args=["--config", args.data, "--config", args.model, f"--model.init_args.sids={args.sids}", *overrides], run=False)
-    prior = json.loads(Path(args.prior).read_text())["state"] if args.prior else None
+    prior = read_json(args.prior)["state"] if args.prior else None
     timeline = Timeline(args.target, prior)
     cli.trainer.callbacks.append(timeline)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=args.ckpt_path)
@@ -176,12 +175,7 @@ def main() -> None:
         "batch": dm.batch_size,
         "lr": hp.lr,
         "precision": cli.trainer.precision,
-        "test R@5": f"{results.get('test/recall@5', float('nan')):.4f}",
-        "test N@5": f"{results.get('test/ndcg@5', float('nan')):.4f}",
-        "test R@10": f"{results.get('test/recall@10', float('nan')):.4f}",
-        "test N@10": f"{results.get('test/ndcg@10', float('nan')):.4f}",
-        "cold R@10": f"{results.get('test/cold/recall@10', float('nan')):.4f}",
-        "popularity R@10": f"{results.get('test/popularity/recall@10', float('nan')):.4f}",
+        **metric_columns(results),
         f"wall s to val R@10 >= {args.target}": f"{timeline.reached:.0f}" if timeline.reached else "not reached",
         "train s (no val)": f"{train_s:.0f}",
         "samples/s": f"{timeline.samples / train_s:.0f}",

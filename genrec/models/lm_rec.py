@@ -569,15 +569,14 @@ class LMRecModule(L.LightningModule):
             embeds = embeds + cf.to(embeds.dtype)
         return embeds
 
-    def forward(self, inputs: LMInputs, logits_to_keep: int = 0, cache: Any = None) -> Tensor:
+    def forward(self, inputs: LMInputs, logits_to_keep: int = 0) -> Tensor:
         """Logits ``[B, S or logits_to_keep, V]`` of a batch of :class:`LMInputs`."""
-        model = self._train_forward if self.training and self._train_forward is not None and cache is None else self.model
-        out = model(
+        compiled = self.training and self._train_forward is not None and _ACTIVE_PREFIX.get() is None  # decoding: eager
+        out = (self._train_forward if compiled else self.model)(
             inputs_embeds=self.embed(inputs),
             attention_mask=inputs.attention_mask,
             position_ids=inputs.position_ids,
-            past_key_values=cache,
-            use_cache=cache is not None,
+            use_cache=False,
             logits_to_keep=logits_to_keep,
         )
         return out.logits

@@ -339,30 +339,37 @@ class TigerModule(L.LightningModule):
         """``[B, S]`` tokens and mask -> ``[B, S, d_model]`` encoder output."""
         return self.model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
+    def training_loss(self, batch: SeqBatch, forward: Callable[..., Any] | None = None, pad_history: int | None = None) -> Tensor:
+        """Teacher-forced training loss of the batch through ``forward`` (default ``self.model``,
+        e.g. a compiled copy), the history padded to ``pad_history`` items if given.
+
+        Returns:
+            the mean cross-entropy over the target SID tokens (float32 scalar).
+        """
+        input_ids, mask = self.encoder_inputs(batch, pad_history)
+        labels = self.tokens_of(batch.targets)  # [B, T]
+        logits = (self.model if forward is None else forward)(input_ids=input_ids, attention_mask=mask, decoder_input_ids=shift_right(labels), use_cache=False).logits
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+
     def model_step(self, batch: SeqBatch, stage: Stage) -> Tensor:
         """Loss of the batch (teacher forcing); on val/test also beam search and metric updates.
 
         Returns:
             the mean cross-entropy over the target SID tokens (float32 scalar).
         """
-        input_ids, mask = self.encoder_inputs(batch, self.hparams.pad_history if stage == "train" else None)
-        labels = self.tokens_of(batch.targets)  # [B, T]
-        decoder_input = torch.cat([labels.new_full((labels.shape[0], 1), PAD), labels[:, :-1]], dim=1)
-        B = labels.shape[0]
+        B = batch.targets.shape[0]
         if stage == "train":
-            forward = self.model if self._train_forward is None else self._train_forward
-            logits = forward(input_ids=input_ids, attention_mask=mask, decoder_input_ids=decoder_input, use_cache=False).logits
-            encoder_out = None
-        else:
-            encoder_out = self.encode(input_ids, mask)
-            logits = self.model(
-                encoder_outputs=(encoder_out,), attention_mask=mask, decoder_input_ids=decoder_input, use_cache=False
-            ).logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=stage == "train", on_epoch=True, batch_size=B)
-        if encoder_out is None:
+            loss = self.training_loss(batch, self._train_forward, self.hparams.pad_history)
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=B)
             return loss
-
+        input_ids, mask = self.encoder_inputs(batch)
+        labels = self.tokens_of(batch.targets)  # [B, T]
+        encoder_out = self.encode(input_ids, mask)
+        logits = self.model(
+            encoder_outputs=(encoder_out,), attention_mask=mask, decoder_input_ids=shift_right(labels), use_cache=False
+        ).logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+        self.log(f"{stage}/loss", loss, prog_bar=False, on_step=False, on_epoch=True, batch_size=B)
         ranked = self.search(encoder_out, mask).items
         for metrics in self.evaluation.update(stage, ranked, batch.targets):
             self.log_dict(metrics, on_epoch=True, batch_size=B)
@@ -471,6 +478,12 @@ class TigerModule(L.LightningModule):
                 f"the checkpoint was trained on other semantic IDs than {self.hparams.sids} (SID table sha256 "
                 f"{saved[:12]}... vs {current[:12]}...)"
             )
+
+
+def shift_right(labels: Tensor) -> Tensor:
+    """The decoder input of teacher forcing: ``[B, T]`` target tokens -> ``PAD`` (the decoder
+    start) followed by all but the last target token, ``[B, T]``."""
+    return torch.cat([labels.new_full((labels.shape[0], 1), PAD), labels[:, :-1]], dim=1)
 
 
 def fused_adamw(module: L.LightningModule) -> bool:
