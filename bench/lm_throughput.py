@@ -93,7 +93,7 @@ def measure(config: LMRecConfig, variant: str, batch: int, seq_len: int, steps: 
     forward = torch.compile(body) if "compile" in flags else body
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     tokens = torch.randint(0, config.vocab_size, (batch, seq_len + 1), device="cuda")
-    inputs, labels = tokens[:, :-1], tokens[:, 1:]
+    inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()  # liger's loss views labels flat
 
     def step() -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=not true_bf16):

@@ -11,7 +11,8 @@ the eager variant whose top operators by device time and by host time are printe
 ``eager``; ``compile`` (``torch.compile``, dynamic shapes); ``graphs`` (history padded to the data
 module's ``max_history`` so every batch has one shape, ``torch.compile(mode="reduce-overhead")``:
 CUDA graphs, what ``TigerModule(compile=True, compile_mode="reduce-overhead", pad_history=...)``
-does in training). Comparing the
+does in training); ``compile-graphs`` (dynamic shapes and CUDA graphs, one recorded per distinct
+batch shape, no padding: ``TigerModule(compile=True, compile_mode="reduce-overhead")``). Comparing the
 raw step time with the step time of ``bench.tiger_train`` shows the trainer's own overhead.
 """
 
@@ -35,8 +36,9 @@ def main() -> None:
     parser.add_argument("--sids", required=True)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--variant", action="append", choices=["eager", "compile", "graphs"],
-                        help="eager; compile (dynamic shapes); graphs (history padded to max_history, CUDA graphs). Default eager, graphs")
+    parser.add_argument("--variant", action="append", choices=["eager", "compile", "graphs", "compile-graphs"],
+                        help="eager; compile (dynamic shapes); graphs (history padded to max_history, CUDA graphs); "
+                        "compile-graphs (dynamic shapes, CUDA graphs per shape). Default eager, graphs")
     parser.add_argument("--set", action="append", default=[], help="extra CLI override key=value")
     args = parser.parse_args()
     torch.set_float32_matmul_precision("high")
@@ -50,12 +52,14 @@ def main() -> None:
     batches = [b.to(device) if hasattr(b, "to") else b for b in itertools.islice(dm.train_dataloader(), args.warmup + args.steps)]
     rows = []
     for variant in args.variant or ["eager", "graphs"]:
+        torch._dynamo.reset()  # each compiled variant starts from an empty cache
         # graphs: history padded to max_history (one shape) and torch.compile with CUDA graphs.
         pad = dm.max_history if variant == "graphs" else None
         if variant == "eager":
             forward = module.model
-        elif variant == "compile":
-            forward = torch.compile(module.model, dynamic=True)
+        elif variant in ("compile", "compile-graphs"):
+            mode = "reduce-overhead" if variant == "compile-graphs" and device.type == "cuda" else None
+            forward = torch.compile(module.model, dynamic=True, mode=mode)
         else:
             forward = torch.compile(module.model, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
         optimizer = torch.optim.AdamW(module.model.parameters(), lr=1e-4, fused=device.type == "cuda")

@@ -86,7 +86,7 @@ class _BeamState:
     """Decoder state threaded through the beam-search step function."""
 
     encoder: Tensor  # [B, S, d] encoder output
-    mask: Tensor  # [B, S] bool encoder attention mask
+    mask: Tensor  # [B, 1, 1, S] encoder attention mask as TigerModule.model_mask makes it
     cache: Any  # transformers EncoderDecoderCache: self attention [B*W rows], cross attention [B rows]
 
 
@@ -164,7 +164,8 @@ class TigerModule(L.LightningModule):
             additive mask) or ``eager``.
         compile: ``torch.compile`` the training forward (dynamic shapes unless ``pad_history``).
         compile_mode: ``torch.compile``'s ``mode``, e.g. ``reduce-overhead`` (CUDA graphs: one
-            launch per graph instead of one per kernel; needs ``pad_history``) or
+            launch per graph instead of one per kernel; with dynamic shapes one graph is recorded
+            per distinct batch shape, at most ``max_history`` of them with ``bucket_by_length``) or
             ``max-autotune-no-cudagraphs``; ``None``: the default.
         pad_history: pad every training batch's history to this many items (at least the data
             module's ``max_history``), so every batch has the same shape: what CUDA graphs need.
@@ -214,8 +215,6 @@ class TigerModule(L.LightningModule):
         self.config = TigerConfig.from_name(preset, **{k: v for k, v in overrides.items() if v is not None})
         if pad_history is not None and pad_history < 1:
             raise ValueError(f"pad_history must be >= 1 or None, got {pad_history}")
-        if compile_mode == "reduce-overhead" and pad_history is None:
-            raise ValueError("compile_mode 'reduce-overhead' (CUDA graphs) needs static shapes: set pad_history to the data's max_history")
         if beam_width < 1 or not ks or min(ks) < 1 or user_tokens < 0:
             raise ValueError(f"need beam_width >= 1, ks >= 1 and user_tokens >= 0; got {beam_width}, {ks}, {user_tokens}")
         self.ks = tuple(int(k) for k in ks)
@@ -335,9 +334,23 @@ class TigerModule(L.LightningModule):
 
     # ---- forward ------------------------------------------------------------------------------
 
+    def model_mask(self, mask: Tensor) -> Tensor:
+        """``[B, S]`` bool key mask -> the ``[B, 1, 1, S]`` mask T5's attention takes as it is.
+
+        Given a 2-D mask, transformers builds this itself but first asks ``mask.all()`` on the
+        host (to drop a mask without padding): a device sync in every call, two per training
+        step, so the host cannot queue work ahead of the GPU. A prepared 4-D mask skips that.
+        ``sdpa`` takes it as bool; ``eager`` adds it to the scores, so there it is 0 where a key
+        is attended and the float32 minimum where not.
+        """
+        mask = mask.bool()[:, None, None, :]
+        if self.hparams.attn_implementation == "eager":
+            return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, torch.finfo(torch.float32).min)
+        return mask
+
     def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """``[B, S]`` tokens and mask -> ``[B, S, d_model]`` encoder output."""
-        return self.model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.model.encoder(input_ids=input_ids, attention_mask=self.model_mask(attention_mask)).last_hidden_state
 
     def training_loss(self, batch: SeqBatch, forward: Callable[..., Any] | None = None, pad_history: int | None = None) -> Tensor:
         """Teacher-forced training loss of the batch through ``forward`` (default ``self.model``,
@@ -348,7 +361,9 @@ class TigerModule(L.LightningModule):
         """
         input_ids, mask = self.encoder_inputs(batch, pad_history)
         labels = self.tokens_of(batch.targets)  # [B, T]
-        logits = (self.model if forward is None else forward)(input_ids=input_ids, attention_mask=mask, decoder_input_ids=shift_right(labels), use_cache=False).logits
+        logits = (self.model if forward is None else forward)(
+            input_ids=input_ids, attention_mask=self.model_mask(mask), decoder_input_ids=shift_right(labels), use_cache=False
+        ).logits
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
 
     def model_step(self, batch: SeqBatch, stage: Stage) -> Tensor:
@@ -366,7 +381,7 @@ class TigerModule(L.LightningModule):
         labels = self.tokens_of(batch.targets)  # [B, T]
         encoder_out = self.encode(input_ids, mask)
         logits = self.model(
-            encoder_outputs=(encoder_out,), attention_mask=mask, decoder_input_ids=shift_right(labels), use_cache=False
+            encoder_outputs=(encoder_out,), attention_mask=self.model_mask(mask), decoder_input_ids=shift_right(labels), use_cache=False
         ).logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
         self.log(f"{stage}/loss", loss, prog_bar=False, on_step=False, on_epoch=True, batch_size=B)
@@ -418,7 +433,7 @@ class TigerModule(L.LightningModule):
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        return _BeamState(encoder=encoder_out, mask=mask.bool(), cache=cache)
+        return _BeamState(encoder=encoder_out, mask=self.model_mask(mask), cache=cache)
 
     def beam_step(self, tokens: Tensor | None, parents: Tensor | None, state: _BeamState) -> tuple[Tensor, _BeamState]:
         """The :class:`genrec.decoding.StepFn` of T5 with a KV cache.
