@@ -20,7 +20,7 @@ import time
 import torch
 
 from bench.record import metric_columns, record, set_flags
-from bench.tiger_train import Timeline, _sync
+from bench.tiger_train import Timeline, _sync, batch_cell, run_info
 from genrec.artifacts import write_json
 from genrec.cli import GenRecCLI
 
@@ -28,21 +28,13 @@ from genrec.cli import GenRecCLI
 class TokenTimeline(Timeline):
     """:class:`bench.tiger_train.Timeline` counting the LM's real prompt + target tokens (on the device)."""
 
-    def __init__(self, target: float) -> None:
-        super().__init__(target)
-        self.tokens: torch.Tensor | None = None
+    count_names = ("samples", "tokens")
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:  # noqa: ANN001
-        self.samples += len(batch)
+        self.count("samples", len(batch))
         _, lines, keep = module.history_lines(batch.history)
-        kept = (lines * keep).sum()
         fixed = len(batch) * (module.prompt_prefix.numel() + module.prompt_suffix.numel())
-        count = kept + module.target_lengths[batch.targets].sum() + fixed
-        self.tokens = count if self.tokens is None else self.tokens + count
-
-    @property
-    def total_tokens(self) -> int:
-        return int(self.tokens) if self.tokens is not None else 0
+        self.count("tokens", (lines * keep).sum() + module.target_lengths[batch.targets].sum() + fixed)
 
 
 def main() -> None:
@@ -52,40 +44,51 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.0655, help="val Recall@10 to time")
     parser.add_argument("--set", action="append", default=[], help="extra CLI override key=value")
     parser.add_argument("--out", default=None, help="also write the timeline JSON here")
+    parser.add_argument("--fit-only", action="store_true",
+                        help="train only (e.g. a multi-GPU loss-curve run for bench.multi_gpu): write --out, no test and no row")
     args = parser.parse_args()
+    if args.fit_only and not args.out:
+        raise SystemExit("--fit-only needs --out")
     torch.set_float32_matmul_precision("high")
     overrides = set_flags(args.set)
     cli = GenRecCLI(args=["--config", args.data, "--config", args.model, *overrides], run=False)
     timeline = TokenTimeline(args.target)
     cli.trainer.callbacks.append(timeline)
+    # Counted before fit: FSDP shards the parameters.
+    total = sum(p.numel() for p in cli.model.parameters())
+    trainable = sum(p.numel() for p in cli.model.parameters() if p.requires_grad)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     _sync()
     train_s = timeline.train_seconds()
+    if args.fit_only:
+        if cli.trainer.is_global_zero:
+            write_json(args.out, {"run": {**run_info(cli), "parameters": total}, "state": timeline.state()})
+        return
     checkpoint = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
     started = time.perf_counter()
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=checkpoint or None)[0]
     _sync()
     test_s = time.perf_counter() - started
+    if not cli.trainer.is_global_zero:
+        return
 
     model = cli.model
     hp = model.hparams
     dm = cli.datamodule
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # Users actually decoded (fewer than the test set under trainer.limit_test_batches).
-    users = min(len(dm.dataset("test")), int(sum(cli.trainer.num_test_batches)) * dm.eval_batch_size)
+    users = min(len(dm.dataset("test")), int(sum(cli.trainer.num_test_batches)) * dm.eval_batch_size * cli.trainer.world_size)
     source = hp.preset or hp.model
     row = {
         "data": dm.name,
         "model": f"{source} ({total / 1e6:.1f}M, {trainable / 1e6:.2f}M trained)",
         "lora": f"r {hp.lora_r}" if hp.lora else "full",
         "epochs": f"{timeline.samples / len(dm.dataset('train')):.2f}",
-        "batch": dm.batch_size,
+        "batch": batch_cell(cli),
         "lr": hp.lr,
         "precision": cli.trainer.precision,
         **metric_columns(results, cold_ndcg=True),
         "train s (no val)": f"{train_s:.0f}",
-        "train tokens/s": f"{timeline.total_tokens / train_s:,.0f}",
+        "train tokens/s": f"{timeline.total('tokens') / train_s:,.0f}",
         "samples/s": f"{timeline.samples / train_s:.0f}",
         f"test pass s ({users:,} users, beam {hp.beam_width})": f"{test_s:.1f}",
         "decode users/s": f"{users / test_s:.0f}",
@@ -97,7 +100,8 @@ def main() -> None:
         "with title-constrained beam search (every recommendation a real item). Tokens = real prompt + target tokens.",
     )
     if args.out:
-        write_json(args.out, {"row": row, "timeline": timeline.points, "test": results})
+        write_json(args.out, {"row": row, "run": {**run_info(cli), "parameters": total}, "timeline": timeline.points, "test": results,
+                              "state": timeline.state()})
 
 
 if __name__ == "__main__":

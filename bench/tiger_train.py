@@ -33,7 +33,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from bench.record import metric_columns, record, set_flags
+from bench.record import command_line, metric_columns, record, set_flags
 from genrec.artifacts import read_json, write_json
 from genrec.cli import GenRecCLI
 
@@ -56,11 +56,19 @@ def _sync() -> None:
 
 
 class Timeline(L.Callback):
-    """Wall time of training (validation excluded), token counts, and val metrics over time."""
+    """Wall time of training (validation excluded), sample and token counts, the training loss of
+    every step, and val metrics over time.
+
+    Counts are kept on the device while training (an ``int()`` per step would sync the GPU and
+    stall the pipeline). Under DDP or FSDP every rank counts its own batches; at the end of
+    training the counts become sums over the ranks and the losses means over the ranks (the
+    loss of the global batch), on every rank.
+    """
 
     def __init__(self, target: float, prior: dict[str, Any] | None = None) -> None:
         """``prior``: the ``state`` of an earlier segment of the same training (see :meth:`state`),
-        whose time, samples and tokens this one continues from (a run resumed from its checkpoint)."""
+        whose time, samples, tokens and losses this one continues from (a run resumed from its
+        checkpoint)."""
         prior = prior or {}
         self.target = target
         self.start = 0.0
@@ -68,35 +76,65 @@ class Timeline(L.Callback):
         self.val_seconds = 0.0
         self.wall_offset = float(prior.get("wall_s", 0.0))
         self.train_offset = float(prior.get("train_s", 0.0))
-        self.samples = int(prior.get("samples", 0))
-        self._enc_tokens = None
-        self.enc_offset = int(prior.get("enc_tokens", 0))
-        self.dec_tokens = int(prior.get("dec_tokens", 0))
+        self.prior_counts = {name: int(prior.get(name, 0)) for name in self.count_names}
+        self.counts: dict[str, torch.Tensor | int] = dict.fromkeys(self.count_names, 0)  # this segment, this rank
+        self.prior_losses = [float(x) for x in prior.get("losses", [])]
+        self._losses: list[torch.Tensor] = []
+        self.losses: list[float] | None = None  # all steps (earlier segments first), set when training ends
         self.points: list[dict[str, float]] = list(prior.get("points", []))
         self.reached: float | None = prior.get("reached")
+
+    count_names = ("samples", "enc_tokens", "dec_tokens")
+
+    def count(self, name: str, value: torch.Tensor | int) -> None:
+        self.counts[name] = self.counts[name] + value
+
+    def total(self, name: str) -> int:
+        """Everything counted under ``name`` so far, earlier segments included."""
+        return self.prior_counts[name] + int(self.counts[name])
+
+    @property
+    def samples(self) -> int:
+        return self.total("samples")
+
+    @property
+    def enc_tokens(self) -> int:
+        return self.total("enc_tokens")
+
+    @property
+    def dec_tokens(self) -> int:
+        return self.total("dec_tokens")
 
     def on_fit_start(self, trainer, module) -> None:  # noqa: ANN001
         _sync()
         self.start = time.perf_counter()
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:  # noqa: ANN001
-        # Counted on the device: an int() here would sync the GPU every step and stall the pipeline.
-        self.samples += len(batch)
-        tokens = batch.lengths.sum() * module.tokens_per_item + len(batch)
-        self._enc_tokens = tokens if self._enc_tokens is None else self._enc_tokens + tokens
-        self.dec_tokens += len(batch) * module.tokens_per_item
+        self.count("samples", len(batch))
+        self.count("enc_tokens", batch.lengths.sum() * module.tokens_per_item + len(batch))
+        self.count("dec_tokens", len(batch) * module.tokens_per_item)
 
-    @property
-    def enc_tokens(self) -> int:
-        return self.enc_offset + (int(self._enc_tokens) if self._enc_tokens is not None else 0)
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self._losses.append(loss.detach().float())
+
+    def on_train_end(self, trainer, module) -> None:  # noqa: ANN001
+        device = module.device
+        counts = torch.stack([torch.as_tensor(self.counts[name], device=device).to(torch.float64) for name in self.count_names])
+        losses = torch.stack(self._losses).to(device) if self._losses else torch.zeros(0, device=device)
+        if trainer.world_size > 1:
+            counts = trainer.strategy.reduce(counts, reduce_op="sum")
+            losses = trainer.strategy.reduce(losses, reduce_op="mean")
+        self.counts = {name: int(round(value)) for name, value in zip(self.count_names, counts.tolist(), strict=True)}
+        self.losses = self.prior_losses + losses.tolist()
 
     def wall_seconds(self, now: float | None = None) -> float:
         return self.wall_offset + (now or time.perf_counter()) - self.start
 
     def state(self) -> dict[str, Any]:
-        """Everything a later segment needs to continue the counts (``--prior``)."""
-        return {"wall_s": self.wall_seconds(), "train_s": self.train_seconds(), "samples": self.samples,
-                "enc_tokens": self.enc_tokens, "dec_tokens": self.dec_tokens, "points": self.points, "reached": self.reached}
+        """Everything a later segment needs to continue the counts (``--prior``); after training."""
+        return {"wall_s": self.wall_seconds(), "train_s": self.train_seconds(), **{name: self.total(name) for name in self.count_names},
+                "losses": self.losses if self.losses is not None else self.prior_losses, "points": self.points, "reached": self.reached}
 
     def on_validation_start(self, trainer, module) -> None:  # noqa: ANN001
         _sync()
@@ -113,10 +151,25 @@ class Timeline(L.Callback):
         self.points.append({"epoch": trainer.current_epoch, "wall_s": self.wall_seconds(now), "train_s": self.train_seconds(now), **metrics})
         if self.reached is None and recall >= self.target:
             self.reached = self.wall_seconds(now)
-        print(f"[timeline] epoch {trainer.current_epoch} wall {self.wall_seconds(now):.1f}s val/recall@10 {recall:.4f} ndcg@10 {metrics.get('val/ndcg@10', 0):.4f}", flush=True)
+        if trainer.is_global_zero:
+            print(f"[timeline] epoch {trainer.current_epoch} wall {self.wall_seconds(now):.1f}s val/recall@10 {recall:.4f} "
+                  f"ndcg@10 {metrics.get('val/ndcg@10', 0):.4f}", flush=True)
 
     def train_seconds(self, now: float | None = None) -> float:
         return self.train_offset + (now or time.perf_counter()) - self.start - self.val_seconds
+
+
+def run_info(cli: GenRecCLI) -> dict[str, Any]:
+    """How a run was spread: devices, strategy, per-device batch, precision (for --out files)."""
+    trainer, hp = cli.trainer, cli.model.hparams
+    return {"data": cli.datamodule.name, "model": hp.get("preset") or hp.get("model"), "devices": trainer.world_size, "strategy": type(trainer.strategy).__name__,
+            "batch": cli.datamodule.batch_size, "precision": trainer.precision, "command": command_line()}
+
+
+def batch_cell(cli: GenRecCLI) -> str | int:
+    """The ``batch`` column: the per-device batch, as ``devices x batch (strategy)`` on several devices."""
+    info = run_info(cli)
+    return f"{info['devices']} x {info['batch']} ({info['strategy']})" if info["devices"] > 1 else info["batch"]
 
 
 def main() -> None:
@@ -143,8 +196,10 @@ def main() -> None:
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=args.ckpt_path)
     _sync()
     train_s = timeline.train_seconds()
+    world = cli.trainer.world_size
     if args.fit_only:
-        write_json(args.out, {"state": timeline.state()})
+        if cli.trainer.is_global_zero:
+            write_json(args.out, {"run": run_info(cli), "state": timeline.state()})
         print(f"segment done: epoch {cli.trainer.current_epoch}, {train_s:.0f} s of training so far; resume with "
               f"--ckpt-path <last.ckpt> --prior {args.out}", flush=True)
         return
@@ -156,6 +211,8 @@ def main() -> None:
     test_s = time.perf_counter() - started
     if abs(again.get("test/recall@10", 0) - results.get("test/recall@10", 0)) > 1e-6:
         raise RuntimeError(f"two test passes disagree: {again} vs {results}")
+    if not cli.trainer.is_global_zero:
+        return
 
     model = cli.model
     n_params = sum(p.numel() for p in model.model.parameters())
@@ -164,7 +221,7 @@ def main() -> None:
     head = model.model.config.d_model * model.vocab_size
     flops = 6 * (enc_params * timeline.enc_tokens + (dec_params + head) * timeline.dec_tokens)
     peak = peak_flops()
-    mfu = f"{100 * flops / train_s / peak:.1f} %" if peak else "n/a (no GPU peak known)"
+    mfu = f"{100 * flops / train_s / (peak * world):.1f} %" if peak else "n/a (no GPU peak known)"
     hp = model.hparams
     dm = cli.datamodule
     row = {
@@ -172,7 +229,7 @@ def main() -> None:
         "preset": f"{hp.preset} ({n_params / 1e6:.1f}M)",
         "sids": Path(args.sids).name,
         "epochs": cli.trainer.current_epoch,
-        "batch": dm.batch_size,
+        "batch": batch_cell(cli),
         "lr": hp.lr,
         "precision": cli.trainer.precision,
         **metric_columns(results),
@@ -190,7 +247,7 @@ def main() -> None:
         "MFU = 6 x params x real tokens / train time / dense bf16 peak.",
     )
     if args.out:
-        write_json(args.out, {"row": row, "timeline": timeline.points, "test": results, "state": timeline.state()})
+        write_json(args.out, {"row": row, "run": run_info(cli), "timeline": timeline.points, "test": results, "state": timeline.state()})
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
+from filelock import FileLock
 
 from genrec.artifacts import atomic_path, read_json, write_json
 from genrec.pipeline import (
@@ -179,7 +180,11 @@ def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int]
     runs = config.runs()
     pipeline = PipelineConfig(name=config.name, data=config.data, encoder=config.encoder, tokenizer=config.tokenizer,
                               root=config.root, overrides={k: config.overrides.get(k, []) for k in ("data", "tokenize")})
-    sids = _sids(config, pipeline)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    # Shards started together (one per GPU) share the SID stages: one runs them, the others wait
+    # and then find the artifacts up to date.
+    with FileLock(str(config.run_dir / ".sid-stages.lock")):
+        sids = _sids(config, pipeline)
     if not collect_only:
         for k, (run, sweep_name, preset, seed) in enumerate(runs):
             if k % count != index:

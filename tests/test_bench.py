@@ -97,5 +97,48 @@ def test_tiger_benchmark_in_two_segments_adds_up_and_records_one_row(tmp_path, m
     assert state2["samples"] == 2 * state1["samples"]  # the same epoch again: counts add up
     assert state2["train_s"] > state1["train_s"] and state2["wall_s"] > state1["wall_s"]
     assert [p["epoch"] for p in done["timeline"]] == [0, 1]
+    steps = len(state1["losses"])
+    assert steps > 0 and len(state2["losses"]) == 2 * steps and state2["losses"][:steps] == state1["losses"]
     assert done["row"]["epochs"] == 2
     assert bench_file.read_text().count("| tiny |") == 1
+
+
+def test_ddp_run_records_one_row_with_global_counts_and_compares_with_one_device(tmp_path):
+    """bench.tiger_train on two CPU processes (DDP over gloo, relaunched by Lightning as
+    ``python -m bench.tiger_train``): counts summed over ranks, one row from rank 0, and
+    bench.multi_gpu compares its loss curve with the one-process run at the same global batch."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.test_configs import ROOT, TINY_DATA, tiny_sids
+
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    sids = tiny_sids(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GENREC_BENCH_FILE": str(tmp_path / "benchmarks.md"), "OMP_NUM_THREADS": "1"}
+    common = [sys.executable, "-m", "bench.tiger_train", "--data", str(data), "--model", str(ROOT / "configs/tiger/synthetic.yaml"),
+              "--sids", sids, "--set", "trainer.accelerator=cpu", "--set", "trainer.max_epochs=2", "--set", "trainer.check_val_every_n_epoch=2",
+              "--set", "trainer.enable_progress_bar=false", "--set", "trainer.logger=false", "--set", "data.init_args.bucket_by_length=false"]
+    runs = {1: tmp_path / "one.json", 2: tmp_path / "two.json"}
+    for devices, out in runs.items():
+        extra = ["--set", "trainer.devices=2", "--set", "trainer.strategy=ddp"] if devices == 2 else []
+        subprocess.run([*common, "--set", f"data.init_args.batch_size={16 // devices}", *extra, "--out", str(out)],
+                       cwd=tmp_path, env=env, check=True, timeout=600)
+    one, two = (json.loads(path.read_text()) for path in runs.values())
+    assert one["run"]["devices"] == 1 and two["run"]["devices"] == 2 and two["run"]["strategy"] == "DDPStrategy"
+    # every training sample counted once per epoch on one process; DDP pads its shards to equal size
+    train_samples = one["state"]["samples"] // 2
+    assert train_samples <= two["state"]["samples"] // 2 <= train_samples + 1
+    assert len(two["state"]["losses"]) == len(one["state"]["losses"])
+    bench = (tmp_path / "benchmarks.md").read_text()
+    assert bench.count("| 2 x 8 (DDPStrategy) |") == 1  # rank 0 only
+
+    subprocess.run([sys.executable, "-m", "bench.multi_gpu", str(runs[1]), str(runs[2]), "--window", "2"],
+                   cwd=tmp_path, env=env, check=True, timeout=120)
+    section = (tmp_path / "benchmarks.md").read_text().split("## Multi-GPU training")[1]
+    rows = [line for line in section.splitlines() if line.startswith("| tiny |")]
+    assert len(rows) == 2 and "| reference |" in rows[0] and "| 2 x 8 | DDPStrategy |" in rows[1]

@@ -107,3 +107,26 @@ def test_unknown_encoder_size_skips_the_sid_fit_with_a_reason(tmp_path, fake_tra
     assert "tiger: not fitted: encoder parameter count unknown (set encoder_parameters)" in report
     summary = read_json(tmp_path / "runs" / "study" / "scaling.json")
     assert summary["sweeps"]["tiger"]["points"][0]["n_llm"] is None and "fit" not in summary["sweeps"]["tiger"]
+
+
+def test_shards_started_together_make_the_sids_one_at_a_time(tmp_path, fake_training, monkeypatch):
+    """Shards launched at once (one per GPU) would both run the encode/tokenize stages into the
+    same files: the SID stages run under a lock on the study folder."""
+    from filelock import FileLock, Timeout
+
+    import genrec.sweep as sweep
+
+    config = _config(tmp_path)
+    original, held = sweep._sids, []
+
+    def sids_under_lock(cfg, pipeline):
+        try:
+            FileLock(str(cfg.run_dir / ".sid-stages.lock")).acquire(timeout=0)  # another holder: us
+            held.append(False)
+        except Timeout:
+            held.append(True)
+        return original(cfg, pipeline)
+
+    monkeypatch.setattr(sweep, "_sids", sids_under_lock)
+    run_scaling(config, shard=(0, 2))
+    assert held == [True]
