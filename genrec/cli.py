@@ -23,7 +23,7 @@ from lightning.pytorch.cli import LightningCLI
 from genrec.artifacts import write_json
 from genrec.data.datamodule import SequenceDataModule
 from genrec.data.formats.base import DataFormatError, MissingItemError
-from genrec.encode import EncoderConfig, encode_catalog
+from genrec.encode import EncoderConfig, encode_catalog, encode_items
 from genrec.models import presets
 from genrec.quantize.rqkmeans import RQKMeans
 from genrec.quantize.rqvae import RQVAEModule
@@ -102,7 +102,7 @@ def run_encode(args: Sequence[str]) -> Path:
     config = parser.parse_args(list(args))
     init = parser.instantiate_classes(config)
     datamodule: SequenceDataModule = init.data
-    path = encode_catalog(datamodule.data.catalog, encoder=init.encoder, data_name=datamodule.name, **vars(config.encode))
+    path = encode_items(datamodule.data, encoder=init.encoder, data_name=datamodule.name, **vars(config.encode))
     print(f"embeddings: {path}")
     return path
 
@@ -129,7 +129,7 @@ def run_tokenize(args: Sequence[str]) -> Path:
     if settings.embeddings:
         embeddings = Path(settings.embeddings)
     else:
-        embeddings = encode_catalog(catalog, encoder=init.encoder, data_name=datamodule.name, **vars(config.encode))
+        embeddings = encode_items(datamodule.data, encoder=init.encoder, data_name=datamodule.name, **vars(config.encode))
     recorded = json.loads(tokenizer_config)["tokenizer"]
     path, sids = tokenize(init.tokenizer, recorded, embeddings, catalog.fingerprint(), settings, data_name=datamodule.name)
     print(f"semantic IDs: {path}")

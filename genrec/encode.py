@@ -1,4 +1,5 @@
-"""The encode stage: item text -> one embedding per item, with any HF text model.
+"""The encode stage: item text -> one embedding per item, with any HF text model (or, with the
+``cf`` encoder, item interactions -> one embedding per item: :mod:`genrec.collaborative`).
 
 A modality encoder is a sentence-transformers model, a plain HF encoder (BERT-like, T5's
 encoder) or a decoder LLM, given by an alias (``minilm``: all-MiniLM-L6-v2 shipped in the
@@ -16,6 +17,7 @@ count and catalogue fingerprint in its metadata. Re-running with the same settin
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -34,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from genrec.artifacts import atomic_path, config_digest
 from genrec.data.catalog import DEFAULT_TEMPLATE, ItemCatalog
+from genrec.data.sequences import SequenceData
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,9 @@ class EncoderConfig:
             says (its ``Normalize`` module), else no.
         max_length: tokens per item text (longer texts are truncated).
         gguf_file: GGUF file name inside ``model`` (set automatically for ``smollm2``).
+        cf_dim: embedding size of the ``cf`` encoder (``model: cf`` embeds items from the
+            training interactions instead of text: :mod:`genrec.collaborative`).
+        cf_window: positions within which two items of a sequence co-occur (``cf`` only).
     """
 
     model: str = "minilm"
@@ -83,6 +89,20 @@ class EncoderConfig:
     normalize: bool | None = None
     max_length: int = 128
     gguf_file: str | None = None
+    cf_dim: int = 64
+    cf_window: int = 3
+
+    def settings(self) -> dict[str, Any]:
+        """The fields that change the embeddings: the ``cf_*`` ones only for ``model: cf``, the
+        text ones only for a text model (so adding an option of one kind renames no file of the other)."""
+        fields = asdict(self)
+        if self.model == CF_MODEL:
+            return {k: v for k, v in fields.items() if k in ("model", "cf_dim", "cf_window")}
+        return {k: v for k, v in fields.items() if not k.startswith("cf_")}
+
+
+CF_MODEL = "cf"
+"""The encoder name of collaborative embeddings (from interactions, not text)."""
 
 
 class TextEncoder(torch.nn.Module):
@@ -301,7 +321,7 @@ def encode_catalog(
     encoder = encoder or EncoderConfig()
     output = Path(output) if output else default_output(data_name, encoder, template)
     settings = {
-        **{k: ("" if v is None else str(v)) for k, v in asdict(encoder).items()},
+        **{k: ("" if v is None else str(v)) for k, v in encoder.settings().items()},
         "template": template,
         "num_items": str(len(catalog)),
         "catalog_fingerprint": catalog.fingerprint(),
@@ -366,6 +386,31 @@ def encode_catalog(
     return output
 
 
+def encode_items(data: SequenceData, output: str | Path | None = None, encoder: EncoderConfig | None = None, data_name: str = "", **options: Any) -> Path:
+    """The encode stage for a data set: ``encoder.model: cf`` embeds the items from the training
+    interactions (:func:`genrec.collaborative.encode_interactions`), any other model from their
+    text (:func:`encode_catalog`, which takes ``options``). Reuses an existing file made with the
+    same settings.
+
+    Returns:
+        The path of the ``[num_items, dim]`` embedding file.
+    """
+    encoder = encoder or EncoderConfig()
+    if encoder.model != CF_MODEL:
+        return encode_catalog(data.catalog, output, encoder, data_name=data_name, **options)
+    from genrec.collaborative import encode_interactions
+
+    output = Path(output) if output else default_output(data_name, encoder, "")
+    interactions = hashlib.sha256(data.offsets.numpy().tobytes() + data.items.numpy().tobytes()).hexdigest()
+    settings = {**{k: str(v) for k, v in encoder.settings().items()}, "interactions_sha256": interactions}
+    expected = {**settings, "num_items": str(data.num_items), "catalog_fingerprint": data.catalog.fingerprint()}
+    if output.is_file() and all(embedding_metadata(output).get(k) == v for k, v in expected.items()):
+        log.info("embeddings %s exist with the same settings: reused", output)
+        return output
+    dtype = options.get("dtype", "float32")
+    return encode_interactions(data, output, encoder.cf_dim, encoder.cf_window, dtype=dtype, data_name=data_name, settings=settings)
+
+
 def _merge(output: Path, parts: Path, catalog: ItemCatalog, settings: dict[str, str], seconds: float, encoded: int, dtype: str) -> None:
     """Gather the flushed chunks into the final file (atomically), check it, drop the chunks."""
     ids, rows = _load_parts(parts)
@@ -391,16 +436,18 @@ def _check(table: torch.Tensor, catalog: ItemCatalog) -> None:
 def default_output(data_name: str, encoder: EncoderConfig, template: str) -> Path:
     """``checkpoints/<data>/embeddings/<model>-<digest>.safetensors``: one file per setting."""
     short = Path(encoder.model.rstrip("/")).name
-    digest = config_digest({**asdict(encoder), "template": template})
+    digest = config_digest({**encoder.settings(), "template": template})
     return Path("checkpoints") / (data_name or "data") / "embeddings" / f"{short}-{digest}.safetensors"
 
 
 __all__ = [
+    "CF_MODEL",
     "EncoderConfig",
     "EncoderModule",
     "TextEncoder",
     "default_output",
     "embedding_metadata",
     "encode_catalog",
+    "encode_items",
     "resolve_model",
 ]
