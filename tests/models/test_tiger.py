@@ -394,3 +394,22 @@ def test_training_step_never_reads_back_to_the_host(small, attn):
     # the check sees such reads: the same model given the 2-D mask (transformers asks mask.all())
     ids, mask = module.encoder_inputs(batch)
     assert host_reads(lambda: module.model(input_ids=ids, attention_mask=mask, decoder_input_ids=shift_right(module.tokens_of(batch.targets)))) > 0
+
+
+def test_beam_benchmark_exact_overlap_is_full_at_full_beam_and_partial_below(small):
+    """bench.tiger_beams' exhaustive comparison: a beam as wide as the catalogue finds all of the
+    exact top 10; a narrow beam on an untrained model finds fewer, never more."""
+    from bench.tiger_beams import exact_overlap
+
+    datamodule, sids, path = small
+    torch.manual_seed(0)
+    module = TigerModule(path, **TINY).eval()
+    module.attach_items(sids, datamodule.data.train_item_counts())
+    batches = [datamodule.dataset("val").__getitems__(list(range(i, i + 8))) for i in (0, 8)]
+    recall, found = exact_overlap(module, batches, [10, sids.num_items])
+    assert found[sids.num_items] == 1.0
+    assert 0.0 < found[10] < 1.0
+    targets = torch.cat([b.targets for b in batches])
+    with torch.no_grad():
+        full = torch.cat([module.recommend(b, num_results=10, beam_width=sids.num_items).items for b in batches])
+    assert recall == (full == targets[:, None]).any(1).float().mean().item()
