@@ -6,8 +6,11 @@
 Trains each tokenizer config given (default: configs/tokenizer/rqvae.yaml, rqkmeans.yaml and
 plain RVQ = rqkmeans with normalize none) through the same code as `train.py tokenize`, and
 records per-level code usage, collision rate (items needing a dedup digit > 0), the largest
-dedup digit, reconstruction error and training time in docs/benchmarks.md. Targets (issue 3):
-every level >= 90 % of its codes used, < 5 % of items needing a dedup digit > 0.
+dedup digit, reconstruction error, training time and how often a user's next training item shares
+the previous one's first 1 / 2 codes (against chance; ``next_item_prefix_match``) in
+docs/benchmarks.md. Targets (issue 3): every level >= 90 % of its codes used, < 5 % of items
+needing a dedup digit > 0. Collaborative embeddings: ``--embeddings <cf file> --encoder
+configs/encode/cf.yaml --variants rqkmeans``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 
 from bench.record import record
 from genrec.cli import run_tokenize
+from genrec.encode import embedding_metadata
 from genrec.quantize.semantic_ids import SemanticIDs
 
 VARIANTS = {
@@ -47,7 +51,9 @@ def main() -> None:
                           "--tokenize.embeddings", args.embeddings, "--tokenize.output", str(output)])
             sids = SemanticIDs.load(output)
             q = sids.quality
+            match = q.get("next_item_prefix_match", [])
             rows.append({
+                "embeddings": embedding_metadata(args.embeddings).get("model", "?"),
                 "tokenizer": name,
                 "items": q["num_items"],
                 "codes used per level": " / ".join(f"{lv['fraction_used']:.1%}" for lv in q["per_level"]),
@@ -56,12 +62,14 @@ def main() -> None:
                 "max dedup digit": q["max_dedup_digit"],
                 "recon. MSE": f"{q['reconstruction_error']:.3g}",
                 "train s": sids.quantizer.get("train_seconds"),
+                "next item shares 1 / 2 codes (chance)": " / ".join(f"{m['share']:.2%} ({m['chance']:.2%})" for m in match[:2]) or "n/a",
             })
     record(
         "Semantic-ID quality",
         rows,
         note="Per-level code usage, share of items needing a dedup digit > 0, reconstruction MSE "
-        "(per element, on the unit-norm embeddings) and training time of each tokenizer (3 x 256).",
+        "(per element, on the unit-norm embeddings) and training time of each tokenizer (3 x 256); "
+        "how often a user's next training item shares the previous item's first 1 / 2 codes.",
     )
 
 

@@ -131,7 +131,8 @@ def run_tokenize(args: Sequence[str]) -> Path:
     else:
         embeddings = encode_items(datamodule.data, encoder=init.encoder, data_name=datamodule.name, **vars(config.encode))
     recorded = json.loads(tokenizer_config)["tokenizer"]
-    path, sids = tokenize(init.tokenizer, recorded, embeddings, catalog.fingerprint(), settings, data_name=datamodule.name)
+    path, sids = tokenize(init.tokenizer, recorded, embeddings, catalog.fingerprint(), settings, data_name=datamodule.name,
+                          transitions=datamodule.data.training_pairs(1))
     print(f"semantic IDs: {path}")
     print(format_quality(sids.quality))
     return path

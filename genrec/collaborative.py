@@ -44,14 +44,9 @@ def cooccurrence(data: SequenceData, window: int = 3):
 
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    lengths = data.lengths
-    owner = torch.repeat_interleave(torch.arange(data.num_users), lengths)  # [I] user of each position
-    index = torch.arange(len(data.items)) - torch.repeat_interleave(data.offsets[:-1], lengths)  # [I] position in its sequence
-    keep = index < torch.repeat_interleave((lengths - 2).clamp(min=0), lengths)  # [I] inside the training part
     rows, cols, weights = [], [], []
     for distance in range(1, window + 1):
-        pair = keep[:-distance] & keep[distance:] & (owner[:-distance] == owner[distance:])
-        a, b = data.items[:-distance][pair], data.items[distance:][pair]
+        a, b = data.training_pairs(distance)
         rows += [a, b]
         cols += [b, a]
         weights.append(torch.full((2 * len(a),), 1.0 / distance, dtype=torch.float64))

@@ -206,8 +206,12 @@ def write_report(config: PipelineConfig, stats: dict[str, Any], sids: Path | Non
     if sids is not None:
         semantic_ids = SemanticIDs.load(sids)
         q = semantic_ids.quality
-        lines += ["## Semantic IDs", "", f"`{sids}`", "", "| level | codes used | perplexity |", "|---|---|---|"]
-        lines += [f"| {lv['level']} | {lv['codes_used']}/{q['codebook_size']} ({lv['fraction_used']:.1%}) | {lv['perplexity']:.1f} |" for lv in q["per_level"]]
+        match = {m["level"]: m for m in q.get("next_item_prefix_match", [])}
+        lines += ["## Semantic IDs", "", f"`{sids}`", "",
+                  "| level | codes used | perplexity | next item shares the prefix (chance) |", "|---|---|---|---|"]
+        lines += [f"| {lv['level']} | {lv['codes_used']}/{q['codebook_size']} ({lv['fraction_used']:.1%}) | {lv['perplexity']:.1f} | "
+                  + (f"{match[lv['level']]['share']:.2%} ({match[lv['level']]['chance']:.2%})" if lv["level"] in match else "n/a") + " |"
+                  for lv in q["per_level"]]
         lines += ["", f"Items needing a dedup digit > 0: {q['collision_rate']:.2%} (max digit {q['max_dedup_digit']}); reconstruction MSE {q['reconstruction_error']:.3g}.", ""]
         usage = _plot_sid_usage(semantic_ids, run / "sid_usage.png")
         lines += [f"![SID code usage per level]({usage.name})", ""]

@@ -5,6 +5,7 @@ stage from its last checkpoint."""
 import json
 import logging
 import os
+import re
 
 import pytest
 import torch
@@ -61,6 +62,8 @@ def test_pipeline_report_skip_and_rerun(tmp_path, monkeypatch, one_thread):
         assert (run / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({plot})" in report, plot
     assert report.index("](sid_usage.png)") < report.index("## Results")  # in the SID section
+    level0 = next(line for line in report.splitlines() if line.startswith("| 0 |"))
+    assert re.search(r"\| \d+\.\d\d% \(\d+\.\d\d%\) \|$", level0), level0  # next item shares the prefix (chance)
     relocated = yaml.safe_load((run / "tiger" / "config.yaml").read_text())["trainer"]
     assert relocated["default_root_dir"] == str(run / "tiger")  # checkpoints and logs live in the run
     assert any((run / "tiger" / "checkpoints").glob("*.ckpt"))

@@ -144,6 +144,23 @@ class SequenceData:
         positions = torch.arange(int(per_user.sum())) - torch.repeat_interleave(starts, per_user) + 1
         return sample_users, positions
 
+    def training_pairs(self, distance: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item pairs ``distance`` positions apart inside one user's training part (positions
+        ``0 .. n-3``: validation and test items never appear).
+
+        Returns:
+            ``(earlier [P], later [P])`` int64 item ids, ``later`` the item ``distance`` steps
+            after ``earlier`` in the same user's sequence.
+        """
+        if distance < 1:
+            raise ValueError(f"distance must be >= 1, got {distance}")
+        lengths = self.lengths
+        owner = torch.repeat_interleave(torch.arange(self.num_users), lengths)  # [I] user of each position
+        index = torch.arange(len(self.items)) - torch.repeat_interleave(self.offsets[:-1], lengths)  # [I] position in its sequence
+        keep = index < torch.repeat_interleave((lengths - 2).clamp(min=0), lengths)  # [I] inside the training part
+        pair = keep[:-distance] & keep[distance:] & (owner[:-distance] == owner[distance:])
+        return self.items[:-distance][pair], self.items[distance:][pair]
+
     def train_item_counts(self) -> torch.Tensor:
         """``[num_items]`` how often each item occurs in the training part of the split
         (every position ``0 .. n-3``), for popularity baselines and the cold-start slice."""

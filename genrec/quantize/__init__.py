@@ -9,6 +9,7 @@ from genrec.quantize.semantic_ids import (
     assign_dedup,
     build_semantic_ids,
     dedup_digits,
+    next_item_prefix_match,
     quality_report,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "kmeans",
     "kmeans_plusplus",
     "nearest",
+    "next_item_prefix_match",
     "quality_report",
 ]

@@ -73,6 +73,7 @@ def tokenize(
     fingerprint: str,
     config: TokenizeConfig,
     data_name: str = "",
+    transitions: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[Path, SemanticIDs]:
     """Train ``tokenizer`` on ``embeddings`` and write (or reuse) the SID artifact.
 
@@ -83,6 +84,8 @@ def tokenize(
         fingerprint: the catalogue fingerprint the embeddings were made for.
         config: training settings and output.
         data_name: the data set's name (default output folder).
+        transitions: ``(earlier [P], later [P])`` item ids of consecutive training interactions,
+            for the report's ``next_item_prefix_match`` (the ``tokenize`` command passes them).
 
     Returns:
         The artifact path and the loaded :class:`SemanticIDs`.
@@ -142,6 +145,7 @@ def tokenize(
         embeddings=embeddings,
         fingerprint=fingerprint,
         reconstruction_error=tokenizer.reconstruction_error(table),
+        transitions=transitions,
     )
     sids.save(output)
     # the trained tokenizer itself, to give SIDs to items added later
@@ -167,6 +171,11 @@ def format_quality(quality: dict[str, Any]) -> str:
         if key in quality and quality[key] is not None:
             value = quality[key]
             lines.append(f"{key.replace('_', ' ')}: {value:.4g}" if isinstance(value, float) else f"{key.replace('_', ' ')}: {value}")
+    for match in quality.get("next_item_prefix_match", []):
+        lines.append(
+            f"next item shares the level-{match['level']} prefix: {100 * match['share']:.2f} % of "
+            f"{quality.get('training_transitions', '?')} training transitions (chance {100 * match['chance']:.2f} %)"
+        )
     for warning in quality.get("warnings", []):
         lines.append(f"WARNING: {warning}")
     return "\n".join(lines)

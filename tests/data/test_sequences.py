@@ -65,3 +65,16 @@ def test_leave_one_out_samples_and_train_counts():
     assert users.tolist() == [0, 0] and pos.tolist() == [1, 2]
     # training part: a -> i0 i1 i2, b -> i4
     assert data.train_item_counts().tolist() == [1, 1, 1, 0, 1]
+
+
+def test_training_pairs_stay_inside_each_users_training_part():
+    events = [("a", x, t) for t, x in enumerate(["i0", "i1", "i2", "i3", "i4"])]
+    events += [("b", x, t) for t, x in enumerate(["i4", "i3", "i1", "i0", "i2"])]
+    data = build_sequences(_raw(events), kcore=0)
+    named = lambda pairs: [(data.catalog[int(x)].external_id, data.catalog[int(y)].external_id) for x, y in zip(*pairs, strict=True)]  # noqa: E731
+    # training parts: a -> i0 i1 i2, b -> i4 i3 i1 (the last two items of each are val / test)
+    assert named(data.training_pairs(1)) == [("i0", "i1"), ("i1", "i2"), ("i4", "i3"), ("i3", "i1")]
+    assert named(data.training_pairs(2)) == [("i0", "i2"), ("i4", "i1")]
+    assert data.training_pairs(3)[0].numel() == 0
+    with pytest.raises(ValueError, match="distance"):
+        data.training_pairs(0)

@@ -155,3 +155,19 @@ def test_build_semantic_ids_from_an_embedding_file(tmp_path):
     assert sids.table.tolist() == [[0, 0, 0], [1, 1, 0], [1, 1, 1], [3, 3, 0]]
     back = SemanticIDs.load(tmp_path / "sids.safetensors", expected_fingerprint="fp1")
     assert back.embeddings == str(emb) and back.quantizer == {"class": "Fixed"}
+
+
+def test_next_item_prefix_match_counts_shared_prefixes_and_chance():
+    from genrec.quantize.semantic_ids import next_item_prefix_match
+
+    codes = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
+    earlier, later = torch.tensor([0, 0, 2, 3]), torch.tensor([1, 2, 3, 3])
+    level0, level1 = next_item_prefix_match(codes, earlier, later)
+    # level 0: pairs (0,1) share code 0, (0,2) do not, (2,3) and (3,3) share code 1
+    assert level0["share"] == 0.75 and level1["share"] == 0.25
+    # chance: earlier prefixes [0, 0, 1, 1], later [0, 1, 1, 1] -> 0.5 * 0.25 + 0.5 * 0.75
+    assert abs(level0["chance"] - 0.5) < 1e-12
+    # full codes: earlier [0, 0, 2, 3], later [1, 2, 3, 3] -> p(2) 0.25 * 0.25 + p(3) 0.25 * 0.5
+    assert abs(level1["chance"] - 0.1875) < 1e-12
+    report = SemanticIDs.from_codes(codes, 2, transitions=(earlier, later)).quality
+    assert report["training_transitions"] == 4 and report["next_item_prefix_match"][0]["share"] == 0.75
