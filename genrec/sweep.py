@@ -122,14 +122,18 @@ class ScalingConfig:
 
 
 def count_encoder_parameters(encoder_yaml: str) -> int:
-    """Parameters of the text encoder an encode YAML names (built on the meta device, no weights read)."""
+    """Parameters of the text encoder an encode YAML names (built on the meta device, no weights
+    read); 0 for the ``cf`` encoder, which has no model (its embeddings are fitted from the
+    interactions, like the tokenizer, not a pretrained network)."""
     import torch
     from transformers import AutoConfig, AutoModel
 
-    from genrec.encode import resolve_model
+    from genrec.encode import CF_MODEL, resolve_model
 
     settings = (yaml.safe_load(Path(encoder_yaml).read_text()) or {}).get("encoder", {})
     settings = settings.get("init_args", settings)
+    if settings.get("model") == CF_MODEL:
+        return 0
     path, gguf = resolve_model(settings.get("model", "minilm"), settings.get("gguf_file"))
     config = AutoConfig.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
     with torch.device("meta"):

@@ -130,3 +130,11 @@ def test_shards_started_together_make_the_sids_one_at_a_time(tmp_path, fake_trai
     monkeypatch.setattr(sweep, "_sids", sids_under_lock)
     run_scaling(config, shard=(0, 2))
     assert held == [True]
+
+
+def test_encoder_parameters_of_the_cf_encoder_are_zero_and_minilm_is_counted():
+    from genrec.sweep import count_encoder_parameters
+    from tests.test_configs import ROOT
+
+    assert count_encoder_parameters(str(ROOT / "configs/encode/cf.yaml")) == 0
+    assert count_encoder_parameters(str(ROOT / "configs/encode/minilm.yaml")) == 22_713_216
