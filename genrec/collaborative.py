@@ -9,9 +9,9 @@ The embedding: count, over the *training* part of every user's sequence (positio
 occur within ``window`` positions of each other, each pair weighted ``1 / distance`` and counted
 both ways; take the positive pointwise mutual information of that matrix (Levy & Goldberg's PPMI,
 ``max(0, log(C_ij * total / (C_i * C_j)))``); factorise it by truncated SVD (scipy's ``svds``) to
-``dim`` components; embed item ``i`` as ``U_i * sqrt(S)`` and L2-normalise. Items that never
-co-occur with another (possible only for items seen in val/test alone, or in length-1 training
-parts) get a deterministic random unit vector and are counted in the file's metadata
+``dim`` components; embed item ``i`` as ``U_i * sqrt(S)`` and L2-normalise. Items with no
+positive-PMI partner (e.g. items that occur only at validation or test positions: 33 of Beauty's
+12,101) get a deterministic random unit vector and are counted in the file's metadata
 (``isolated_items``) and in the log.
 
 The file has the layout and metadata of :func:`genrec.encode.encode_catalog`'s output (``model:
