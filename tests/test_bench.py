@@ -142,3 +142,34 @@ def test_ddp_run_records_one_row_with_global_counts_and_compares_with_one_device
     section = (tmp_path / "benchmarks.md").read_text().split("## Multi-GPU training")[1]
     rows = [line for line in section.splitlines() if line.startswith("| tiny |")]
     assert len(rows) == 2 and "| reference |" in rows[0] and "| 2 x 8 | DDPStrategy |" in rows[1]
+
+
+def test_tiger_beams_benchmark_records_one_row_per_width_and_wider_beams_find_more(tmp_path, monkeypatch):
+    import functools
+    import sys
+
+    import yaml
+
+    from bench import tiger_beams, tiger_train
+    from bench.record import record
+    from tests.test_configs import ROOT, TINY_DATA, tiny_sids
+
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    sids = tiny_sids(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    bench_file = tmp_path / "benchmarks.md"
+    for module in (tiger_train, tiger_beams):
+        monkeypatch.setattr(module, "record", functools.partial(record, path=bench_file))
+    flags = ["--data", str(data), "--model", str(ROOT / "configs/tiger/synthetic.yaml"), "--sids", sids,
+             "--set", "trainer.accelerator=cpu", "--set", "trainer.enable_progress_bar=false", "--set", "trainer.logger=false"]
+    monkeypatch.setattr(sys, "argv", ["tiger_train", *flags, "--set", "trainer.max_epochs=1", "--set", "data.init_args.batch_size=16",
+                                      "--fit-only", "--out", str(tmp_path / "fit.json")])
+    tiger_train.main()
+    checkpoint = tmp_path / "checkpoints/synthetic/tiger/checkpoints/last.ckpt"
+    monkeypatch.setattr(sys, "argv", ["tiger_beams", *flags, "--ckpt", str(checkpoint), "--beams", "10,40", "--exact-users", "16", "--exact-batch", "8"])
+    tiger_beams.main()
+    rows = [line.split(" | ") for line in bench_file.read_text().splitlines() if line.startswith("| tiny |")]
+    assert [row[3] for row in rows] == ["10", "40"]
+    found = [float(row[11]) for row in rows]  # share of the exhaustive top 10 in the beam's list
+    assert 0.0 < found[0] <= found[1] <= 1.0
