@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 
 from genrec.artifacts import atomic_path
 from genrec.data.sequences import SequenceData
+from genrec.encode import CF_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def cooccurrence(data: SequenceData, window: int = 3):
     return sp.coo_matrix((torch.cat(weights).numpy(), (rows_t, cols_t)), shape=(n, n)).tocsr()
 
 
-def ppmi(counts) -> object:
+def ppmi(counts):  # scipy.sparse matrices (scipy is imported lazily)
     """Positive pointwise mutual information of a symmetric count matrix (scipy CSR in, CSR out)."""
     import scipy.sparse as sp
 
@@ -116,7 +117,7 @@ def encode_interactions(
         log.warning("%d of %d items co-occur with no other item in training: random unit embeddings", isolated, data.num_items)
     metadata = {
         **(settings or {}),
-        "model": "cf",
+        "model": CF_MODEL,
         "cf_dim": str(dim),
         "cf_window": str(window),
         "num_items": str(data.num_items),

@@ -328,12 +328,8 @@ def encode_catalog(
         "data": data_name,
         "dtype": dtype,
     }
-    if output.is_file():
-        existing = embedding_metadata(output)
-        if all(existing.get(k) == v for k, v in settings.items()):
-            log.info("embeddings %s exist with the same settings: reused", output)
-            return output
-        log.warning("embeddings %s exist with other settings: recomputing", output)
+    if _reusable(output, settings):
+        return output
 
     parts = output.with_name(output.name + ".parts")
     marker = parts / "settings.json"
@@ -404,11 +400,21 @@ def encode_items(data: SequenceData, output: str | Path | None = None, encoder: 
     interactions = hashlib.sha256(data.offsets.numpy().tobytes() + data.items.numpy().tobytes()).hexdigest()
     settings = {**{k: str(v) for k, v in encoder.settings().items()}, "interactions_sha256": interactions}
     expected = {**settings, "num_items": str(data.num_items), "catalog_fingerprint": data.catalog.fingerprint()}
-    if output.is_file() and all(embedding_metadata(output).get(k) == v for k, v in expected.items()):
-        log.info("embeddings %s exist with the same settings: reused", output)
+    if _reusable(output, expected):
         return output
     dtype = options.get("dtype", "float32")
     return encode_interactions(data, output, encoder.cf_dim, encoder.cf_window, dtype=dtype, data_name=data_name, settings=settings)
+
+
+def _reusable(output: Path, settings: dict[str, str]) -> bool:
+    """Whether ``output`` exists and its metadata records every one of ``settings`` (logged either way)."""
+    if not output.is_file():
+        return False
+    if all(embedding_metadata(output).get(k) == v for k, v in settings.items()):
+        log.info("embeddings %s exist with the same settings: reused", output)
+        return True
+    log.warning("embeddings %s exist with other settings: recomputing", output)
+    return False
 
 
 def _merge(output: Path, parts: Path, catalog: ItemCatalog, settings: dict[str, str], seconds: float, encoded: int, dtype: str) -> None:
