@@ -183,15 +183,16 @@ def run_scaling_command(args: Sequence[str]) -> Path:
     parser.add_class_arguments(ScalingConfig, as_group=False)
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i (independent jobs, e.g. one per GPU)")
     parser.add_argument("--collect_only", type=bool, default=False, help="fit and report the finished runs, train nothing")
+    parser.add_argument("--only", type=list[str] | None, default=None, help='train only these sweeps, e.g. [tiger]')
     config = parser.parse_args(list(args))
-    values = {k: v for k, v in vars(config).items() if k not in ("config", "__path__", "shard", "collect_only")}
+    values = {k: v for k, v in vars(config).items() if k not in ("config", "__path__", "shard", "collect_only", "only")}
     values["sweeps"] = {k: (vars(v) if not isinstance(v, dict) else v) for k, v in values["sweeps"].items()}
     try:
         index, count = (int(x) for x in str(config.shard).split("/"))
     except ValueError:
         raise ValueError(f"--shard must look like i/n, got {config.shard!r}") from None
     report = run_scaling(ScalingConfig(**values), command="python train.py scaling " + " ".join(args), shard=(index, count),
-                         collect_only=config.collect_only)
+                         collect_only=config.collect_only, only=config.only)
     print(f"report: {report}")
     return report
 

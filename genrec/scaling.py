@@ -371,17 +371,18 @@ def _path(counts: np.ndarray, steps: int = 16) -> np.ndarray:
     return np.concatenate([dense, counts[-1:]], axis=0)
 
 
-def plot_scaling(fits_and_points: Mapping[str, tuple[ScalingFit, Sequence[ScalingPoint]]],
+def plot_scaling(fits_and_points: Mapping[str, tuple[ScalingFit | None, Sequence[ScalingPoint]]],
                  path: str | os.PathLike[str], metric_label: str = "Recall@k") -> Path:
     """Plot Recall@k against total parameters with the fitted law, one series per entry.
 
     Points are the mean ± std over seeds (ddof 1) of each distinct configuration. The line is
     the fitted law along the measured configurations sorted by total size: interpolated
     geometrically between them when they form a ladder (every count non-decreasing), else the
-    fitted value at each configuration (``x``) joined by a thin line. Written atomically as PNG.
+    fitted value at each configuration (``x``) joined by a thin line; a series without a fit
+    (too few points) is drawn as points only. Written atomically as PNG.
 
     Args:
-        fits_and_points: legend label -> (fit, its points).
+        fits_and_points: legend label -> (fit or ``None``, its points).
         path: destination ``.png``.
         metric_label: y-axis label.
 
@@ -399,7 +400,10 @@ def plot_scaling(fits_and_points: Mapping[str, tuple[ScalingFit, Sequence[Scalin
         for i, (name, (fit, points)) in enumerate(fits_and_points.items()):
             color = f"C{i}"
             counts, total, mean, std = _grouped(points)
-            ax.errorbar(total, mean, yerr=std, fmt="o", color=color, capsize=3, label=f"{name} (data)")
+            ax.errorbar(total, mean, yerr=std, fmt="o", color=color, capsize=3,
+                        label=f"{name} (data{'' if fit is not None else ', not fitted'})")
+            if fit is None:
+                continue
             # A ladder (every count non-decreasing with size) gets a smooth curve; scattered
             # configurations get the fitted value at each, joined in size order.
             ladder = bool(np.all(np.diff(counts, axis=0) >= 0))

@@ -20,13 +20,16 @@ ones (0 from scratch).
 
 Independent jobs: ``--shard i/n`` runs every n-th run starting at i (e.g. one process per GPU:
 ``CUDA_VISIBLE_DEVICES=1 python train.py scaling --config ... --shard 1/2``), ``--collect_only
-true`` fits and reports from the results present, without training.
+true`` fits and reports from the results present, without training, and ``--only [tiger]`` trains
+only the named sweeps (the report still covers all of them).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -61,12 +64,16 @@ class Sweep:
         presets: size preset names (``python train.py presets``), smallest first.
         paradigm: ``sid`` (SID-based GR) or ``llm`` (LLM-as-RS): which law is fitted.
         overrides: extra command-line arguments of every run of this sweep.
+        preset_overrides: preset -> extra arguments of that preset's runs, after ``overrides``
+            (e.g. a lower learning rate, or a half batch with ``accumulate_grad_batches: 2``, which
+            keeps the optimizer step of the others while halving the activation memory).
     """
 
     model: str
     presets: list[str]
     paradigm: Literal["sid", "llm"] = "sid"
     overrides: list[str] = field(default_factory=list)
+    preset_overrides: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,6 +116,9 @@ class ScalingConfig:
                 raise ValueError(f"sweep {name!r}: paradigm must be 'sid' or 'llm', got {sweep.paradigm!r}")
             if not sweep.presets:
                 raise ValueError(f"sweep {name!r} lists no presets")
+            stray = sorted(set(sweep.preset_overrides) - set(sweep.presets))
+            if stray:
+                raise ValueError(f"sweep {name!r}: preset_overrides for presets it does not sweep: {stray}")
         if not self.seeds:
             raise ValueError("scaling needs at least one seed")
 
@@ -172,8 +182,13 @@ def _sids(config: ScalingConfig, pipeline: PipelineConfig) -> Path | None:
     return run_sid_stages(pipeline)
 
 
-def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int] = (0, 1), collect_only: bool = False) -> Path:
+def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int] = (0, 1), collect_only: bool = False,
+                only: Sequence[str] | None = None) -> Path:
     """Train the runs of this shard (skipping finished ones), then fit and report every sweep.
+
+    Args:
+        only: train only these sweeps' runs (e.g. ``["tiger"]``: one job per paradigm, each on
+            the machine it suits); the shards split those runs; the report still covers every sweep.
 
     Returns:
         the path of ``scaling.md``.
@@ -181,7 +196,10 @@ def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int]
     index, count = shard
     if not 0 <= index < count:
         raise ValueError(f"shard {index}/{count}: need 0 <= i < n")
-    runs = config.runs()
+    unknown = sorted(set(only or ()) - set(config.sweeps))
+    if unknown:
+        raise ValueError(f"--only names no sweep of {config.name!r}: {unknown} (sweeps: {sorted(config.sweeps)})")
+    runs = [r for r in config.runs() if only is None or r[1] in only]
     pipeline = PipelineConfig(name=config.name, data=config.data, encoder=config.encoder, tokenizer=config.tokenizer,
                               root=config.root, overrides={k: config.overrides.get(k, []) for k in ("data", "tokenize")})
     config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -195,7 +213,8 @@ def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int]
                 continue
             sweep = config.sweeps[sweep_name]
             pipeline.models = {run: sweep.model}
-            pipeline.overrides[run] = [*sweep.overrides, "--model.init_args.preset", preset, "--seed_everything", str(seed)]
+            pipeline.overrides[run] = [*sweep.overrides, *sweep.preset_overrides.get(preset, []),
+                                       "--model.init_args.preset", preset, "--seed_everything", str(seed)]
             log.info("scaling run %d/%d: %s", k + 1, len(runs), run)
             run_model(pipeline, run, sweep.model, sids if model_class(sweep.model) in SID_MODELS else None)
     return write_scaling_report(config, sids, command)
@@ -241,11 +260,16 @@ def write_scaling_report(config: ScalingConfig, sids: Path | None, command: str)
     run_dir.mkdir(parents=True, exist_ok=True)
     collected = collect_points(config, sids)
     metric = config.metric
+    # The runs may have trained elsewhere (a GPU machine) than where the report is written.
+    trained_on = Counter(e[3].get("device", "unknown") for entries in collected.values() for e in entries)
+    trained = ", ".join(f"{name} ({n} runs)" for name, n in sorted(trained_on.items())) or "no runs yet"
     lines = [f"# Scaling study: {config.name}", "", f"Command: `{command}`", "",
-             f"Data: `{config.data}`; seeds {config.seeds}; metric test {metric}; device: {device_name()}.", ""]
+             f"Data: `{config.data}`; seeds {config.seeds}; metric test {metric}; trained on {trained}; "
+             f"report written on {device_name()}.", ""]
     lines += ["| sweep | paradigm | preset | parameters (trained) | seeds done | "
               f"test {metric} mean ± std | test ndcg@10 mean | cold {metric} mean | train s mean |", "|---|---|---|---|---|---|---|---|---|"]
-    summary: dict[str, Any] = {"name": config.name, "metric": metric, "command": command, "device": device_name(), "sweeps": {}}
+    summary: dict[str, Any] = {"name": config.name, "metric": metric, "command": command, "device": device_name(),
+                               "trained_on": dict(trained_on), "sweeps": {}}
     plotted = {}
     missing = [run for run, *_ in config.runs() if not (run_dir / run / "result.json").is_file()]
     for sweep_name, sweep in config.sweeps.items():
@@ -280,6 +304,8 @@ def write_scaling_report(config: ScalingConfig, sids: Path | None, command: str)
             if len(larger) >= MIN_FIT_POINTS:
                 held = held_out_error(points, sweep.paradigm)
                 record["held_out"] = {"size": held.size, "observed": held.observed, "predicted": held.predicted, "abs_error": held.abs_error}
+        elif points:
+            plotted[f"{sweep_name} ({sweep.paradigm})"] = (None, points)
         summary["sweeps"][sweep_name] = record
     lines += ["", "## Fitted laws", "",
               "`Recall = R0 - A / N_SI^a - B / N_CF^b`, counts in millions (genrec/scaling.py has both paradigms' forms).", ""]
@@ -299,7 +325,9 @@ def write_scaling_report(config: ScalingConfig, sids: Path | None, command: str)
                  f"{held['predicted']:.4f}, error {held['abs_error']:.4f}.") if held else "; held-out check needs 7 points below the largest size."
         lines.append(text)
     if missing:
-        lines += ["", f"Not run yet ({len(missing)}): " + ", ".join(missing) + ". Re-run the command to train them (finished runs are skipped)."]
+        started = [run for run in missing if (run_dir / run).is_dir()]
+        lines += ["", f"Not run yet ({len(missing)}): " + ", ".join(missing) + ". Re-run the command to train them (finished runs are skipped"
+                  + (f"; {', '.join(started)} started without finishing and resume from their last.ckpt" if started else "") + ")."]
     if plotted:
         plot_scaling(plotted, run_dir / "scaling.png", metric_label=f"test {metric}")
         lines += ["", "![scaling](scaling.png)"]

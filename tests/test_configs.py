@@ -68,7 +68,7 @@ def test_encode_config(config, tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "emb.safetensors"
     encoder = yaml.safe_load((ROOT / config).read_text())["encoder"]
-    small = ["--encoder.cf_dim", "8"] if encoder["model"] == "cf" else []  # the tiny catalogue has 60 items
+    small = ["--encoder.cf_dim", "8"] if encoder["model"] == "cf" or encoder.get("cf_weight") else []  # the tiny catalogue has 60 items
     path = run_encode(["--config", tiny_data, "--config", config, *small, "--encode.output", str(out), "--encode.accelerator", "cpu"])
     meta = embedding_metadata(path)
     items = run_data(["--config", tiny_data])["stats"]["items"]
@@ -229,6 +229,8 @@ def test_scaling_config(config, tiny_data, tmp_path, monkeypatch, one_thread):
             "--data.init_args.batch_size", "8", "--data.init_args.eval_batch_size", "8"]
     for sweep in settings["sweeps"].values():
         sweep["overrides"] = [*sweep.get("overrides", []), *fast]
+        # A preset's own arguments come after the sweep's: the small batch must win there too.
+        sweep["preset_overrides"] = {p: [*extra, *fast] for p, extra in sweep.get("preset_overrides", {}).items()}
         if "lm/" in sweep["model"]:  # a narrow one-layer LM: the 49k-token vocabulary dominates its cost
             sweep["overrides"] += ["--model.init_args.max_prompt_tokens", "64", "--model.init_args.beam_width", "10"]
     settings.update(data=tiny_data, seeds=[0], root=str(tmp_path))

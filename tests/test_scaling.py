@@ -117,6 +117,14 @@ def test_plot_written(tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["scaling.png"]
 
 
+def test_plot_draws_a_series_without_a_fit_as_points(tmp_path):
+    sid = sid_points(n=12)
+    fit = fit_scaling_law(sid, "sid", starts=4)
+    alone = plot_scaling({"SID-based GR": (fit, sid)}, tmp_path / "alone.png").read_bytes()
+    both = plot_scaling({"SID-based GR": (fit, sid), "LLM-as-RS": (None, llm_points(n=3))}, tmp_path / "both.png").read_bytes()
+    assert both[:8] == b"\x89PNG\r\n\x1a\n" and both != alone  # the unfitted series is drawn, not dropped
+
+
 def test_too_few_points():
     with pytest.raises(ValueError, match="need at least 7 points"):
         fit_scaling_law(sid_points(n=6), "sid")

@@ -32,19 +32,29 @@ def _config(tmp_path, seeds=(0, 1, 2)) -> ScalingConfig:
     )
 
 
+class _Calls(list):
+    """The runs trained, in order; ``overrides``: run -> its command-line overrides."""
+
+    def __init__(self):
+        super().__init__()
+        self.overrides: dict[str, list[str]] = {}
+
+
 @pytest.fixture
 def fake_training(tmp_path, monkeypatch):
     """Replace training by a result.json whose recall follows TRUTH (plus seeded noise); record the calls."""
     (tmp_path / "sids.safetensors").write_bytes(b"")
-    calls = []
+    calls = _Calls()
+    overrides = calls.overrides
 
     def run_model(pipeline, name, path, sids):
         calls.append(name)
+        overrides[name] = pipeline.overrides[name]
         preset, seed = name.split("-")[1], int(name.rsplit("-s", 1)[1])
         params = nominal_size(preset) if name.startswith("tiger") else {"1m": 7.3e6, "10m": 25.6e6}[preset]
         recall = TRUTH["r0"] - TRUTH["a"] / (params / 1e6) ** TRUTH["alpha"] + np.random.default_rng(seed).normal(0, 2e-4)
         result = {"parameters": int(params), "trainable_parameters": int(params),
-                  "metrics": {"test/recall@10": recall, "test/ndcg@10": recall / 2}, "train_seconds": 1.0}
+                  "metrics": {"test/recall@10": recall, "test/ndcg@10": recall / 2}, "train_seconds": 1.0, "device": "FakeGPU"}
         write_json(pipeline.run_dir / name / "result.json", result)
         return result
 
@@ -65,6 +75,7 @@ def test_shards_then_fit_and_report(tmp_path, fake_training):
     report = run_scaling(config, shard=(1, 2)).read_text()
     assert fake_training == runs[1::2]
     assert "Not run yet" not in report
+    assert "trained on FakeGPU (21 runs); report written on" in report  # the runs' device, not the reporting machine's
     assert "| tiger | sid | 13m |" in report and "3/3" in report
 
     summary = read_json(tmp_path / "runs" / "study" / "scaling.json")
@@ -81,9 +92,37 @@ def test_shards_then_fit_and_report(tmp_path, fake_training):
 
 def test_collect_only_trains_nothing(tmp_path, fake_training):
     config = _config(tmp_path, seeds=(0,))
+    (tmp_path / "runs" / "study" / "tiger-13m-s0").mkdir(parents=True)  # killed before its result.json
     run_scaling(config, collect_only=True)
     assert fake_training == []
-    assert "Not run yet (7)" in (tmp_path / "runs" / "study" / "scaling.md").read_text()
+    report = (tmp_path / "runs" / "study" / "scaling.md").read_text()
+    assert "Not run yet (7)" in report and "trained on no runs yet" in report
+    assert "tiger-13m-s0 started without finishing and resume from their last.ckpt" in report
+
+
+def test_only_trains_the_named_sweeps_split_over_shards(tmp_path, fake_training):
+    config = _config(tmp_path, seeds=(0,))
+    report = run_scaling(config, shard=(1, 2), only=["lm"]).read_text()
+    assert fake_training == ["lm-10m-s0"]  # the lm runs are lm-1m-s0, lm-10m-s0; shard 1/2 takes the second
+    assert "Not run yet (6)" in report and "tiger-336k-s0" in report
+    fake_training.clear()
+    with pytest.raises(ValueError, match=r"--only names no sweep of 'study': \['gpt'\]"):
+        run_scaling(config, only=["gpt"])
+    with pytest.raises(ValueError, match=r"--only names no sweep of 'scaling-synthetic': \['gpt'\]"):
+        main(["scaling", "--config", "configs/scaling/synthetic.yaml", "--root", str(tmp_path / "cli"), "--only", "[gpt]"])
+    assert fake_training == []
+
+
+def test_preset_overrides_reach_only_their_preset_after_the_sweep_overrides(tmp_path, fake_training):
+    config = _config(tmp_path, seeds=(0,))
+    config.sweeps["tiger"].overrides = ["--model.init_args.lr", "0.004"]
+    config.sweeps["tiger"].preset_overrides = {"43m": ["--model.init_args.lr", "0.002"]}
+    run_scaling(config, only=["tiger"])
+    big, small = fake_training.overrides["tiger-43m-s0"], fake_training.overrides["tiger-13m-s0"]
+    assert big[:4] == ["--model.init_args.lr", "0.004", "--model.init_args.lr", "0.002"]  # the later value wins
+    assert "0.002" not in small and small[-4:] == ["--model.init_args.preset", "13m", "--seed_everything", "0"]
+    with pytest.raises(ValueError, match=r"sweep 't': preset_overrides for presets it does not sweep: \['88m'\]"):
+        ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": ["43m"], "preset_overrides": {"88m": []}}})
 
 
 def test_bad_settings(tmp_path, fake_training):

@@ -63,6 +63,9 @@ from genrec.models.tiger import fused_adamw, lr_schedule
 
 log = logging.getLogger(__name__)
 
+LOSS_CHUNK_ROWS = 4096
+"""Target tokens per float32 chunk of the val/test loss (4,096 x 49,152 logits = 0.8 GB)."""
+
 Stage = Literal["train", "val", "test"]
 
 DEFAULT_PROMPT = "A user bought these items, oldest first:\n{history}The next item the user buys is:"
@@ -591,7 +594,15 @@ class LMRecModule(L.LightningModule):
             raise ValueError("loss() needs inputs built with with_target=True")
         logits = self(inputs, logits_to_keep=width + 1)[:, :-1]  # position t predicts token t + 1
         labels = inputs.labels[:, -width:]
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        keep = labels != -100
+        picked, targets = logits[keep], labels[keep]  # [T, V], [T]: padding positions never reach float32
+        if torch.is_grad_enabled():
+            return F.cross_entropy(picked.float(), targets)
+        # Without a backward pass, the float32 copy is made a chunk at a time: val/test batches
+        # are large (eval_batch_size x target width x vocabulary).
+        total = sum(F.cross_entropy(picked[i : i + LOSS_CHUNK_ROWS].float(), targets[i : i + LOSS_CHUNK_ROWS], reduction="sum")
+                    for i in range(0, len(targets), LOSS_CHUNK_ROWS))
+        return total / len(targets)
 
     def model_step(self, batch: SeqBatch, stage: Stage) -> Tensor:
         """Loss of the batch (teacher forcing); on val/test also beam search and metric updates."""

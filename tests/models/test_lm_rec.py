@@ -133,6 +133,16 @@ def test_loss_is_cross_entropy_of_target_tokens_only(module, batch):
     assert torch.equal(touched[:, :-1], inputs.labels[:, 1:] != -100)
 
 
+def test_eval_loss_in_float32_chunks_equals_the_training_loss(module, batch, monkeypatch):
+    inputs = module.lm_inputs(batch)
+    whole = module.loss(inputs)  # grad enabled: one float32 cross-entropy over every target token
+    monkeypatch.setattr("genrec.models.lm_rec.LOSS_CHUNK_ROWS", 7)  # several chunks, the last one short
+    assert int((inputs.labels != -100).sum()) % 7 != 0
+    with torch.no_grad():
+        chunked = module.loss(inputs)
+    assert torch.allclose(chunked, whole.detach(), atol=1e-6)
+
+
 def test_prompt_keeps_the_most_recent_items_within_budget(datamodule):
     m = tiny_module(max_prompt_tokens=60)
     m.attach_items(datamodule.data.catalog)
