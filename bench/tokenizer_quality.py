@@ -23,7 +23,7 @@ import torch
 
 from bench.record import record
 from genrec.cli import run_tokenize
-from genrec.encode import embedding_metadata
+from genrec.encode import embedding_label
 from genrec.quantize.semantic_ids import SemanticIDs
 
 VARIANTS = {
@@ -53,7 +53,7 @@ def main() -> None:
             q = sids.quality
             match = q.get("next_item_prefix_match", [])
             rows.append({
-                "embeddings": embedding_metadata(args.embeddings).get("model", "?"),
+                "embeddings": embedding_label(args.embeddings),
                 "tokenizer": name,
                 "items": q["num_items"],
                 "codes used per level": " / ".join(f"{lv['fraction_used']:.1%}" for lv in q["per_level"]),

@@ -21,9 +21,10 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,7 +82,12 @@ class EncoderConfig:
         gguf_file: GGUF file name inside ``model`` (set automatically for ``smollm2``).
         cf_dim: embedding size of the ``cf`` encoder (``model: cf`` embeds items from the
             training interactions instead of text: :mod:`genrec.collaborative`).
-        cf_window: positions within which two items of a sequence co-occur (``cf`` only).
+        cf_window: positions within which two items of a sequence co-occur (``cf``, or a
+            text model with ``cf_weight``).
+        cf_weight: for a text model, > 0 makes *hybrid* embeddings: the L2-normalised text
+            embedding followed by ``sqrt(cf_weight)`` x the L2-normalised ``cf`` one, so a squared
+            distance is the text one plus ``cf_weight`` x the collaborative one (the tokenizer
+            quantizes both at once). 0: text only.
     """
 
     model: str = "minilm"
@@ -91,14 +97,25 @@ class EncoderConfig:
     gguf_file: str | None = None
     cf_dim: int = 64
     cf_window: int = 3
+    cf_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.cf_weight < 0:
+            raise ValueError(f"encoder cf_weight must be >= 0, got {self.cf_weight}")
+
+    @property
+    def hybrid(self) -> bool:
+        """Text embeddings with collaborative ones appended (``cf_weight > 0``)."""
+        return self.model != CF_MODEL and self.cf_weight > 0
 
     def settings(self) -> dict[str, Any]:
-        """The fields that change the embeddings: the ``cf_*`` ones only for ``model: cf``, the
-        text ones only for a text model (so adding an option of one kind renames no file of the other)."""
+        """The fields that change the embeddings: the ``cf_*`` ones only for ``model: cf`` or a
+        hybrid, the text ones only for a text model (so adding an option of one kind renames no
+        file of the other)."""
         fields = asdict(self)
         if self.model == CF_MODEL:
             return {k: v for k, v in fields.items() if k in ("model", "cf_dim", "cf_window")}
-        return {k: v for k, v in fields.items() if not k.startswith("cf_")}
+        return {k: v for k, v in fields.items() if not k.startswith("cf_") or self.hybrid}
 
 
 CF_MODEL = "cf"
@@ -392,6 +409,8 @@ def encode_items(data: SequenceData, output: str | Path | None = None, encoder: 
         The path of the ``[num_items, dim]`` embedding file.
     """
     encoder = encoder or EncoderConfig()
+    if encoder.hybrid:
+        return _encode_hybrid(data, output, encoder, data_name, **options)
     if encoder.model != CF_MODEL:
         return encode_catalog(data.catalog, output, encoder, data_name=data_name, **options)
     from genrec.collaborative import encode_interactions
@@ -404,6 +423,48 @@ def encode_items(data: SequenceData, output: str | Path | None = None, encoder: 
         return output
     dtype = options.get("dtype", "float32")
     return encode_interactions(data, output, encoder.cf_dim, encoder.cf_window, dtype=dtype, data_name=data_name, settings=settings)
+
+
+def embedding_label(path: str | Path) -> str:
+    """A short name of what an embedding file holds: ``minilm``, ``cf``, ``minilm+cf (cf_weight 0.5)``."""
+    meta = embedding_metadata(path)
+    name = Path(meta.get("model", "?").rstrip("/")).name
+    weight = float(meta.get("cf_weight") or 0)
+    return f"{name}+cf (cf_weight {weight:g})" if name != CF_MODEL and weight > 0 else name
+
+
+def _encode_hybrid(data: SequenceData, output: str | Path | None, encoder: EncoderConfig, data_name: str, **options: Any) -> Path:
+    """Text and ``cf`` embeddings (each made, or reused, as on their own) joined into one
+    ``[num_items, text dim + cf_dim]`` table: ``[t / |t|, sqrt(cf_weight) * c / |c|]``."""
+    template = options.get("template", DEFAULT_TEMPLATE)
+    dtype = options.get("dtype", "float32")
+    # The parts: at their own default paths (shared with text-only and cf runs), or beside an
+    # explicit output (``<stem>.text.safetensors``, ``<stem>.cf.safetensors``).
+    output = Path(output) if output else None
+    text_out, cf_out = (None, None) if output is None else (output.with_name(f"{output.stem}.{part}.safetensors") for part in ("text", "cf"))
+    text_path = encode_catalog(data.catalog, text_out, replace(encoder, cf_weight=0.0), data_name=data_name, **options)
+    cf_path = encode_items(data, cf_out, EncoderConfig(model=CF_MODEL, cf_dim=encoder.cf_dim, cf_window=encoder.cf_window),
+                           data_name=data_name, dtype=dtype)
+    parts_digest = hashlib.sha256(text_path.read_bytes() + cf_path.read_bytes()).hexdigest()
+    output = output or default_output(data_name, encoder, template)
+    settings = {**{k: ("" if v is None else str(v)) for k, v in encoder.settings().items()}, "template": template,
+                "num_items": str(data.num_items), "catalog_fingerprint": data.catalog.fingerprint(), "data": data_name,
+                "dtype": dtype, "parts_sha256": parts_digest}
+    if _reusable(output, settings):
+        return output
+    started = time.perf_counter()
+    tables = []
+    for path in (text_path, cf_path):
+        with safe_open(str(path), "pt") as f:
+            tables.append(torch.nn.functional.normalize(f.get_tensor("embeddings").float(), dim=1))
+    table = torch.cat([tables[0], math.sqrt(encoder.cf_weight) * tables[1]], dim=1)
+    _check(table, data.catalog)
+    metadata = {**settings, "dim": str(table.shape[1]), "text_dim": str(tables[0].shape[1]), "text_embeddings": str(text_path),
+                "cf_embeddings": str(cf_path), "encode_seconds": f"{time.perf_counter() - started:.2f}", "items_encoded": str(data.num_items)}
+    with atomic_path(output) as tmp:
+        save_file({"embeddings": table.to(getattr(torch, dtype)).contiguous()}, str(tmp), metadata=metadata)
+    log.info("wrote %s: text %s + %.3g x cf %s, %d x %d", output, text_path.name, encoder.cf_weight, cf_path.name, *table.shape)
+    return output
 
 
 def _reusable(output: Path, settings: dict[str, str]) -> bool:
@@ -441,7 +502,7 @@ def _check(table: torch.Tensor, catalog: ItemCatalog) -> None:
 
 def default_output(data_name: str, encoder: EncoderConfig, template: str) -> Path:
     """``checkpoints/<data>/embeddings/<model>-<digest>.safetensors``: one file per setting."""
-    short = Path(encoder.model.rstrip("/")).name
+    short = Path(encoder.model.rstrip("/")).name + ("+cf" if encoder.hybrid else "")
     digest = config_digest({**encoder.settings(), "template": template})
     return Path("checkpoints") / (data_name or "data") / "embeddings" / f"{short}-{digest}.safetensors"
 
@@ -452,6 +513,7 @@ __all__ = [
     "EncoderModule",
     "TextEncoder",
     "default_output",
+    "embedding_label",
     "embedding_metadata",
     "encode_catalog",
     "encode_items",

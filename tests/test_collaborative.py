@@ -7,7 +7,7 @@ from genrec.collaborative import cf_embeddings, cooccurrence
 from genrec.data.catalog import Item
 from genrec.data.formats.base import RawData
 from genrec.data.sequences import SequenceData, build_sequences
-from genrec.encode import embedding_metadata
+from genrec.encode import embedding_label, embedding_metadata
 from genrec.quantize.semantic_ids import SemanticIDs
 
 
@@ -98,3 +98,39 @@ def test_encode_cf_is_reused_and_tokenizes(tmp_path, monkeypatch):
                               "--tokenize.output", str(tmp_path / "sids.safetensors"), "--tokenize.accelerator", "cpu"])
     sids = SemanticIDs.load(sids_path)
     assert sids.num_items == 50 and sids.table.shape[1] == 3
+
+
+def test_hybrid_embeddings_join_normalised_text_and_scaled_cf(tmp_path, monkeypatch):
+    import yaml
+    from safetensors.torch import load_file
+
+    from genrec.encode import EncoderConfig
+
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text(yaml.safe_dump({"data": {"class_path": "genrec.data.SequenceDataModule", "init_args": {
+        "name": "tiny", "kcore": 0, "source": {"class_path": "genrec.data.synthetic.SyntheticSource",
+                                                "init_args": {"num_users": 60, "num_items": 50, "num_categories": 4, "max_length": 10}}}}}))
+    out = tmp_path / "hybrid.safetensors"
+    args = ["--config", str(data_yaml), "--encoder.model", "minilm", "--encoder.cf_dim", "8", "--encoder.cf_weight", "0.25",
+            "--encode.output", str(out), "--encode.accelerator", "cpu"]
+    path = run_encode(args)
+    meta = embedding_metadata(path)
+    assert (meta["model"], meta["cf_weight"], meta["dim"], meta["text_dim"]) == ("minilm", "0.25", "392", "384")
+    table = load_file(str(path))["embeddings"]
+    text = load_file(meta["text_embeddings"])["embeddings"]
+    cf = load_file(meta["cf_embeddings"])["embeddings"]
+    assert torch.allclose(table[:, :384], torch.nn.functional.normalize(text, dim=1), atol=1e-6)
+    assert torch.allclose(table[:, 384:], 0.5 * torch.nn.functional.normalize(cf, dim=1), atol=1e-6)  # sqrt(0.25)
+    assert embedding_metadata(meta["cf_embeddings"])["cf_dim"] == "8"
+    assert meta["cf_embeddings"] == str(tmp_path / "hybrid.cf.safetensors")  # an explicit output keeps its parts beside it
+    assert (embedding_label(path), embedding_label(meta["cf_embeddings"]), embedding_label(meta["text_embeddings"])) == \
+        ("minilm+cf (cf_weight 0.25)", "cf", "minilm")
+    stamp = out.stat().st_mtime_ns
+    assert run_encode(args) == out and out.stat().st_mtime_ns == stamp  # same settings and parts: reused
+    run_encode([*args[:7], "1.0", *args[8:]])
+    assert torch.allclose(load_file(str(out))["embeddings"][:, 384:].norm(dim=1), torch.ones(50), atol=1e-5)  # recomputed
+    # Text-only settings (and so their file names) do not mention the cf options.
+    assert not any(k.startswith("cf_") for k in EncoderConfig().settings())
+    assert EncoderConfig(cf_weight=0.5).settings()["cf_weight"] == 0.5
+    with pytest.raises(ValueError, match="cf_weight must be >= 0, got -1"):
+        EncoderConfig(cf_weight=-1)
