@@ -76,13 +76,19 @@ def test_dim_must_be_below_the_item_count():
         cf_embeddings(data, dim=5)
 
 
-def test_encode_cf_is_reused_and_tokenizes(tmp_path, monkeypatch):
+def _tiny_data_yaml(tmp_path):
+    """A data preset of 60 synthetic users over 50 items, written under ``tmp_path``."""
     import yaml
 
-    data_yaml = tmp_path / "data.yaml"
-    data_yaml.write_text(yaml.safe_dump({"data": {"class_path": "genrec.data.SequenceDataModule", "init_args": {
+    path = tmp_path / "data.yaml"
+    path.write_text(yaml.safe_dump({"data": {"class_path": "genrec.data.SequenceDataModule", "init_args": {
         "name": "tiny", "kcore": 0, "source": {"class_path": "genrec.data.synthetic.SyntheticSource",
                                                 "init_args": {"num_users": 60, "num_items": 50, "num_categories": 4, "max_length": 10}}}}}))
+    return path
+
+
+def test_encode_cf_is_reused_and_tokenizes(tmp_path):
+    data_yaml = _tiny_data_yaml(tmp_path)
     out = tmp_path / "cf.safetensors"
     args = ["--config", str(data_yaml), "--encoder.model", "cf", "--encoder.cf_dim", "8", "--encode.output", str(out)]
     path = run_encode(args)
@@ -100,16 +106,12 @@ def test_encode_cf_is_reused_and_tokenizes(tmp_path, monkeypatch):
     assert sids.num_items == 50 and sids.table.shape[1] == 3
 
 
-def test_hybrid_embeddings_join_normalised_text_and_scaled_cf(tmp_path, monkeypatch):
-    import yaml
+def test_hybrid_embeddings_join_normalised_text_and_scaled_cf(tmp_path):
     from safetensors.torch import load_file
 
     from genrec.encode import EncoderConfig
 
-    data_yaml = tmp_path / "data.yaml"
-    data_yaml.write_text(yaml.safe_dump({"data": {"class_path": "genrec.data.SequenceDataModule", "init_args": {
-        "name": "tiny", "kcore": 0, "source": {"class_path": "genrec.data.synthetic.SyntheticSource",
-                                                "init_args": {"num_users": 60, "num_items": 50, "num_categories": 4, "max_length": 10}}}}}))
+    data_yaml = _tiny_data_yaml(tmp_path)
     out = tmp_path / "hybrid.safetensors"
     args = ["--config", str(data_yaml), "--encoder.model", "minilm", "--encoder.cf_dim", "8", "--encoder.cf_weight", "0.25",
             "--encode.output", str(out), "--encode.accelerator", "cpu"]
