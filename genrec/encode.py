@@ -117,6 +117,10 @@ class EncoderConfig:
             return {k: v for k, v in fields.items() if k in ("model", "cf_dim", "cf_window")}
         return {k: v for k, v in fields.items() if not k.startswith("cf_") or self.hybrid}
 
+    def metadata(self) -> dict[str, str]:
+        """:meth:`settings` as the strings an embedding file records (``None`` -> ``""``)."""
+        return {k: "" if v is None else str(v) for k, v in self.settings().items()}
+
 
 CF_MODEL = "cf"
 """The encoder name of collaborative embeddings (from interactions, not text)."""
@@ -338,7 +342,7 @@ def encode_catalog(
     encoder = encoder or EncoderConfig()
     output = Path(output) if output else default_output(data_name, encoder, template)
     settings = {
-        **{k: ("" if v is None else str(v)) for k, v in encoder.settings().items()},
+        **encoder.metadata(),
         "template": template,
         "num_items": str(len(catalog)),
         "catalog_fingerprint": catalog.fingerprint(),
@@ -417,7 +421,7 @@ def encode_items(data: SequenceData, output: str | Path | None = None, encoder: 
 
     output = Path(output) if output else default_output(data_name, encoder, "")
     interactions = hashlib.sha256(data.offsets.numpy().tobytes() + data.items.numpy().tobytes()).hexdigest()
-    settings = {**{k: str(v) for k, v in encoder.settings().items()}, "interactions_sha256": interactions}
+    settings = {**encoder.metadata(), "interactions_sha256": interactions}
     expected = {**settings, "num_items": str(data.num_items), "catalog_fingerprint": data.catalog.fingerprint()}
     if _reusable(output, expected):
         return output
@@ -447,7 +451,7 @@ def _encode_hybrid(data: SequenceData, output: str | Path | None, encoder: Encod
                            data_name=data_name, dtype=dtype)
     parts_digest = hashlib.sha256(text_path.read_bytes() + cf_path.read_bytes()).hexdigest()
     output = output or default_output(data_name, encoder, template)
-    settings = {**{k: ("" if v is None else str(v)) for k, v in encoder.settings().items()}, "template": template,
+    settings = {**encoder.metadata(), "template": template,
                 "num_items": str(data.num_items), "catalog_fingerprint": data.catalog.fingerprint(), "data": data_name,
                 "dtype": dtype, "parts_sha256": parts_digest}
     if _reusable(output, settings):

@@ -64,7 +64,7 @@ from genrec.models.tiger import fused_adamw, lr_schedule
 log = logging.getLogger(__name__)
 
 LOSS_CHUNK_ROWS = 4096
-"""Target tokens per float32 chunk of the val/test loss (4,096 x 49,152 logits = 0.8 GB)."""
+"""Target tokens per float32 chunk of the LM loss (4,096 x 49,152 logits = 0.8 GB)."""
 
 Stage = Literal["train", "val", "test"]
 
@@ -596,10 +596,8 @@ class LMRecModule(L.LightningModule):
         labels = inputs.labels[:, -width:]
         keep = labels != -100
         picked, targets = logits[keep], labels[keep]  # [T, V], [T]: padding positions never reach float32
-        if torch.is_grad_enabled():
-            return F.cross_entropy(picked.float(), targets)
-        # Without a backward pass, the float32 copy is made a chunk at a time: val/test batches
-        # are large (eval_batch_size x target width x vocabulary).
+        # The float32 copy is made a chunk at a time: without a backward pass (val/test, whose
+        # batches are large) only one chunk is alive at once.
         total = sum(F.cross_entropy(picked[i : i + LOSS_CHUNK_ROWS].float(), targets[i : i + LOSS_CHUNK_ROWS], reduction="sum")
                     for i in range(0, len(targets), LOSS_CHUNK_ROWS))
         return total / len(targets)
