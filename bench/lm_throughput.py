@@ -39,6 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from bench.record import record
 from bench.tiger_train import peak_flops
+from genrec.models.lm_rec import apply_liger
 from genrec.models.presets import LMRecConfig, count_lm_parameters
 
 
@@ -66,17 +67,6 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, labels: t
     return total / labels.numel()
 
 
-def apply_liger(model: torch.nn.Module) -> None:
-    """Patch ``model`` (a Llama- or Qwen3-shaped ``*ForCausalLM``) in place with Liger's kernels,
-    including the fused linear + cross-entropy forward used when targets are passed."""
-    from liger_kernel.transformers import apply_liger_kernel_to_llama, apply_liger_kernel_to_qwen3
-
-    apply = {"llama": apply_liger_kernel_to_llama, "qwen3": apply_liger_kernel_to_qwen3}.get(model.config.model_type)
-    if apply is None:
-        raise SystemExit(f"+liger: no Liger kernels wired here for model type {model.config.model_type!r}")
-    apply(model=model)
-
-
 def measure(config: LMRecConfig, variant: str, batch: int, seq_len: int, steps: int, warmup: int) -> dict[str, object]:
     """Train ``steps`` timed steps of ``variant`` on random tokens; the row of the table."""
     torch.manual_seed(0)
@@ -88,7 +78,7 @@ def measure(config: LMRecConfig, variant: str, batch: int, seq_len: int, steps: 
     flags = set(variant.split("+")[1:])
     chunked, liger = "chunked" in flags, "liger" in flags
     if liger:
-        apply_liger(model)
+        apply_liger(model, fused_loss=True)
     body = model.model if chunked else model  # chunked: the decoder stack only; the head runs per chunk below
     forward = torch.compile(body) if "compile" in flags else body
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)

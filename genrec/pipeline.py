@@ -11,7 +11,7 @@ per stage. Everything goes under ``checkpoints/<name>/``:
 * ``<model>/config.yaml`` — the model's config with its checkpoint and log folders moved under
   the run (the command-line overrides come on top; the fully resolved config, overrides
   included, is the ``logs/version_N/config.yaml`` LightningCLI writes), ``<model>/checkpoints/``, ``<model>/result.json`` — test metrics,
-  parameter count, training time, device, and a digest of everything that made them;
+  parameter count, training time (summed over the segments of a resumed run), device, and a digest of everything that made them;
 * ``report.md``, ``recall_vs_params.png`` and (with SIDs) ``sid_usage.png``.
 
 A model whose ``result.json`` carries the same digest is skipped; one killed mid-training
@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import platform
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,6 +117,8 @@ def model_class(path: str) -> str:
 
 def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None) -> dict[str, Any]:
     """Fit and test one model under ``<run>/<name>/`` unless its result is up to date."""
+    from lightning.pytorch.callbacks import Timer
+
     from genrec.cli import GenRecCLI
 
     folder = config.run_dir / name
@@ -147,9 +148,15 @@ def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None) -
     (folder / "digest").write_text(digest)
     if resume:
         log.info("%s: resuming from %s", name, resume)
-    started = time.perf_counter()
+    # Training time through Lightning's Timer (the trainer's own when max_time is set): its state
+    # travels in the checkpoint, so a resumed run reports the time of every segment up to its last
+    # checkpoint, not only the time since the restart.
+    timer = next((c for c in cli.trainer.callbacks if isinstance(c, Timer)), None)
+    if timer is None:
+        timer = Timer(verbose=False)
+        cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(resume) if resume else None)
-    train_seconds = time.perf_counter() - started
+    train_seconds = timer.time_elapsed("train")
     callback = cli.trainer.checkpoint_callback
     best = getattr(callback, "best_model_path", "") if callback is not None else ""
     metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)[0]
@@ -161,6 +168,7 @@ def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None) -
         "metrics": {k: float(v) for k, v in metrics.items()},
         "train_seconds": round(train_seconds, 1),
         "epochs": cli.trainer.current_epoch,
+        "resumed": resume is not None,
         "checkpoint": best,
         "device": device_name(),
         "digest": digest,

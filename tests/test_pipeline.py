@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import time
 
 import pytest
 import torch
@@ -99,6 +100,7 @@ def test_killed_model_stage_resumes_from_last_checkpoint(tmp_path, monkeypatch, 
         started.append(module.current_epoch)
         if module.current_epoch == 2:
             raise RuntimeError("killed")
+        time.sleep(0.6)  # epochs 0 and 1 take >= 1.2 s: time the resumed run must still report
 
     monkeypatch.setattr(SASRecModule, "on_train_epoch_start", killed_in_epoch_2)
     with pytest.raises(RuntimeError, match="killed"):
@@ -115,4 +117,7 @@ def test_killed_model_stage_resumes_from_last_checkpoint(tmp_path, monkeypatch, 
     assert "sasrec: resuming from" in caplog.text
     final = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert final["global_step"] == killed["global_step"] * 3 // 2  # the steps of one more epoch
-    assert read_json(folder / "result.json")["epochs"] == 3
+    result = read_json(folder / "result.json")
+    assert result["epochs"] == 3 and result["resumed"] is True
+    # the training time of the killed segment (up to its last checkpoint) is counted too
+    assert result["train_seconds"] >= 1.2

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextvars
 import copy
 import functools
+import inspect
 import logging
 import tempfile
 from collections.abc import Callable
@@ -222,6 +223,29 @@ class _BeamState:
     generated: int = 0
 
 
+def apply_liger(model: nn.Module, fused_loss: bool = False) -> None:
+    """Patch a ``*ForCausalLM`` in place with Liger's RMSNorm, RoPE and SwiGLU kernels.
+
+    Args:
+        fused_loss: also Liger's output layer fused with the cross-entropy (the model's forward
+            then returns the loss, not logits, when given labels). Off for this module, whose
+            :meth:`LMRecModule.loss` takes logits of the target positions only; on in
+            ``bench.lm_throughput``, whose loss covers every position.
+
+    Raises:
+        ValueError: when Liger has no kernels for the model's type.
+    """
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    model_type = model.config.model_type
+    apply = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model_type)
+    if apply is None:
+        raise ValueError(f"liger: Liger has no kernels for model type {model_type!r} (it has {sorted(MODEL_TYPE_TO_APPLY_LIGER_FN)})")
+    wanted = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False, "fused_linear_cross_entropy": fused_loss}
+    accepted = inspect.signature(apply).parameters  # e.g. Gemma's has geglu, not swiglu
+    apply(model=model, **{k: v for k, v in wanted.items() if k in accepted})
+
+
 def _padded(seqs: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
     """Lists of token ids -> ``[N, T]`` padded table and ``[N]`` lengths."""
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
@@ -277,6 +301,12 @@ class LMRecModule(L.LightningModule):
         gradient_checkpointing: recompute activations in the backward pass (HF, non-reentrant).
         compile: ``torch.compile`` the model for training steps (dynamic shapes: prompt lengths
             vary by batch); validation, test and beam search run it eagerly.
+        liger: patch the LM with Liger's Triton kernels (``pip install liger-kernel``; CUDA only):
+            RMSNorm, RoPE and SwiGLU of the model types Liger knows (Llama, Qwen3, Mistral, ...).
+            Its fused output-layer loss is not used: this module computes logits for the target
+            positions only. The throughput benchmark with every Liger kernel, fused loss
+            included, is in docs/benchmarks.md (LM training throughput); do not combine with
+            ``compile`` (Liger's kernels fail to trace under ``torch.compile`` there).
         cf_embedding: add a learned item-id embedding (zero-initialised, ``[num_items, hidden]``)
             to the input embeddings of each history item's line tokens (collaborative signal).
         lr: peak AdamW learning rate.
@@ -311,6 +341,7 @@ class LMRecModule(L.LightningModule):
         load_in_4bit: bool = False,
         gradient_checkpointing: bool = False,
         compile: bool = False,
+        liger: bool = False,
         cf_embedding: bool = False,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
@@ -329,6 +360,8 @@ class LMRecModule(L.LightningModule):
             raise ValueError(f"need ks >= 1 and beam_width >= max(ks); got ks={ks}, beam_width={beam_width}")
         if load_in_4bit and not lora:
             raise ValueError("load_in_4bit needs lora: 4-bit base weights cannot be fine-tuned themselves")
+        if liger and not torch.cuda.is_available():
+            raise ValueError("liger: Liger's kernels are Triton kernels and need a CUDA GPU; this machine has none")
         if load_in_4bit and preset is not None:
             raise ValueError("load_in_4bit quantizes pretrained weights on load; save a preset model to a folder and give it as model")
         self.ks = tuple(int(k) for k in ks)
@@ -407,6 +440,8 @@ class LMRecModule(L.LightningModule):
         adapters, as the flags say."""
         hp = self.hparams
         model = self._shared_prefix(model)
+        if hp.liger:
+            apply_liger(model)
         if hp.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hp.lora:

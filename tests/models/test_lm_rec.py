@@ -267,6 +267,40 @@ def test_bad_settings_are_rejected():
         LMRecModule(preset="1m", preset_overrides=TINY, prompt_template="no history here")
 
 
+def test_liger_flag_patches_the_model_with_kernels_not_losses(monkeypatch):
+    """``liger=True`` hands the built LM to Liger's patch for its model type, with the norm, RoPE
+    and MLP kernels on and both loss kernels off; a CPU-only machine is told it needs CUDA, and a
+    model type Liger does not know is named."""
+    import sys
+    import types
+
+    calls = []
+
+    def apply_llama(rope=True, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True, swiglu=True, model=None):
+        calls.append({"model": model, "rope": rope, "rms_norm": rms_norm, "swiglu": swiglu,
+                      "cross_entropy": cross_entropy, "fused_linear_cross_entropy": fused_linear_cross_entropy})
+
+    fake = types.ModuleType("liger_kernel.transformers.monkey_patch")
+    fake.MODEL_TYPE_TO_APPLY_LIGER_FN = {"llama": apply_llama}
+    for name in ("liger_kernel", "liger_kernel.transformers"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.monkey_patch", fake)
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="need a CUDA GPU"):
+            tiny_module(liger=True)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    module = tiny_module(liger=True)
+    assert len(calls) == 1 and calls[0]["model"] is not None
+    assert calls[0]["model"].config.model_type == "llama"
+    assert {k: v for k, v in calls[0].items() if k != "model"} == {
+        "rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False, "fused_linear_cross_entropy": False}
+    assert module.model is calls[0]["model"]  # the patched model is the one trained
+    fake.MODEL_TYPE_TO_APPLY_LIGER_FN = {}
+    with pytest.raises(ValueError, match="no kernels for model type 'llama'"):
+        tiny_module(liger=True)
+
+
 # ---- Lightning ----------------------------------------------------------------------------------
 
 
