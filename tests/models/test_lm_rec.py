@@ -267,7 +267,7 @@ def test_bad_settings_are_rejected():
         LMRecModule(preset="1m", preset_overrides=TINY, prompt_template="no history here")
 
 
-def test_liger_flag_patches_the_model_with_kernels_not_losses(monkeypatch):
+def test_liger_flag_patches_the_model_with_kernels_not_losses(monkeypatch, caplog):
     """``liger=True`` hands the built LM to Liger's patch for its model type, with the norm, RoPE
     and MLP kernels on and both loss kernels off; a CPU-only machine is told it needs CUDA, and a
     model type Liger does not know is named."""
@@ -296,6 +296,9 @@ def test_liger_flag_patches_the_model_with_kernels_not_losses(monkeypatch):
     assert {k: v for k, v in calls[0].items() if k != "model"} == {
         "rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False, "fused_linear_cross_entropy": False}
     assert module.model is calls[0]["model"]  # the patched model is the one trained
+    assert "break torch.compile" not in caplog.text
+    tiny_module(liger=True, compile=True)
+    assert "break torch.compile" in caplog.text  # the measured slow combination is flagged
     fake.MODEL_TYPE_TO_APPLY_LIGER_FN = {}
     with pytest.raises(ValueError, match="no kernels for model type 'llama'"):
         tiny_module(liger=True)
