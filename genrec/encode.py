@@ -35,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
-from genrec.artifacts import atomic_path, config_digest
+from genrec.artifacts import atomic_path, config_digest, file_digest
 from genrec.data.catalog import DEFAULT_TEMPLATE, ItemCatalog
 from genrec.data.sequences import SequenceData
 
@@ -449,11 +449,10 @@ def _encode_hybrid(data: SequenceData, output: str | Path | None, encoder: Encod
     text_path = encode_catalog(data.catalog, text_out, replace(encoder, cf_weight=0.0), data_name=data_name, **options)
     cf_path = encode_items(data, cf_out, EncoderConfig(model=CF_MODEL, cf_dim=encoder.cf_dim, cf_window=encoder.cf_window),
                            data_name=data_name, dtype=dtype)
-    parts_digest = hashlib.sha256(text_path.read_bytes() + cf_path.read_bytes()).hexdigest()
     output = output or default_output(data_name, encoder, template)
     settings = {**encoder.metadata(), "template": template,
                 "num_items": str(data.num_items), "catalog_fingerprint": data.catalog.fingerprint(), "data": data_name,
-                "dtype": dtype, "parts_sha256": parts_digest}
+                "dtype": dtype, "parts_digest": f"{file_digest(text_path)}+{file_digest(cf_path)}"}
     if _reusable(output, settings):
         return output
     started = time.perf_counter()

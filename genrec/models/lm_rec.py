@@ -363,8 +363,8 @@ class LMRecModule(L.LightningModule):
         if liger and not torch.cuda.is_available():
             raise ValueError("liger: Liger's kernels are Triton kernels and need a CUDA GPU; this machine has none")
         if liger and compile:
-            log.warning("liger with compile: Liger's kernels break torch.compile's graph; the Qwen3-0.6B benchmark "
-                        "ran 27.6 %% MFU so against 40.9 %% with Liger alone (docs/benchmarks.md)")
+            log.warning("liger with compile: Liger's kernels break torch.compile's graph, which makes training slower "
+                        "than Liger alone (LM training throughput in docs/benchmarks.md)")
         if load_in_4bit and preset is not None:
             raise ValueError("load_in_4bit quantizes pretrained weights on load; save a preset model to a folder and give it as model")
         self.ks = tuple(int(k) for k in ks)
