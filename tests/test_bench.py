@@ -1,5 +1,6 @@
 """Pieces of the benchmark scripts whose numbers depend on them being right."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -173,3 +174,47 @@ def test_tiger_beams_benchmark_records_one_row_per_width_and_wider_beams_find_mo
     assert [row[3] for row in rows] == ["10", "40"]
     found = [float(row[11]) for row in rows]  # share of the exhaustive top 10 in the beam's list
     assert 0.0 < found[0] <= found[1] <= 1.0
+
+
+def test_lm_benchmark_records_one_row_and_keeps_the_training_measurement_if_the_test_fails(tmp_path, monkeypatch):
+    import functools
+    import json
+    import sys
+
+    import yaml
+    from lightning.pytorch import Trainer
+
+    from bench import lm_train
+    from bench.record import record
+    from tests.test_configs import ROOT, TINY_DATA
+
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    monkeypatch.chdir(tmp_path)
+    bench_file = tmp_path / "benchmarks.md"
+    monkeypatch.setattr(lm_train, "record", functools.partial(record, path=bench_file))
+    out = tmp_path / "lm.json"
+    argv = ["lm_train", "--data", str(data), "--model", str(ROOT / "configs/lm/tiny-scratch.yaml"),
+            "--set", "trainer.accelerator=cpu", "--set", "trainer.max_epochs=1", "--set", "trainer.limit_train_batches=2",
+            "--set", "trainer.limit_val_batches=0", "--set", "trainer.limit_test_batches=1", "--set", "data.init_args.batch_size=8",
+            "--set", "data.init_args.eval_batch_size=4", "--set", "trainer.callbacks=[]", "--set", "trainer.enable_checkpointing=false",
+            "--set", "trainer.enable_progress_bar=false", "--set", "trainer.logger=false", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt("stopped during the test pass")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "test", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            lm_train.main()
+    fit = json.loads(out.read_text())
+    assert "row" not in fit and not bench_file.exists()
+    assert fit["state"]["samples"] == 16 and fit["state"]["tokens"] > 16 and fit["state"]["train_s"] > 0
+    assert len(fit["state"]["losses"]) == 2
+
+    lm_train.main()
+    done = json.loads(out.read_text())
+    assert done["state"]["samples"] == 16 and set(done["test"]) >= {"test/recall@10", "test/ndcg@10", "test/cold/recall@10"}
+    assert done["row"]["test pass s (4 users, beam 20)"] and int(done["row"]["train tokens/s"].replace(",", "")) > 0
+    assert bench_file.read_text().count("| tiny |") == 1
