@@ -6,11 +6,11 @@
 Runs ``fit`` exactly as ``train.py fit`` would (same configs, LightningCLI) with a callback that
 counts the real (unpadded) prompt + target tokens of every training batch and the wall time of
 training with validation excluded; then ``test`` on the best checkpoint (by val NDCG@10),
-timed: title-constrained beam search over every test user. ``--out`` is written once after
-training (``run`` and ``state``) and again, with the row and test metrics, after the test. Records in docs/benchmarks.md test
+timed: title-constrained beam search over every test user. Records in docs/benchmarks.md test
 Recall/NDCG@5/10 overall and on the cold-start slice, the popularity baseline, trainable and
 total parameters, training tokens/s and samples/s, and decoding users/s (the timed test pass
-includes loading the checkpoint, a few seconds).
+includes loading the checkpoint, a few seconds). ``--out`` is written once after training
+(``run`` and ``state``) and again, with the row and test metrics, after the test.
 """
 
 from __future__ import annotations
@@ -63,8 +63,9 @@ def main() -> None:
     train_s = timeline.train_seconds()
     # Written before the test pass (minutes for a large LM), so a run stopped during it keeps
     # its training measurement; the full JSON below replaces this one.
+    run = {**run_info(cli), "parameters": total}
     if args.out and cli.trainer.is_global_zero:
-        write_json(args.out, {"run": {**run_info(cli), "parameters": total}, "state": timeline.state()})
+        write_json(args.out, {"run": run, "state": timeline.state()})
     if args.fit_only:
         return
     checkpoint = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
@@ -103,8 +104,7 @@ def main() -> None:
         "with title-constrained beam search (every recommendation a real item). Tokens = real prompt + target tokens.",
     )
     if args.out:
-        write_json(args.out, {"row": row, "run": {**run_info(cli), "parameters": total}, "timeline": timeline.points, "test": results,
-                              "state": timeline.state()})
+        write_json(args.out, {"row": row, "run": run, "timeline": timeline.points, "test": results, "state": timeline.state()})
 
 
 if __name__ == "__main__":
