@@ -151,25 +151,45 @@ def popularity_ranking(train_counts: Tensor, k: int) -> Tensor:
 class RecEvaluation(torch.nn.Module):
     """Everything a recommender measures on val and test, in one place for every model.
 
-    Holds ``val/...`` and ``test/...`` Recall/NDCG, the cold-start slice ``test/cold/...``
-    (test targets seen at most ``cold_start_max_count`` times in training) and a popularity
-    baseline ``test/popularity/...``, plus the item counts they need (buffers, not saved).
+    Holds, for each of ``val`` and ``test``: Recall/NDCG over every user (``val/...``), the
+    cold-start slice (``val/cold/...``: targets seen at most ``cold_start_max_count`` times in
+    training), the rest (``val/warm/...``) and a popularity baseline (``val/popularity/...``),
+    plus the item counts they need (buffers, not saved). The slices show where a model's test
+    score differs from its val score: the last items are newer, so more test than val targets
+    are cold.
 
     Args:
         ks: the cut-offs K.
         cold_start_max_count: the largest training count of a cold-start target.
     """
 
+    SLICES = ("", "cold/", "warm/", "popularity/")
+
     def __init__(self, ks: Sequence[int] = (5, 10), cold_start_max_count: int = 5) -> None:
         super().__init__()
         self.ks = tuple(int(k) for k in ks)
         self.cold_start_max_count = cold_start_max_count
-        self.val = RankingMetrics(self.ks, prefix="val/")
-        self.test = RankingMetrics(self.ks, prefix="test/")
-        self.test_cold = RankingMetrics(self.ks, prefix="test/cold/")
-        self.test_popularity = RankingMetrics(self.ks, prefix="test/popularity/")
+        self.metrics = torch.nn.ModuleDict(
+            {f"{stage}_{i}": RankingMetrics(self.ks, prefix=f"{stage}/{name}") for stage in ("val", "test") for i, name in enumerate(self.SLICES)}
+        )
         self.register_buffer("train_counts", torch.zeros(0, dtype=torch.long), persistent=False)
         self.register_buffer("popular", torch.zeros(0, dtype=torch.long), persistent=False)
+
+    @property
+    def val(self) -> RankingMetrics:
+        return self.metrics["val_0"]
+
+    @property
+    def test(self) -> RankingMetrics:
+        return self.metrics["test_0"]
+
+    @property
+    def test_cold(self) -> RankingMetrics:
+        return self.metrics["test_1"]
+
+    @property
+    def test_popularity(self) -> RankingMetrics:
+        return self.metrics["test_3"]
 
     def attach(self, train_counts: Tensor | None, num_items: int) -> None:
         """Set the ``[num_items]`` training interactions per item (cold-start mask, popularity
@@ -187,13 +207,12 @@ class RecEvaluation(torch.nn.Module):
         Returns:
             the metric collections updated, for ``LightningModule.log_dict``.
         """
-        if stage == "val":
-            self.val.update(ranked, targets)
-            return [self.val]
-        if stage != "test":
+        if stage not in ("val", "test"):
             raise ValueError(f"stage must be 'val' or 'test', got {stage!r}")
-        cold = self.train_counts[targets] <= self.cold_start_max_count
-        self.test.update(ranked, targets)
-        self.test_cold.update(ranked, targets, mask=cold)
-        self.test_popularity.update(self.popular.expand(targets.shape[0], -1), targets)
-        return [self.test, self.test_cold, self.test_popularity]
+        everyone, cold, warm, popularity = (self.metrics[f"{stage}_{i}"] for i in range(len(self.SLICES)))
+        is_cold = self.train_counts[targets] <= self.cold_start_max_count
+        everyone.update(ranked, targets)
+        cold.update(ranked, targets, mask=is_cold)
+        warm.update(ranked, targets, mask=~is_cold)
+        popularity.update(self.popular.expand(targets.shape[0], -1), targets)
+        return [everyone, cold, warm, popularity]

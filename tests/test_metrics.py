@@ -152,12 +152,17 @@ def test_rec_evaluation_slices_and_baseline():
     ranked = torch.tensor([[1, 2], [0, 3], [3, 1]])
     targets = torch.tensor([1, 3, 2])  # item 1 (count 0) and 3 (count 1) are cold, 2 is not
     updated = evaluation.update("test", ranked, targets)
-    assert [m.prefix for m in updated] == ["test/", "test/cold/", "test/popularity/"]
+    assert [m.prefix for m in updated] == ["test/", "test/cold/", "test/warm/", "test/popularity/"]
     overall = evaluation.test.compute()
     assert overall["test/recall@1"] == pytest.approx(1 / 3) and overall["test/recall@2"] == pytest.approx(2 / 3)
     cold = evaluation.test_cold.compute()
     assert cold["test/cold/recall@2"] == pytest.approx(1.0)  # rows 0 and 1 only
+    warm = evaluation.metrics["test_2"].compute()
+    assert warm["test/warm/recall@2"] == pytest.approx(0.0)  # row 2 only: item 2 not in [3, 1]
     popularity = evaluation.test_popularity.compute()  # ranking [0, 2] for everyone: hits target 2
     assert popularity["test/popularity/recall@2"] == pytest.approx(1 / 3)
+    val = evaluation.update("val", ranked, targets)
+    assert [m.prefix for m in val] == ["val/", "val/cold/", "val/warm/", "val/popularity/"]
+    assert evaluation.metrics["val_1"].compute()["val/cold/recall@2"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="expected \\(4,\\)"):
         evaluation.attach(torch.zeros(3, dtype=torch.long), num_items=4)

@@ -46,6 +46,7 @@ from torch import Tensor
 from genrec.data.datamodule import SeqBatch
 from genrec.decoding import BeamResult, PrefixTrie, Recommendations, constrained_beam_search
 from genrec.metrics import RecEvaluation
+from genrec.models.graphed_step import GraphedAdamW, GraphedTrainStep
 from genrec.models.presets import TigerConfig
 from genrec.quantize.semantic_ids import FORMAT, SemanticIDs
 
@@ -56,6 +57,11 @@ PAD = 0
 EOS = 1
 """End of the encoder input."""
 NUM_SPECIAL = 2
+IGNORE = -100
+"""Label of target tokens that carry no loss (padding rows of a static-shape batch)."""
+GRAPH_LENGTH_STEP = 4
+"""With ``cuda_graphs`` and no ``pad_history``, histories are padded to a multiple of this many
+items: at most ``ceil(max_history / 4)`` captured graphs, little padding."""
 
 Stage = Literal["train", "val", "test"]
 
@@ -169,7 +175,15 @@ class TigerModule(L.LightningModule):
             ``max-autotune-no-cudagraphs``; ``None``: the default.
         pad_history: pad every training batch's history to this many items (at least the data
             module's ``max_history``), so every batch has the same shape: what CUDA graphs need.
-            ``None``: the batch's longest history (least padding).
+            ``None``: the batch's longest history (least padding; with ``cuda_graphs`` rounded up
+            to a multiple of ``GRAPH_LENGTH_STEP`` items, one graph per length).
+        cuda_graphs: on a CUDA device, run each training step (forward, backward, clipping to
+            ``max_grad_norm``, fused AdamW) as one replayed CUDA graph
+            (:mod:`genrec.models.graphed_step`): the host issues one launch per step instead of
+            ~1,300, what makes small batches fast. Lightning's own clipping cannot be used with it
+            (leave ``trainer.gradient_clip_val`` unset); ignored on a CPU.
+        max_grad_norm: with ``cuda_graphs``, the global gradient norm is clipped to this inside
+            the graph (``None``: no clipping).
     """
 
     def __init__(
@@ -198,6 +212,8 @@ class TigerModule(L.LightningModule):
         compile: bool = False,
         compile_mode: str | None = None,
         pad_history: int | None = None,
+        cuda_graphs: bool = False,
+        max_grad_norm: float | None = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -215,6 +231,10 @@ class TigerModule(L.LightningModule):
         self.config = TigerConfig.from_name(preset, **{k: v for k, v in overrides.items() if v is not None})
         if pad_history is not None and pad_history < 1:
             raise ValueError(f"pad_history must be >= 1 or None, got {pad_history}")
+        if cuda_graphs and compile:
+            raise ValueError("cuda_graphs and compile are two ways to the same end: choose one")
+        if max_grad_norm is not None and max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
         if beam_width < 1 or not ks or min(ks) < 1 or user_tokens < 0:
             raise ValueError(f"need beam_width >= 1, ks >= 1 and user_tokens >= 0; got {beam_width}, {ks}, {user_tokens}")
         self.ks = tuple(int(k) for k in ks)
@@ -238,8 +258,28 @@ class TigerModule(L.LightningModule):
         self._sid_digest: str | None = None
         self._checkpoint_digest: str | None = None
         self._train_forward = None
+        self._graph_step: GraphedTrainStep | None = None
+        self._graph_rows = 0
 
         self.evaluation = RecEvaluation(self.ks, cold_start_max_count)
+
+    @property
+    def automatic_optimization(self) -> bool:
+        """False while training with ``cuda_graphs`` on a GPU: the step is replayed from a graph."""
+        return self._automatic_optimization and not self.uses_cuda_graphs()
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        self._automatic_optimization = value
+
+    def uses_cuda_graphs(self) -> bool:
+        """Whether training steps run as CUDA graphs: ``cuda_graphs`` on and a trainer on a CUDA device."""
+        if not self.hparams.get("cuda_graphs") or self._trainer is None:
+            return False
+        try:
+            return self.trainer.strategy.root_device.type == "cuda"
+        except (AttributeError, RuntimeError):
+            return False
 
     # ---- items and tokens ---------------------------------------------------------------------
 
@@ -352,19 +392,65 @@ class TigerModule(L.LightningModule):
         """``[B, S]`` tokens and mask -> ``[B, S, d_model]`` encoder output."""
         return self.model.encoder(input_ids=input_ids, attention_mask=self.model_mask(attention_mask)).last_hidden_state
 
-    def training_loss(self, batch: SeqBatch, forward: Callable[..., Any] | None = None, pad_history: int | None = None) -> Tensor:
+    def training_loss(
+        self, batch: SeqBatch, forward: Callable[..., Any] | None = None, pad_history: int | None = None, valid: Tensor | None = None
+    ) -> Tensor:
         """Teacher-forced training loss of the batch through ``forward`` (default ``self.model``,
         e.g. a compiled copy), the history padded to ``pad_history`` items if given.
 
+        Args:
+            valid: ``[B]`` bool, the rows that count (padding rows of a static-shape batch do not).
+
         Returns:
-            the mean cross-entropy over the target SID tokens (float32 scalar).
+            the mean cross-entropy over the (valid rows') target SID tokens (float32 scalar).
         """
         input_ids, mask = self.encoder_inputs(batch, pad_history)
         labels = self.tokens_of(batch.targets)  # [B, T]
         logits = (self.model if forward is None else forward)(
             input_ids=input_ids, attention_mask=self.model_mask(mask), decoder_input_ids=shift_right(labels), use_cache=False
         ).logits
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+        if valid is not None:
+            labels = labels.masked_fill(~valid[:, None], IGNORE)
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+
+    def _graphed_step(self, batch: SeqBatch) -> Tensor:
+        """One training step replayed from a CUDA graph (see ``cuda_graphs``); the loss.
+
+        The batch is padded to static shapes: rows to the largest batch seen (padding rows do not
+        count in the loss), history to ``pad_history`` or the next multiple of ``GRAPH_LENGTH_STEP``.
+        """
+        opt = self.optimizers()
+        optimizer = opt.optimizer
+        if self._graph_step is None:
+            if self.trainer.gradient_clip_val:
+                raise ValueError("cuda_graphs clips inside the graph (model max_grad_norm); set trainer.gradient_clip_val to null")
+            precision = str(self.trainer.precision)
+            dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16 if precision == "16-mixed" else None
+            params = [p for p in self.parameters() if p.requires_grad]
+            self._graph_step = GraphedTrainStep(self._static_loss, params, optimizer, self.hparams.max_grad_norm, dtype)
+        B, longest = batch.history.shape
+        self._graph_rows = rows = max(self._graph_rows, B)
+        length = self.hparams.pad_history or -(-longest // GRAPH_LENGTH_STEP) * GRAPH_LENGTH_STEP
+        if longest > length:
+            raise ValueError(f"a history of {longest} items does not fit pad_history={length}")
+        history = F.pad(batch.history, (0, length - longest, 0, rows - B), value=-1)
+        users = F.pad(batch.users, (0, rows - B))
+        targets = F.pad(batch.targets, (0, rows - B))
+        valid = torch.arange(rows, device=targets.device) < B
+        optimizer.replaying = True
+        try:
+            loss = opt.step(closure=lambda: self._graph_step(users, history, targets, valid))
+        finally:
+            optimizer.replaying = False
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        return loss
+
+    def _static_loss(self, users: Tensor, history: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+        """The loss a captured step computes from its static input buffers."""
+        lengths = (history >= 0).sum(dim=1)
+        return self.training_loss(SeqBatch(users, history, lengths, targets), valid=valid)
 
     def model_step(self, batch: SeqBatch, stage: Stage) -> Tensor:
         """Loss of the batch (teacher forcing); on val/test also beam search and metric updates.
@@ -374,7 +460,10 @@ class TigerModule(L.LightningModule):
         """
         B = batch.targets.shape[0]
         if stage == "train":
-            loss = self.training_loss(batch, self._train_forward, self.hparams.pad_history)
+            if self.uses_cuda_graphs():
+                loss = self._graphed_step(batch)
+            else:
+                loss = self.training_loss(batch, self._train_forward, self.hparams.pad_history)
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=B)
             return loss
         input_ids, mask = self.encoder_inputs(batch)
@@ -464,12 +553,11 @@ class TigerModule(L.LightningModule):
         """AdamW (betas 0.9, 0.98; no decay on norms) and the per-step schedule of :func:`lr_schedule`."""
         decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr,
-            fused=fused_adamw(self),
-            betas=(0.9, 0.98),
-        )
+        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if self.uses_cuda_graphs():
+            optimizer = GraphedAdamW(groups, lr=self.hparams.lr, fused=True, capturable=True, betas=(0.9, 0.98))
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, fused=fused_adamw(self), betas=(0.9, 0.98))
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
         schedule = lr_schedule(self.hparams.scheduler, self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

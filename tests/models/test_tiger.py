@@ -413,3 +413,68 @@ def test_beam_benchmark_exact_overlap_is_full_at_full_beam_and_partial_below(sma
     with torch.no_grad():
         full = torch.cat([module.recommend(b, num_results=10, beam_width=sids.num_items).items for b in batches])
     assert recall == (full == targets[:, None]).any(1).float().mean().item()
+
+
+def test_padding_rows_do_not_count_in_the_loss(small):
+    """A static-shape batch (rows padded for a CUDA graph, history padded to a multiple of 4) has
+    the loss of the batch itself when the padding rows are marked invalid."""
+    datamodule, sids, path = small
+    batch = datamodule.dataset("train").__getitems__(list(range(10)))
+    torch.manual_seed(0)
+    module = TigerModule(path, **TINY)
+    module.attach_items(sids)
+    plain = module.training_loss(batch)
+    rows, length = 16, 12
+    history = F.pad(batch.history, (0, length - batch.history.shape[1], 0, rows - 10), value=-1)
+    users, targets = F.pad(batch.users, (0, rows - 10)), F.pad(batch.targets, (0, rows - 10))
+    valid = torch.arange(rows) < 10
+    padded = module._static_loss(users, history, targets, valid)
+    torch.testing.assert_close(padded, plain, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(module._static_loss(users, history, targets, torch.ones(rows, dtype=torch.bool)), plain)
+    with pytest.raises(ValueError, match="choose one"):
+        TigerModule(path, **TINY, compile=True, cuda_graphs=True)
+
+
+def test_cuda_graphs_are_off_without_a_gpu(small):
+    """On a CPU trainer cuda_graphs is ignored: automatic optimisation, a plain AdamW."""
+    datamodule, _, path = small
+    module = TigerModule(path, **TINY, cuda_graphs=True)
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
+    trainer.fit(module, datamodule)
+    assert module.automatic_optimization and module._graph_step is None
+    assert type(trainer.optimizers[0]) is torch.optim.AdamW
+
+
+@pytest.mark.gpu
+def test_cuda_graph_steps_train_like_eager_steps(small):
+    """Training steps replayed from CUDA graphs (float32, no dropout) give the losses and weights
+    of eager steps with the same fused AdamW and clipping, on a full and a partial last batch."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    datamodule, _, path = small
+    results = []
+    for graphs in (False, True):
+        torch.manual_seed(0)
+        module = TigerModule(path, **TINY, lr=3e-3, warmup_steps=2, cuda_graphs=graphs, max_grad_norm=0.5)
+        losses: list[float] = []
+
+        class Record(L.Callback):
+            def __init__(self, into: list[float]) -> None:
+                self.into = into
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: ANN001
+                self.into.append(float(outputs["loss"]))
+
+        trainer = L.Trainer(accelerator="gpu", devices=1, precision="32-true", max_epochs=2, limit_val_batches=0, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[Record(losses)],
+                            gradient_clip_val=None if graphs else 0.5)
+        trainer.fit(module, datamodule)
+        assert (module._graph_step is not None) == graphs
+        if graphs:
+            assert len(module._graph_step.graphs) >= 2  # several history lengths were captured
+            assert trainer.global_step == len(losses)
+        results.append((losses, [p.detach().cpu() for p in module.parameters()]))
+    (eager_losses, eager_params), (graph_losses, graph_params) = results
+    assert graph_losses == pytest.approx(eager_losses, rel=2e-4, abs=2e-5)
+    for a, b in zip(eager_params, graph_params, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-3)
