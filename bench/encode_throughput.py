@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.record import record
-from genrec.cli import encode_parser
+from genrec.cli import encode_options, encode_parser
 from genrec.encode import embedding_metadata, encode_catalog
 
 
@@ -41,7 +41,7 @@ def main() -> None:
         os.replace(output, output.with_suffix(".previous"))
     start = time.perf_counter()
     encode_catalog(
-        catalog, output, init.encoder, template=config.encode.template, batch_size=args.batch_size,
+        catalog, output, init.encoder, template=encode_options(config, init.data)["template"], batch_size=args.batch_size,
         precision=args.precision, dtype=args.dtype, data_name=init.data.name,
     )
     seconds = time.perf_counter() - start

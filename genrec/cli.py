@@ -21,6 +21,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.cli import LightningCLI
 
 from genrec.artifacts import write_json
+from genrec.data.catalog import DEFAULT_TEMPLATE
 from genrec.data.datamodule import SequenceDataModule
 from genrec.data.formats.base import DataFormatError, MissingItemError
 from genrec.encode import EncoderConfig, encode_catalog, encode_items
@@ -102,9 +103,17 @@ def run_encode(args: Sequence[str]) -> Path:
     config = parser.parse_args(list(args))
     init = parser.instantiate_classes(config)
     datamodule: SequenceDataModule = init.data
-    path = encode_items(datamodule.data, encoder=init.encoder, data_name=datamodule.name, **vars(config.encode))
+    path = encode_items(datamodule.data, encoder=init.encoder, data_name=datamodule.name, **encode_options(config, datamodule))
     print(f"embeddings: {path}")
     return path
+
+
+def encode_options(config: object, datamodule: SequenceDataModule) -> dict[str, object]:
+    """The ``encode`` options of a parsed config, the template defaulting to the data preset's
+    ``text_template`` (then :data:`~genrec.data.catalog.DEFAULT_TEMPLATE`) when none is given."""
+    options = dict(vars(config.encode))  # type: ignore[attr-defined]
+    options["template"] = options.get("template") or datamodule.text_template or DEFAULT_TEMPLATE
+    return options
 
 
 def tokenize_parser() -> ArgumentParser:
@@ -129,7 +138,7 @@ def run_tokenize(args: Sequence[str]) -> Path:
     if settings.embeddings:
         embeddings = Path(settings.embeddings)
     else:
-        embeddings = encode_items(datamodule.data, encoder=init.encoder, data_name=datamodule.name, **vars(config.encode))
+        embeddings = encode_items(datamodule.data, encoder=init.encoder, data_name=datamodule.name, **encode_options(config, datamodule))
     recorded = json.loads(tokenizer_config)["tokenizer"]
     path, sids = tokenize(init.tokenizer, recorded, embeddings, catalog.fingerprint(), settings, data_name=datamodule.name,
                           transitions=datamodule.data.training_pairs(1))

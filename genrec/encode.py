@@ -301,7 +301,7 @@ def encode_catalog(
     catalog: ItemCatalog,
     output: str | Path | None = None,
     encoder: EncoderConfig | None = None,
-    template: str = DEFAULT_TEMPLATE,
+    template: str | None = None,
     batch_size: int = 128,
     chunk_size: int = 4096,
     dtype: Literal["float32", "float16"] = "float32",
@@ -320,7 +320,9 @@ def encode_catalog(
             ``checkpoints/<data_name>/embeddings/<model>-<settings digest>.safetensors``.
         encoder: the model and its pooling.
         template: how an item becomes text (``{field}``; ``[...]`` dropped when a field inside
-            is empty); fields: id, title, brand, categories, description.
+            is empty); fields: id, title, brand, categories, description, price and any extra
+            field the reader kept. ``None``: :data:`~genrec.data.catalog.DEFAULT_TEMPLATE` (the
+            ``encode`` command passes the data preset's ``text_template`` instead when it has one).
         batch_size: texts per forward pass (per device).
         chunk_size: items between two flushes to ``<output>.parts/`` (the resume granularity).
         dtype: storage dtype of the table (``float16`` halves the file, e.g. to carry it).
@@ -340,6 +342,7 @@ def encode_catalog(
         ValueError: when an embedding is NaN or has zero norm (the message names the items).
     """
     encoder = encoder or EncoderConfig()
+    template = template or DEFAULT_TEMPLATE
     output = Path(output) if output else default_output(data_name, encoder, template)
     settings = {
         **encoder.metadata(),
@@ -440,7 +443,7 @@ def embedding_label(path: str | Path) -> str:
 def _encode_hybrid(data: SequenceData, output: str | Path | None, encoder: EncoderConfig, data_name: str, **options: Any) -> Path:
     """Text and ``cf`` embeddings (each made, or reused, as on their own) joined into one
     ``[num_items, text dim + cf_dim]`` table: ``[t / |t|, sqrt(cf_weight) * c / |c|]``."""
-    template = options.get("template", DEFAULT_TEMPLATE)
+    template = options.get("template") or DEFAULT_TEMPLATE
     dtype = options.get("dtype", "float32")
     # The parts: at their own default paths (shared with text-only and cf runs), or beside an
     # explicit output (``<stem>.text.safetensors``, ``<stem>.cf.safetensors``).

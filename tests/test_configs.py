@@ -17,6 +17,8 @@ SHARED = ROOT.parent / "shared" / "datasets"
 EXPECTED = {  # exact sizes of the real data sets (see ../shared/datasets/*/SOURCE.md)
     "configs/data/amazon-beauty.yaml": (22_363, 12_101, 198_502),
     "configs/data/amazon-office.yaml": (4_905, 2_420, 53_258),
+    "configs/data/amazon-toys.yaml": (19_412, 11_924, 167_597),
+    "configs/data/amazon-sports.yaml": (35_598, 18_357, 296_337),
 }
 
 

@@ -2,7 +2,9 @@
 
 Item ids are dense integers ``0 .. N-1``; the external id (an ASIN, a MovieLens id, a P5
 integer string) is kept beside them. Text fields are cleaned once, when the catalogue is
-built: HTML entities unescaped, whitespace runs collapsed, ends stripped.
+built: HTML entities unescaped, whitespace runs collapsed, ends stripped. Besides the text
+fields an item may carry a price and any further fields a reader kept (``extra``, e.g. a sales
+rank), all as text, so a template can name every one of them.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import html
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 _WHITESPACE = re.compile(r"\s+")
@@ -19,6 +21,9 @@ _OPTIONAL = re.compile(r"\[([^\[\]]*)\]")
 _FIELD = re.compile(r"\{(\w+)\}")
 
 TEXT_FIELDS = ("title", "brand", "categories", "description")
+
+FIELDS = ("id", *TEXT_FIELDS, "price")
+"""The fields every item has (``price`` may be empty); readers' extra fields take other names."""
 
 DEFAULT_TEMPLATE = "{title}[. Brand: {brand}][. Categories: {categories}][. {description}]"
 """Title, then each non-empty field; a ``[...]`` segment is dropped when a field inside is empty."""
@@ -34,6 +39,16 @@ def clean_text(value: object) -> str:
     text = html.unescape(html.unescape(str(value)))
     text = _TAG.sub(" ", text)
     return _WHITESPACE.sub(" ", text).strip()
+
+
+def format_number(value: float) -> str:
+    """A number as short text: integral values without ``.0`` (``10486.0`` -> ``"10486"``), others
+    as the shortest repr that reads back the same float (``5.04`` -> ``"5.04"``)."""
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"not a finite number: {value}")
+    if float(value).is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(float(value))
 
 
 def clean_categories(value: object) -> tuple[str, ...]:
@@ -57,13 +72,21 @@ def clean_categories(value: object) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Item:
-    """One catalogue entry, text fields already cleaned."""
+    """One catalogue entry, text fields already cleaned.
+
+    Attributes:
+        price: the price as text (``"5.04"``), "" when unknown.
+        extra: further ``(field, text)`` pairs a reader kept (e.g. ``("sales_rank", "10486")``),
+            in column order; names never clash with :data:`FIELDS`.
+    """
 
     external_id: str
     title: str = ""
     brand: str = ""
     categories: tuple[str, ...] = ()
     description: str = ""
+    price: str = ""
+    extra: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_raw(
@@ -73,14 +96,25 @@ class Item:
         brand: object = None,
         categories: object = None,
         description: object = None,
+        price: object = None,
+        extra: Mapping[str, object] | None = None,
     ) -> Item:
-        """Build an item from raw field values of any of the supported formats."""
+        """Build an item from raw field values of any of the supported formats.
+
+        ``price`` and the ``extra`` values may be numbers (written by :func:`format_number`),
+        lists (joined with ", ") or text."""
+        pairs = tuple((str(name), _clean_value(value)) for name, value in (extra or {}).items())
+        clash = [name for name, _ in pairs if name in FIELDS]
+        if clash:
+            raise ValueError(f"extra field names {clash} clash with the item fields {list(FIELDS)}")
         return cls(
             external_id=str(external_id),
             title=clean_text(title),
             brand=clean_text(brand),
             categories=clean_categories(categories),
             description=clean_text(description),
+            price=_clean_value(price),
+            extra=pairs,
         )
 
     def fields(self) -> dict[str, str]:
@@ -91,7 +125,20 @@ class Item:
             "brand": self.brand,
             "categories": ", ".join(self.categories),
             "description": self.description,
+            "price": self.price,
+            **dict(self.extra),
         }
+
+
+def _clean_value(value: object) -> str:
+    """A price or extra field as text: numbers by :func:`format_number`, lists joined with ", "."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, float)):
+        return format_number(float(value))
+    if isinstance(value, (list, tuple)):
+        return ", ".join(s for s in (_clean_value(v) for v in value) if s)
+    return clean_text(value)
 
 
 def render(template: str, fields: dict[str, str], max_chars: int | None = None) -> str:
@@ -180,21 +227,31 @@ class ItemCatalog:
         return ItemCatalog([self.items[i] for i in item_ids])
 
     def fingerprint(self) -> str:
-        """A sha256 over external ids and every text field, in id order.
+        """A sha256 over external ids and every field, in id order.
 
         Artifacts computed from a catalogue (embeddings, semantic IDs, title tables) record it,
-        so loading one against a different catalogue is caught."""
+        so loading one against a different catalogue is caught. An item without price and extra
+        fields hashes exactly as before they existed (artifacts made then stay valid)."""
         digest = hashlib.sha256()
         for item in self.items:
-            for value in (item.external_id, item.title, item.brand, "|".join(item.categories), item.description):
+            values = [item.external_id, item.title, item.brand, "|".join(item.categories), item.description]
+            if item.price or item.extra:
+                values += [f"price={item.price}", *(f"{name}={value}" for name, value in item.extra)]
+            for value in values:
                 digest.update(value.encode("utf-8"))
                 digest.update(b"\x1f")
             digest.update(b"\x1e")
         return digest.hexdigest()
 
     def field_counts(self) -> dict[str, int]:
-        """Number of items with an empty value, per text field."""
-        empty = dict.fromkeys(TEXT_FIELDS, 0)
+        """Number of items with an empty value, per text field, and per price / extra field
+        when any item has one."""
+        names = list(TEXT_FIELDS)
+        if any(item.price for item in self.items):
+            names.append("price")
+        for item in self.items:
+            names.extend(name for name, _ in item.extra if name not in names)
+        empty = dict.fromkeys(names, 0)
         for item in self.items:
             for name, value in item.fields().items():
                 if name in empty and not value:

@@ -188,6 +188,9 @@ class SequenceDataModule(L.LightningDataModule):
         sort_eval_by_length: evaluate in blocks of ``16 * eval_batch_size`` samples, each sorted
             by history length (:func:`length_sorted_blocks`): less padding, faster decoding, the
             same metrics (each sample is scored on its own); off = the data's order.
+        text_template: the data set's default item text template (``{title}[. Brand: {brand}]``,
+            see :func:`genrec.data.catalog.render`), used by the encode stage unless
+            ``--encode.template`` is given; ``None``: :data:`~genrec.data.catalog.DEFAULT_TEMPLATE`.
     """
 
     def __init__(
@@ -203,9 +206,11 @@ class SequenceDataModule(L.LightningDataModule):
         seed: int = 0,
         bucket_by_length: bool = False,
         sort_eval_by_length: bool = True,
+        text_template: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["source"])
+        self.text_template = text_template
         self.bucket_by_length = bucket_by_length
         self.sort_eval_by_length = sort_eval_by_length
         self.source = source

@@ -74,6 +74,12 @@ class DataStats:
             rows.append((f"events filtered ({reason})", f"{count:,}"))
         if read.get("duplicate_meta_lines"):
             rows.append(("duplicate meta lines (first kept)", _per_file(read["duplicate_meta_lines"])))
+        if read.get("html_unescaped"):
+            rows.append(("field values with HTML entities (unescaped)", _per_file(read["html_unescaped"])))
+        for name, columns in read.get("absent_columns", {}).items():
+            rows.append((f"columns absent from {name} (fields empty)", ", ".join(columns)))
+        for name, columns in read.get("ignored_columns", {}).items():
+            rows.append((f"columns of {name} not read", ", ".join(columns)))
         if read.get("missing_item_events"):
             examples = ", ".join(read.get("missing_item_examples", []))
             rows.append(("events on items without catalogue entry (dropped)", f"{read['missing_item_events']:,} (e.g. {examples})"))

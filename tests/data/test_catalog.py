@@ -31,8 +31,8 @@ def test_render_drops_optional_segments_with_empty_fields():
     assert render(DEFAULT_TEMPLATE, full.fields()) == "Lipstick. Brand: Acme. Categories: Beauty, Lips. Red."
     assert render(DEFAULT_TEMPLATE, bare.fields()) == "Soap"
     assert render("{title} by {brand}", full.fields(), max_chars=8) == "Lipstick"
-    with pytest.raises(KeyError, match="price"):
-        render("{title} {price}", full.fields())
+    with pytest.raises(KeyError, match="colour"):
+        render("{title} {colour}", full.fields())
 
 
 def test_catalog_lookup_fingerprint_and_empty_counts():

@@ -13,6 +13,7 @@ from genrec.data.formats.base import (
 from genrec.data.formats.lcrec import LCRecSource
 from genrec.data.formats.movielens import MovieLensSource
 from genrec.data.formats.p5 import P5Source
+from genrec.data.formats.recbole import RecBoleSource
 
 __all__ = [
     "Amazon2014Source",
@@ -26,4 +27,5 @@ __all__ = [
     "P5Source",
     "RawData",
     "ReadReport",
+    "RecBoleSource",
 ]

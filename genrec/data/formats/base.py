@@ -14,11 +14,12 @@ naming the item, or with ``missing_items="drop"`` are dropped and counted.
 from __future__ import annotations
 
 import gzip
+import html
 import io
 import os
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -51,6 +52,10 @@ class ReadReport:
         filtered_events: events a reader option filtered out, per reason (e.g. ``rating < 4``).
         duplicate_meta_lines: catalogue lines skipped because their item id was already read
             (the first entry is kept), per file name.
+        html_unescaped: field values that held HTML entities (unescaped), per file name.
+        absent_columns: configured columns a file does not have (their field is empty for
+            every item), per file name.
+        ignored_columns: columns of a file that are not read (by configuration), per file name.
     """
 
     bad_lines: Counter[str] = field(default_factory=Counter)
@@ -59,6 +64,14 @@ class ReadReport:
     missing_item_examples: list[str] = field(default_factory=list)
     duplicate_meta_lines: Counter[str] = field(default_factory=Counter)
     filtered_events: Counter[str] = field(default_factory=Counter)
+    html_unescaped: Counter[str] = field(default_factory=Counter)
+    absent_columns: dict[str, list[str]] = field(default_factory=dict)
+    ignored_columns: dict[str, list[str]] = field(default_factory=dict)
+
+    def count_html(self, file_name: str, values: Iterable[object]) -> None:
+        """Count, for ``file_name``, the text values holding HTML entities (which the catalogue
+        unescapes): a value counts once however many entities it has."""
+        self.html_unescaped[file_name] += sum(isinstance(v, str) and "&" in v and html.unescape(v) != v for v in values)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +81,9 @@ class ReadReport:
             "missing_item_examples": list(self.missing_item_examples),
             "duplicate_meta_lines": dict(self.duplicate_meta_lines),
             "filtered_events": dict(self.filtered_events),
+            "html_unescaped": dict(self.html_unescaped),
+            "absent_columns": {k: list(v) for k, v in self.absent_columns.items()},
+            "ignored_columns": {k: list(v) for k, v in self.ignored_columns.items()},
         }
 
 
