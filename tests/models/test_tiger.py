@@ -451,7 +451,11 @@ def test_cuda_graph_steps_train_like_eager_steps(small):
     of eager steps with the same fused AdamW and clipping, on a full and a partial last batch."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    datamodule, _, path = small
+    _, _, path = small
+    datamodule = SequenceDataModule(
+        SyntheticSource(num_users=200, num_items=120, num_categories=4, max_length=10, seed=1),
+        name="small", kcore=0, max_history=10, batch_size=64, eval_batch_size=100, bucket_by_length=True,
+    )
     results = []
     for graphs in (False, True):
         torch.manual_seed(0)
