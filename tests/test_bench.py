@@ -91,9 +91,14 @@ def test_tiger_benchmark_in_two_segments_adds_up_and_records_one_row(tmp_path, m
     assert state1["samples"] > 0 and state1["train_s"] > 0 and len(state1["points"]) == 1
 
     last = tmp_path / "checkpoints/synthetic/tiger/checkpoints/last.ckpt"
-    monkeypatch.setattr(sys, "argv", [*common, "--set", "trainer.max_epochs=2", "--ckpt-path", str(last), "--prior", str(first), "--out", str(second)])
+    monkeypatch.setattr(sys, "argv", [*common, "--set", "trainer.max_epochs=2", "--ckpt-path", str(last), "--prior", str(first), "--out", str(second),
+                                      "--test-target", "0.0"])
     tiger_train.main()
     done = json.loads(second.read_text())
+    tested = done["timeline"][-1]  # --test-target: test metrics at the validation, and the time they crossed it
+    assert 0.0 <= tested["test/recall@10"] <= 1.0 and 0.0 <= tested["test/warm/recall@10"] <= 1.0
+    assert tested["test/ndcg@10"] <= tested["test/recall@10"] and done["state"]["test_reached"] is not None
+    assert "test/recall@10" not in done["timeline"][0]  # the first segment ran without it
     state2 = done["state"]
     assert state2["samples"] == 2 * state1["samples"]  # the same epoch again: counts add up
     assert state2["train_s"] > state1["train_s"] and state2["wall_s"] > state1["wall_s"]
