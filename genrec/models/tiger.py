@@ -182,8 +182,9 @@ class TigerModule(L.LightningModule):
             (:mod:`genrec.models.graphed_step`): the host issues one launch per step instead of
             ~1,300, what makes small batches fast. Lightning's own clipping cannot be used with it
             (leave ``trainer.gradient_clip_val`` unset); ignored on a CPU.
-        max_grad_norm: with ``cuda_graphs``, the global gradient norm is clipped to this inside
-            the graph (``None``: no clipping).
+        max_grad_norm: clip the global gradient norm to this (``None``: no clipping by the
+            module): inside the graph with ``cuda_graphs``, else before each optimizer step when
+            ``trainer.gradient_clip_val`` is unset (the module's clipping, or Lightning's: not both).
     """
 
     def __init__(
@@ -213,7 +214,7 @@ class TigerModule(L.LightningModule):
         compile_mode: str | None = None,
         pad_history: int | None = None,
         cuda_graphs: bool = False,
-        max_grad_norm: float | None = 1.0,
+        max_grad_norm: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -481,6 +482,14 @@ class TigerModule(L.LightningModule):
 
     def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
         return self.model_step(batch, "train")
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``max_grad_norm`` in eager training (the graphed step clips inside its graph)."""
+        norm = self.hparams.get("max_grad_norm")
+        if norm and self.automatic_optimization and not self.trainer.gradient_clip_val:
+            if str(self.trainer.precision) == "16-mixed" and getattr(optimizer, "_step_supports_amp_scaling", False):
+                raise ValueError("max_grad_norm with 16-mixed and a fused AdamW would clip scaled gradients: use bf16-mixed or trainer.gradient_clip_val")
+            torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.grad is not None], norm, foreach=True)
 
     def validation_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
         return self.model_step(batch, "val")

@@ -482,3 +482,17 @@ def test_cuda_graph_steps_train_like_eager_steps(small):
     assert graph_losses == pytest.approx(eager_losses, rel=2e-4, abs=2e-5)
     for a, b in zip(eager_params, graph_params, strict=True):
         torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-3)
+
+
+def test_max_grad_norm_clips_eager_steps_like_lightning(small):
+    """The module's max_grad_norm (what cuda_graphs clips with) gives the same eager training as
+    Lightning's gradient_clip_val at the same norm, and differs from no clipping."""
+    datamodule, _, path = small
+    weights = []
+    for module_norm, trainer_norm in ((0.05, None), (None, 0.05), (None, None)):
+        torch.manual_seed(0)
+        module = TigerModule(path, **TINY, lr=3e-3, warmup_steps=1, max_grad_norm=module_norm)
+        quiet_trainer(max_steps=3, limit_val_batches=0, gradient_clip_val=trainer_norm).fit(module, datamodule)
+        weights.append(torch.cat([p.detach().flatten() for p in module.parameters()]))
+    torch.testing.assert_close(weights[0], weights[1])
+    assert not torch.allclose(weights[0], weights[2])
