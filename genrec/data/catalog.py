@@ -272,7 +272,8 @@ class ItemCatalog:
             names.extend(name for name, _ in item.extra if name not in names)
         empty = dict.fromkeys(names, 0)
         for item in self.items:
-            for name, value in item.fields().items():
-                if name in empty and not value:
+            fields = item.fields()
+            for name in names:
+                if not fields.get(name):
                     empty[name] += 1
         return empty
