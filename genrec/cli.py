@@ -21,7 +21,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.cli import LightningCLI
 
 from genrec.artifacts import write_json
-from genrec.data.catalog import DEFAULT_TEMPLATE
+from genrec.data.catalog import DEFAULT_TEMPLATE, NoItemTextError
 from genrec.data.datamodule import SequenceDataModule
 from genrec.data.formats.base import DataFormatError, MissingItemError
 from genrec.encode import EncoderConfig, encode_catalog, encode_items
@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             GenRecCLI(args=None if argv is None else [command, *rest])
         else:
             STAGE_COMMANDS[command][0](rest)
-    except (FileNotFoundError, DataFormatError, MissingItemError, QueryError) as error:
+    except (FileNotFoundError, DataFormatError, MissingItemError, NoItemTextError, QueryError) as error:
         # Bad input is the user's to fix: say what and where, without a traceback.
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None

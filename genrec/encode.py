@@ -339,10 +339,12 @@ def encode_catalog(
         catalogue, it is returned without encoding anything.
 
     Raises:
+        NoItemTextError: when no item has text in the template's fields (e.g. Amazon Sports).
         ValueError: when an embedding is NaN or has zero norm (the message names the items).
     """
     encoder = encoder or EncoderConfig()
     template = template or DEFAULT_TEMPLATE
+    catalog.require_text(template, f"the text encoder {encoder.model!r}", data_name)
     output = Path(output) if output else default_output(data_name, encoder, template)
     settings = {
         **encoder.metadata(),

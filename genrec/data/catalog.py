@@ -166,15 +166,21 @@ def _field(fields: dict[str, str], name: str) -> str:
     return fields[name]
 
 
+class NoItemTextError(ValueError):
+    """A stage that reads item text got a catalogue whose items have none."""
+
+
 @dataclass
 class ItemCatalog:
     """All items of a data set, indexed by dense id ``0 .. len-1``.
 
     Args:
         items: the items in id order.
+        name: the data set's name, for messages ("" when unknown).
     """
 
     items: list[Item]
+    name: str = ""
     _index: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -224,7 +230,20 @@ class ItemCatalog:
 
     def subset(self, item_ids: Sequence[int]) -> ItemCatalog:
         """A new catalogue of ``item_ids`` (renumbered densely in the given order)."""
-        return ItemCatalog([self.items[i] for i in item_ids])
+        return ItemCatalog([self.items[i] for i in item_ids], self.name)
+
+    def require_text(self, template: str, reader: str, data_name: str = "") -> None:
+        """Raise :class:`NoItemTextError` (one line: the data set, 0 of N items, what to use
+        instead) when no item has a non-empty value in any field ``template`` names (``{id}``
+        does not count as text). ``reader`` names what needs the text, for the message."""
+        names = [n for n in _FIELD.findall(template) if n != "id"]
+        if any(item.fields().get(n) for item in self.items for n in names):
+            return
+        raise NoItemTextError(
+            f"data set {data_name or self.name or '(unnamed)'!r}: 0 of {len(self):,} items have text in "
+            f"{', '.join('{' + n + '}' for n in names) or 'the template'}, and {reader} needs item text; "
+            "use semantic IDs from interactions (configs/encode/cf.yaml) or an ID model such as SASRec (configs/sasrec/)"
+        )
 
     def fingerprint(self) -> str:
         """A sha256 over external ids and every field, in id order.
@@ -253,7 +272,8 @@ class ItemCatalog:
             names.extend(name for name, _ in item.extra if name not in names)
         empty = dict.fromkeys(names, 0)
         for item in self.items:
-            for name, value in item.fields().items():
-                if name in empty and not value:
+            fields = item.fields()
+            for name in names:
+                if not fields.get(name):
                     empty[name] += 1
         return empty

@@ -241,6 +241,7 @@ class SequenceDataModule(L.LightningDataModule):
                 "point the source's path at your copy"
             ) from error
         data = build_sequences(raw, kcore=self.kcore, min_length=self.min_length)
+        data.catalog.name = self.name
         log.info("data set %s: %d users, %d items, %d interactions", self.name, data.num_users, data.num_items, len(data.items))
         return data
 

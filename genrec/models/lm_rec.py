@@ -481,6 +481,7 @@ class LMRecModule(L.LightningModule):
         EOS), unique: empty titles become ``"item <external id>"``, repeated ones get
         ``" (item <external id>)"``; the counts go to :attr:`title_fixes`."""
         limit = self.hparams.max_title_tokens
+        catalog.require_text("{title}", "the LM recommender (it reads item titles)")
         ext = catalog.external_ids
         titles = [t.strip() for t in catalog.titles]
         empty = [i for i, t in enumerate(titles) if not t]

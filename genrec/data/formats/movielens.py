@@ -1,4 +1,6 @@
-"""MovieLens-100K as RecBole atomic files: ``ml-100k.inter`` and ``ml-100k.item``.
+"""MovieLens-100K as RecBole atomic files: ``ml-100k.inter`` and ``ml-100k.item`` (parsed by
+:func:`genrec.data.formats.recbole.read_atomic`; :class:`~genrec.data.formats.recbole.RecBoleSource`
+reads any other RecBole data set).
 
 Tab-separated with typed headers: ``user_id:token  item_id:token  rating:float
 timestamp:float`` and ``item_id:token  movie_title:token_seq  release_year:token
@@ -24,9 +26,9 @@ from genrec.data.formats.base import (
     RawData,
     ReadReport,
     expand,
-    iter_lines,
     resolve_file,
 )
+from genrec.data.formats.recbole import AtomicRows, read_atomic
 
 
 def recbole_ml100k_dir() -> Path:
@@ -74,54 +76,41 @@ class MovieLensSource(DataSource):
         item_path = resolve_file(folder, f"{self.name}.item")
         inter_path = resolve_file(folder, f"{self.name}.inter")
 
+        table = read_atomic(self, item_path, report, wanted={"item_id", "movie_title", "release_year", "class"})
+        _require(table, ("item_id",))
         items: dict[str, Item] = {}
-        columns = None
-        for number, line in iter_lines(item_path, report):
-            fields = line.split("\t")
-            if columns is None:
-                columns = _header(item_path, fields, required=("item_id",))
-                continue
-            if len(fields) != len(columns):
-                self.bad_record(item_path, number, f"expected {len(columns)} tab-separated fields, got {len(fields)}", report)
-                continue
-            row = dict(zip(columns, fields, strict=True))
-            year = row.get("release_year", "")
-            items[row["item_id"]] = Item.from_raw(
+        for _, values in table.rows:
+            row = dict(zip((c.name for c in table.columns), values, strict=True))
+            year = row.get("release_year") or ""
+            items[str(row["item_id"])] = Item.from_raw(
                 row["item_id"],
                 title=row.get("movie_title"),
-                categories=row.get("class", "").split(),
+                categories=row.get("class") or [],
                 description=f"Released {year}." if year else "",
             )
 
         raw = RawData(items=items, report=report)
-        columns = None
-        for number, line in iter_lines(inter_path, report):
-            fields = line.split("\t")
-            if columns is None:
-                columns = _header(inter_path, fields, required=("user_id", "item_id", "timestamp"))
+        table = read_atomic(self, inter_path, report, wanted={"user_id", "item_id", "timestamp", "rating"})
+        _require(table, ("user_id", "item_id", "timestamp"))
+        for number, values in table.rows:
+            row = dict(zip((c.name for c in table.columns), values, strict=True))
+            user, item, timestamp, rating = (row.get(k) for k in ("user_id", "item_id", "timestamp", "rating"))
+            if timestamp is None:
+                self.bad_record(inter_path, number, "empty timestamp", report)
                 continue
-            try:
-                row = dict(zip(columns, fields, strict=True))
-                timestamp = float(row["timestamp"])
-                rating = float(row.get("rating", "nan"))
-            except ValueError as error:
-                self.bad_record(inter_path, number, f"bad row ({error})", report)
-                continue
-            if self.min_rating and not rating >= self.min_rating:
+            if self.min_rating and not (rating is not None and rating >= self.min_rating):
                 report.filtered_events[f"rating < {self.min_rating:g}"] += 1
                 continue
-            if self.keep_event(raw, row["item_id"], f"{inter_path}:{number}"):
-                raw.add(row["user_id"], row["item_id"], timestamp)
+            if self.keep_event(raw, str(item), f"{inter_path}:{number}"):
+                raw.add(str(user), str(item), float(timestamp))  # type: ignore[arg-type]
         return raw
 
 
-def _header(path: Path, fields: list[str], required: tuple[str, ...]) -> list[str]:
-    """Column names of a typed RecBole header (``name:type``)."""
-    names = [f.split(":", 1)[0] for f in fields]
-    missing = [r for r in required if r not in names]
+def _require(table: AtomicRows, required: tuple[str, ...]) -> None:
+    """A :class:`DataFormatError` naming ``file:1`` when a required column is missing."""
+    missing = [r for r in required if table.index(r) is None]
     if missing:
-        raise DataFormatError(f"{path}:1: header lacks {missing} (got {fields})")
-    return names
+        raise DataFormatError(f"{table.path}:1: header lacks {missing} (got {[f'{c.name}:{c.type}' for c in table.columns]})")
 
 
 __all__ = ["MovieLensSource", "recbole_ml100k_dir"]

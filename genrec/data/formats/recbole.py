@@ -7,7 +7,8 @@ of numbers). An empty ``float`` is missing. A ``token_seq`` is space-separated i
 files; the Amazon files here write it as comma-separated quoted strings, Python style
 (``'Beauty', 'Makeup', ""Women's""`` before csv unquoting): a value that starts with a quote (or
 ``[``) is read as such a list, by a quote-aware splitter (never ``eval``), any other value is split
-on ``seq_separator``.
+on ``seq_separator`` (so is a value that starts with a quote but is no such list, e.g.
+ml-100k's title ``'Til There Was You``).
 
 Items: the column ``item_field`` (``item_id``) is the external id; catalogue fields (title,
 brand, categories, description, price) come from the columns ``fields`` maps them to (a mapped
@@ -132,15 +133,19 @@ _ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t"}
 
 
 def parse_value(kind: str, text: str, seq_separator: str = " ") -> Value:
-    """One cell as its column type says: ``token`` -> str, ``token_seq`` -> list of str,
-    ``float`` -> float (empty -> ``None``), ``float_seq`` -> list of float. ``ValueError`` when
-    a number does not parse or is not finite, or a quoted list is malformed."""
+    """One cell as its column type says: ``token`` -> str, ``token_seq`` -> list of str (a
+    quoted list when the value is one, else split on ``seq_separator``), ``float`` -> float
+    (empty -> ``None``), ``float_seq`` -> list of float. ``ValueError`` when a number does not
+    parse or is not finite."""
     if kind == "token":
         return text
     if kind == "token_seq":
         stripped = text.strip()
         if stripped[:1] in ("'", '"', "["):
-            return split_quoted(stripped)
+            try:
+                return split_quoted(stripped)
+            except ValueError:
+                pass  # not a quoted list (ml-100k's title "'Til There Was You"): RecBole's own form
         return [t for t in (stripped.split(seq_separator) if seq_separator.strip() else stripped.split()) if t]
     if kind == "float":
         return _float(text) if text.strip() else None
