@@ -45,6 +45,7 @@ from torch import Tensor
 
 from genrec.data.datamodule import SeqBatch
 from genrec.decoding import BeamResult, PrefixTrie, Recommendations, constrained_beam_search
+from genrec.errors import at_least, positive
 from genrec.metrics import RecEvaluation
 from genrec.models.presets import TigerConfig
 from genrec.quantize.semantic_ids import FORMAT, SemanticIDs
@@ -200,6 +201,8 @@ class TigerModule(L.LightningModule):
         pad_history: int | None = None,
     ) -> None:
         super().__init__()
+        positive("TigerModule", lr=lr, beam_width=beam_width)
+        at_least("TigerModule", 0, weight_decay=weight_decay, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, user_tokens=user_tokens)
         self.save_hyperparameters()
         overrides = {
             "num_layers": num_layers,
