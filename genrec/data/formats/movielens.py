@@ -24,8 +24,10 @@ from genrec.data.formats.base import (
     RawData,
     ReadReport,
     expand,
+    id_problem,
     iter_lines,
     resolve_file,
+    time_problem,
 )
 
 
@@ -106,6 +108,10 @@ class MovieLensSource(DataSource):
                 rating = float(row.get("rating", "nan"))
             except ValueError as error:
                 self.bad_record(inter_path, number, f"bad row ({error})", report)
+                continue
+            problem = time_problem(timestamp, timestamp, "timestamp") or id_problem("user", row["user_id"]) or id_problem("item", row["item_id"])
+            if problem:
+                self.bad_record(inter_path, number, problem, report)
                 continue
             if self.min_rating and not rating >= self.min_rating:
                 report.filtered_events[f"rating < {self.min_rating:g}"] += 1
