@@ -370,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         found = user_error(error, USER_ERRORS)
         if found is None or debug:
             raise
-        print(f"error: {one_line(found)}", file=sys.stderr)
+        where = "trainer: " if isinstance(found, MisconfigurationException) else ""
+        print(f"error: {where}{one_line(found)}", file=sys.stderr)
         raise SystemExit(2 if isinstance(found, UsageError) else 1) from None
 
 

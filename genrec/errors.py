@@ -97,9 +97,10 @@ def parse_error_line(error: BaseException, parser: Any, args: Sequence[str]) -> 
         return f"unknown flag {flag}{_suggest(flag.split('=')[0], _options(parser))}"
 
     unknown = re.search(r"Option '([^']+)' is not accepted", message) or re.search(r"Key '([^']+)' is not expected", message)
-    if m := re.search(r"Group '([^']+)' does not accept option '([^']+)'", message):
-        path, key = [m[1]], m[2]
-        candidates = [o[len(m[1]) + 3 :] for o in _options(parser) if o.startswith(f"--{m[1]}.")]
+    if m := re.search(r"(?:Group '([^']+)'|Subcommand '[^']+') does not accept option '([^']+)'", message):
+        group, _, key = ((f"{m[1]}." if m[1] else "") + m[2]).rpartition(".")
+        path = [group] if group else []
+        candidates = [o[len(group) + 3 :] for o in _options(parser) if o.startswith(f"--{group}.")] if group else _options(parser)
     elif unknown:
         key = unknown[1]
         candidates = _init_parameters(classes[-1]) if classes else []
@@ -114,7 +115,7 @@ def _value_error_line(path: list[str], lines: list[str], args: Sequence[str]) ->
     given = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Given value:")), None)
     detail = "; ".join(dict.fromkeys(specific)) or (lines[-1] if lines else "invalid value")
     detail = re.sub(r"<class '([\w.]+)'>", r"\1", detail).replace("Expected a ", "expected ").replace(". Got value: ", ", got ")
-    if given is not None and "Got value" not in detail:
+    if given is not None and "got " not in detail:
         detail += f" (got {given})"
     if not path:
         return detail

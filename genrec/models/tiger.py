@@ -45,7 +45,7 @@ from torch import Tensor
 
 from genrec.data.datamodule import SeqBatch
 from genrec.decoding import BeamResult, PrefixTrie, Recommendations, constrained_beam_search
-from genrec.errors import at_least, positive
+from genrec.errors import ArtifactError, at_least, positive
 from genrec.metrics import RecEvaluation
 from genrec.models.presets import TigerConfig
 from genrec.quantize.semantic_ids import FORMAT, SemanticIDs
@@ -69,10 +69,13 @@ def sid_vocab_sizes(path: str | Path) -> list[int]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (run the tokenize stage first, or point model.init_args.sids at a SID file)")
-    with safe_open(str(path), framework="pt") as handle:
-        header = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own types for a damaged file
+        raise ArtifactError(f"{path}: not a readable semantic-ID file, truncated or damaged ({type(error).__name__}: {error})") from error
     if header.get("format") != json.dumps(FORMAT):
-        raise ValueError(f"{path} is not a semantic-ID artifact (format {header.get('format')!r})")
+        raise ArtifactError(f"{path} is not a semantic-ID artifact (format {header.get('format')!r})")
     levels, codebook, dedup = (int(json.loads(header[key])) for key in ("levels", "codebook_size", "dedup_size"))
     return [codebook] * levels + [dedup]
 
