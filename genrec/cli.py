@@ -5,33 +5,60 @@ stage commands (``data``, ...) are jsonargparse parsers over the same classes, s
 syntax (``class_path`` / ``init_args``) and the same ``--print_config`` work everywhere, and a
 data preset (``configs/data/*.yaml``, a top-level ``data:`` block) composes with any model
 config: ``--config configs/data/amazon-beauty.yaml --config configs/tiger/base.yaml``.
+
+An error the user can cause (a bad value, an unknown key, a missing or damaged file) ends the
+command with one line on stderr naming the key, flag or file and the value (exit 2 for a command
+line or config that does not parse, 1 otherwise); ``--debug`` (or ``GENREC_DEBUG=1``) shows the
+traceback instead. Options are never abbreviated (``--trainer.max_epoch`` is an error).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
-from lightning.pytorch.cli import LightningCLI
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from genrec.artifacts import write_json
+from genrec.artifacts import atomic_path, read_checkpoint, write_json
 from genrec.data.catalog import DEFAULT_TEMPLATE, NoItemTextError
 from genrec.data.datamodule import SequenceDataModule
 from genrec.data.formats.base import DataFormatError, MissingItemError
 from genrec.encode import EncoderConfig, encode_catalog, encode_items
+from genrec.errors import (
+    ArtifactError,
+    ConfigError,
+    UsageError,
+    one_line,
+    parse_error_line,
+    user_error,
+)
 from genrec.models import presets
 from genrec.quantize.rqkmeans import RQKMeans
 from genrec.quantize.rqvae import RQVAEModule
 from genrec.quantize.stage import TokenizeConfig, format_quality, tokenize
 from genrec.recommender import QueryError
+from genrec.resume import RNGStateCheckpoint
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+PARSER_OPTIONS = {"exit_on_error": False, "allow_abbrev": False}
+"""Every parser raises (so :func:`main` reports one line) and matches options exactly."""
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+    DataFormatError, MissingItemError, NoItemTextError, QueryError, MisconfigurationException,
+)
+"""Errors besides :class:`~genrec.errors.UserError` that the user causes and fixes."""
 
 
 class GenRecCLI(LightningCLI):
@@ -47,10 +74,41 @@ class GenRecCLI(LightningCLI):
             datamodule_class=L.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            save_config_callback=RunConfigSaver,
             save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": [RNGStateCheckpoint()]},
+            parser_kwargs={**PARSER_OPTIONS, **{command: dict(PARSER_OPTIONS) for command in LIGHTNING_COMMANDS}},
             args=list(args) if args is not None else None,
             run=run,
         )
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if "weights_only" in self._subcommand_method_arguments[subcommand]:
+            parser.set_defaults(weights_only=True)  # --ckpt_path files load without unpickling
+        return parser
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as error:
+            given = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
+            raise UsageError(parse_error_line(error, parser, given)) from error
+
+    def _parse_ckpt_path(self) -> None:
+        """Check a ``--ckpt_path`` file before LightningCLI reads its hyperparameters: it must load
+        with ``weights_only=True`` and name a genrec model, if any."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and Path(path).is_file():
+            checkpoint = read_checkpoint(Path(path))
+            class_path = str((checkpoint.get("hyper_parameters") or {}).get("_class_path", "genrec."))
+            if not class_path.startswith("genrec."):
+                raise ArtifactError(f"{path}: the checkpoint names the class {class_path!r}, not a genrec model; refusing to import it")
+        super()._parse_ckpt_path()
+
+    def instantiate_classes(self) -> None:
+        instantiate(super().instantiate_classes)
 
 
     def after_fit(self) -> None:
@@ -61,9 +119,50 @@ class GenRecCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
+class RunConfigSaver(SaveConfigCallback):
+    """LightningCLI's config saver (``config.yaml`` in the log folder) that, when fitting, also
+    writes the resolved config beside the checkpoints: ``<folder>/config.yaml`` next to
+    ``<folder>/checkpoints/`` (the ModelCheckpoint's ``dirpath``, else the log folder's). That one
+    file is what :class:`~genrec.recommender.Recommender` reads; in a pipeline run it replaces the
+    relocated config the pipeline wrote there."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        callback = trainer.checkpoint_callback
+        dirpath = getattr(callback, "dirpath", None)
+        folder = Path(dirpath).parent if dirpath else Path(trainer.log_dir or trainer.default_root_dir)
+        text = self.parser.dump(self.config, skip_none=False)
+        with atomic_path(folder / "config.yaml") as tmp:
+            tmp.write_text(text)
+
+
+def parse(parser: ArgumentParser, args: Sequence[str]) -> Any:
+    """``parser.parse_args(args)``; a parse error becomes a one-line :class:`UsageError`."""
+    try:
+        return parser.parse_args(list(args))
+    except argparse.ArgumentError as error:
+        raise UsageError(parse_error_line(error, parser, list(args))) from error
+
+
+def instantiate(build: Callable[[], Any]) -> Any:
+    """``build()`` (jsonargparse's instantiation of the configured classes); a ``ValueError`` or
+    ``TypeError`` an ``__init__`` raises for a bad setting becomes a one-line :class:`ConfigError`
+    (errors the user causes, e.g. :class:`ConfigError` itself, pass unchanged)."""
+    try:
+        return build()
+    except (ValueError, TypeError) as error:
+        if user_error(error, USER_ERRORS) is not None:
+            raise
+        inner: BaseException = error
+        while inner.__cause__ or inner.__context__:
+            inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
+        raise ConfigError(f"invalid setting: {one_line(inner)}") from error
+
+
 def data_parser() -> ArgumentParser:
     """Parser of the ``data`` command."""
-    parser = ArgumentParser(prog="train.py data", description="Read a data set, filter, split, and print its statistics.")
+    parser = ArgumentParser(prog="train.py data", description="Read a data set, filter, split, and print its statistics.", **PARSER_OPTIONS)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML with a top-level data: block (configs/data/*.yaml)")
     parser.add_subclass_arguments(SequenceDataModule, "data", required=True, help="The data module and its reader.")
     parser.add_argument("--output", type=str | None, default=None, help="Also write the statistics as JSON here.")
@@ -73,8 +172,8 @@ def data_parser() -> ArgumentParser:
 def run_data(args: Sequence[str]) -> dict[str, object]:
     """``data`` command: statistics and split sizes of a data preset; returns them as a dict."""
     parser = data_parser()
-    config = parser.parse_args(list(args))
-    datamodule: SequenceDataModule = parser.instantiate_classes(config).data
+    config = parse(parser, args)
+    datamodule: SequenceDataModule = instantiate(lambda: parser.instantiate_classes(config)).data
     data = datamodule.data
     split = {stage: len(data.samples(stage)[0]) for stage in ("train", "val", "test")}
     print(f"data set: {datamodule.name}  ({type(datamodule.source).__name__})")
@@ -89,7 +188,7 @@ def run_data(args: Sequence[str]) -> dict[str, object]:
 
 def encode_parser() -> ArgumentParser:
     """Parser of the ``encode`` command."""
-    parser = ArgumentParser(prog="train.py encode", description="Embed every item's text with a modality encoder.")
+    parser = ArgumentParser(prog="train.py encode", description="Embed every item's text with a modality encoder.", **PARSER_OPTIONS)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML(s): a data: block and encoder:/encode: blocks")
     parser.add_subclass_arguments(SequenceDataModule, "data", required=True, help="The data set whose items are encoded.")
     parser.add_class_arguments(EncoderConfig, "encoder", help="The modality encoder.")
@@ -100,8 +199,8 @@ def encode_parser() -> ArgumentParser:
 def run_encode(args: Sequence[str]) -> Path:
     """``encode`` command: writes (or reuses) the item-embedding file and returns its path."""
     parser = encode_parser()
-    config = parser.parse_args(list(args))
-    init = parser.instantiate_classes(config)
+    config = parse(parser, args)
+    init = instantiate(lambda: parser.instantiate_classes(config))
     datamodule: SequenceDataModule = init.data
     path = encode_items(datamodule.data, encoder=init.encoder, data_name=datamodule.name, **encode_options(config, datamodule))
     print(f"embeddings: {path}")
@@ -129,9 +228,9 @@ def tokenize_parser() -> ArgumentParser:
 def run_tokenize(args: Sequence[str]) -> Path:
     """``tokenize`` command: (encode if needed,) train the tokenizer, write the SID artifact."""
     parser = tokenize_parser()
-    config = parser.parse_args(list(args))
+    config = parse(parser, args)
     tokenizer_config = parser.dump(config, format="json_indented", skip_check=True)
-    init = parser.instantiate_classes(config)
+    init = instantiate(lambda: parser.instantiate_classes(config))
     datamodule: SequenceDataModule = init.data
     catalog = datamodule.data.catalog
     settings: TokenizeConfig = init.tokenize
@@ -141,7 +240,7 @@ def run_tokenize(args: Sequence[str]) -> Path:
         embeddings = encode_items(datamodule.data, encoder=init.encoder, data_name=datamodule.name, **encode_options(config, datamodule))
     recorded = json.loads(tokenizer_config)["tokenizer"]
     path, sids = tokenize(init.tokenizer, recorded, embeddings, catalog.fingerprint(), settings, data_name=datamodule.name,
-                          transitions=datamodule.data.training_pairs(1))
+                          transitions=datamodule.data.training_pairs(1), num_items=len(catalog))
     print(f"semantic IDs: {path}")
     print(format_quality(sids.quality))
     return path
@@ -150,9 +249,9 @@ def run_tokenize(args: Sequence[str]) -> Path:
 def run_presets(args: Sequence[str]) -> list[dict[str, object]]:
     """``presets`` command: every model size preset with its parameter count (built on the meta
     device, nothing allocated)."""
-    parser = ArgumentParser(prog="train.py presets", description="List model size presets and their parameter counts.")
+    parser = ArgumentParser(prog="train.py presets", description="List model size presets and their parameter counts.", **PARSER_OPTIONS)
     parser.add_argument("--vocab_size", type=int, default=presets.DEFAULT_VOCAB_SIZE, help="TIGER vocabulary (SID tokens + specials); LM presets use their own.")
-    config = parser.parse_args(list(args))
+    config = parse(parser, args)
     rows = []
     for name in presets.names():
         shape = presets.TigerConfig.from_name(name)
@@ -173,10 +272,10 @@ def run_pipeline_command(args: Sequence[str]) -> Path:
     """``pipeline`` command: every stage of a pipeline config, then its report."""
     from genrec.pipeline import PipelineConfig, run_pipeline
 
-    parser = ArgumentParser(prog="train.py pipeline", description="data -> encode -> tokenize -> models -> report, skipping finished stages.")
+    parser = ArgumentParser(prog="train.py pipeline", description="data -> encode -> tokenize -> models -> report, skipping finished stages.", **PARSER_OPTIONS)
     parser.add_argument("--config", action=ActionConfigFile, help="a pipeline YAML (configs/pipeline/*.yaml)")
     parser.add_class_arguments(PipelineConfig, as_group=False)
-    config = parser.parse_args(list(args))
+    config = parse(parser, args)
     settings = PipelineConfig(**{k: v for k, v in vars(config).items() if k not in ("config", "__path__")})
     report = run_pipeline(settings, command="python train.py pipeline " + " ".join(args))
     print(f"report: {report}")
@@ -187,19 +286,19 @@ def run_scaling_command(args: Sequence[str]) -> Path:
     """``scaling`` command: train every (sweep, preset, seed) of a scaling config, fit the law, report."""
     from genrec.sweep import ScalingConfig, run_scaling
 
-    parser = ArgumentParser(prog="train.py scaling", description="size presets x seeds per paradigm -> scaling-law fit, table and plot.")
+    parser = ArgumentParser(prog="train.py scaling", description="size presets x seeds per paradigm -> scaling-law fit, table and plot.", **PARSER_OPTIONS)
     parser.add_argument("--config", action=ActionConfigFile, help="a scaling YAML (configs/scaling/*.yaml)")
     parser.add_class_arguments(ScalingConfig, as_group=False)
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i (independent jobs, e.g. one per GPU)")
     parser.add_argument("--collect_only", type=bool, default=False, help="fit and report the finished runs, train nothing")
     parser.add_argument("--only", type=list[str] | None, default=None, help='train only these sweeps, e.g. [tiger]')
-    config = parser.parse_args(list(args))
+    config = parse(parser, args)
     values = {k: v for k, v in vars(config).items() if k not in ("config", "__path__", "shard", "collect_only", "only")}
     values["sweeps"] = {k: (vars(v) if not isinstance(v, dict) else v) for k, v in values["sweeps"].items()}
     try:
         index, count = (int(x) for x in str(config.shard).split("/"))
     except ValueError:
-        raise ValueError(f"--shard must look like i/n, got {config.shard!r}") from None
+        raise UsageError(f"--shard must look like i/n, got {config.shard!r}") from None
     report = run_scaling(ScalingConfig(**values), command="python train.py scaling " + " ".join(args), shard=(index, count),
                          collect_only=config.collect_only, only=config.only)
     print(f"report: {report}")
@@ -213,14 +312,14 @@ def run_recommend(args: Sequence[str]) -> list[dict[str, object]]:
 
     from genrec.recommender import Recommender
 
-    parser = ArgumentParser(prog="train.py recommend", description="the top-k items a trained model recommends after a history.")
+    parser = ArgumentParser(prog="train.py recommend", description="the top-k items a trained model recommends after a history.", **PARSER_OPTIONS)
     parser.add_argument("--run", required=True, help="a pipeline run folder (with --model) or a model folder")
     parser.add_argument("--model", default=None, help="the model's name in the pipeline run, e.g. tiger")
     parser.add_argument("--history", type=list[str], required=True, help='items oldest first: external ids or titles, e.g. ["Toy Story", "50"]')
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint file")
     parser.add_argument("--output", default=None, help="also write the list as JSON here")
-    config = parser.parse_args(list(args))
+    config = parse(parser, args)
     recommender = Recommender.load(config.run, model=config.model, checkpoint=config.checkpoint)
     rows = [asdict(r) for r in recommender.recommend(list(config.history), k=config.k)]
     for rank, row in enumerate(rows, 1):
@@ -248,13 +347,16 @@ def usage() -> str:
     for name, (_, help_text) in STAGE_COMMANDS.items():
         lines.append(f"  {name:<10} {help_text}")
     lines.append("")
-    lines.append("`python train.py <command> --help` lists a command's options.")
+    lines.append("`python train.py <command> --help` lists a command's options; --debug (or GENREC_DEBUG=1) shows")
+    lines.append("the traceback of an error instead of its one-line message.")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``train.py``. Process-wide settings are made here, never at import."""
     args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("GENREC_DEBUG", "") not in ("", "0")
+    args = [arg for arg in args if arg != "--debug"]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_float32_matmul_precision("high")
     if not args or args[0] in ("-h", "--help"):
@@ -267,13 +369,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if command in LIGHTNING_COMMANDS:
             # From the shell LightningCLI reads sys.argv itself (passing both makes it warn).
+            if argv is None:
+                sys.argv = [sys.argv[0], *args]  # without --debug
             GenRecCLI(args=None if argv is None else [command, *rest])
         else:
             STAGE_COMMANDS[command][0](rest)
-    except (FileNotFoundError, DataFormatError, MissingItemError, NoItemTextError, QueryError) as error:
-        # Bad input is the user's to fix: say what and where, without a traceback.
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+    except Exception as error:
+        # Bad input is the user's to fix: say what and where, in one line, without a traceback.
+        found = user_error(error, USER_ERRORS)
+        if found is None or debug:
+            raise
+        where = "trainer: " if isinstance(found, MisconfigurationException) else ""
+        print(f"error: {where}{one_line(found)}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(found, UsageError) else 1) from None
 
 
 __all__ = ["GenRecCLI", "main", "run_data"]

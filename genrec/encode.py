@@ -22,8 +22,10 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import shutil
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -35,9 +37,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
-from genrec.artifacts import atomic_path, config_digest, file_digest
+from genrec.artifacts import atomic_path, config_digest, file_digest, output_lock
 from genrec.data.catalog import DEFAULT_TEMPLATE, ItemCatalog
 from genrec.data.sequences import SequenceData
+from genrec.errors import ConfigError, at_least
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,8 @@ class EncoderConfig:
 
     def __post_init__(self) -> None:
         if self.cf_weight < 0:
-            raise ValueError(f"encoder cf_weight must be >= 0, got {self.cf_weight}")
+            raise ConfigError(f"encoder: cf_weight must be >= 0, got {self.cf_weight}")
+        at_least("encoder", 1, max_length=self.max_length, cf_dim=self.cf_dim, cf_window=self.cf_window)
 
     @property
     def hybrid(self) -> bool:
@@ -343,6 +347,8 @@ def encode_catalog(
         ValueError: when an embedding is NaN or has zero norm (the message names the items).
     """
     encoder = encoder or EncoderConfig()
+    at_least("encode", 1, batch_size=batch_size, chunk_size=chunk_size)
+    at_least("encode", 0, num_workers=num_workers)
     template = template or DEFAULT_TEMPLATE
     catalog.require_text(template, f"the text encoder {encoder.model!r}", data_name)
     output = Path(output) if output else default_output(data_name, encoder, template)
@@ -416,22 +422,34 @@ def encode_items(data: SequenceData, output: str | Path | None = None, encoder: 
 
     Returns:
         The path of the ``[num_items, dim]`` embedding file.
+
+    Two runs writing one output take turns: the second waits for the first's lock on the output
+    path, then reuses its file (or, with other settings, rewrites it).
     """
     encoder = encoder or EncoderConfig()
-    if encoder.hybrid:
-        return _encode_hybrid(data, output, encoder, data_name, **options)
-    if encoder.model != CF_MODEL:
-        return encode_catalog(data.catalog, output, encoder, data_name=data_name, **options)
-    from genrec.collaborative import encode_interactions
+    template = "" if encoder.model == CF_MODEL else options.get("template", DEFAULT_TEMPLATE)
+    with _output_lock(Path(output) if output else default_output(data_name, encoder, template)):
+        if encoder.hybrid:
+            return _encode_hybrid(data, output, encoder, data_name, **options)
+        if encoder.model != CF_MODEL:
+            return encode_catalog(data.catalog, output, encoder, data_name=data_name, **options)
+        from genrec.collaborative import encode_interactions
 
-    output = Path(output) if output else default_output(data_name, encoder, "")
-    interactions = hashlib.sha256(data.offsets.numpy().tobytes() + data.items.numpy().tobytes()).hexdigest()
-    settings = {**encoder.metadata(), "interactions_sha256": interactions}
-    expected = {**settings, "num_items": str(data.num_items), "catalog_fingerprint": data.catalog.fingerprint()}
-    if _reusable(output, expected):
-        return output
-    dtype = options.get("dtype", "float32")
-    return encode_interactions(data, output, encoder.cf_dim, encoder.cf_window, dtype=dtype, data_name=data_name, settings=settings)
+        output = Path(output) if output else default_output(data_name, encoder, "")
+        interactions = hashlib.sha256(data.offsets.numpy().tobytes() + data.items.numpy().tobytes()).hexdigest()
+        settings = {**encoder.metadata(), "interactions_sha256": interactions}
+        expected = {**settings, "num_items": str(data.num_items), "catalog_fingerprint": data.catalog.fingerprint()}
+        if _reusable(output, expected):
+            return output
+        dtype = options.get("dtype", "float32")
+        return encode_interactions(data, output, encoder.cf_dim, encoder.cf_window, dtype=dtype, data_name=data_name, settings=settings)
+
+
+def _output_lock(path: Path) -> AbstractContextManager[None]:
+    """The output's lock in the launching process; none in the other ranks of a multi-device
+    encode, which Lightning starts from inside the launching process's locked section."""
+    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+    return output_lock(path) if rank == "0" else nullcontext()
 
 
 def embedding_label(path: str | Path) -> str:
@@ -451,7 +469,9 @@ def _encode_hybrid(data: SequenceData, output: str | Path | None, encoder: Encod
     # explicit output (``<stem>.text.safetensors``, ``<stem>.cf.safetensors``).
     output = Path(output) if output else None
     text_out, cf_out = (None, None) if output is None else (output.with_name(f"{output.stem}.{part}.safetensors") for part in ("text", "cf"))
-    text_path = encode_catalog(data.catalog, text_out, replace(encoder, cf_weight=0.0), data_name=data_name, **options)
+    text_encoder = replace(encoder, cf_weight=0.0)
+    with _output_lock(text_out or default_output(data_name, text_encoder, template)):  # shared with text-only runs
+        text_path = encode_catalog(data.catalog, text_out, text_encoder, data_name=data_name, **options)
     cf_path = encode_items(data, cf_out, EncoderConfig(model=CF_MODEL, cf_dim=encoder.cf_dim, cf_window=encoder.cf_window),
                            data_name=data_name, dtype=dtype)
     output = output or default_output(data_name, encoder, template)

@@ -145,6 +145,8 @@ def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None) -
     cli = GenRecCLI(args=args, run=False)
     last = folder / "checkpoints" / "last.ckpt"
     resume = last if last.is_file() and (folder / "digest").is_file() and (folder / "digest").read_text() == digest else None
+    if resume is not None and not _readable_checkpoint(resume):
+        resume = None  # killed while writing it: start afresh rather than fail on every re-run
     (folder / "digest").write_text(digest)
     if resume:
         log.info("%s: resuming from %s", name, resume)
@@ -175,6 +177,19 @@ def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None) -
     }
     write_json(result_path, result)
     return result
+
+
+def _readable_checkpoint(path: Path) -> bool:
+    """Whether ``path`` loads (weights only); a damaged one is logged."""
+    from genrec.artifacts import read_checkpoint
+    from genrec.errors import ArtifactError
+
+    try:
+        read_checkpoint(path)
+    except ArtifactError as error:
+        log.warning("not resuming: %s", error)
+        return False
+    return True
 
 
 def _relocate(model_config: dict[str, Any], folder: Path) -> dict[str, Any]:

@@ -2,11 +2,13 @@
 
 ``Recommender.load(folder)`` rebuilds what a model trained with from what its run wrote:
 
-* the data module (so the catalogue: dense ids, external ids, titles) from the config
-  LightningCLI saved for the run (a ``config.yaml`` with ``model:`` and ``data:`` blocks under
-  the model's folder, e.g. ``logs/version_N/config.yaml``; the newest if there are several);
-* the LightningModule of that config's ``model.class_path`` from a checkpoint
-  (``load_from_checkpoint``);
+* the data module (so the catalogue: dense ids, external ids, titles) from the resolved config
+  ``fit`` writes beside the checkpoints, ``<folder>/config.yaml`` (``model:`` and ``data:``
+  blocks; no other file under the folder is read);
+* the LightningModule of that config's ``model.class_path``, which must name one of genrec's
+  models (:data:`MODELS`; checked before anything is imported, and every ``class_path`` of the
+  ``data:`` block must lie in ``genrec``), from a checkpoint loaded with
+  ``weights_only=True`` (tensors and plain values; a pickled object is refused, never run);
 * the item tables the module decodes with: TIGER's SID file (checked against the catalogue
   and against the SID table the checkpoint was trained on), the LM recommender's title
   tokens and trie; SASRec needs none.
@@ -21,7 +23,7 @@ excludes them).
 
 from __future__ import annotations
 
-import importlib
+import argparse
 import logging
 import operator
 import os
@@ -35,14 +37,20 @@ import torch
 import yaml
 from torch import Tensor
 
+from genrec.artifacts import read_checkpoint
 from genrec.data.catalog import ItemCatalog, clean_text
 from genrec.data.datamodule import PAD_ITEM, SeqBatch, SequenceDataModule
+from genrec.errors import ArtifactError
 from genrec.models.lm_rec import LMRecModule
 from genrec.models.sasrec import SASRecModule
 from genrec.models.tiger import TigerModule
 from genrec.quantize.semantic_ids import SemanticIDs
 
 log = logging.getLogger(__name__)
+
+MODELS: dict[str, type[L.LightningModule]] = {cls.__name__: cls for cls in (TigerModule, LMRecModule, SASRecModule)}
+"""The models :meth:`Recommender.load` builds, by class name; a run's ``model.class_path`` must
+name one of them (as ``genrec.models.<Name>`` or its defining module)."""
 
 ItemRef = int | str
 """A history entry: a dense item id (``int``), or an external id or exact title (``str``)."""
@@ -113,12 +121,14 @@ class Recommender:
 
         Raises:
             FileNotFoundError: no checkpoint, saved config or SID file where expected.
-            ValueError: the SID file does not fit the catalogue or the checkpoint.
+            ArtifactError: the config names a class outside genrec's models, a checkpoint does
+                not load with ``weights_only=True`` (damaged, or pickled objects), or the SID file
+                does not fit the catalogue or the checkpoint.
         """
         folder = _model_folder(Path(path), model)
         config = _saved_config(folder)
-        module_class = _import(config["model"]["class_path"])
-        datamodule = _datamodule(config["data"])
+        module_class = _model_class(config, folder / "config.yaml")
+        datamodule = _datamodule(config["data"], folder / "config.yaml")
         catalog = datamodule.data.catalog
         file = _checkpoint_file(folder, checkpoint)
         overrides: dict[str, Any] = {}
@@ -126,7 +136,10 @@ class Recommender:
             # The SID path as the run recorded it, or the pipeline's <run>/sids/ beside the model.
             overrides["sids"] = str(_located(config["model"]["init_args"]["sids"], folder.parent / "sids"))
         log.info("loading %s from %s", module_class.__name__, file)
-        module = module_class.load_from_checkpoint(file, map_location=device, **overrides).to(device)
+        _check_hyperparameters(read_checkpoint(file), module_class, file)
+        # weights_only: no unpickling; _instantiator None: the class is built from its hparams
+        # directly, never through an importer the checkpoint names
+        module = module_class.load_from_checkpoint(file, map_location=device, weights_only=True, _instantiator=None, **overrides).to(device)
         if isinstance(module, TigerModule):
             module.attach_items(SemanticIDs.load(module.hparams.sids, expected_fingerprint=catalog.fingerprint()))
         elif isinstance(module, LMRecModule):
@@ -252,34 +265,70 @@ def _model_folder(path: Path, model: str | None) -> Path:
 
 
 def _saved_config(folder: Path) -> dict[str, Any]:
-    """The newest config with ``model:`` and ``data:`` blocks under ``folder`` (what LightningCLI's
-    SaveConfigCallback writes to the log folder of each run)."""
-    found = []
-    for path in folder.rglob("config.yaml"):
-        config = yaml.safe_load(path.read_text())
-        if isinstance(config, dict) and isinstance(config.get("model"), dict) and isinstance(config.get("data"), dict):
-            found.append((path.stat().st_mtime_ns, str(path), config))
-    if not found:
+    """The resolved config ``fit`` wrote beside the checkpoints, ``<folder>/config.yaml`` (with
+    ``model:`` and ``data:`` blocks); no other file is considered."""
+    path = folder / "config.yaml"
+    if not path.is_file():
         raise FileNotFoundError(
-            f"no config.yaml with model: and data: blocks under {folder} (LightningCLI saves one in the run's log folder)"
+            f"{path} not found: fit writes the run's resolved config there, beside checkpoints/ "
+            "(for a run made before it did, copy the run's logs/version_N/config.yaml there)"
         )
-    return max(found, key=lambda entry: entry[:2])[2]
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{path}: not valid YAML ({type(error).__name__}: {error})".replace("\n", " ")) from error
+    if not (isinstance(config, dict) and isinstance(config.get("model"), dict) and isinstance(config.get("data"), dict)):
+        raise ArtifactError(f"{path}: expected model: and data: blocks (the resolved config fit writes)")
+    return config
 
 
-def _import(class_path: str) -> type[L.LightningModule]:
-    module, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    if not (isinstance(cls, type) and issubclass(cls, L.LightningModule)):
-        raise TypeError(f"{class_path} is not a LightningModule")
+def _model_class(config: dict[str, Any], source: Path) -> type[L.LightningModule]:
+    """The genrec model of ``config``'s ``model.class_path``, looked up in :data:`MODELS`, so
+    nothing is imported (a class path outside genrec is refused before any import)."""
+    class_path = config["model"].get("class_path")
+    module, _, name = str(class_path).rpartition(".")
+    cls = MODELS.get(name)
+    if cls is None or module not in (cls.__module__, "genrec.models"):
+        expected = ", ".join(f"genrec.models.{n}" for n in MODELS)
+        raise ArtifactError(f"{source}: model.class_path {class_path!r} is not a genrec model ({expected}); nothing was imported")
     return cls
 
 
-def _datamodule(data: dict[str, Any]) -> SequenceDataModule:
-    """The data module of a config's ``data:`` block (``class_path`` / ``init_args``)."""
-    from genrec.cli import data_parser
+def _foreign_class_paths(block: Any, where: str = "data") -> list[str]:
+    """Every ``class_path`` inside a config block that lies outside the genrec package."""
+    found = []
+    if isinstance(block, dict):
+        for key, value in block.items():
+            if key == "class_path" and not str(value).startswith("genrec."):
+                found.append(f"{where}.class_path {value!r}")
+            found += _foreign_class_paths(value, f"{where}.{key}" if key != "init_args" else where)
+    elif isinstance(block, list):
+        for i, value in enumerate(block):
+            found += _foreign_class_paths(value, f"{where}[{i}]")
+    return found
 
+
+def _datamodule(data: dict[str, Any], source: Path) -> SequenceDataModule:
+    """The data module of a config's ``data:`` block (``class_path`` / ``init_args``), whose
+    classes must all lie in genrec (checked before jsonargparse imports any)."""
+    from genrec.cli import data_parser, instantiate, parse_error_line
+
+    foreign = _foreign_class_paths(data)
+    if foreign:
+        raise ArtifactError(f"{source}: {foreign[0]} lies outside genrec; refusing to import it")
     parser = data_parser()
-    return parser.instantiate_classes(parser.parse_object({"data": data})).data
+    try:
+        parsed = parser.parse_object({"data": data})
+    except argparse.ArgumentError as error:
+        raise ArtifactError(f"{source}: {parse_error_line(error, parser, [])}") from error
+    return instantiate(lambda: parser.instantiate_classes(parsed)).data
+
+
+def _check_hyperparameters(checkpoint: dict[str, Any], module_class: type[L.LightningModule], file: Path) -> None:
+    """A checkpoint's recorded class (LightningCLI's ``_class_path``) is the config's model."""
+    recorded = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    if recorded is not None and str(recorded).rpartition(".")[2] != module_class.__name__:
+        raise ArtifactError(f"{file}: the checkpoint is of {recorded!r}, the run's config names {module_class.__name__}")
 
 
 def _checkpoint_file(folder: Path, checkpoint: str) -> Path:
@@ -290,9 +339,9 @@ def _checkpoint_file(folder: Path, checkpoint: str) -> Path:
     elif checkpoint == "best":
         if not last.is_file():
             raise FileNotFoundError(f"{last} not found, which records the best checkpoint; pass checkpoint=<file>")
-        state = torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("callbacks", {})
+        state = read_checkpoint(last).get("callbacks", {})
         best = next((s["best_model_path"] for key, s in state.items() if key.startswith("ModelCheckpoint") and s.get("best_model_path")), "")
-        path = _located(best, checkpoints) if best else last
+        path = checkpoints / Path(best).name if best else last  # never a file outside the run's checkpoints/
     else:
         path = Path(checkpoint) if Path(checkpoint).is_file() else checkpoints / checkpoint
     if not path.is_file():

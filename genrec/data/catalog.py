@@ -2,9 +2,14 @@
 
 Item ids are dense integers ``0 .. N-1``; the external id (an ASIN, a MovieLens id, a P5
 integer string) is kept beside them. Text fields are cleaned once, when the catalogue is
-built: HTML entities unescaped, whitespace runs collapsed, ends stripped. Besides the text
-fields an item may carry a price and any further fields a reader kept (``extra``, e.g. a sales
-rank), all as text, so a template can name every one of them.
+built: HTML entities unescaped, HTML markup removed, whitespace runs collapsed, ends stripped.
+Besides the text fields an item may carry a price and any further fields a reader kept
+(``extra``, e.g. a sales rank), all as text, so a template can name every one of them.
+
+Markup is removed only where it is certainly markup (:func:`clean_text`): ``Size <M> shirt`` and
+``x<y and z>w`` keep their text. What the cleaning removed is counted while a
+:func:`counting_cleaning` block is open (the data module opens one around its reader), so it
+appears in the data statistics with examples.
 """
 
 from __future__ import annotations
@@ -12,11 +17,29 @@ from __future__ import annotations
 import hashlib
 import html
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 _WHITESPACE = re.compile(r"\s+")
-_TAG = re.compile(r"</?[A-Za-z][^<>]{0,200}>")
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]{0,15})((?:\s+[^<>]{0,300}?)?)\s*(/?)>")
+"""A candidate tag: ``<``, an optional ``/``, a name, optional attributes, an optional ``/``, ``>``;
+:func:`_is_markup` decides whether it is one."""
+_ATTRIBUTE = re.compile(r"""[A-Za-z_:][-\w:.]*\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+)""")
+_HTML_TAG_NAMES = (
+    "a abbr acronym address area article aside audio b base bdi bdo big blockquote body br button caption center "
+    "cite code col colgroup dd del details dfn div dl dt em embed fieldset figcaption figure font footer form h1 "
+    "h2 h3 h4 h5 h6 head header hr html i iframe img input ins kbd label legend li link main map mark meta nav "
+    "noscript object ol optgroup option p param picture pre q rp rt ruby s samp script section select small "
+    "source span strike strong style sub summary sup table tbody td template textarea tfoot th thead time title "
+    "tr track tt u ul var video wbr"
+)
+_HTML_TAGS = frozenset(_HTML_TAG_NAMES.split())
+"""Element names of HTML; ``<M>`` or ``<y and z>`` name none, so they are text."""
+_UNPAIRED_NAMES = "area base br col embed hr img input link meta param source track wbr p li dt dd tr td th option"
+_UNPAIRED = frozenset(_UNPAIRED_NAMES.split())
+"""Void elements and elements whose end tag may be omitted: markup even without a closing tag."""
 _OPTIONAL = re.compile(r"\[([^\[\]]*)\]")
 _FIELD = re.compile(r"\{(\w+)\}")
 
@@ -29,15 +52,64 @@ DEFAULT_TEMPLATE = "{title}[. Brand: {brand}][. Categories: {categories}][. {des
 """Title, then each non-empty field; a ``[...]`` segment is dropped when a field inside is empty."""
 
 
+class TextFieldError(ValueError):
+    """A text field holds a value that is not text (a mapping, ...); readers report it as a bad
+    record naming the file and line."""
+
+
+@dataclass
+class CleaningCounts:
+    """What :func:`clean_text` removed beyond entities and whitespace, while counting.
+
+    Attributes:
+        markup_removed: values from which HTML tags were removed.
+        examples: up to 5 such values, ``"before" -> "after"`` (shortened).
+    """
+
+    markup_removed: int = 0
+    examples: list[str] = field(default_factory=list)
+
+
+_COUNTS: ContextVar[CleaningCounts | None] = ContextVar("genrec_cleaning_counts", default=None)
+
+
+@contextmanager
+def counting_cleaning() -> Iterator[CleaningCounts]:
+    """Count what :func:`clean_text` removes inside the block (in this thread / context)."""
+    counts = CleaningCounts()
+    token = _COUNTS.set(counts)
+    try:
+        yield counts
+    finally:
+        _COUNTS.reset(token)
+
+
 def clean_text(value: object) -> str:
-    """Normalise one raw text value: unescape HTML entities (twice, for ``&amp;amp;``), drop
-    HTML tags, collapse whitespace. Lists are joined with ", "; ``None`` gives ""."""
+    """Normalise one raw text value: unescape HTML entities (twice, for ``&amp;amp;``), remove
+    HTML markup, collapse whitespace. Lists are joined with " "; ``None`` gives ""; numbers
+    become their text.
+
+    Markup is a tag with an HTML element name that is a closing tag, carries ``name=value``
+    attributes, is self-closing or of an element needing no closing tag (``<br>``, ``<p>``), or
+    is closed later in the value (``<b>..</b>``). Anything else between ``<`` and ``>`` is text:
+    ``Size <M> shirt``, ``x<y and z>w``, ``Size <S> shirt`` are kept as they are.
+
+    Raises:
+        TextFieldError: ``value`` is a mapping or another non-text type.
+    """
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):
         return " ".join(s for s in (clean_text(v) for v in value) if s)
+    if not isinstance(value, (str, int, float)):
+        raise TextFieldError(f"expected text, got a {type(value).__name__} ({str(value)[:60]!r})")
     text = html.unescape(html.unescape(str(value)))
-    text = _TAG.sub(" ", text)
+    if "<" in text:
+        lowered = text.lower()
+        stripped = _TAG.sub(lambda m: " " if _is_markup(m, lowered) else m.group(0), text)
+        if stripped != text:
+            _count_markup(text, stripped)
+            text = stripped
     return _WHITESPACE.sub(" ", text).strip()
 
 
@@ -49,6 +121,22 @@ def format_number(value: float) -> str:
     if float(value).is_integer() and abs(value) < 1e16:
         return str(int(value))
     return repr(float(value))
+
+
+def _is_markup(match: re.Match[str], lowered: str) -> bool:
+    closing, name, attributes, self_closing = match.group(1), match.group(2).lower(), match.group(3), match.group(4)
+    if name not in _HTML_TAGS:
+        return False
+    return bool(closing or self_closing or name in _UNPAIRED or _ATTRIBUTE.search(attributes) or f"</{name}>" in lowered)
+
+
+def _count_markup(before: str, after: str) -> None:
+    counts = _COUNTS.get()
+    if counts is None:
+        return
+    counts.markup_removed += 1
+    if len(counts.examples) < 5:
+        counts.examples.append(f"{before[:60]!r} -> {_WHITESPACE.sub(' ', after).strip()[:60]!r}")
 
 
 def clean_categories(value: object) -> tuple[str, ...]:

@@ -16,13 +16,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from genrec.data.catalog import counting_cleaning
 from genrec.data.formats.base import DataSource, expand
 from genrec.data.sequences import SequenceData, Stage, build_sequences
+from genrec.errors import ArtifactError, ConfigError, at_least
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +194,10 @@ class SequenceDataModule(L.LightningDataModule):
         text_template: the data set's default item text template (``{title}[. Brand: {brand}]``,
             see :func:`genrec.data.catalog.render`), used by the encode stage unless
             ``--encode.template`` is given; ``None``: :data:`~genrec.data.catalog.DEFAULT_TEMPLATE`.
+
+    The uniform training shuffle draws from one generator seeded with ``seed``; its state is the
+    module's :meth:`state_dict`, saved in every checkpoint, so a resumed run shuffles the next
+    epoch as the uninterrupted run would (not as epoch 0).
     """
 
     def __init__(
@@ -209,6 +216,9 @@ class SequenceDataModule(L.LightningDataModule):
         text_template: str | None = None,
     ) -> None:
         super().__init__()
+        at_least("SequenceDataModule", 0, kcore=kcore, num_workers=num_workers)
+        at_least("SequenceDataModule", 1, max_history=max_history, batch_size=batch_size, eval_batch_size=eval_batch_size)
+        at_least("SequenceDataModule", 3, min_length=min_length)
         self.save_hyperparameters(ignore=["source"])
         self.text_template = text_template
         self.bucket_by_length = bucket_by_length
@@ -223,6 +233,8 @@ class SequenceDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self._data: SequenceData | None = None
+        self._shuffle: torch.Generator | None = None
+        self._shuffle_state: torch.Tensor | None = None
 
     @property
     def data(self) -> SequenceData:
@@ -234,13 +246,19 @@ class SequenceDataModule(L.LightningDataModule):
     def load(self) -> SequenceData:
         """Read and filter the data set (no caching; :attr:`data` caches)."""
         try:
-            raw = self.source.read()
+            with counting_cleaning() as cleaned:
+                raw = self.source.read()
+            raw.report.markup_removed += cleaned.markup_removed
+            raw.report.markup_examples += cleaned.examples[: 5 - len(raw.report.markup_examples)]
         except FileNotFoundError as error:
             raise FileNotFoundError(
                 f"{error} -- expected by data preset {self.name!r} ({type(self.source).__name__}); "
                 "point the source's path at your copy"
             ) from error
-        data = build_sequences(raw, kcore=self.kcore, min_length=self.min_length)
+        try:
+            data = build_sequences(raw, kcore=self.kcore, min_length=self.min_length)
+        except ConfigError as error:
+            raise ConfigError(f"data set {self.name!r} ({type(self.source).__name__} {_files(self.source)}): {error}") from error
         data.catalog.name = self.name
         log.info("data set %s: %d users, %d items, %d interactions", self.name, data.num_users, data.num_items, len(data.items))
         return data
@@ -283,12 +301,34 @@ class SequenceDataModule(L.LightningDataModule):
             batch_size=batch_size,
             sampler=sampler,
             shuffle=shuffle if sampler is None else None,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle and sampler is None else None,
+            generator=self.shuffle_generator() if shuffle and sampler is None else None,
             collate_fn=_keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def shuffle_generator(self) -> torch.Generator:
+        """The training shuffle's generator: seeded with ``seed`` on first use, or set to the state
+        a checkpoint restored (:meth:`load_state_dict`); one per module, so every epoch draws on."""
+        if self._shuffle is None:
+            self._shuffle = torch.Generator().manual_seed(self.seed)
+            if self._shuffle_state is not None:
+                self._shuffle.set_state(self._shuffle_state)
+        return self._shuffle
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"shuffle_generator": ByteTensor}`` once training has drawn from it (saved in checkpoints)."""
+        return {} if self._shuffle is None else {"shuffle_generator": self._shuffle.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the training shuffle from a checkpoint's state (see :meth:`state_dict`)."""
+        state = state_dict.get("shuffle_generator")
+        if state is None:
+            return
+        self._shuffle_state = state
+        if self._shuffle is not None:
+            self._shuffle.set_state(state)
 
     def train_dataloader(self) -> DataLoader[SeqBatch]:
         return self._loader("train", self.batch_size, shuffle=True)
@@ -325,6 +365,8 @@ class ItemEmbeddingDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        at_least("ItemEmbeddingDataModule", 1, batch_size=batch_size)
+        at_least("ItemEmbeddingDataModule", 0, num_workers=num_workers, val_fraction=val_fraction)
         self.save_hyperparameters()
         self.path = expand(embeddings)
         self.batch_size = batch_size
@@ -380,13 +422,34 @@ class RowDataset(Dataset[torch.Tensor]):
 
 
 def load_embeddings(path: str | Path) -> torch.Tensor:
-    """The ``embeddings`` tensor of a safetensors file as float32 ``[num_items, dim]``."""
+    """The ``embeddings`` tensor of a safetensors file as float32 ``[num_items, dim]``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ArtifactError: not a readable safetensors file with an ``embeddings`` matrix, or rows
+            with NaN or infinite values (naming the first item ids, i.e. rows).
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (run the encode stage first)")
-    tensors = load_file(str(path))
-    if "embeddings" not in tensors:
-        raise KeyError(f"{path} has no 'embeddings' tensor (found {sorted(tensors)})")
-    return tensors["embeddings"].float()
+    try:
+        tensors = load_file(str(path))
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise ArtifactError(f"{path}: not a readable safetensors file ({type(error).__name__}: {error})") from error
+    if "embeddings" not in tensors or tensors["embeddings"].dim() != 2:
+        raise ArtifactError(f"{path} has no [num_items, dim] 'embeddings' tensor (found {sorted(tensors)})")
+    table = tensors["embeddings"].float()
+    bad = (~torch.isfinite(table)).any(1).nonzero().flatten().tolist()
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        raise ArtifactError(f"{path}: {len(bad)} of {len(table)} item embeddings have NaN or infinite values (item ids {shown}); re-run the encode stage")
+    return table
+
+
+def _files(source: DataSource) -> str:
+    """The file settings of a reader, for messages (``path=...``, ``reviews=...``)."""
+    described = source.describe()
+    files = {k: v for k, v in described.items() if isinstance(v, str) and k in ("path", "reviews", "meta", "sequences", "datamaps", "name")}
+    return ", ".join(f"{k}={v}" for k, v in files.items()) or "no files"

@@ -22,6 +22,7 @@ import torch
 
 from genrec.data.catalog import ItemCatalog
 from genrec.data.formats.base import RawData, ReadReport
+from genrec.errors import ConfigError, at_least
 
 Stage = Literal["train", "val", "test"]
 
@@ -67,7 +68,13 @@ class DataStats:
         ]
         read = self.read
         if read.get("bad_lines"):
-            rows.append(("malformed lines skipped", _per_file(read["bad_lines"])))
+            examples = "; ".join(read.get("bad_line_examples", [])[:3])
+            rows.append(("malformed lines skipped", _per_file(read["bad_lines"]) + (f" (e.g. {examples})" if examples else "")))
+        if read.get("empty_sequences"):
+            rows.append(("users listed without items (no events)", _per_file(read["empty_sequences"])))
+        if read.get("markup_removed"):
+            examples = "; ".join(read.get("markup_examples", [])[:2])
+            rows.append(("text values with HTML markup removed", f"{read['markup_removed']:,} (e.g. {examples})"))
         if read.get("non_utf8_lines"):
             rows.append(("lines with non-UTF-8 bytes (replaced)", _per_file(read["non_utf8_lines"])))
         for reason, count in read.get("filtered_events", {}).items():
@@ -189,10 +196,10 @@ def build_sequences(raw: RawData, kcore: int = 5, min_length: int = 3) -> Sequen
             (3 is the least the leave-one-out split can use).
 
     Raises:
-        ValueError: when nothing is left after filtering.
+        ConfigError: a setting out of range, or nothing is left after filtering.
     """
-    if min_length < 3:
-        raise ValueError(f"min_length must be at least 3 for the leave-one-out split, got {min_length}")
+    at_least("build_sequences", 0, kcore=kcore)
+    at_least("build_sequences", 3, min_length=min_length)  # the leave-one-out split needs 3
     catalog_ids = list(raw.items)
     item_index = {ext: i for i, ext in enumerate(catalog_ids)}
     user_index: dict[str, int] = {}
@@ -225,7 +232,7 @@ def build_sequences(raw: RawData, kcore: int = 5, min_length: int = 3) -> Sequen
     keep &= ~short[users]
     users, items, times = users[keep], items[keep], times[keep]
     if len(users) == 0:
-        raise ValueError(
+        raise ConfigError(
             f"no interactions left after {kcore}-core filtering and dropping users with fewer than "
             f"{min_length} interactions ({raw_events:,} events read)"
         )

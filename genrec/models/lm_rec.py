@@ -58,6 +58,7 @@ from torch import Tensor, nn
 from genrec.data.catalog import ItemCatalog
 from genrec.data.datamodule import SeqBatch
 from genrec.decoding import BeamResult, PrefixTrie, Recommendations, constrained_beam_search
+from genrec.errors import positive
 from genrec.metrics import RecEvaluation
 from genrec.models.presets import LMRecConfig
 from genrec.models.tiger import fused_adamw, lr_schedule
@@ -353,6 +354,7 @@ class LMRecModule(L.LightningModule):
         cold_start_max_count: int = 5,
     ) -> None:
         super().__init__()
+        positive("LMRecModule", lr=lr, max_prompt_tokens=max_prompt_tokens, max_title_tokens=max_title_tokens, beam_width=beam_width)
         self.save_hyperparameters()
         if prompt_template.count("{history}") != 1 or item_template.count("{title}") != 1:
             raise ValueError("prompt_template needs {history} once and item_template {title} once")

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from genrec.data.datamodule import PAD_ITEM, SeqBatch
 from genrec.decoding import Recommendations
+from genrec.errors import at_least, check, positive
 from genrec.metrics import RecEvaluation
 
 Stage = Literal["train", "val", "test"]
@@ -60,6 +61,9 @@ class SASRecModule(L.LightningModule):
         cold_start_max_count: int = 5,
     ) -> None:
         super().__init__()
+        positive("SASRecModule", hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, max_length=max_length, num_items=num_items, lr=lr)
+        at_least("SASRecModule", 0, weight_decay=weight_decay)
+        check("SASRecModule", "dropout", dropout, 0 <= dropout < 1, "in [0, 1)")
         self.save_hyperparameters()
         self.ks = tuple(int(k) for k in ks)
         self.evaluation = RecEvaluation(self.ks, cold_start_max_count)

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from genrec.data.datamodule import SeqBatch
 from genrec.decoding import BeamResult, PrefixTrie, Recommendations, constrained_beam_search
+from genrec.errors import ArtifactError, at_least, positive
 from genrec.metrics import RecEvaluation
 from genrec.models.graphed_step import GraphedAdamW, GraphedTrainStep
 from genrec.models.presets import TigerConfig
@@ -74,10 +75,13 @@ def sid_vocab_sizes(path: str | Path) -> list[int]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (run the tokenize stage first, or point model.init_args.sids at a SID file)")
-    with safe_open(str(path), framework="pt") as handle:
-        header = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own types for a damaged file
+        raise ArtifactError(f"{path}: not a readable semantic-ID file, truncated or damaged ({type(error).__name__}: {error})") from error
     if header.get("format") != json.dumps(FORMAT):
-        raise ValueError(f"{path} is not a semantic-ID artifact (format {header.get('format')!r})")
+        raise ArtifactError(f"{path} is not a semantic-ID artifact (format {header.get('format')!r})")
     levels, codebook, dedup = (int(json.loads(header[key])) for key in ("levels", "codebook_size", "dedup_size"))
     return [codebook] * levels + [dedup]
 
@@ -217,6 +221,8 @@ class TigerModule(L.LightningModule):
         max_grad_norm: float | None = None,
     ) -> None:
         super().__init__()
+        positive("TigerModule", lr=lr, beam_width=beam_width)
+        at_least("TigerModule", 0, weight_decay=weight_decay, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, user_tokens=user_tokens)
         self.save_hyperparameters()
         overrides = {
             "num_layers": num_layers,

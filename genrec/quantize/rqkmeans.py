@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from genrec.artifacts import atomic_path
+from genrec.errors import positive
 
 Normalize = Literal["none", "input", "residual"]
 _EPS = 1e-12
@@ -178,6 +179,7 @@ class RQKMeans:
     ) -> None:
         if normalize not in ("none", "input", "residual"):
             raise ValueError(f"normalize must be 'none', 'input' or 'residual', got {normalize!r}")
+        positive("RQKMeans", iters=iters, init_samples=init_samples, chunk_size=chunk_size)
         if levels < 1 or codebook_size < 2:
             raise ValueError(f"need levels >= 1 and codebook_size >= 2, got {levels} and {codebook_size}")
         self.levels = levels

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genrec.errors import positive
 from genrec.quantize.residual import ResidualQuantizer
 from genrec.quantize.semantic_ids import quality_report
 
@@ -169,6 +170,7 @@ class RQVAEModule(L.LightningModule):
     ) -> None:
         args = dict(locals())
         super().__init__()
+        positive("RQVAEModule", levels=levels, codebook_size=codebook_size, latent_dim=latent_dim, lr=lr, encode_batch_size=encode_batch_size)
         self.save_hyperparameters()
         overrides = {f.name: args[f.name] for f in fields(RQVAEConfig) if args.get(f.name) is not None}
         self.config = RQVAEConfig.from_name(preset, **overrides)

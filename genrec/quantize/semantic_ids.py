@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from genrec.artifacts import atomic_path, write_json
+from genrec.errors import ArtifactError
 
 FORMAT = "genrec.semantic_ids"
 FORMAT_VERSION = 1
@@ -317,24 +318,32 @@ class SemanticIDs:
         """Read an artifact written by :meth:`save`.
 
         Raises:
-            ValueError: when ``expected_fingerprint`` is given and differs from the recorded
-                one, or the file is not a SID artifact.
+            FileNotFoundError: no such file.
+            ArtifactError: (a ``ValueError``) when ``expected_fingerprint`` is given and differs
+                from the recorded one, or the file is unreadable (truncated) or not a SID artifact.
         """
         from safetensors import safe_open
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found (run the tokenize stage first)")
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-            if header.get("format") != json.dumps(FORMAT) or "sids" not in handle.keys():  # noqa: SIM118
-                raise ValueError(f"{path} is not a semantic-ID artifact (format {header.get('format')!r})")
-            table = handle.get_tensor("sids")
-        meta = {key: json.loads(value) for key, value in header.items()}
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                header = handle.metadata() or {}
+                if header.get("format") != json.dumps(FORMAT) or "sids" not in handle.keys():  # noqa: SIM118
+                    raise ArtifactError(f"{path} is not a semantic-ID artifact (format {header.get('format')!r})")
+                table = handle.get_tensor("sids")
+            meta = {key: json.loads(value) for key, value in header.items()}
+        except ArtifactError:
+            raise
+        except Exception as error:  # noqa: BLE001 - safetensors and json raise their own types for damaged files
+            raise ArtifactError(f"{path}: not a readable semantic-ID file, truncated or damaged ({type(error).__name__}: {error})") from error
         if meta["version"] > FORMAT_VERSION:
-            raise ValueError(f"{path} has format version {meta['version']}; this genrec reads <= {FORMAT_VERSION}")
+            raise ArtifactError(f"{path} has format version {meta['version']}; this genrec reads <= {FORMAT_VERSION}")
+        if table.dim() != 2 or table.shape[0] != meta.get("num_items") or table.shape[1] != meta.get("levels", 0) + 1:
+            raise ArtifactError(f"{path}: the table is {list(table.shape)}, the header says {meta.get('num_items')} items x {meta.get('levels')} levels + dedup")
         if expected_fingerprint is not None and meta.get("fingerprint") != expected_fingerprint:
-            raise ValueError(
+            raise ArtifactError(
                 f"{path} was made for catalogue fingerprint {meta.get('fingerprint')!r}, "
                 f"but the catalogue in use has fingerprint {expected_fingerprint!r}"
             )

@@ -19,8 +19,16 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from genrec.data.catalog import Item
-from genrec.data.formats.base import DataSource, RawData, ReadReport, expand, iter_lines
+from genrec.data.catalog import Item, TextFieldError
+from genrec.data.formats.base import (
+    DataSource,
+    RawData,
+    ReadReport,
+    expand,
+    id_problem,
+    iter_lines,
+    time_problem,
+)
 
 
 class AmazonSource(DataSource):
@@ -98,8 +106,13 @@ class AmazonSource(DataSource):
                 self.bad_record(path, number, f"metadata record without {missing}", report)
             elif item_id in items:
                 report.duplicate_meta_lines[path.name] += 1
+            elif problem := id_problem("item", item_id):
+                self.bad_record(path, number, problem, report)
             else:
-                items[item_id] = self.item_of(item_id, record)
+                try:
+                    items[item_id] = self.item_of(item_id, record)
+                except TextFieldError as error:
+                    self.bad_record(path, number, f"item {item_id}: a text field is not text: {error}", report)
         return items
 
     def _meta_record(self, line: str) -> dict[str, Any]:
@@ -111,13 +124,14 @@ class AmazonSource(DataSource):
         item = _first_id(record, self.item_fields)
         if user is None or item is None:
             return f"review without {self.user_field} or {' or '.join(self.item_fields)}"
+        problem = id_problem("user", user) or id_problem("item", item)
+        if problem:
+            return problem
         value = record.get(self.time_field)
-        try:
-            seconds = float(value) / self.time_divisor  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            seconds = math.nan
-        if not math.isfinite(seconds):
-            return f"review without a numeric {self.time_field} (got {value!r})"
+        seconds = value / self.time_divisor if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        problem = time_problem(value, seconds, self.time_field)
+        if problem:
+            return problem
         return user, item, seconds
 
 

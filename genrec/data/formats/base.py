@@ -6,9 +6,12 @@ Everything after that (time ordering, k-core, split) is format-independent and l
 :mod:`genrec.data.sequences`.
 
 Bad input never disappears: a malformed line raises :class:`DataFormatError` naming the file and
-line, or, with ``skip_bad_lines``, is skipped and counted in :class:`ReadReport`; bytes that are
-not UTF-8 are replaced and counted; events whose item has no catalogue entry raise an error
-naming the item, or with ``missing_items="drop"`` are dropped and counted.
+line, or, with ``skip_bad_lines``, is skipped and counted in :class:`ReadReport` (with
+examples); bytes that are not UTF-8 are replaced and counted in text, and make a line bad in a
+user or item id (a replaced id would split a user silently); events whose item has no catalogue
+entry raise an error naming the item, or with ``missing_items="drop"`` are dropped and counted.
+A UTF-8 byte-order mark starting a file is ignored. Times must be numbers of seconds between
+1970 and 2100 (:func:`time_problem`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import gzip
 import html
 import io
+import math
 import os
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -25,15 +29,19 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from genrec.data.catalog import Item
+from genrec.errors import UserError
 
 T = TypeVar("T")
 
+MAX_SECONDS = 4_102_444_800.0
+"""2100-01-01 UTC: a later event time is a unit error or garbage, not a time."""
 
-class DataFormatError(ValueError):
+
+class DataFormatError(UserError, ValueError):
     """A file does not have the format its reader expects; the message names file and line."""
 
 
-class MissingItemError(KeyError):
+class MissingItemError(UserError, KeyError):
     """An interaction names an item that has no catalogue entry."""
 
     def __str__(self) -> str:  # KeyError would quote the message
@@ -56,6 +64,10 @@ class ReadReport:
         absent_columns: configured columns a file does not have (their field is empty for
             every item), per file name.
         ignored_columns: columns of a file that are not read (by configuration), per file name.
+        bad_line_examples: up to 5 skipped lines, ``file:line: what is wrong``.
+        empty_sequences: users listed with no items at all (they have no events), per file name.
+        markup_removed: catalogue text values from which HTML markup was removed.
+        markup_examples: up to 5 of them, before -> after.
     """
 
     bad_lines: Counter[str] = field(default_factory=Counter)
@@ -72,6 +84,10 @@ class ReadReport:
         """Count, for ``file_name``, the text values holding HTML entities (which the catalogue
         unescapes): a value counts once however many entities it has."""
         self.html_unescaped[file_name] += sum(isinstance(v, str) and "&" in v and html.unescape(v) != v for v in values)
+    bad_line_examples: list[str] = field(default_factory=list)
+    empty_sequences: Counter[str] = field(default_factory=Counter)
+    markup_removed: int = 0
+    markup_examples: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +100,10 @@ class ReadReport:
             "html_unescaped": dict(self.html_unescaped),
             "absent_columns": {k: list(v) for k, v in self.absent_columns.items()},
             "ignored_columns": {k: list(v) for k, v in self.ignored_columns.items()},
+            "bad_line_examples": list(self.bad_line_examples),
+            "empty_sequences": dict(self.empty_sequences),
+            "markup_removed": self.markup_removed,
+            "markup_examples": list(self.markup_examples),
         }
 
 
@@ -143,11 +163,12 @@ def expand(path: str | os.PathLike[str]) -> Path:
 
 def read_text(path: Path, report: ReadReport) -> str:
     """The whole file (plain or ``.gz``) as text; undecodable bytes replaced and counted."""
-    data = _open_binary(path).read()
+    with _open_binary(path) as handle:
+        data = handle.read()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError:
-        text = data.decode("utf-8", errors="replace")
+        text = data.decode("utf-8", errors="replace").removeprefix("\ufeff")
         report.non_utf8_lines[path.name] += sum("\ufffd" in line for line in text.splitlines())
         return text
 
@@ -165,6 +186,8 @@ def iter_lines(path: Path, report: ReadReport) -> Iterator[tuple[int, str]]:
                 line = raw.decode("utf-8", errors="replace")
                 report.non_utf8_lines[path.name] += 1
             line = line.rstrip("\r\n")
+            if number == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark is no content
             if line.strip():
                 yield number, line
 
@@ -206,15 +229,16 @@ class DataSource(ABC):
         try:
             return parse(line)
         except Exception as error:  # noqa: BLE001 - any parse failure is a format error here
-            if self.skip_bad_lines:
-                report.bad_lines[path.name] += 1
-                return None
-            raise DataFormatError(f"{path}:{number}: cannot parse line ({type(error).__name__}: {error}): {line[:120]!r}") from error
+            self.bad_record(path, number, f"cannot parse line ({type(error).__name__}: {error}): {line[:120]!r}", report)
+            return None
 
     def bad_record(self, path: Path, number: int, message: str, report: ReadReport) -> None:
-        """A parsed record misses required content: raise naming ``path:number`` or count a skip."""
+        """A parsed record misses required content: raise naming ``path:number`` or count a skip
+        (the first few kept as examples)."""
         if self.skip_bad_lines:
             report.bad_lines[path.name] += 1
+            if len(report.bad_line_examples) < 5:
+                report.bad_line_examples.append(f"{path.name}:{number}: {message}"[:200])
             return
         raise DataFormatError(f"{path}:{number}: {message}")
 
@@ -232,6 +256,24 @@ class DataSource(ABC):
         if len(raw.report.missing_item_examples) < 5 and item not in raw.report.missing_item_examples:
             raw.report.missing_item_examples.append(item)
         return False
+
+
+def time_problem(value: object, seconds: float, field_name: str) -> str | None:
+    """What is wrong with an event time, or ``None``: ``value`` as read (a string, a bool or a
+    mapping is not a time) and ``seconds``, its conversion, which must lie in 1970 .. 2100."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{field_name} {value!r} is not a number"
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
+        return f"{field_name} {value!r} is not a time between 1970 and 2100"
+    return None
+
+
+def id_problem(kind: str, value: str) -> str | None:
+    """What is wrong with a user or item id, or ``None``: an id with bytes that were not UTF-8
+    (replaced by U+FFFD) would no longer match the same id elsewhere."""
+    if "\ufffd" in value:
+        return f"{kind} id {value!r} has bytes that are not UTF-8"
+    return None
 
 
 def _plain(value: Any) -> Any:

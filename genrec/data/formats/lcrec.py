@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from genrec.data.catalog import Item
+from genrec.data.catalog import Item, TextFieldError
 from genrec.data.formats.base import (
     DataFormatError,
     DataSource,
     RawData,
     ReadReport,
+    id_problem,
     read_text,
     resolve_file,
 )
@@ -54,17 +55,29 @@ class LCRecSource(DataSource):
             if not isinstance(entry, dict):
                 self.bad_record(item_path, _line_of(item_path, key), f"item {key!r} is not an object", report)
                 continue
-            items[str(key)] = Item.from_raw(
-                key,
-                title=entry.get("title"),
-                brand=entry.get("brand"),
-                categories=entry.get("categories"),
-                description=entry.get("description"),
-            )
+            if problem := id_problem("item", str(key)):
+                self.bad_record(item_path, _line_of(item_path, key), problem, report)
+                continue
+            try:
+                items[str(key)] = Item.from_raw(
+                    key,
+                    title=entry.get("title"),
+                    brand=entry.get("brand"),
+                    categories=entry.get("categories"),
+                    description=entry.get("description"),
+                )
+            except TextFieldError as error:
+                self.bad_record(item_path, _line_of(item_path, key), f"item {key!r}: a text field is not text: {error}", report)
         raw = RawData(items=items, report=report)
         for user, sequence in _load_object(inter_path, report).items():
             if not isinstance(sequence, list):
                 self.bad_record(inter_path, _line_of(inter_path, user), f"user {user!r}: expected a list of items", report)
+                continue
+            if problem := id_problem("user", str(user)):
+                self.bad_record(inter_path, _line_of(inter_path, user), problem, report)
+                continue
+            if not sequence:
+                report.empty_sequences[inter_path.name] += 1
                 continue
             where = f"{inter_path} (user {user})"
             raw.add_sequence(str(user), [str(i) for i in sequence if self.keep_event(raw, str(i), where)])

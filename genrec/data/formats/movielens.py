@@ -26,7 +26,9 @@ from genrec.data.formats.base import (
     RawData,
     ReadReport,
     expand,
+    id_problem,
     resolve_file,
+    time_problem,
 )
 from genrec.data.formats.recbole import AtomicRows, read_atomic
 
@@ -97,6 +99,10 @@ class MovieLensSource(DataSource):
             user, item, timestamp, rating = (row.get(k) for k in ("user_id", "item_id", "timestamp", "rating"))
             if timestamp is None:
                 self.bad_record(inter_path, number, "empty timestamp", report)
+                continue
+            problem = time_problem(timestamp, float(timestamp), "timestamp") or id_problem("user", str(user)) or id_problem("item", str(item))
+            if problem:
+                self.bad_record(inter_path, number, problem, report)
                 continue
             if self.min_rating and not (rating is not None and rating >= self.min_rating):
                 report.filtered_events[f"rating < {self.min_rating:g}"] += 1
