@@ -110,6 +110,13 @@ class GenRecCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         instantiate(super().instantiate_classes)
 
+    def before_fit(self) -> None:
+        """``--ckpt_path last``: the ModelCheckpoint's ``last.ckpt`` must load (weights only)
+        before training starts, or the command ends with one line naming it."""
+        dirpath = getattr(self.trainer.checkpoint_callback, "dirpath", None)
+        if self.config["fit"].get("ckpt_path") == "last" and dirpath and (Path(dirpath) / "last.ckpt").is_file():
+            read_checkpoint(Path(dirpath) / "last.ckpt")
+
 
     def after_fit(self) -> None:
         if not callable(getattr(self.model, "test_step", None)) or self.trainer.interrupted:

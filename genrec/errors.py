@@ -111,7 +111,9 @@ def parse_error_line(error: BaseException, parser: Any, args: Sequence[str]) -> 
 
 def _value_error_line(path: list[str], lines: list[str], args: Sequence[str]) -> str:
     """A value of the right key but the wrong type or form."""
-    specific = [line.lstrip("- ") for line in lines if not _GENERIC.match(line) and not line.startswith(("Parser key", "- Problem", "Problem"))]
+    specific = [re.sub(r'^Parser key "[^"]+":\s*', "", line.lstrip("- ")) for line in lines
+                if not _GENERIC.match(line) and not line.startswith(("- Problem", "Problem"))]
+    specific = [line for line in specific if line]
     given = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Given value:")), None)
     detail = "; ".join(dict.fromkeys(specific)) or (lines[-1] if lines else "invalid value")
     detail = re.sub(r"<class '([\w.]+)'>", r"\1", detail).replace("Expected a ", "expected ").replace(". Got value: ", ", got ")
@@ -154,7 +156,7 @@ def _origin(path: Sequence[str], key: str, args: Sequence[str]) -> str:
     """Where ``key`` (under the dotted ``path``) was given: the flag, or ``file:line`` of a config."""
     top = path[0] if path else ""
     for token in args:
-        if not token.startswith("--") or token == "--config":
+        if not token.startswith("--") or (token == "--config" and key != "config"):
             continue
         name = token.split("=", 1)[0][2:]
         parts = name.split(".")

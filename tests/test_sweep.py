@@ -125,15 +125,16 @@ def test_preset_overrides_reach_only_their_preset_after_the_sweep_overrides(tmp_
         ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": ["43m"], "preset_overrides": {"88m": []}}})
 
 
-def test_bad_settings(tmp_path, fake_training):
+def test_bad_settings(tmp_path, fake_training, capsys):
     with pytest.raises(ValueError, match="paradigm must be 'sid' or 'llm'"):
         ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": ["1m"], "paradigm": "other"}})
     with pytest.raises(ValueError, match="lists no presets"):
         ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": []}})
     with pytest.raises(ValueError, match="shard 2/2"):
         run_scaling(_config(tmp_path), shard=(2, 2))
-    with pytest.raises(ValueError, match="--shard must look like i/n, got 'half'"):
+    with pytest.raises(SystemExit) as exit_:  # a bad flag: one line, exit 2
         main(["scaling", "--config", "configs/scaling/synthetic.yaml", "--shard", "half"])
+    assert exit_.value.code == 2 and capsys.readouterr().err.strip() == "error: --shard must look like i/n, got 'half'"
 
 
 def test_unknown_encoder_size_skips_the_sid_fit_with_a_reason(tmp_path, fake_training, monkeypatch):

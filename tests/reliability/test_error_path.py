@@ -140,3 +140,12 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
             main(debug_args)
         cause = user_error(raised.value, ())
         assert isinstance(cause, ConfigError) and str(cause) == "SequenceDataModule: min_length must be >= 3, got 1"
+
+
+def test_truncated_last_checkpoint_given_to_fit_resume(tmp_path, capsys):
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.ones(4096)}}, last)
+    last.write_bytes(last.read_bytes()[:1000])
+    code, line = error_line(_fit(tmp_path, "--ckpt_path", "last"), capsys)
+    assert code == 1 and line.startswith(f"error: {last}: not a readable checkpoint")
