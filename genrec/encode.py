@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from genrec.artifacts import atomic_path, config_digest, file_digest
 from genrec.data.catalog import DEFAULT_TEMPLATE, ItemCatalog
 from genrec.data.sequences import SequenceData
+from genrec.progress import progress_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +384,7 @@ def encode_catalog(
             strategy=strategy,
             precision=precision,
             logger=False,
-            callbacks=[_ChunkWriter(parts, chunk_size)],
+            callbacks=[_ChunkWriter(parts, chunk_size), *progress_callbacks()],
             enable_checkpointing=False,
             enable_model_summary=False,
         )

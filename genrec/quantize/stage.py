@@ -21,6 +21,7 @@ import torch
 
 from genrec.artifacts import atomic_path, config_digest
 from genrec.data.datamodule import ItemEmbeddingDataModule, load_embeddings
+from genrec.progress import progress_callbacks
 from genrec.quantize.rqkmeans import RQKMeans
 from genrec.quantize.rqvae import RQVAEModule
 from genrec.quantize.semantic_ids import SemanticIDs
@@ -122,6 +123,7 @@ def tokenize(
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
+            callbacks=progress_callbacks(),
             fast_dev_run=config.fast_dev_run,
             check_val_every_n_epoch=max(1, config.max_epochs // 10),
         )
