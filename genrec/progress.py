@@ -66,11 +66,11 @@ class LogProgress(ProgressBar):
 
     During training, validation, testing and prediction, a line at most every ``every`` seconds::
 
-        progress TigerModule train epoch 1/2 step 120/190 loss 3.2140 | 41.30 it/s | elapsed 0:03 | ETA 0:12
+        progress TigerModule train epoch 1/2 step 120/190 loss 3.2140 | 41.30 it/s | elapsed 0:03 | ETA 0:06
 
-    (the ETA is that of the remaining training batches at the epoch's rate; validation time is
-    not in it), and after every validation pass (not the sanity check) one line with the
-    validation metrics. Printed on global rank 0 only, to ``sys.stdout`` as it is at print time.
+    (rate, elapsed time and ETA over the fit so far, validation passes included, so the ETA of
+    the remaining training batches counts their share of validation too), and after every
+    validation pass (not the sanity check) one line with the validation metrics. Printed on global rank 0 only, to ``sys.stdout`` as it is at print time.
 
     Args:
         every: seconds between two progress lines.
@@ -85,6 +85,8 @@ class LogProgress(ProgressBar):
         self._last_line = 0.0
         self._stage_start = 0.0
         self._stage_batches = 0
+        self._fit_start = 0.0
+        self._fit_batches = 0
 
     def disable(self) -> None:
         self._enabled = False
@@ -106,18 +108,24 @@ class LogProgress(ProgressBar):
             self._last_line = now
 
     def _step(self, pl_module: L.LightningModule, stage: str, done: int, total: int | float, after: str = "",
-              remaining: int | float | None = None) -> None:
+              remaining: int | float | None = None, fit: bool = False) -> None:
         """Count one batch of ``stage`` (``done`` of ``total`` in this pass) and print a line when due.
 
         ``after`` follows the step count (e.g. the loss); ``remaining`` is the number of batches
-        left for the ETA (default ``total - done``)."""
-        self._stage_batches += 1
+        left for the ETA (default ``total - done``); ``fit``: rate and elapsed time over the whole
+        fit so far (validation included), not this pass."""
+        if fit:
+            self._fit_batches += 1
+            start, batches = self._fit_start, self._fit_batches
+        else:
+            self._stage_batches += 1
+            start, batches = self._stage_start, self._stage_batches
         now = time.perf_counter()
         if now - self._last_line < self.every:
             return
         self._last_line = now
-        elapsed = now - self._stage_start
-        rate = self._stage_batches / elapsed if elapsed > 0 else math.nan
+        elapsed = now - start
+        rate = batches / elapsed if elapsed > 0 else math.nan
         left = (total - done) if remaining is None else remaining
         eta = left / rate if rate > 0 and math.isfinite(left) else math.nan
         of = f"/{int(total)}" if math.isfinite(total) else ""
@@ -126,8 +134,9 @@ class LogProgress(ProgressBar):
 
     # -- training --------------------------------------------------------------------------
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start()
+        self._fit_start, self._fit_batches = self._stage_start, 0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         total = self.total_train_batches
@@ -139,7 +148,7 @@ class LogProgress(ProgressBar):
             remaining = min(remaining, (trainer.max_steps - trainer.global_step) * trainer.accumulate_grad_batches)
         loss = _loss(trainer.progress_bar_metrics)
         stage = f"train epoch {trainer.current_epoch + 1}" + (f"/{epochs}" if epochs is not None else "")
-        self._step(pl_module, stage, batch_idx + 1, total, "" if loss is None else f" loss {loss:.4f}", remaining=remaining)
+        self._step(pl_module, stage, batch_idx + 1, total, "" if loss is None else f" loss {loss:.4f}", remaining=remaining, fit=True)
 
     # -- evaluation ------------------------------------------------------------------------
 

@@ -3,7 +3,6 @@
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from genrec.cli import GenRecCLI, run_presets
@@ -19,11 +18,10 @@ def _cli(tmp_path: Path, epochs: int, extra: list[str] = ()) -> GenRecCLI:
     args = ["fit", "--config", str(data), "--config", str(ROOT / "configs/tiger/synthetic.yaml")]
     args += ["--model.init_args.sids", tiny_sids(tmp_path), "--trainer.accelerator", "cpu"]
     args += ["--trainer.max_epochs", str(epochs), "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false"]
-    args += ["--data.init_args.batch_size", "64", "--trainer.log_every_n_steps", "1", *extra]
+    args += ["--data.init_args.batch_size", "64", *extra]
     return GenRecCLI(args=args)
 
 
-@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty:UserWarning")  # resuming there is the point
 def test_fit_tests_best_checkpoint_and_resumes_from_last(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the config's checkpoint folders are relative
     threads = torch.get_num_threads()
