@@ -153,7 +153,7 @@ def tokenize(
     # the trained tokenizer itself, to give SIDs to items added later
     if isinstance(tokenizer, RQVAEModule):
         with atomic_path(output.with_suffix(".tokenizer.ckpt")) as tmp:
-            trainer.save_checkpoint(tmp)
+            trainer.save_checkpoint(tmp, weights_only=False)  # the full state, said (Lightning notes a default otherwise)
     else:
         tokenizer.save(output.with_suffix(".tokenizer.safetensors"))
     log.info("wrote %s (%d items, trained in %.1fs)", output, sids.num_items, seconds)
