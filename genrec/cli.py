@@ -25,8 +25,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from genrec.artifacts import atomic_path, read_checkpoint, write_json
@@ -43,6 +44,8 @@ from genrec.errors import (
     user_error,
 )
 from genrec.models import presets
+from genrec.noise import quiet_third_party
+from genrec.progress import progress_callbacks
 from genrec.quantize.rqkmeans import RQKMeans
 from genrec.quantize.rqvae import RQVAEModule
 from genrec.quantize.stage import TokenizeConfig, format_quality, tokenize
@@ -78,6 +81,7 @@ class GenRecCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"callbacks": [RNGStateCheckpoint()]},
             parser_kwargs={**PARSER_OPTIONS, **{command: dict(PARSER_OPTIONS) for command in LIGHTNING_COMMANDS}},
+            seed_everything_default=0,  # the seed Lightning falls back to, said explicitly (no "No seed found" warning)
             args=list(args) if args is not None else None,
             run=run,
         )
@@ -89,8 +93,18 @@ class GenRecCLI(LightningCLI):
         return parser
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
+        """Parse ``args`` when given (the pipeline and tests pass them), else ``sys.argv``; a
+        parse error becomes one :class:`UsageError` line.
+
+        LightningCLI warns when both are set, as they are when the ``pipeline`` command builds
+        a model's CLI from its own arguments; those are not meant for this parser."""
         try:
-            super().parse_arguments(parser, args)
+            if args is None:
+                super().parse_arguments(parser, args)
+            elif isinstance(args, (dict, Namespace)):
+                self.config = parser.parse_object(args)
+            else:
+                self.config = parser.parse_args(args)
         except argparse.ArgumentError as error:
             given = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
             raise UsageError(parse_error_line(error, parser, given)) from error
@@ -117,6 +131,16 @@ class GenRecCLI(LightningCLI):
         if self.config["fit"].get("ckpt_path") == "last" and dirpath and (Path(dirpath) / "last.ckpt").is_file():
             read_checkpoint(Path(dirpath) / "last.ckpt")
 
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The trainer, with plain progress lines instead of Rich's bar when stdout is not a
+        terminal (see :mod:`genrec.progress`) and no progress bar was configured."""
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs.setdefault("callbacks", [*callbacks, *progress_callbacks()])
+        return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
         if not callable(getattr(self.model, "test_step", None)) or self.trainer.interrupted:
@@ -324,15 +348,28 @@ def run_recommend(args: Sequence[str]) -> list[dict[str, object]]:
     parser.add_argument("--model", default=None, help="the model's name in the pipeline run, e.g. tiger")
     parser.add_argument("--history", type=list[str], required=True, help='items oldest first: external ids or titles, e.g. ["Toy Story", "50"]')
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--keep_history", type=bool, default=False, help="also recommend items of the history (left out by default)")
+    parser.add_argument("--all_titles", type=bool, default=False, help="list items that share a title separately (listed once by default)")
     parser.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint file")
     parser.add_argument("--output", default=None, help="also write the list as JSON here")
     config = parse(parser, args)
     recommender = Recommender.load(config.run, model=config.model, checkpoint=config.checkpoint)
-    rows = [asdict(r) for r in recommender.recommend(list(config.history), k=config.k)]
+    history = list(config.history)
+    recs = recommender.recommend(history, k=config.k, exclude_history=not config.keep_history, distinct_titles=not config.all_titles)
+    rows = [asdict(r) for r in recs]
+    name = f"{config.model} ({type(recommender.module).__name__})" if config.model else type(recommender.module).__name__
+    kept = "included" if config.keep_history else "left out"
+    print(f"top {len(rows)} of {name} after {len(history)} history items (history items {kept}):")
+    print(f"{'rank':>4}  {'score':>10}  {'item id':<14} title")
     for rank, row in enumerate(rows, 1):
-        print(f"{rank:>3}  {row['score']:>10.4f}  {row['external_id']:<14} {row['title']}")
+        same = f"  (same title: {', '.join(row['same_title'])})" if row["same_title"] else ""
+        print(f"{rank:>4}  {row['score']:>10.4f}  {row['external_id']:<14} {row['title']}{same}")
+    print(f"score: {recommender.score_meaning}")
+    if any(row["same_title"] for row in rows):
+        print("items that share a title are listed once (the best-scored); --all_titles true lists each")
     if config.output:
-        write_json(Path(config.output), {"history": list(config.history), "k": config.k, "recommendations": rows})
+        write_json(Path(config.output), {"history": history, "k": config.k, "model": name, "score": recommender.score_meaning,
+                                         "history_excluded": not config.keep_history, "recommendations": rows})
     return rows
 
 
@@ -365,6 +402,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("GENREC_DEBUG", "") not in ("", "0")
     args = [arg for arg in args if arg != "--debug"]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_third_party()
     torch.set_float32_matmul_precision("high")
     if not args or args[0] in ("-h", "--help"):
         print(usage())

@@ -41,6 +41,7 @@ from genrec.artifacts import atomic_path, config_digest, file_digest, output_loc
 from genrec.data.catalog import DEFAULT_TEMPLATE, ItemCatalog
 from genrec.data.sequences import SequenceData
 from genrec.errors import ConfigError, at_least
+from genrec.progress import progress_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -394,7 +395,7 @@ def encode_catalog(
             strategy=strategy,
             precision=precision,
             logger=False,
-            callbacks=[_ChunkWriter(parts, chunk_size)],
+            callbacks=[_ChunkWriter(parts, chunk_size), *progress_callbacks()],
             enable_checkpointing=False,
             enable_model_summary=False,
         )

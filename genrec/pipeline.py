@@ -15,7 +15,10 @@ per stage. Everything goes under ``checkpoints/<name>/``:
 * ``report.md``, ``recall_vs_params.png`` and (with SIDs) ``sid_usage.png``.
 
 A model whose ``result.json`` carries the same digest is skipped; one killed mid-training
-resumes from its ``last.ckpt``; a changed config or override re-runs it.
+resumes from its ``last.ckpt``; a changed config or override re-runs it. Each stage starts with a
+header line (``== stage 2/5: tokenize ...``) and ends with its wall time, which the report
+lists too; with output that is not a terminal, training prints plain progress lines
+(:mod:`genrec.progress`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import platform
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +59,7 @@ class PipelineConfig:
         overrides: stage name (``data``, ``tokenize`` or a model name) -> extra command-line
             arguments, e.g. ``{"tiger": ["--trainer.max_epochs", "3"]}``.
         root: the folder of all runs.
+        notes: lines the report prints under "Notes" (e.g. why a model is sized as it is).
     """
 
     name: str
@@ -62,6 +69,7 @@ class PipelineConfig:
     models: dict[str, str] = field(default_factory=dict)
     overrides: dict[str, list[str]] = field(default_factory=dict)
     root: str = "checkpoints"
+    notes: list[str] = field(default_factory=list)
 
     @property
     def run_dir(self) -> Path:
@@ -74,6 +82,29 @@ def device_name() -> str:
     return f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
 
 
+class StageClock:
+    """Stage headers and wall times: ``with clock.stage("tokenize", "encode + tokenize"):``
+    prints ``== stage i/n: tokenize (encode + tokenize) ==`` before and ``== tokenize: 12.3 s ==``
+    after, and keeps the seconds (also of a stage that raised) in :attr:`seconds`."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.seconds: dict[str, float] = {}
+        self.notes: dict[str, str] = {}
+
+    @contextmanager
+    def stage(self, name: str, what: str = "") -> Iterator[None]:
+        print(f"== stage {len(self.seconds) + 1}/{self.total}: {name}" + (f" ({what})" if what else "") + " ==", flush=True)
+        self.seconds[name] = 0.0
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.perf_counter() - started
+            note = f" ({self.notes[name]})" if name in self.notes else ""
+            print(f"== {name}: {self.seconds[name]:.1f} s{note} ==", flush=True)
+
+
 def run_pipeline(config: PipelineConfig, command: str = "") -> Path:
     """Run every stage of ``config`` (skipping finished ones) and write the report.
 
@@ -84,14 +115,38 @@ def run_pipeline(config: PipelineConfig, command: str = "") -> Path:
 
     run = config.run_dir
     run.mkdir(parents=True, exist_ok=True)
-    stats = run_data(["--config", config.data, *config.overrides.get("data", []), "--output", str(run / "data.json")])
+    ignored = unused_overrides(config)
+    if ignored:
+        log.warning("overrides for stages this run does not have are ignored: %s (stages: %s)",
+                    ", ".join(ignored), ", ".join(["data", "tokenize", *config.models]))
     needs_sids = any(model_class(path) in SID_MODELS for path in config.models.values())
-    sids_path = run_sid_stages(config) if needs_sids else None
+    clock = StageClock(1 + needs_sids + len(config.models) + 1)
+    with clock.stage("data", config.data):
+        stats = run_data(["--config", config.data, *config.overrides.get("data", []), "--output", str(run / "data.json")])
+    sids_path = None
+    if needs_sids:
+        with clock.stage("tokenize", f"encode {Path(config.encoder).name} + tokenize {Path(config.tokenizer).name}"):
+            sids_path = run_sid_stages(config)
     results = {}
     for name, path in config.models.items():
         sids = sids_path if model_class(path) in SID_MODELS else None
-        results[name] = run_model(config, name, path, sids)
-    return write_report(config, stats, sids_path, results, command)
+        with clock.stage(name, f"{model_class(path)}: fit + test, {path}"):
+            results[name] = run_model(config, name, path, sids)
+            if results[name].get("skipped"):
+                clock.notes[name] = "result up to date, reused"
+    with clock.stage("report"):
+        stage_seconds = {k: v for k, v in clock.seconds.items() if k != "report"}
+        report = write_report(config, stats, sids_path, results, command, stage_seconds=stage_seconds, stage_notes=clock.notes)
+    return report
+
+
+def unused_overrides(config: PipelineConfig) -> list[str]:
+    """Stage names in ``config.overrides`` that are no stage of this run (neither ``data``,
+    ``tokenize`` with a SID model, nor a model of ``config.models``)."""
+    stages = {"data", *config.models}
+    if any(model_class(path) in SID_MODELS for path in config.models.values()):
+        stages.add("tokenize")
+    return sorted(set(config.overrides) - stages)
 
 
 def run_sid_stages(config: PipelineConfig) -> Path:
@@ -134,7 +189,7 @@ def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None) -
     result_path = folder / "result.json"
     if result_path.is_file() and read_json(result_path).get("digest") == digest:
         log.info("%s: result up to date, skipped", name)
-        return read_json(result_path)
+        return {**read_json(result_path), "skipped": True}
     folder.mkdir(parents=True, exist_ok=True)
     model_config = _relocate(yaml.safe_load(Path(path).read_text()), folder)
     with atomic_path(folder / "config.yaml") as tmp:
@@ -162,12 +217,16 @@ def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None) -
     callback = cli.trainer.checkpoint_callback
     best = getattr(callback, "best_model_path", "") if callback is not None else ""
     metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)[0]
+    cold_max = getattr(getattr(cli.model, "evaluation", None), "cold_start_max_count", None)
     result = {
         "model": name,
         "class": type(cli.model).__name__,
         "parameters": sum(p.numel() for p in cli.model.parameters()),
         "trainable_parameters": sum(p.numel() for p in cli.model.parameters() if p.requires_grad),
         "metrics": {k: float(v) for k, v in metrics.items()},
+        **({} if cold_max is None else {"cold_start_max_count": cold_max,
+                                        "cold_test_users": cold_test_users(cli.datamodule.data, cold_max)}),
+        "test_users": cli.datamodule.data.num_users,
         "train_seconds": round(train_seconds, 1),
         "epochs": cli.trainer.current_epoch,
         "resumed": resume is not None,
@@ -192,6 +251,14 @@ def _readable_checkpoint(path: Path) -> bool:
     return True
 
 
+def cold_test_users(data: Any, max_count: int) -> int:
+    """How many test users' target item occurs at most ``max_count`` times in training (the
+    cold-start slice of :class:`genrec.metrics.RecEvaluation`); ``data`` a ``SequenceData``."""
+    users, positions = data.samples("test")
+    targets = data.items[data.offsets[users] + positions]
+    return int((data.train_item_counts()[targets] <= max_count).sum())
+
+
 def _relocate(model_config: dict[str, Any], folder: Path) -> dict[str, Any]:
     """The model config with its trainer's root, logger and checkpoint folders under ``folder``."""
     trainer = model_config.setdefault("trainer", {})
@@ -205,19 +272,30 @@ def _relocate(model_config: dict[str, Any], folder: Path) -> dict[str, Any]:
     return model_config
 
 
-def write_report(config: PipelineConfig, stats: dict[str, Any], sids: Path | None, results: dict[str, dict[str, Any]], command: str) -> Path:
-    """``report.md`` (every number, with the command and device), the Recall@10 plot and the
-    SID code-usage plot."""
+def write_report(config: PipelineConfig, stats: dict[str, Any], sids: Path | None, results: dict[str, dict[str, Any]], command: str,
+                 stage_seconds: dict[str, float] | None = None, stage_notes: dict[str, str] | None = None) -> Path:
+    """``report.md`` (every number, with the command, device and stage times), the Recall@10
+    plot and the SID code-usage plot.
+
+    Args:
+        stage_seconds: stage name -> wall seconds in this invocation (the stage times table).
+        stage_notes: stage name -> a note for that table (e.g. a reused result).
+    """
     from genrec.quantize.semantic_ids import SemanticIDs
 
     run = config.run_dir
     s = stats["stats"]
+    shown = asdict(config)
+    ignored = unused_overrides(config)
+    shown["overrides"] = {k: v for k, v in config.overrides.items() if k not in ignored}
+    shown.pop("notes")
     lines = [
         f"# genrec pipeline report: {config.name}",
         "",
         f"- command: `{command or 'python train.py pipeline'}`",
         f"- device: {device_name()}; date: {dt.date.today().isoformat()}",
-        f"- config: `{yaml.safe_dump(asdict(config), default_flow_style=True, width=10_000).strip()}`",
+        f"- config: `{yaml.safe_dump(shown, default_flow_style=True, width=10_000).strip()}`",
+        *([f"- ignored overrides (no such stage in this run): {', '.join(ignored)}"] if ignored else []),
         "",
         "## Data",
         "",
@@ -241,18 +319,19 @@ def write_report(config: PipelineConfig, stats: dict[str, Any], sids: Path | Non
     lines += [
         "## Results (test, full catalogue)",
         "",
-        "| model | parameters | R@5 | N@5 | R@10 | N@10 | cold R@10 | train s | epochs |",
+        "| model | parameters | R@5 | N@5 | R@10 | N@10 | cold R@10 (users) | train s | epochs |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     popularity = None
     for name, result in results.items():
         m = result["metrics"]
         popularity = popularity or m
+        cold_users = result.get("cold_test_users")
         lines.append(
             f"| {name} ({result['class']}) | {result['parameters']:,} | {m.get('test/recall@5', float('nan')):.4f} | "
             f"{m.get('test/ndcg@5', float('nan')):.4f} | {m.get('test/recall@10', float('nan')):.4f} | "
-            f"{m.get('test/ndcg@10', float('nan')):.4f} | {m.get('test/cold/recall@10', float('nan')):.4f} | "
-            f"{result['train_seconds']} | {result['epochs']} |"
+            f"{m.get('test/ndcg@10', float('nan')):.4f} | {m.get('test/cold/recall@10', float('nan')):.4f}"
+            f"{'' if cold_users is None else f' ({cold_users:,})'} | {result['train_seconds']} | {result['epochs']} |"
         )
     if popularity:
         p = popularity
@@ -260,9 +339,22 @@ def write_report(config: PipelineConfig, stats: dict[str, Any], sids: Path | Non
             f"| popularity | 0 | {p.get('test/popularity/recall@5', float('nan')):.4f} | {p.get('test/popularity/ndcg@5', float('nan')):.4f} | "
             f"{p.get('test/popularity/recall@10', float('nan')):.4f} | {p.get('test/popularity/ndcg@10', float('nan')):.4f} | | | |"
         )
+    cold = {(r["cold_start_max_count"], r["cold_test_users"]) for r in results.values() if "cold_test_users" in r}
+    if cold:
+        lines += ["", "Cold start: test users whose target item occurs at most "
+                  + "; ".join(f"{count} times in training: {users:,} of {stats['split']['test']:,} test users"
+                              for count, users in sorted(cold))
+                  + (" (too few for a stable cold R@10)" if min(users for _, users in cold) < 100 else "") + "."]
     if results:
-        plot = _plot_recall(results, run / "recall_vs_params.png")
+        plot = _plot_recall(results, run / "recall_vs_params.png", title=f"{config.name}: test Recall@10 vs parameters")
         lines += ["", f"![Recall@10 vs parameters]({plot.name})"]
+    if config.notes:
+        lines += ["", "## Notes", "", *(f"- {note}" for note in config.notes)]
+    if stage_seconds:
+        notes = stage_notes or {}
+        lines += ["", "## Stage times (this invocation)", "", "| stage | wall time | |", "|---|---|---|"]
+        lines += [f"| {name} | {seconds:.1f} s | {notes.get(name, '')} |" for name, seconds in stage_seconds.items()]
+        lines.append(f"| total | {sum(stage_seconds.values()):.1f} s | before writing this report |")
     report = run / "report.md"
     with atomic_path(report) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
@@ -270,15 +362,45 @@ def write_report(config: PipelineConfig, stats: dict[str, Any], sids: Path | Non
     return report
 
 
-def _plot_recall(results: dict[str, dict[str, Any]], path: Path) -> Path:
-    fig, ax = _subplots(figsize=(5, 3.5))
-    for name, result in results.items():
-        ax.scatter(result["parameters"], result["metrics"].get("test/recall@10", float("nan")), label=name)
+def _plot_recall(results: dict[str, dict[str, Any]], path: Path, title: str = "test Recall@10 vs parameters") -> Path:
+    """Test Recall@10 per model against its parameter count (log x axis, labelled 1, 2, 5 x
+    10^k as ``200k``, ``5M``), each point named, the popularity baseline a dashed line."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    fig, ax = _subplots(figsize=(6, 4))
+    counts = [max(int(r["parameters"]), 1) for r in results.values()]
+    recalls = [r["metrics"].get("test/recall@10", float("nan")) for r in results.values()]
+    for (name, result), count, recall in zip(results.items(), counts, recalls, strict=True):
+        ax.scatter(count, recall, s=40, zorder=3, label=f"{name} ({result['class']})")
+        ax.annotate(name, (count, recall), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    popularity = next((r["metrics"]["test/popularity/recall@10"] for r in results.values()
+                       if "test/popularity/recall@10" in r["metrics"]), None)
+    if popularity is not None:
+        ax.axhline(popularity, color="gray", linestyle="--", linewidth=1, label=f"popularity ({popularity:.4f})")
+    low, high = min(counts) / 2.5, max(counts) * 2.5  # points away from the edges
     ax.set_xscale("log")
-    ax.set_xlabel("parameters")
+    ax.set_xlim(low, high)
+    decades = high / low
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades < 1e3 else (1.0,)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _human(x)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    top = max([v for v in [*recalls, popularity or 0.0] if v == v] or [1.0])
+    ax.set_ylim(0, top * 1.25 if top > 0 else 1.0)
+    ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel("test Recall@10")
-    ax.legend()
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     return _save_png(fig, path)
+
+
+def _human(count: float) -> str:
+    """``336k``, ``7.3M``, ``2B``: a parameter count for an axis label."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if count >= scale:
+            value = count / scale
+            return f"{value:.0f}{suffix}" if value >= 10 or value == int(value) else f"{value:.1f}{suffix}"
+    return f"{count:.0f}"
 
 
 def _plot_sid_usage(sids: SemanticIDs, path: Path) -> Path:
@@ -290,11 +412,14 @@ def _plot_sid_usage(sids: SemanticIDs, path: Path) -> Path:
     for level, ax in enumerate(axes[0]):
         counts = torch.bincount(sids.codes[:, level], minlength=size).sort(descending=True).values
         used = int((counts > 0).sum())
-        ax.bar(range(size), counts.tolist(), width=1.0)
-        ax.axhline(sids.num_items / size, color="gray", linestyle="--", linewidth=0.8)
+        ax.bar(range(size), counts.tolist(), width=1.0, label="items per code")
+        ax.axhline(sids.num_items / size, color="gray", linestyle="--", linewidth=0.8,
+                   label=f"even use ({sids.num_items:,} items / {size} codes)")
         ax.set_title(f"level {level}: {used}/{size} codes ({used / size:.0%})", fontsize=9)
         ax.set_xlabel("code, by use")
     axes[0][0].set_ylabel("items")
+    axes[0][0].legend(fontsize=7, loc="upper right")
+    fig.suptitle("semantic ID code usage per level (codes sorted by use)", fontsize=10)
     return _save_png(fig, path)
 
 

@@ -14,16 +14,18 @@
   tokens and trie; SASRec needs none.
 
 ``recommend(history, k)`` returns the ``k`` best distinct catalogue items of a history,
-best first. Scores compare items of one model only: TIGER and the LM recommender give the
-item's summed token log-probability under constrained beam search (SID tokens / title
-tokens), SASRec the dot product of the user state with the item embedding (a logit). As in
-evaluation, items of the history may be recommended again (SASRec with ``mask_history``
-excludes them).
+best first. Scores compare items of one model only (:attr:`Recommender.score_meaning`):
+TIGER and the LM recommender give the item's summed token log-probability under constrained
+beam search (SID tokens / title tokens), SASRec the dot product of the user state with the
+item embedding (a logit). Unlike evaluation, items of the history are not recommended again
+(``exclude_history=False`` keeps them), and items that share a title are listed once, the
+best-scored one carrying the others' external ids (``distinct_titles=False`` lists each).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import operator
 import os
@@ -69,13 +71,16 @@ class Recommendation:
         item: the dense item id (row of the catalogue).
         external_id: the data set's id of the item (ASIN, MovieLens id, ...).
         title: the item's title, as cleaned in the catalogue.
-        score: the model's score, higher is better (see the module docstring).
+        score: the model's score, higher is better (see :attr:`Recommender.score_meaning`).
+        same_title: external ids of lower-scored recommendable items with the same title, not
+            listed separately (``recommend(..., distinct_titles=True)``).
     """
 
     item: int
     external_id: str
     title: str
     score: float
+    same_title: tuple[str, ...] = ()
 
 
 class Recommender:
@@ -125,6 +130,7 @@ class Recommender:
                 not load with ``weights_only=True`` (damaged, or pickled objects), or the SID file
                 does not fit the catalogue or the checkpoint.
         """
+        _check_run(Path(path), model)
         folder = _model_folder(Path(path), model)
         config = _saved_config(folder)
         module_class = _model_class(config, folder / "config.yaml")
@@ -152,6 +158,15 @@ class Recommender:
     def device(self) -> torch.device:
         return self.module.device
 
+    @property
+    def score_meaning(self) -> str:
+        """What :attr:`Recommendation.score` is for this model, in one line."""
+        if isinstance(self.module, TigerModule):
+            return "log-probability of the item's semantic ID (summed over its SID tokens, beam search); 0 is certain"
+        if isinstance(self.module, LMRecModule):
+            return "log-probability of the item's title (summed over its title tokens, beam search); 0 is certain"
+        return "logit: dot product of the history's state with the item's embedding (unbounded, higher is better)"
+
     def item_id(self, item: ItemRef) -> int:
         """The dense id of a history entry.
 
@@ -166,7 +181,7 @@ class Recommender:
                 return self.catalog.id_of(item)
             matches = self._by_title.get(clean_text(item), [])
             if not matches:
-                raise QueryError(f"{item!r} is neither an external item id nor a title of the catalogue")
+                raise QueryError(f"{item!r} is neither an external item id nor a title of the catalogue{self._suggest(item)}")
             if len(matches) > 1:
                 ids = [self.catalog[i].external_id for i in matches]
                 raise QueryError(f"title {item!r} is shared by items {ids}; pass an external id")
@@ -178,6 +193,20 @@ class Recommender:
         if not 0 <= index < len(self.catalog):
             raise QueryError(f"item id {index} is not in the catalogue (dense ids 0 .. {len(self.catalog) - 1})")
         return index
+
+    def _suggest(self, text: str) -> str:
+        """``"; did you mean 'A' or 'B'?"`` for the catalogue titles closest to ``text``
+        (case-insensitive, :func:`difflib.get_close_matches`), or ``""``."""
+        by_lower: dict[str, str] = {}
+        for title in self._by_title:
+            by_lower.setdefault(title.lower(), title)
+        query = clean_text(text).lower()
+        close = difflib.get_close_matches(query, list(by_lower), n=3, cutoff=0.6)
+        # a title that merely extends the query ("Toy Story" -> "Toy Story (1995)") counts too
+        close += [t for t in by_lower if query and t.startswith(query) and t not in close][: 3 - len(close)]
+        if not close:
+            return ""
+        return "; did you mean " + " or ".join(repr(by_lower[t]) for t in close) + "?"
 
     def batch(self, histories: Sequence[Sequence[ItemRef]]) -> SeqBatch:
         """A :class:`SeqBatch` of histories, each cut to its ``max_history`` most recent items.
@@ -218,25 +247,43 @@ class Recommender:
         return result.items, result.scores
 
     @overload
-    def recommend(self, history: Sequence[ItemRef], k: int = 10) -> list[Recommendation]: ...
+    def recommend(self, history: Sequence[ItemRef], k: int = 10, exclude_history: bool = True,
+                  distinct_titles: bool = True) -> list[Recommendation]: ...
 
     @overload
-    def recommend(self, history: Sequence[Sequence[ItemRef]], k: int = 10) -> list[list[Recommendation]]: ...
+    def recommend(self, history: Sequence[Sequence[ItemRef]], k: int = 10, exclude_history: bool = True,
+                  distinct_titles: bool = True) -> list[list[Recommendation]]: ...
 
     def recommend(
-        self, history: Sequence[ItemRef] | Sequence[Sequence[ItemRef]], k: int = 10
+        self,
+        history: Sequence[ItemRef] | Sequence[Sequence[ItemRef]],
+        k: int = 10,
+        exclude_history: bool = True,
+        distinct_titles: bool = True,
     ) -> list[Recommendation] | list[list[Recommendation]]:
         """The ``k`` best distinct catalogue items after ``history``, best first.
+
+        The model is asked for more than ``k`` items (``k`` plus the history's, doubled while
+        a row is short) so that ``k`` remain after the exclusions.
 
         Args:
             history: items oldest first (see :meth:`item_id`: external ids or titles as ``str``,
                 dense ids as ``int``), or a list of such histories (a batch). Only the
-                ``max_history`` most recent items are read.
+                ``max_history`` most recent items are read by the model.
             k: items to recommend, ``1 .. len(catalogue)``.
+            exclude_history: leave out the history's items (all of them, also those older
+                than ``max_history``), and with ``distinct_titles`` any item with a history
+                item's title.
+            distinct_titles: list items sharing a title once (the best-scored; the others'
+                external ids in :attr:`Recommendation.same_title`).
 
         Returns:
             ``k`` :class:`Recommendation` s sorted by score (descending), or one such list per
             history of a batch.
+
+        Raises:
+            QueryError: an empty history, an unknown item, ``k`` out of range, or fewer than
+                ``k`` items left after the exclusions.
         """
         if not history:
             raise QueryError("empty history: give at least one item")
@@ -244,15 +291,69 @@ class Recommender:
             raise QueryError(f"k must lie in 1 .. {len(self.catalog)} (the catalogue size), got {k}")
         batched = isinstance(history[0], (list, tuple))
         histories = history if batched else [history]
-        items, scores = self.top_items(self.batch(histories), k)
-        results = [
-            [
-                Recommendation(item, self.catalog[item].external_id, self.catalog[item].title, score)
-                for item, score in zip(row_items, row_scores, strict=True)
-            ]
-            for row_items, row_scores in zip(items.tolist(), scores.float().tolist(), strict=True)
-        ]
+        batch = self.batch(histories)
+        excluded = [{self.item_id(item) for item in h} if exclude_history else set() for h in histories]
+        wanted = min(len(self.catalog), k + max(len(e) for e in excluded))
+        while True:
+            items, scores = self.top_items(batch, wanted)
+            results = [self._select(row_items, row_scores, skip, k, distinct_titles)
+                       for row_items, row_scores, skip in zip(items.tolist(), scores.float().tolist(), excluded, strict=True)]
+            if all(len(row) == k for row in results) or wanted == len(self.catalog):
+                break
+            wanted = min(len(self.catalog), 2 * wanted)
+        for row, skip in zip(results, excluded, strict=True):
+            if len(row) < k:
+                what = " and items sharing a title" if distinct_titles else ""
+                raise QueryError(f"only {len(row)} items are left to recommend after leaving out the history's "
+                                 f"{len(skip)}{what}; ask for k <= {len(row)}")
         return results if batched else results[0]
+
+    def _select(self, items: list[int], scores: list[float], excluded: set[int], k: int,
+                distinct_titles: bool) -> list[Recommendation]:
+        """The first ``k`` of ranked ``items`` not in ``excluded``, one per title with
+        ``distinct_titles`` (the others' external ids in ``same_title``)."""
+        catalog = self.catalog
+        taken = {catalog[i].title for i in excluded} if distinct_titles else set()
+        taken.discard("")
+        kept: list[tuple[int, float, list[str]]] = []
+        by_title: dict[str, list[str]] = {}
+        for item, score in zip(items, scores, strict=True):
+            if item in excluded:
+                continue
+            title = catalog[item].title
+            if distinct_titles and title:
+                if title in by_title:
+                    by_title[title].append(catalog[item].external_id)
+                    continue
+                if title in taken:
+                    continue
+            if len(kept) < k:
+                same: list[str] = []
+                kept.append((item, score, same))
+                if distinct_titles and title:
+                    by_title[title] = same
+        return [Recommendation(item, catalog[item].external_id, catalog[item].title, score, tuple(same))
+                for item, score, same in kept]
+
+
+def _check_run(path: Path, model: str | None) -> None:
+    """Errors a user can make in ``Recommender.load(path, model)``, each said in one line: a
+    folder that does not exist (relative paths are read from the current directory), or a
+    model name the pipeline run does not have (its models listed)."""
+    if not path.exists():
+        where = "" if path.is_absolute() else f" (relative to the current directory {Path.cwd()})"
+        raise FileNotFoundError(f"run folder {path} does not exist{where}; give the folder a pipeline or fit wrote, "
+                                "e.g. checkpoints/demo")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is a file; give a run folder (e.g. checkpoints/demo) or a model's folder")
+    if model is None or (path / model / "checkpoints").is_dir():
+        return
+    models = sorted(p.parent.name for p in path.glob("*/checkpoints") if p.is_dir())
+    if not models:
+        return  # not a pipeline run folder: _model_folder says what is missing
+    close = difflib.get_close_matches(model, models, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise FileNotFoundError(f"the run {path} has no model {model!r}; its models are {', '.join(models)}{hint}")
 
 
 def _model_folder(path: Path, model: str | None) -> Path:

@@ -15,6 +15,7 @@ import yaml
 from genrec.artifacts import read_json
 from genrec.cli import main
 from genrec.models import SASRecModule
+from genrec.pipeline import PipelineConfig, run_pipeline, unused_overrides, write_report
 from tests.test_configs import ROOT, TINY_DATA
 
 FAST = ["--trainer.check_val_every_n_epoch", "1", "--trainer.accelerator", "cpu", "--data.init_args.batch_size", "32"]
@@ -121,3 +122,57 @@ def test_killed_model_stage_resumes_from_last_checkpoint(tmp_path, monkeypatch, 
     assert result["epochs"] == 3 and result["resumed"] is True
     # the training time of the killed segment (up to its last checkpoint) is counted too
     assert result["train_seconds"] >= 1.2
+
+
+def test_pipeline_output_without_a_terminal(tiny_run):
+    """With stdout redirected (a file, a pipe, a cluster log; here a buffer), every stage prints
+    a header and its wall time, training prints plain progress lines instead of Rich's bar
+    (one per millisecond asked for here), and the report lists the stage times."""
+    run, out = tiny_run
+    stages = ["data", "tokenize", "lm", "sasrec", "tiger", "report"]  # models in the YAML's (sorted) order
+    headers = re.findall(r"^== stage (\d)/(\d): (\w+)", out, flags=re.M)
+    assert [name for _, _, name in headers] == stages
+    assert all(total == "6" for _, total, _ in headers) and [int(i) for i, _, _ in headers] == list(range(1, 7))
+    for name in stages:
+        assert re.search(rf"^== {name}: \d+\.\d s ==$", out, flags=re.M), name
+    progress = re.findall(r"^progress (\w+) train epoch 1/1 step (\d+)/(\d+) loss (\d+\.\d+) \| (\d+\.\d+) it/s \| "
+                          r"elapsed \d+:\d\d \| ETA \d+:\d\d$", out, flags=re.M)
+    assert {cls for cls, *_ in progress} >= {"TigerModule", "SASRecModule", "LMRecModule"}
+    assert all(int(step) <= int(total) for _, step, total, *_ in progress)
+    assert re.search(r"^progress \w+ test step \d+/\d+ \|", out, flags=re.M)
+    assert re.search(r"^validation TigerModule epoch 1: val/loss \d\.\d{4}  val/ndcg@10 ", out, flags=re.M)
+    assert not re.search(r"\d+/\d+ \d+:\d\d:\d\d • ", out)  # no Rich progress bar ("6/6 0:00:13 • 0:00:00 ...") in a log
+    report = (run / "report.md").read_text()
+    section = report[report.index("## Stage times"):]
+    for name in stages[:-1]:
+        assert re.search(rf"^\| {name} \| \d+\.\d s \|", section, flags=re.M), name
+    cold = re.search(r"Cold start: test users whose target item occurs at most 5 times in training: (\d+) of (\d+) test users", report)
+    assert cold and int(cold.group(2)) == read_json(run / "data.json")["split"]["test"]
+    assert int(cold.group(1)) == read_json(run / "tiger" / "result.json")["cold_test_users"]
+
+
+def test_report_lists_only_the_runs_overrides(tiny_run, tmp_path, monkeypatch, caplog):
+    """An override for a stage the run does not have (here a SASRec-only run whose YAML still
+    carries TIGER and tokenize overrides) is left out of the report's config line, named as
+    ignored, and warned about; the config's notes end the report."""
+    run, _ = tiny_run
+    config = PipelineConfig(
+        name="sasrec-only", root=str(tmp_path), data=str(run.parent.parent / "data.yaml"),
+        models={"sasrec": str(ROOT / MODELS["sasrec"][0])},
+        overrides={"sasrec": ["--trainer.max_epochs", "1"], "tiger": ["--trainer.max_epochs", "9"], "tokenize": ["--tokenize.accelerator", "cpu"]},
+        notes=["SASRec trains one epoch here."],
+    )
+    assert unused_overrides(config) == ["tiger", "tokenize"]
+    results = {"sasrec": read_json(run / "sasrec" / "result.json")}
+    report = write_report(config, read_json(run / "data.json"), None, results, "test").read_text()
+    line = next(x for x in report.splitlines() if x.startswith("- config:"))
+    assert "sasrec: [" in line and "tiger: [" not in line and "tokenize: [" not in line, line
+    assert "- ignored overrides (no such stage in this run): tiger, tokenize" in report
+    assert report.endswith("## Notes\n\n- SASRec trains one epoch here.\n") and "notes" not in line
+    def stop(args):
+        raise RuntimeError("stopped after the checks")
+
+    monkeypatch.setattr("genrec.cli.run_data", stop)
+    with caplog.at_level(logging.WARNING, logger="genrec.pipeline"), pytest.raises(RuntimeError, match="stopped"):
+        run_pipeline(config)
+    assert "overrides for stages this run does not have are ignored: tiger, tokenize" in caplog.text

@@ -6,33 +6,25 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
-import torch
 
 from genrec.artifacts import read_json
 from genrec.cli import main
+from genrec.data.catalog import ItemCatalog
 from genrec.recommender import Recommendation, Recommender
-from tests.test_pipeline import pipeline_config
+from tests.conftest import TINY_MODELS
 
-MODELS = ("tiger", "sasrec", "lm")
+MODELS = TINY_MODELS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A finished pipeline run of every model in ``MODELS`` (about 15 s on 2 CPU cores)."""
-    tmp_path = tmp_path_factory.mktemp("recommender")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared 2-core box (see tests/conftest.py)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.chdir(tmp_path)
-            main(["pipeline", "--config", pipeline_config(tmp_path, dict.fromkeys(MODELS, 1))])
-    finally:
-        torch.set_num_threads(threads)
-    return tmp_path / "runs" / "tiny"
+def run(tiny_run):
+    """The tiny pipeline run of every model (tests/conftest.py)."""
+    return tiny_run[0]
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +116,85 @@ def test_recommend_command_matches_the_api(run, recommenders, tmp_path, capsys):
     assert [r["title"] for r in written] == [r.title for r in expected]
     printed = capsys.readouterr().out
     assert all(r.title in printed for r in expected)
+    assert printed.startswith("top 5 of tiger (TigerModule) after 4 history items (history items left out):\n")
+    assert "score: log-probability of the item's semantic ID" in printed
     with pytest.raises(SystemExit, match="1"):  # bad input: a one-line error, no traceback
         main(["recommend", "--run", str(run), "--model", "tiger", "--history", '["no such item"]'])
     assert "error: 'no such item' is neither an external item id nor a title" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_history_items_are_left_out_by_default(recommenders, model):
+    """By default no history item comes back, and the k items are the model's best others (the
+    ranking with the history kept, history items struck out); ``exclude_history=False`` keeps them."""
+    recommender = recommenders[model]
+    size = len(recommender.catalog)
+    history = _history(recommender)
+    kept = recommender.recommend(history, k=10 + len(history), exclude_history=False, distinct_titles=False)
+    recs = recommender.recommend(history, k=10, distinct_titles=False)
+    assert recs == [r for r in kept if r.item not in history][:10]
+    # every other item of the catalogue, and none of the history, even when the model must rank them all
+    everything = recommender.recommend(history, k=size - len(history), distinct_titles=False)
+    assert sorted(r.item for r in everything) == sorted(set(range(size)) - set(history))
+    with_history = recommender.recommend(history, k=size, exclude_history=False, distinct_titles=False)
+    assert set(history) <= {r.item for r in with_history}
+
+
+@pytest.mark.parametrize("model", ["tiger", "sasrec"])
+def test_items_sharing_a_title_are_listed_once(recommenders, model):
+    """Items with the same title (here: every third item given its neighbour's title) come back
+    as one line, the best-scored, naming the others in ``same_title``; nothing else is lost; an
+    item titled like a history item is left out with the history."""
+    trained = recommenders[model]
+    items = list(trained.catalog.items)
+    for i in range(0, len(items) - 1, 3):
+        items[i + 1] = replace(items[i + 1], title=items[i].title)
+    recommender = Recommender(trained.module, ItemCatalog(items), trained.max_history)  # TIGER and SASRec read no titles
+    catalog = recommender.catalog
+    history = [3, 10]  # 3 and 4 share a title; so do 9 and 10
+    shown = {catalog[i].title for i in history}
+    left = [i for i in range(len(catalog)) if i not in history and catalog[i].title not in shown]
+    titles = {catalog[i].title for i in left}
+    assert 4 not in left and 9 not in left and len(titles) < len(left)
+    recs = recommender.recommend(history, k=len(titles))
+    assert sorted(r.title for r in recs) == sorted(titles)  # each title once
+    listed = {r.external_id for r in recs} | {e for r in recs for e in r.same_title}
+    assert listed == {catalog[i].external_id for i in left}  # the rest named in same_title
+    assert all(catalog[catalog.id_of(e)].title == r.title for r in recs for e in r.same_title)
+    every = {r.item: r.score for r in recommender.recommend(history, k=len(left) + 2, distinct_titles=False)}
+    for r in recs:  # the line shown is the best-scored item of its title
+        assert r.score == pytest.approx(max(every[catalog.id_of(e)] for e in (r.external_id, *r.same_title)), abs=1e-4)
+    with pytest.raises(ValueError, match=f"only {len(titles)} items are left"):
+        recommender.recommend(history, k=len(titles) + 1)
+
+
+def test_almost_right_title_gets_suggestions(run, recommenders, capsys):
+    recommender = recommenders["sasrec"]
+    title = recommender.catalog.titles[_history(recommender)[0]]
+    typo = title[:2] + title[3] + title[2] + title[4:]  # two letters swapped
+    with pytest.raises(ValueError, match="did you mean") as error:
+        recommender.recommend([typo])
+    assert repr(title) in str(error.value)
+    with pytest.raises(SystemExit, match="1"):
+        main(["recommend", "--run", str(run), "--model", "sasrec", "--history", json.dumps([typo.upper()])])
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"did you mean {title!r}" in err, err
+
+
+def test_wrong_model_lists_the_runs_models(run, capsys):
+    with pytest.raises(SystemExit, match="1"):
+        main(["recommend", "--run", str(run), "--model", "t5", "--history", '["1"]'])
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: the run {run} has no model 't5'; its models are lm, sasrec, tiger", err
+    with pytest.raises(FileNotFoundError, match=r"no model 'tigr'; its models are lm, sasrec, tiger; did you mean 'tiger'\?"):
+        Recommender.load(run, model="tigr")
+
+
+def test_missing_run_folder_is_named(tmp_path, monkeypatch, capsys):
+    """The README's snippet run from another folder: the relative run folder is not there."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="1"):
+        main(["recommend", "--run", "checkpoints/demo", "--model", "tiger", "--history", '["Toy Story"]'])
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: run folder checkpoints/demo does not exist (relative to the current directory {tmp_path}); " \
+                  "give the folder a pipeline or fit wrote, e.g. checkpoints/demo", err

@@ -30,11 +30,13 @@ per user instead of ``W`` one-row ones).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -557,8 +559,8 @@ class TigerModule(L.LightningModule):
             encoder_outputs=(state.encoder,),
             attention_mask=state.mask,
             decoder_input_ids=decoder_input,
-            past_key_values=state.cache,
             use_cache=True,
+            **{_cache_argument(self.model): state.cache},
         )
         return torch.log_softmax(out.logits[:, -1].float(), dim=-1), state
 
@@ -597,6 +599,18 @@ class TigerModule(L.LightningModule):
                 f"{saved[:12]}... vs {current[:12]}...)"
             )
 
+
+
+@cache
+def _cache_argument_of(forward: Callable[..., Any]) -> str:
+    names = inspect.signature(forward).parameters
+    return "cache" if "cache" in names else "past_key_values"
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The keyword of the KV cache in ``model.forward``: ``cache`` in the transformers versions
+    that deprecate ``past_key_values`` (a FutureWarning per call), ``past_key_values`` before."""
+    return _cache_argument_of(type(model).forward)
 
 def shift_right(labels: Tensor) -> Tensor:
     """The decoder input of teacher forcing: ``[B, T]`` target tokens -> ``PAD`` (the decoder

@@ -27,6 +27,7 @@ import torch
 from genrec.artifacts import atomic_path, config_digest, file_digest, output_lock
 from genrec.data.datamodule import ItemEmbeddingDataModule, load_embeddings
 from genrec.errors import ArtifactError, at_least
+from genrec.progress import progress_callbacks
 from genrec.quantize.rqkmeans import RQKMeans
 from genrec.quantize.rqvae import RQVAEModule
 from genrec.quantize.semantic_ids import SemanticIDs
@@ -182,6 +183,7 @@ def _tokenize_locked(
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
+            callbacks=progress_callbacks(),
             fast_dev_run=config.fast_dev_run,
             check_val_every_n_epoch=max(1, config.max_epochs // 10),
         )
@@ -203,7 +205,7 @@ def _tokenize_locked(
     if isinstance(tokenizer, RQVAEModule):
         companion = output.with_suffix(".tokenizer.ckpt")
         with atomic_path(companion) as tmp:
-            trainer.save_checkpoint(tmp)
+            trainer.save_checkpoint(tmp, weights_only=False)  # the full state, said (Lightning notes a default otherwise)
     else:
         companion = output.with_suffix(".tokenizer.safetensors")
         tokenizer.save(companion)

@@ -103,6 +103,20 @@ def test_lcrec_errors_name_file_and_line(tmp_path):
     assert raw.report.missing_item_events == 1 and raw.report.missing_item_examples == ["7"]
 
 
+def test_lcrec_wrong_name_says_which_files_it_looked_for(tmp_path):
+    """A new category copied from a preset keeps the old ``name:`` prefix: the error names the
+    files looked for and the prefixes the folder has, not just a path."""
+    (tmp_path / "Toys.item.json").write_text(json.dumps(LCREC_ITEMS))
+    (tmp_path / "Toys.inter.json").write_text('{"0": [0, 1, 2]}')
+    with pytest.raises(FileNotFoundError) as error:
+        LCRecSource(path=str(tmp_path), name="Office").read()
+    assert str(error.value) == (f"LC-Rec files of name 'Office' not found: looked for Office.item.json and Office.inter.json "
+                                f"(or .gz) in {tmp_path}; the folder has the prefix(es) Toys: set the source's name: to one of them")
+    with pytest.raises(FileNotFoundError, match=r"LC-Rec folder .*nowhere does not exist"):
+        LCRecSource(path=str(tmp_path / "nowhere"), name="Toys").read()
+    assert len(LCRecSource(path=str(tmp_path), name="Toys").read().items) == 3
+
+
 def test_lcrec_non_utf8_bytes_are_replaced_and_counted(tmp_path):
     items = json.dumps(LCREC_ITEMS, indent=4).encode().replace(b"Stapler", b"Stap\xffler")
     (tmp_path / "Toy.item.json").write_bytes(items)

@@ -11,6 +11,7 @@ Catalogue order is the item file's key order.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Literal
 
 from genrec.data.catalog import Item, TextFieldError
@@ -19,6 +20,7 @@ from genrec.data.formats.base import (
     DataSource,
     RawData,
     ReadReport,
+    expand,
     id_problem,
     read_text,
     resolve_file,
@@ -48,8 +50,7 @@ class LCRecSource(DataSource):
 
     def read(self) -> RawData:
         report = ReadReport()
-        item_path = resolve_file(self.path, f"{self.name}.item.json")
-        inter_path = resolve_file(self.path, f"{self.name}.inter.json")
+        item_path, inter_path = self._files()
         items: dict[str, Item] = {}
         for key, entry in _load_object(item_path, report).items():
             if not isinstance(entry, dict):
@@ -82,6 +83,27 @@ class LCRecSource(DataSource):
             where = f"{inter_path} (user {user})"
             raw.add_sequence(str(user), [str(i) for i in sequence if self.keep_event(raw, str(i), where)])
         return raw
+
+    def _files(self) -> tuple[Path, Path]:
+        """``(<name>.item.json, <name>.inter.json)`` in ``path``, each plain or ``.gz``.
+
+        Raises:
+            FileNotFoundError: the folder is missing, or has no files of this ``name`` (the
+                message names the files looked for and the prefixes the folder does have).
+        """
+        folder = expand(self.path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"LC-Rec folder {folder} does not exist (source path {self.path!r})")
+        try:
+            return resolve_file(folder, f"{self.name}.item.json"), resolve_file(folder, f"{self.name}.inter.json")
+        except FileNotFoundError:
+            prefixes = sorted({f.name.split(".inter.json")[0] for f in folder.glob("*.inter.json*")})
+            hint = (f"; the folder has the prefix(es) {', '.join(prefixes)}: set the source's name: to one of them"
+                    if prefixes else "; the folder has no *.inter.json file")
+            raise FileNotFoundError(
+                f"LC-Rec files of name {self.name!r} not found: looked for {self.name}.item.json and "
+                f"{self.name}.inter.json (or .gz) in {folder}{hint}"
+            ) from None
 
 
 def _load_object(path, report: ReadReport) -> dict[str, Any]:
