@@ -23,12 +23,11 @@ no tokenizer call in the training loop)::
   target tokens only (labels ``-100`` on the prompt and padding), computed on the last
   ``max target length`` logits only (``logits_to_keep``), not on a ``[B, S, V]`` tensor.
 
-Decoding prefills the left-padded prompt batch once (``B`` rows), then
-:func:`genrec.decoding.constrained_beam_search` feeds one token per beam (``R = B * W`` rows).
-The prompt's keys/values stay at ``B`` rows, shared by the ``W`` beams of a user; only the
-title tokens generated so far are kept per beam and reordered by the beams' parents (see
-:func:`shared_prefix_attention`). A per-beam copy of the prompt cache, as HF's cache reorder
-makes, costs ``W`` times the memory and a full copy of it at every step.
+Decoding (:mod:`genrec.models.lm_decoding`) prefills the left-padded prompt batch once (``B``
+rows) and shares each user's prompt keys/values among its ``W`` beams (a per-beam copy, as HF's
+cache reorder makes, costs ``W`` times the memory and a copy of it at every step); then
+:func:`genrec.decoding.pruned_beam_search` feeds one token per beam that can still reach the
+top ``K``, the generated tokens' keys/values written in place into per-user slot buffers.
 
 Model sources: a pretrained LM (``model``: the offline alias ``smollm2``, a local folder or a hub
 name; optional ``gguf_file``), or ``preset`` (:class:`~genrec.models.presets.LMRecConfig`) for a
@@ -40,14 +39,11 @@ are flags; FSDP is the trainer's ``strategy`` (see ``configs/lm/fsdp.yaml`` and
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import functools
 import inspect
 import logging
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import lightning as L
@@ -57,8 +53,24 @@ from torch import Tensor, nn
 
 from genrec.data.catalog import ItemCatalog
 from genrec.data.datamodule import SeqBatch
-from genrec.decoding import BeamResult, PrefixTrie, Recommendations, constrained_beam_search
+from genrec.decoding import (
+    BeamResult,
+    PrefixTrie,
+    Recommendations,
+    constrained_beam_search,
+    pruned_beam_search,
+)
 from genrec.metrics import RecEvaluation
+from genrec.models.lm_decoding import (
+    ACTIVE_KV,
+    BeamState,
+    PrefixKV,
+    SlotKV,
+    merged_lora,
+    reference_step,
+    shared_prefix_attention,
+    slot_step,
+)
 from genrec.models.presets import LMRecConfig
 from genrec.models.tiger import fused_adamw, lr_schedule
 
@@ -117,110 +129,6 @@ class LMInputs(NamedTuple):
     labels: Tensor
     items: Tensor
     target_width: int
-
-
-class _PrefixKV:
-    """Keys/values of one beam search: the prompt's per layer (``[B, kv_heads, S, d]``, shared
-    by a user's beams) and the generated tokens' per layer (``[R, kv_heads, t, d]``, per beam)."""
-
-    def __init__(self, prompt_mask: Tensor) -> None:
-        self.prompt_mask = prompt_mask.bool()  # [B, S], False at left padding
-        self.prefix: dict[int, tuple[Tensor, Tensor]] = {}
-        self.generated: dict[int, tuple[Tensor, Tensor]] = {}
-        self.parents: Tensor | None = None  # [R]: the previous step's row of each beam, set per step
-
-
-_ACTIVE_PREFIX: contextvars.ContextVar[_PrefixKV | None] = contextvars.ContextVar("genrec_prefix_kv", default=None)
-
-
-def _attend_shared_prefix(query: Tensor, state: _PrefixKV, layer: int, key: Tensor, value: Tensor, scaling: float) -> Tensor:
-    """One decoding step's attention of ``R = B * W`` one-token queries over their user's prompt
-    and their own beam's generated tokens (``key``/``value`` ``[R, kv_heads, 1, d]`` of this
-    token are appended to the latter first).
-
-    Args:
-        query: ``[R, H, 1, d]`` (rotary embedding applied), ``H = kv_heads * g``.
-
-    Returns:
-        ``[R, 1, H, d]``, the layout of ``transformers`` attention functions.
-    """
-    done = state.generated.get(layer)
-    if done is not None:
-        gk, gv = done
-        if state.parents is not None:
-            gk, gv = gk.index_select(0, state.parents), gv.index_select(0, state.parents)
-        key, value = torch.cat([gk, key], dim=2), torch.cat([gv, value], dim=2)
-    state.generated[layer] = (key, value)
-    pk, pv = state.prefix[layer]  # [B, kvh, S, d]
-    R, H, _, d = query.shape
-    B, kvh, S, _ = pk.shape
-    W, g = R // B, H // kvh
-    # Prompt part, per user: the W beams x g heads of a kv head are W * g query positions.
-    qf = query.reshape(B, W, kvh, g, d).permute(0, 2, 1, 3, 4).reshape(B, kvh, W * g, d)
-    prompt = torch.matmul(qf, pk.transpose(-1, -2)).float() * scaling  # [B, kvh, W*g, S]
-    prompt = prompt.masked_fill(~state.prompt_mask[:, None, None, :], float("-inf"))
-    prompt = prompt.view(B, kvh, W, g, S).permute(0, 2, 1, 3, 4).reshape(R, kvh, g, S)
-    own = torch.matmul(query.reshape(R, kvh, g, d), key.transpose(-1, -2)).float() * scaling  # [R, kvh, g, t]
-    weights = torch.softmax(torch.cat([prompt, own], dim=-1), dim=-1)
-    wp = weights[..., :S].reshape(B, W, kvh, g, S).permute(0, 2, 1, 3, 4).reshape(B, kvh, W * g, S)
-    out_prompt = torch.matmul(wp.to(pv.dtype), pv).view(B, kvh, W, g, d).permute(0, 2, 1, 3, 4).reshape(R, kvh, g, d)
-    out_own = torch.matmul(weights[..., S:].to(value.dtype), value)  # [R, kvh, g, d]
-    return (out_prompt + out_own).reshape(R, 1, H, d)
-
-
-def _with_shared_prefix(inner: Callable[..., tuple[Tensor, Any]]) -> Callable[..., tuple[Tensor, Any]]:
-    """Wrap a ``transformers`` attention function: unchanged unless a beam search is active
-    (:data:`_ACTIVE_PREFIX`); then the prefill keeps each layer's prompt keys/values and the
-    decoding steps attend as :func:`_attend_shared_prefix`."""
-
-    def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None, **kwargs: Any):
-        state = _ACTIVE_PREFIX.get()
-        if state is None:
-            return inner(module, query, key, value, attention_mask, **kwargs)
-        layer = module.layer_idx
-        if layer not in state.prefix:
-            state.prefix[layer] = (key, value)
-            return inner(module, query, key, value, attention_mask, **kwargs)
-        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
-        return _attend_shared_prefix(query, state, layer, key, value, scaling), None
-
-    return attention
-
-
-def shared_prefix_attention(name: str) -> str:
-    """Register (once) and return the ``transformers`` attention implementation
-    ``genrec_prefix_<name>``: ``name`` (``sdpa``, ``eager``, ...) outside beam search, the
-    shared-prompt attention of :func:`_attend_shared_prefix` in it."""
-    from transformers.masking_utils import (
-        ALL_MASK_ATTENTION_FUNCTIONS,
-        AttentionMaskInterface,
-        eager_mask,
-        sdpa_mask,
-    )
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
-
-    if name.startswith("genrec_prefix_"):
-        return name
-    key = f"genrec_prefix_{name}"
-    if key not in ALL_ATTENTION_FUNCTIONS._global_mapping:
-        if name == "eager":
-            from transformers.models.llama.modeling_llama import eager_attention_forward as inner
-        else:
-            inner = ALL_ATTENTION_FUNCTIONS[name]
-        AttentionInterface.register(key, _with_shared_prefix(inner))
-        mask = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(name, sdpa_mask if name != "eager" else eager_mask)
-        AttentionMaskInterface.register(key, mask)
-    return key
-
-
-@dataclass
-class _BeamState:
-    """Decoder state threaded through the beam-search step function."""
-
-    inputs: LMInputs  # the prompts, [B, S]
-    lengths: Tensor  # [B] real prompt tokens
-    kv: _PrefixKV  # the prompt's keys/values (B rows) and the generated tokens' (R rows)
-    generated: int = 0
 
 
 def apply_liger(model: nn.Module, fused_loss: bool = False) -> None:
@@ -612,7 +520,7 @@ class LMRecModule(L.LightningModule):
 
     def forward(self, inputs: LMInputs, logits_to_keep: int = 0) -> Tensor:
         """Logits ``[B, S or logits_to_keep, V]`` of a batch of :class:`LMInputs`."""
-        compiled = self.training and self._train_forward is not None and _ACTIVE_PREFIX.get() is None  # decoding: eager
+        compiled = self.training and self._train_forward is not None and ACTIVE_KV.get() is None  # decoding: eager
         out = (self._train_forward if compiled else self.model)(
             inputs_embeds=self.embed(inputs),
             attention_mask=inputs.attention_mask,
@@ -668,52 +576,39 @@ class LMRecModule(L.LightningModule):
     # ---- generation ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def recommend(self, batch: SeqBatch, num_results: int | None = None, beam_width: int | None = None) -> BeamResult:
+    def recommend(
+        self, batch: SeqBatch, num_results: int | None = None, beam_width: int | None = None, reference: bool = False
+    ) -> BeamResult:
         """The top items for each history of ``batch`` by title-constrained beam search.
+
+        Args:
+            reference: decode with the reference decoder (:mod:`genrec.models.lm_decoding`;
+                every beam every step, unmerged LoRA), which gives the same items, slower.
 
         Returns:
             :class:`~genrec.decoding.BeamResult`: ``items [B, K]`` (``K = num_results``,
             default ``max(ks)``), distinct per row, and their ``scores [B, K]``, best first.
         """
         B = batch.targets.shape[0]
-        return constrained_beam_search(
-            self.beam_step,
-            self.trie(),
-            batch_size=B,
-            beam_width=beam_width or self.hparams.beam_width,
-            num_results=num_results or self.num_results,
-            state=self.initial_state(batch),
-        )
+        W, K = beam_width or self.hparams.beam_width, num_results or self.num_results
+        if reference:
+            return constrained_beam_search(self.beam_step, self.trie(), batch_size=B, beam_width=W, num_results=K, state=self.initial_state(batch))
+        trie = self.trie()
+        inputs = self.lm_inputs(batch, with_target=False)
+        state = BeamState(inputs=inputs, kv=SlotKV(inputs.attention_mask, W, trie.max_depth))
+        with merged_lora(self.model):
+            return pruned_beam_search(functools.partial(slot_step, self), trie, batch_size=B, beam_width=W, num_results=K, state=state)
 
-    def initial_state(self, batch: SeqBatch) -> _BeamState:
+    def initial_state(self, batch: SeqBatch) -> BeamState:
         """The state of :meth:`beam_step` before the first token: the prompts, no keys/values yet."""
         inputs = self.lm_inputs(batch, with_target=False)
-        return _BeamState(inputs=inputs, lengths=inputs.attention_mask.sum(1), kv=_PrefixKV(inputs.attention_mask))
+        return BeamState(inputs=inputs, kv=PrefixKV(inputs.attention_mask))
 
-    def beam_step(self, tokens: Tensor | None, parents: Tensor | None, state: _BeamState) -> tuple[Tensor, _BeamState]:
-        """The :class:`genrec.decoding.StepFn` of the LM, the prompt's keys/values shared by the beams.
-
-        First call: prefill the left-padded prompts ``[B, S]`` once (each layer's keys/values
-        kept, ``B`` rows), ``[B, V]`` log-probs of the first title token. Later calls: feed
-        ``tokens`` ``[R]`` (``R = B * W``, beam ``w`` of user ``b`` at row ``b * W + w``) at
-        position ``prompt length + generated - 1``; each attends to its user's prompt and to
-        its own beam's earlier tokens, reordered by ``parents`` ``[R]``; ``[R, V]`` float32 log-probs.
-        """
-        token = _ACTIVE_PREFIX.set(state.kv)
-        try:
-            if tokens is None:
-                logits = self(state.inputs, logits_to_keep=1)
-                return torch.log_softmax(logits[:, -1].float(), dim=-1), state
-            # The first decoding step's parents point at the B prefill rows: no beam tokens to reorder yet.
-            state.kv.parents = parents if state.generated else None
-            state.generated += 1
-            rows = tokens.shape[0]
-            per_row = rows // state.lengths.shape[0]
-            positions = (state.lengths.repeat_interleave(per_row) + state.generated - 1)[:, None]
-            out = self.model(input_ids=tokens[:, None], position_ids=positions, use_cache=False)
-            return torch.log_softmax(out.logits[:, -1].float(), dim=-1), state
-        finally:
-            _ACTIVE_PREFIX.reset(token)
+    def beam_step(self, tokens: Tensor | None, parents: Tensor | None, state: BeamState) -> tuple[Tensor, BeamState]:
+        """The :class:`genrec.decoding.StepFn` of the reference decoder
+        (:func:`genrec.models.lm_decoding.reference_step`): ``[B, V]`` log-probs at the prefill,
+        then ``[B * W, V]`` per step, the prompt's keys/values shared by the beams."""
+        return reference_step(self, tokens, parents, state)
 
     # ---- optimisation -------------------------------------------------------------------------
 

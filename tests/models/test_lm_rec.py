@@ -4,6 +4,8 @@ Lightning fit/test, and a tiny from-scratch run that must beat popularity."""
 
 from __future__ import annotations
 
+import contextlib
+
 import lightning as L
 import pytest
 import torch
@@ -207,6 +209,36 @@ def test_exhaustive_beam_search_equals_brute_force_and_unpadded_rows(module, bat
         single = module.recommend(alone, num_results=10, beam_width=n)
         assert torch.equal(single.items[0], result.items[row])
         assert torch.allclose(single.scores[0], result.scores[row], atol=1e-4)
+
+
+def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_dropped(datamodule, batch, monkeypatch):
+    """Below exhaustive width the two decoders still agree: the slot decoder (pruned beams,
+    in-place slot buffers, LoRA merged, finished users dropped from the buffers) gives the
+    reference decoder's items and scores; the merged weights leave the module untouched."""
+    from genrec.models.lm_decoding import SlotKV
+
+    m = tiny_module(lora=True, lora_r=4)
+    m.attach_items(datamodule.data.catalog)
+    torch.manual_seed(1)
+    for name, p in m.named_parameters():
+        if "lora_B" in name:  # B starts at zero: make the adapter change the model
+            p.data.normal_(0, 0.5)
+    m.eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    compacted = []
+    original = SlotKV.compact
+    monkeypatch.setattr(SlotKV, "compact", lambda self, active: (compacted.append((self.users.numel(), active.numel())), original(self, active)))
+    fast = m.recommend(batch, num_results=10, beam_width=12)
+    reference = m.recommend(batch, num_results=10, beam_width=12, reference=True)
+    assert torch.equal(fast.items, reference.items)
+    torch.testing.assert_close(fast.scores, reference.scores, atol=1e-4, rtol=0)
+    assert compacted and all(kept <= 0.75 * held for held, kept in compacted)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    unmerged = tiny_module(lora=True, lora_r=4)
+    unmerged.load_state_dict(m.state_dict())
+    unmerged.attach_items(datamodule.data.catalog)
+    monkeypatch.setattr("genrec.models.lm_rec.merged_lora", lambda model: contextlib.nullcontext(False))
+    assert torch.equal(unmerged.eval().recommend(batch, num_results=10, beam_width=12).items, fast.items)
 
 
 # ---- options ------------------------------------------------------------------------------------
