@@ -82,9 +82,12 @@ class SlotKV:
         self.values: dict[int, Tensor] = {}
         self.ancestry = torch.zeros(B, width, self.capacity, dtype=torch.long, device=device)  # [U, W, T]
         self.step = 0  # tokens fed per beam so far
+        self.fed = 0  # beam tokens fed so far (the full search feeds B * W per step)
         # Set per step by slot_step: the live beams' user (index into users), slot and buffer column.
         self.user = self.slot = self.column = torch.zeros(0, dtype=torch.long, device=device)
         self._bias: Tensor | None = None
+        self._queries: Tensor | None = None
+        self._query_index: tuple[Tensor, Tensor, Tensor] | None = None
 
     def used_columns(self) -> int:
         """Buffer columns in use at this step: the prompt and ``step`` tokens of every slot."""
@@ -105,6 +108,21 @@ class SlotKV:
             bias[..., :used] = torch.where(visible, zero, float("-inf"))[:, :, None, :]
             self._bias = bias.view(U, 1, W * groups, self.columns)[..., :used]
         return self._bias
+
+    def queries(self, query: Tensor, kv_heads: int) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """The live beams' queries ``[R, H, d]`` laid out per user and kv head, ``[U, kv_heads,
+        W * g, d]`` (zeros at slots without a beam), and the index of each live query in it.
+        The buffer and the index are made once per step; each layer overwrites the live rows."""
+        R, H, d = query.shape
+        g = H // kv_heads
+        if self._queries is None or self._queries.dtype != query.dtype:
+            device = query.device
+            heads = torch.arange(kv_heads, device=device)[None, :, None]
+            index = (self.user[:, None, None], heads, (self.slot * g)[:, None, None] + torch.arange(g, device=device))  # [R, kvh, g] each
+            self._queries = query.new_zeros(self.users.numel(), kv_heads, self.width * g, d)
+            self._query_index = index
+        self._queries[self._query_index] = query.reshape(R, kv_heads, g, d)
+        return self._queries, self._query_index
 
     def compact(self, active: Tensor) -> None:
         """Keep only the users of ``active`` (``[A]`` batch rows, ascending, a subset of ``users``)."""
@@ -128,7 +146,8 @@ class SlotKV:
             self.ancestry[self.user, self.slot, : t - 1] = self.ancestry[self.user, beams.parent_slots, : t - 1]
         self.ancestry[self.user, self.slot, t - 1] = self.slot
         self.column = self.prompt_width + (t - 1) * W + self.slot
-        self._bias = None
+        self.fed += beams.rows.numel()
+        self._bias = self._queries = None
 
 
 @dataclass
@@ -193,17 +212,13 @@ def _attend_slots(query: Tensor, state: SlotKV, layer: int, key: Tensor, value: 
     keys[state.user, :, state.column] = key[:, :, 0]
     values[state.user, :, state.column] = value[:, :, 0]
     R, H, _, d = query.shape
-    U, kvh = keys.shape[:2]
-    W, g = state.width, H // kvh
-    rows = state.user * W + state.slot
-    padded = query.new_zeros(U * W, H, d).index_copy_(0, rows, query[:, :, 0])
-    padded = padded.view(U, W, kvh, g, d).transpose(1, 2).reshape(U, kvh, W * g, d)
+    kvh = keys.shape[1]
+    queries, index = state.queries(query[:, :, 0], kvh)  # [U, kvh, W*g, d]
     used = state.used_columns()
     out = F.scaled_dot_product_attention(
-        padded, keys[:, :, :used], values[:, :, :used], attn_mask=state.bias(g, padded.dtype), scale=scaling
+        queries, keys[:, :, :used], values[:, :, :used], attn_mask=state.bias(H // kvh, queries.dtype), scale=scaling
     )  # [U, kvh, W*g, d]
-    out = out.view(U, kvh, W, g, d).transpose(1, 2).reshape(U * W, H, d)
-    return out.index_select(0, rows)[:, None]
+    return out[index].reshape(R, 1, H, d)
 
 
 def _keep_prompt(state: PrefixKV | SlotKV, layer: int, key: Tensor, value: Tensor) -> None:
@@ -214,7 +229,9 @@ def _keep_prompt(state: PrefixKV | SlotKV, layer: int, key: Tensor, value: Tenso
         return
     B, kvh, S, d = key.shape
     for buffers, x in ((state.keys, key), (state.values, value)):
-        buffer = x.new_empty(B, kvh, state.columns, d)
+        # Zeros, not empty: a masked column still enters the fused kernel as 0 * value, and
+        # uninitialised memory may hold NaN.
+        buffer = x.new_zeros(B, kvh, state.columns, d)
         buffer[:, :, :S] = x
         buffers[layer] = buffer
 

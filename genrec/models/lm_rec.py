@@ -309,6 +309,9 @@ class LMRecModule(L.LightningModule):
         for name in ("target_tokens", "target_lengths", "line_tokens", "line_lengths"):
             self.register_buffer(name, torch.zeros(0, dtype=torch.long), persistent=False)
         self.title_fixes: dict[str, int] = {"empty": 0, "duplicate": 0, "truncated": 0}
+        self.decode_counts: dict[str, int] = {}
+        """Running totals of :meth:`recommend`: users, decoding steps, beam tokens fed, and the
+        beam tokens the full search (every beam every step) would have fed."""
         self._trie: PrefixTrie | None = None
 
         self.evaluation = RecEvaluation(self.ks, cold_start_max_count)
@@ -597,7 +600,11 @@ class LMRecModule(L.LightningModule):
         inputs = self.lm_inputs(batch, with_target=False)
         state = BeamState(inputs=inputs, kv=SlotKV(inputs.attention_mask, W, trie.max_depth))
         with merged_lora(self.model):
-            return pruned_beam_search(functools.partial(slot_step, self), trie, batch_size=B, beam_width=W, num_results=K, state=state)
+            result = pruned_beam_search(functools.partial(slot_step, self), trie, batch_size=B, beam_width=W, num_results=K, state=state)
+        kv = state.kv
+        counts = {"users": B, "steps": kv.step, "beam tokens": kv.fed, "full search beam tokens": B * W * kv.step}
+        self.decode_counts = {key: self.decode_counts.get(key, 0) + value for key, value in counts.items()}
+        return result
 
     def initial_state(self, batch: SeqBatch) -> BeamState:
         """The state of :meth:`beam_step` before the first token: the prompts, no keys/values yet."""
