@@ -245,6 +245,10 @@ def write_report(config: PipelineConfig, stats: dict[str, Any], sids: Path | Non
             f"| popularity | 0 | {p.get('test/popularity/recall@5', float('nan')):.4f} | {p.get('test/popularity/ndcg@5', float('nan')):.4f} | "
             f"{p.get('test/popularity/recall@10', float('nan')):.4f} | {p.get('test/popularity/ndcg@10', float('nan')):.4f} | | | |"
         )
+    subsets = [f"- {name}: evaluated {m['test/users']:,.0f} of {m['test/users_total']:,.0f} test users (a seeded random subset, max_eval_users)."
+               for name, result in results.items() if (m := result["metrics"]).get("test/users", 0) < m.get("test/users_total", 0)]
+    if subsets:
+        lines += ["", *subsets]
     if results:
         plot = _plot_recall(results, run / "recall_vs_params.png")
         lines += ["", f"![Recall@10 vs parameters]({plot.name})"]

@@ -16,6 +16,7 @@ no tokenizer call in the training loop)::
   construction. Empty titles become ``"item <external id>"``; an item whose title tokens equal an
   earlier item's gets ``" (item <external id>)"`` appended (both counted in
   :attr:`LMRecModule.title_fixes`), so every target is unique and none is a prefix of another.
+* A history line's title may be cut shorter (``max_history_title_tokens``) than the target's.
 * History lines are dropped from the *oldest* until the prompt fits ``max_prompt_tokens``; the
   most recent item is always the last line.
 * Rows are left-padded, so the last prompt token is at the same column in every row; position
@@ -60,6 +61,7 @@ from genrec.decoding import (
     constrained_beam_search,
     pruned_beam_search,
 )
+from genrec.encode import CF_MODEL, embedding_metadata
 from genrec.metrics import RecEvaluation
 from genrec.models.lm_decoding import (
     ACTIVE_KV,
@@ -199,6 +201,9 @@ class LMRecModule(L.LightningModule):
         item_template: one history line, with ``{title}`` once (the title gets a leading space).
         max_prompt_tokens: token budget of the prompt; the oldest history lines are dropped first.
         max_title_tokens: titles are cut to this many tokens (before disambiguation).
+        max_history_title_tokens: titles in the prompt's history lines are cut to this many
+            tokens (default: as the targets): on data with long titles, more history items fit
+            ``max_prompt_tokens``. The target, which decoding produces, stays whole.
         lora: train LoRA adapters (peft) instead of every weight.
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling numerator (scale ``alpha / r``).
@@ -217,6 +222,11 @@ class LMRecModule(L.LightningModule):
             ``compile`` (Liger's kernels fail to trace under ``torch.compile`` there).
         cf_embedding: add a learned item-id embedding (zero-initialised, ``[num_items, hidden]``)
             to the input embeddings of each history item's line tokens (collaborative signal).
+        cf_init: with ``cf_embedding``, the item table comes from this embeddings file instead
+            (the ``cf`` encoder's output, ``configs/encode/cf.yaml``: ``[num_items, dim]``
+            safetensors whose catalogue fingerprint must match the data's), kept frozen, and a
+            zero-initialised linear map ``dim -> hidden`` (trained) adds it to the tokens, so
+            training starts from the plain LM and learns how to use the collaborative vectors.
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay of matrices (not of norms, biases).
         warmup_steps: optimizer steps of linear warmup.
@@ -226,6 +236,11 @@ class LMRecModule(L.LightningModule):
         ks: cut-offs K of Recall@K / NDCG@K; ``max(ks)`` items are recommended.
         cold_start_max_count: test targets seen at most this often in training form the
             cold-start slice (``test/cold/...``).
+        max_eval_users: validate and test on at most this many users each, a random subset
+            drawn with ``eval_seed`` (the same users every epoch and run): bounds the CPU time
+            of decoding on large data. The counts are logged as ``val|test/users`` and
+            ``val|test/users_total``, and the pipeline report states the subset.
+        eval_seed: seed of the ``max_eval_users`` subset.
     """
 
     def __init__(
@@ -241,6 +256,7 @@ class LMRecModule(L.LightningModule):
         item_template: str = DEFAULT_ITEM_TEMPLATE,
         max_prompt_tokens: int = 512,
         max_title_tokens: int = 32,
+        max_history_title_tokens: int | None = None,
         lora: bool = False,
         lora_r: int = 8,
         lora_alpha: int = 16,
@@ -251,6 +267,7 @@ class LMRecModule(L.LightningModule):
         compile: bool = False,
         liger: bool = False,
         cf_embedding: bool = False,
+        cf_init: str | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
@@ -259,6 +276,8 @@ class LMRecModule(L.LightningModule):
         beam_width: int = 20,
         ks: tuple[int, ...] = (5, 10),
         cold_start_max_count: int = 5,
+        max_eval_users: int | None = None,
+        eval_seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -273,6 +292,12 @@ class LMRecModule(L.LightningModule):
         if liger and compile:
             log.warning("liger with compile: Liger's kernels break torch.compile's graph, which makes training slower "
                         "than Liger alone (LM training throughput in docs/benchmarks.md)")
+        if max_eval_users is not None and max_eval_users < 1:
+            raise ValueError(f"max_eval_users must be >= 1 (or null for every user), got {max_eval_users}")
+        if max_history_title_tokens is not None and max_history_title_tokens < 1:
+            raise ValueError(f"max_history_title_tokens must be >= 1 (or null), got {max_history_title_tokens}")
+        if cf_init is not None and not cf_embedding:
+            raise ValueError(f"cf_init={cf_init!r} needs cf_embedding=true")
         if load_in_4bit and preset is not None:
             raise ValueError("load_in_4bit quantizes pretrained weights on load; save a preset model to a folder and give it as model")
         self.ks = tuple(int(k) for k in ks)
@@ -293,6 +318,7 @@ class LMRecModule(L.LightningModule):
         if len(self.tokenizer) > self.vocab_size:
             raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens but the model only {self.vocab_size}")
         self.cf: nn.Embedding | None = None  # built in attach_items (needs the number of items)
+        self.cf_proj: nn.Linear | None = None  # with cf_init: the file's dim -> hidden
         self._train_forward = None  # torch.compile'd self.model for training (setup, with compile)
 
         before, after = prompt_template.split("{history}")
@@ -309,6 +335,8 @@ class LMRecModule(L.LightningModule):
         for name in ("target_tokens", "target_lengths", "line_tokens", "line_lengths"):
             self.register_buffer(name, torch.zeros(0, dtype=torch.long), persistent=False)
         self.title_fixes: dict[str, int] = {"empty": 0, "duplicate": 0, "truncated": 0}
+        self.eval_users: dict[str, Tensor] = {}
+        """With ``max_eval_users``: per stage (``val``, ``test``), ``[num_users]`` bool, the users evaluated."""
         self.decode_counts: dict[str, int] = {}
         """Running totals of :meth:`recommend`: users, decoding steps, beam tokens fed, and the
         beam tokens the full search (every beam every step) would have fed."""
@@ -383,6 +411,7 @@ class LMRecModule(L.LightningModule):
         if data is None:
             raise RuntimeError("LMRecModule needs a data module with a .data (SequenceData), e.g. genrec.data.SequenceDataModule")
         self.attach_items(data.catalog, data.train_item_counts())
+        self.choose_eval_users(data.num_users, {s: data.samples(s)[0] for s in ("val", "test")})
         if stage == "fit" and self.hparams.compile and self._train_forward is None:
             # kept off the module tree: the compiled wrapper shares self.model's parameters
             object.__setattr__(self, "_train_forward", torch.compile(self.model, dynamic=True))
@@ -428,7 +457,8 @@ class LMRecModule(L.LightningModule):
         before, after = self._line_pieces
         device = self.prompt_prefix.device
         target, target_len = _padded([t + [self.eos_id] for t in titles], self.pad_id)
-        line, line_len = _padded([before + t + after for t in titles], self.pad_id)
+        cut = self.hparams.max_history_title_tokens or len(max(titles, key=len))
+        line, line_len = _padded([before + t[:cut] + after for t in titles], self.pad_id)
         self.target_tokens, self.target_lengths = target.to(device), target_len.to(device)
         self.line_tokens, self.line_lengths = line.to(device), line_len.to(device)
         n = len(catalog)
@@ -436,15 +466,44 @@ class LMRecModule(L.LightningModule):
         self._trie = PrefixTrie.from_sequences([t + [self.eos_id] for t in titles], vocab_size=self.vocab_size)
         if self.hparams.cf_embedding:
             if self.cf is None:
-                self.cf = self._new_cf(n)
+                self._new_cf(n, self._cf_table(catalog) if self.hparams.cf_init else None)
             elif self.cf.num_embeddings != n:
                 raise ValueError(f"the CF embedding has {self.cf.num_embeddings} items, the catalogue {n}")
 
-    def _new_cf(self, num_items: int) -> nn.Embedding:
-        embedding = self.model.get_input_embeddings()
-        cf = nn.Embedding(num_items, embedding.embedding_dim, device=self.prompt_prefix.device)
-        nn.init.zeros_(cf.weight)
-        return cf
+    def _new_cf(self, num_items: int, table: Tensor | None = None, dim: int | None = None) -> None:
+        """Create the CF embedding: learned ``[num_items, hidden]`` from zero; or a frozen item
+        ``table [num_items, dim]`` (or ``dim`` wide, to load a checkpoint into) with a
+        zero-initialised ``dim -> hidden`` map."""
+        hidden = self.model.get_input_embeddings().embedding_dim
+        device = self.prompt_prefix.device
+        if table is None and dim is None:
+            self.cf = nn.Embedding(num_items, hidden, device=device)
+            nn.init.zeros_(self.cf.weight)
+            return
+        width = table.shape[1] if table is not None else dim
+        self.cf = nn.Embedding(num_items, width, device=device)
+        if table is not None:
+            self.cf.weight.data.copy_(table)
+        self.cf.weight.requires_grad_(False)
+        self.cf_proj = nn.Linear(width, hidden, bias=False, device=device)
+        nn.init.zeros_(self.cf_proj.weight)
+
+    def _cf_table(self, catalog: ItemCatalog) -> Tensor:
+        """The ``[num_items, dim]`` float32 table of ``cf_init``, checked against ``catalog``."""
+        from genrec.data.datamodule import load_embeddings
+
+        path = self.hparams.cf_init
+        table = load_embeddings(path)
+        metadata = embedding_metadata(path)
+        fingerprint = metadata.get("catalog_fingerprint")
+        if fingerprint != catalog.fingerprint():
+            raise ValueError(f"cf_init {path}: catalogue fingerprint {fingerprint!r} is not this data's "
+                             f"{catalog.fingerprint()!r}; encode this data set's items (configs/encode/cf.yaml)")
+        if table.dim() != 2 or table.shape[0] != len(catalog):
+            raise ValueError(f"cf_init {path}: embeddings of shape {tuple(table.shape)}, expected [{len(catalog)}, dim]")
+        if metadata.get("model") != CF_MODEL:
+            log.warning("cf_init %s was made by encoder %r, not the collaborative %r one", path, metadata.get("model"), CF_MODEL)
+        return table
 
     def trie(self) -> PrefixTrie:
         """The prefix trie of every item's target tokens, on the module's device."""
@@ -517,7 +576,10 @@ class LMRecModule(L.LightningModule):
         each history token's item when ``cf_embedding`` is on."""
         embeds = self.model.get_input_embeddings()(inputs.input_ids)
         if self.cf is not None:
-            cf = self.cf(inputs.items.clamp(min=0)) * (inputs.items >= 0)[..., None]
+            cf = self.cf(inputs.items.clamp(min=0))
+            if self.cf_proj is not None:
+                cf = self.cf_proj(cf)
+            cf = cf * (inputs.items >= 0)[..., None]
             embeds = embeds + cf.to(embeds.dtype)
         return embeds
 
@@ -551,8 +613,37 @@ class LMRecModule(L.LightningModule):
                     for i in range(0, len(targets), LOSS_CHUNK_ROWS))
         return total / len(targets)
 
-    def model_step(self, batch: SeqBatch, stage: Stage) -> Tensor:
-        """Loss of the batch (teacher forcing); on val/test also beam search and metric updates."""
+    def choose_eval_users(self, num_users: int, users: dict[str, Tensor]) -> None:
+        """Draw the ``max_eval_users`` subset of each stage (nothing without the cap).
+
+        Args:
+            num_users: users of the data set (ids ``0 .. num_users - 1``).
+            users: per stage, ``[N]`` the users of its samples.
+        """
+        cap = self.hparams.max_eval_users
+        self.eval_users = {}
+        if cap is None:
+            return
+        for stage, stage_users in users.items():
+            candidates = stage_users.unique()
+            generator = torch.Generator().manual_seed(self.hparams.eval_seed)
+            chosen = candidates[torch.randperm(candidates.numel(), generator=generator)[:cap]]
+            mask = torch.zeros(num_users, dtype=torch.bool)
+            mask[chosen] = True
+            self.eval_users[stage] = mask
+            if chosen.numel() < candidates.numel():
+                log.info("%s: evaluating %d of %d users (max_eval_users, seed %d)", stage, chosen.numel(), candidates.numel(), self.hparams.eval_seed)
+
+    def model_step(self, batch: SeqBatch, stage: Stage) -> Tensor | None:
+        """Loss of the batch (teacher forcing); on val/test also beam search and metric updates
+        (on the ``max_eval_users`` subset only, when set; ``None`` for a batch without one)."""
+        if stage != "train" and stage in self.eval_users:
+            keep = self.eval_users[stage].to(batch.users.device)[batch.users]
+            self.log(f"{stage}/users_total", float(len(batch)), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
+            self.log(f"{stage}/users", float(keep.sum()), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
+            if not bool(keep.any()):
+                return None
+            batch = SeqBatch(batch.users[keep], batch.history[keep], batch.lengths[keep], batch.targets[keep])
         B = batch.targets.shape[0]
         loss = self.loss(self.lm_inputs(batch, with_target=True))
         self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=stage == "train", on_epoch=True, batch_size=B)
@@ -566,10 +657,10 @@ class LMRecModule(L.LightningModule):
     def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
         return self.model_step(batch, "train")
 
-    def validation_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
+    def validation_step(self, batch: SeqBatch, batch_idx: int) -> Tensor | None:
         return self.model_step(batch, "val")
 
-    def test_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
+    def test_step(self, batch: SeqBatch, batch_idx: int) -> Tensor | None:
         return self.model_step(batch, "test")
 
     def predict_step(self, batch: SeqBatch, batch_idx: int = 0) -> Recommendations:
@@ -638,7 +729,8 @@ class LMRecModule(L.LightningModule):
         # The CF embedding is sized by the catalogue; create it before the state dict is loaded.
         weight = checkpoint.get("state_dict", {}).get("cf.weight")
         if weight is not None and self.cf is None:
-            self.cf = self._new_cf(weight.shape[0])
+            projected = "cf_proj.weight" in checkpoint.get("state_dict", {})
+            self._new_cf(weight.shape[0], dim=weight.shape[1] if projected else None)
 
 
 __all__ = ["DEFAULT_ITEM_TEMPLATE", "DEFAULT_PROMPT", "LMInputs", "LMRecModule", "decoder_layer_classes", "load_tokenizer"]
