@@ -58,12 +58,17 @@ def agreement(fast: BeamResult, reference: BeamResult, tie: float = TIE) -> tupl
     return identical, tied, len(same) - identical - tied
 
 
+def head(batch: SeqBatch, n: int) -> SeqBatch:
+    """The first ``n`` users of ``batch``."""
+    return SeqBatch(batch.users[:n], batch.history[:n], batch.lengths[:n], batch.targets[:n])
+
+
 def take_users(loader: Iterator[SeqBatch], limit: int | None) -> list[SeqBatch]:
     """The first ``limit`` users of ``loader`` (all with ``None``), as its batches; the last cut short."""
     batches, count = [], 0
     for batch in loader:
         if limit is not None and count + len(batch) >= limit:
-            batches.append(SeqBatch(*(x[: limit - count] for x in (batch.users, batch.history, batch.lengths, batch.targets))))
+            batches.append(head(batch, limit - count))
             return batches
         batches.append(batch)
         count += len(batch)
@@ -108,6 +113,8 @@ def compare(module: LMRecModule, batches: list[SeqBatch], device: torch.device, 
     cells = []
     for mode in dict.fromkeys(["fp32", precision]):
         with float32_matmuls() if mode == "fp32" else contextlib.nullcontext():
+            for reference in (False, True):  # warm-up: first calls, allocator
+                decode_all(module, [head(batches[0], 8)], device, beams, mode, reference=reference)
             fast, fast_s = decode_all(module, batches, device, beams, mode)
             reference, reference_s = decode_all(module, batches, device, beams, mode, reference=True)
         identical, tied, different = (sum(c) for c in zip(*(agreement(f, r) for f, r in zip(fast, reference, strict=True)), strict=True))
@@ -173,7 +180,7 @@ def main() -> None:
     if args.compare_reference:
         check = compare(module, take_users(iter(batches), args.compare_reference), device, args.beams, precision)
     first = batches[0]
-    decode_all(module, [SeqBatch(first.users[:64], first.history[:64], first.lengths[:64], first.targets[:64])], device, args.beams, precision)
+    decode_all(module, [head(first, 64)], device, args.beams, precision)
     if args.profile:
         profile(module, first, device, args.beams, precision)
     if device.type == "cuda":
