@@ -1,84 +1,224 @@
-"""Decoding throughput of the LM recommender: title-constrained beam search, users per second.
+"""Decoding throughput of the LM recommender (title-constrained beam search, users per second),
+its test quality, and a side-by-side check against the reference decoder.
 
-    python -m bench.lm_decode --data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml \
-        --batch 64 --beam 20 [--batches 32] [--set model.init_args.preset=50m ...]
+    python -m bench.lm_decode --data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml \\
+        [--ckpt CKPT] --beams 20 --users all [--batch 1024] [--compare-reference 512] [--set key=value ...]
 
-Builds the model and the test loader exactly as ``train.py test`` would (same configs; weights as
-configured: pretrained, or freshly initialised for a preset — speed does not depend on them),
-then times :meth:`genrec.models.LMRecModule.recommend` over ``--batches`` test batches of
-``--batch`` users (all of them with ``--batches 0``) after decoding the first once as a warm-up, bf16 autocast on a
-GPU. Records users/s, the prompt length, peak GPU memory and every returned list's validity
-(K distinct catalogue items per user).
+Builds the data module and the model as ``train.py test`` would (same configs; with ``--ckpt`` the
+settings and weights of that LMRecModule checkpoint, else the configured weights: pretrained, or
+freshly initialised for a preset, which decodes as fast but scores nothing), takes the first
+``--users`` test users in the test loader's order (``all``: every one) and decodes them with
+:meth:`genrec.models.LMRecModule.recommend` in batches of ``--batch`` users, bf16 autocast on a
+GPU, after a warm-up on part of the first batch. Records users/s, test Recall/NDCG@10 overall and
+on cold items, how often cold items are recommended (:func:`genrec.metrics.cold_exposure`), the
+share of the full search's beam tokens the pruned search fed, every list's validity (K distinct
+catalogue items) and peak GPU memory.
+
+``--compare-reference N`` first decodes the first N of those users with both decoders (the
+reference: every beam every step, the decoder before issue 20) in float32 (no autocast, no TF32)
+and stops unless every user's list agrees: the same items in the same order, or, where scores
+tie within 1e-3, the same scores rank by rank (equal-scoring items may swap). It then compares
+them again at the timed precision and reports that agreement without asserting it (bf16
+rounding differs between any two batch layouts), with both decoders' users/s on those users.
+``--profile`` prints the operators of one decoded batch by device time (torch.profiler).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import contextlib
 import time
+from collections.abc import Iterator
 
 import torch
 
 from bench.record import record, set_flags
 from genrec.cli import GenRecCLI
+from genrec.data.datamodule import SeqBatch
+from genrec.decoding import BeamResult
+from genrec.metrics import RecEvaluation, cold_exposure
+from genrec.models import LMRecModule
+
+TIE = 1e-3
+"""Score difference (summed log-probs, float32) within which two decoders' items count as tied."""
+
+
+def agreement(fast: BeamResult, reference: BeamResult, tie: float = TIE) -> tuple[int, int, int]:
+    """Per user: ``(identical, tied, different)`` counts of two decoders' ranked lists.
+
+    A list is *identical* with the same items in the same order; *tied* when the items differ
+    but every rank's score agrees within ``tie`` (items of equal score swapped); *different*
+    otherwise (an item missed or scored differently).
+    """
+    same = (fast.items == reference.items).all(1)
+    both = torch.isfinite(fast.scores) & torch.isfinite(reference.scores)
+    close = torch.where(both, (fast.scores - reference.scores).abs() <= tie, fast.scores == reference.scores).all(1)
+    identical = int(same.sum())
+    tied = int((~same & close).sum())
+    return identical, tied, len(same) - identical - tied
+
+
+def head(batch: SeqBatch, n: int) -> SeqBatch:
+    """The first ``n`` users of ``batch``."""
+    return SeqBatch(batch.users[:n], batch.history[:n], batch.lengths[:n], batch.targets[:n])
+
+
+def take_users(loader: Iterator[SeqBatch], limit: int | None) -> list[SeqBatch]:
+    """The first ``limit`` users of ``loader`` (all with ``None``), as its batches; the last cut short."""
+    batches, count = [], 0
+    for batch in loader:
+        if limit is not None and count + len(batch) >= limit:
+            batches.append(head(batch, limit - count))
+            return batches
+        batches.append(batch)
+        count += len(batch)
+    return batches
+
+
+def decode_all(module: LMRecModule, batches: list[SeqBatch], device: torch.device, beams: int, precision: str,
+               reference: bool = False) -> tuple[list[BeamResult], float]:
+    """Every batch decoded (``BeamResult`` on the CPU per batch) and the seconds it took."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    results = []
+    _sync(device)
+    started = time.perf_counter()
+    with torch.no_grad(), autocast:
+        for batch in batches:
+            result = module.recommend(batch.to(device), beam_width=beams, reference=reference)
+            results.append(BeamResult(result.items.cpu(), result.scores.float().cpu()))  # the copy waits for the batch
+    return results, time.perf_counter() - started
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def float32_matmuls() -> Iterator[None]:
+    """Full float32 matrix products inside the block (no TF32), as the exactness check needs."""
+    previous = torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous[1:]
+
+
+def compare(module: LMRecModule, batches: list[SeqBatch], device: torch.device, beams: int, precision: str) -> str:
+    """The ``--compare-reference`` check (module docstring); raises SystemExit on a float32 mismatch."""
+    users = sum(len(b) for b in batches)
+    cells = []
+    for mode in dict.fromkeys(["fp32", precision]):
+        with float32_matmuls() if mode == "fp32" else contextlib.nullcontext():
+            for reference in (False, True):  # warm-up: first calls, allocator
+                decode_all(module, [head(batches[0], 8)], device, beams, mode, reference=reference)
+            fast, fast_s = decode_all(module, batches, device, beams, mode)
+            reference, reference_s = decode_all(module, batches, device, beams, mode, reference=True)
+        identical, tied, different = (sum(c) for c in zip(*(agreement(f, r) for f, r in zip(fast, reference, strict=True)), strict=True))
+        cell = (f"{mode}: {identical}/{users} identical, {tied} tied, {different} different; "
+                f"{users / fast_s:.1f} vs {users / reference_s:.1f} users/s")
+        print(f"reference check, {cell}", flush=True)
+        if mode == "fp32" and different:
+            worst = max(float((f.scores - r.scores).abs().nan_to_num(0, 0, 0).max()) for f, r in zip(fast, reference, strict=True))
+            raise SystemExit(f"--compare-reference: {different} of {users} users' lists differ between the slot and the "
+                             f"reference decoder in float32 (largest score difference {worst:.3g})")
+        cells.append(cell)
+    return "; ".join(cells)
+
+
+def profile(module: LMRecModule, batch: SeqBatch, device: torch.device, beams: int, precision: str) -> None:
+    """Print the operators of one decoded batch, most device time first."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        decode_all(module, [batch], device, beams, precision)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=30), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--batch", type=int, default=64, help="users per decoding batch")
-    parser.add_argument("--beam", type=int, default=20)
-    parser.add_argument("--batches", type=int, default=32, help="timed batches (0: the whole test set)")
+    parser.add_argument("--ckpt", default=None, help="an LMRecModule checkpoint (settings and weights); default: the configured model")
+    parser.add_argument("--batch", type=int, default=None, help="users per decoding batch (default: 1024 on a GPU, 16 on a CPU)")
+    parser.add_argument("--beams", "--beam", type=int, default=20)
+    parser.add_argument("--users", default="all", help="decode the first N test users, or 'all'")
+    parser.add_argument("--compare-reference", type=int, default=0, metavar="N",
+                        help="first check the first N users against the reference decoder (module docstring)")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="default: bf16 on a GPU, fp32 on a CPU")
+    parser.add_argument("--profile", action="store_true", help="print one batch's operators by device time")
     parser.add_argument("--set", action="append", default=[], help="extra CLI override key=value")
     args = parser.parse_args()
+    if args.users != "all" and not (args.users.isdigit() and int(args.users) > 0):
+        raise SystemExit(f"--users takes a positive number or 'all', got {args.users!r}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    if precision == "bf16" and device.type != "cuda":
+        raise SystemExit("--precision bf16 needs a GPU here (CPU bf16 matrix products are slow and not what is measured)")
+    batch_size = args.batch or (1024 if device.type == "cuda" else 16)
     overrides = set_flags(args.set)
     cli = GenRecCLI(args=["--config", args.data, "--config", args.model, "--trainer.logger=false",
-                          f"--data.init_args.eval_batch_size={args.batch}", f"--model.init_args.beam_width={args.beam}", *overrides], run=False)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dm, module = cli.datamodule, cli.model
+                          f"--data.init_args.eval_batch_size={batch_size}", f"--model.init_args.beam_width={args.beams}", *overrides], run=False)
+    dm = cli.datamodule
+    module = LMRecModule.load_from_checkpoint(args.ckpt, map_location="cpu") if args.ckpt else cli.model
+    if args.beams < module.num_results:
+        raise SystemExit(f"--beams {args.beams} is below the {module.num_results} items recommended per user")
     dm.setup("test")
-    module.to(device).eval()
     module.attach_items(dm.data.catalog, dm.data.train_item_counts())
-    if dm.sort_eval_by_length and args.batches % 16:
-        # test users come in blocks of 16 batches sorted by history length (length_sorted_blocks):
-        # a partial block would time only its short histories
-        raise SystemExit(f"--batches {args.batches}: with sort_eval_by_length, time whole blocks (a multiple of 16, or 0 for all)")
-    loader = dm.test_dataloader()
-    batches = list(itertools.islice(loader, args.batches)) if args.batches else list(loader)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    module.to(device).eval()
+    total = len(dm.dataset("test"))
+    batches = take_users(iter(dm.test_dataloader()), None if args.users == "all" else int(args.users))
+    users = sum(len(b) for b in batches)
 
-    def decode(batch):  # noqa: ANN001, ANN202
-        with torch.no_grad(), autocast:
-            return module.recommend(batch.to(device))
-
-    decode(batches[0])  # warm-up: kernels, allocator
+    check = "not run"
+    if args.compare_reference:
+        check = compare(module, take_users(iter(batches), args.compare_reference), device, args.beams, precision)
+    first = batches[0]
+    decode_all(module, [head(first, 64)], device, args.beams, precision)
+    if args.profile:
+        profile(module, first, device, args.beams, precision)
     if device.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    timed = batches  # the warm-up batch is timed again: the timed users are whole length blocks
-    users, valid, prompt = 0, 0, 0
-    started = time.perf_counter()
-    for batch in timed:
-        items = decode(batch).items
-        users += len(batch)
-        valid += sum(len(set(row)) == module.num_results and min(row) >= 0 for row in items.tolist())
-        prompt = max(prompt, int(module.lm_inputs(batch.to(device), with_target=False).input_ids.shape[1]))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
+    module.decode_counts = {}
+    results, seconds = decode_all(module, batches, device, args.beams, precision)
+
+    ranked = torch.cat([r.items for r in results])
+    targets = torch.cat([b.targets for b in batches])
+    counts = module.evaluation.train_counts.cpu()
+    evaluation = RecEvaluation(module.ks, module.hparams.cold_start_max_count)
+    evaluation.attach(counts, len(dm.data.catalog))
+    evaluation.update("test", ranked, targets)
+    metrics = {k: float(v) for m in (evaluation.test, evaluation.test_cold) for k, v in m.compute().items()}
+    exposure = cold_exposure(ranked, targets, counts, module.hparams.cold_start_max_count, k=module.num_results)
+    print("cold items:", {k: round(v, 4) for k, v in exposure.items()}, flush=True)
+    valid = int(((ranked >= 0).all(1) & (ranked.sort(1).values.diff(1) != 0).all(1)).sum())
+    decoded = module.decode_counts
     hp = module.hparams
-    total = sum(p.numel() for p in module.parameters())
     row = {
         "data": dm.name,
-        "model": f"{hp.preset or hp.model} ({total / 1e6:.1f}M)",
-        "users": users,
-        "batch": args.batch,
-        "beam": args.beam,
+        "model": f"{hp.preset or hp.model} ({sum(p.numel() for p in module.parameters()) / 1e6:.1f}M)" + (" ckpt" if args.ckpt else ""),
+        "decoder": "slot (pruned)",
+        "precision": precision,
+        "users": f"{users:,} of {total:,}",
+        "batch": batch_size,
+        "beam": args.beams,
         "K": module.num_results,
-        "longest prompt (tokens)": prompt,
+        "decode s": f"{seconds:.1f}",
         "users/s": f"{users / seconds:.1f}",
+        "test R@10": f"{metrics.get('test/recall@10', float('nan')):.4f}",
+        "test N@10": f"{metrics.get('test/ndcg@10', float('nan')):.4f}",
+        "cold R@10": f"{metrics.get('test/cold/recall@10', float('nan')):.4f}",
+        f"cold share top-{module.num_results} / targets": (f"{exposure[f'cold share of top-{module.num_results}']:.3f} / "
+                                                          f"{exposure['cold share of targets']:.3f}"),
+        "beam tokens fed": f"{decoded['beam tokens'] / max(decoded['full search beam tokens'], 1):.1%} of full search",
         "lists valid": f"{valid}/{users}",
+        "reference check": check,
         "peak GiB": f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if device.type == "cuda" else "n/a",
     }
     record("LM recommender decoding throughput", [row],

@@ -64,11 +64,15 @@ def main() -> None:
     # Written before the test pass (minutes for a large LM), so a run stopped during it keeps
     # its training measurement; the full JSON below replaces this one.
     run = {**run_info(cli), "parameters": total}
+    checkpoint = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
+    run["checkpoint"] = checkpoint  # the best by val NDCG@10, what the test uses ("" without one)
     if args.out and cli.trainer.is_global_zero:
         write_json(args.out, {"run": run, "state": timeline.state()})
     if args.fit_only:
+        if cli.trainer.is_global_zero:
+            print(f"[fit-only] {timeline.total('tokens') / train_s:,.0f} train tokens/s, {timeline.samples / train_s:,.1f} samples/s "
+                  f"({timeline.samples:,} samples in {train_s:.1f} s, validation excluded; liger={cli.model.hparams.liger})", flush=True)
         return
-    checkpoint = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
     started = time.perf_counter()
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=checkpoint or None)[0]
     _sync()
@@ -81,6 +85,7 @@ def main() -> None:
     dm = cli.datamodule
     # Users actually decoded (fewer than the test set under trainer.limit_test_batches).
     users = min(len(dm.dataset("test")), int(sum(cli.trainer.num_test_batches)) * dm.eval_batch_size * cli.trainer.world_size)
+    users = int(results.get("test/users", users))  # max_eval_users: the subset decoded
     source = hp.preset or hp.model
     row = {
         "data": dm.name,

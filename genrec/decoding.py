@@ -21,6 +21,13 @@ not take a live beam's place.
 The model is a callback (see :class:`StepFn`): it receives the tokens just chosen and, for every
 new beam, the row of its previous output that the beam extends, so it can reorder its KV cache
 or decoder state with ``index_select(0, parents)``.
+
+:func:`pruned_beam_search` is the same search, with the same results, that asks the model only
+for the beams that can still matter (see :class:`LiveStepFn`): once ``K`` items are finished in a
+row, a live beam scoring at most the ``K``-th can only lose score (log-probs are ``<= 0``), so
+neither it nor any descendant can enter the result; such beams are dropped, and so are rows
+whose beams are all dropped. Its model sees ``R <= B * W`` rows per step, fewer as the search
+goes on, at one host sync per step (the number of rows).
 """
 
 from __future__ import annotations
@@ -412,6 +419,143 @@ def constrained_beam_search(
         scores, width = live_scores, W
         nodes = nodes.reshape(-1)
         log_probs, state = step(next_tokens.reshape(-1), parents.reshape(-1), state)
+
+    pool_items = pool_items.masked_fill(pool_scores == neg_inf, -1)
+    return BeamResult(items=pool_items, scores=pool_scores)
+
+
+class LiveBeams(NamedTuple):
+    """The beams one step of :func:`pruned_beam_search` asks the model to extend.
+
+    Attributes:
+        tokens: ``[R]`` int64, the token just chosen for each beam.
+        rows: ``[R]`` int64, each beam's slot ``b * width + w`` (ascending): batch row
+            ``rows // width``, slot ``w = rows % width``. A slot holds one beam per step;
+            slots missing from ``rows`` hold none (dropped or dead).
+        parents: ``[R]`` int64, for each beam the row of the *previous call's output* that it
+            extends (at the first step after the prefill: the batch row).
+        parent_slots: ``[R]`` int64, the slot ``w'`` of that parent within its batch row (0 at
+            the first step).
+        active: ``[A]`` int64, the batch rows that have beams, ascending: the model may drop
+            the state of every other batch row, which never comes back.
+        width: ``W``, slots per batch row.
+    """
+
+    tokens: Tensor
+    rows: Tensor
+    parents: Tensor
+    parent_slots: Tensor
+    active: Tensor
+    width: int
+
+
+class LiveStepFn(Protocol[S]):
+    """The model callback of :func:`pruned_beam_search`.
+
+    ``step(beams, state) -> (log_probs, new_state)``
+
+    * First call: ``beams is None``. Return the log-probs of the first item token, ``[B, V]``,
+      one row per batch row.
+    * Every later call: ``beams`` (:class:`LiveBeams`) lists the ``R`` beams to extend. Reorder
+      or expand the state by ``beams.parents`` (rows of the previous output), feed
+      ``beams.tokens`` and return the next-token log-probs ``[R, V]``, row ``i`` for beam ``i``.
+    * Log-probs must be normalised (``<= 0``): beams are dropped once they cannot beat the
+      ``K``-th finished item of their row.
+    """
+
+    def __call__(self, beams: LiveBeams | None, state: S) -> tuple[Tensor, S]: ...
+
+
+def pruned_beam_search(
+    step: LiveStepFn[Any],
+    trie: PrefixTrie,
+    batch_size: int,
+    beam_width: int,
+    num_results: int,
+    state: Any = None,
+    max_steps: int | None = None,
+) -> BeamResult:
+    """:func:`constrained_beam_search` (with ``early_stop``) that runs the model on the beams
+    that can still enter the result only (module docstring). Same items and scores.
+
+    At step ``t`` the candidates of the live beams are laid out per batch row exactly as
+    :func:`constrained_beam_search` lays them out (``W`` slots x ``D_t`` children), finished
+    ones go to the pool of the ``K`` best and unfinished ones compete for the ``W`` slots; then
+    every new beam scoring at most the pool's ``K``-th (which is ``-inf`` until ``K`` items are
+    found) is dropped. A dropped beam and its descendants score no higher, so they could
+    never have entered the pool; the beams kept are those of the full search above that
+    score. The search ends when no beam is left, or after ``max_steps`` tokens.
+
+    Args:
+        step: the model callback; its contract is in :class:`LiveStepFn`.
+        trie: the items, on the device the model runs on.
+        batch_size: ``B``.
+        beam_width: ``W`` beam slots per row.
+        num_results: ``K`` items per row.
+        state: the model's initial state, passed to the first ``step`` call.
+        max_steps: stop after this many tokens (default ``trie.max_depth``).
+
+    Returns:
+        :class:`BeamResult` with ``items [B, K]`` and ``scores [B, K]``, best first.
+    """
+    if batch_size < 1 or beam_width < 1 or num_results < 1:
+        raise ValueError("batch_size, beam_width and num_results must be >= 1")
+    device = trie.device
+    B, W, K = batch_size, beam_width, num_results
+    steps = trie.max_depth if max_steps is None else min(max_steps, trie.max_depth)
+    neg_inf = float("-inf")
+
+    log_probs, state = step(None, state)
+    if log_probs.shape[0] != B:
+        raise ValueError(f"the first step returned {log_probs.shape[0]} rows, not batch_size {B}")
+    score_dtype = torch.promote_types(log_probs.dtype, torch.float32)
+    width = 1  # slots per row of the current step: the root alone at step 0
+    rows = torch.arange(B, device=device)  # [R] slots of the live beams, b * width + w
+    scores = torch.zeros(B, dtype=score_dtype, device=device)  # [R]
+    nodes = torch.zeros(B, dtype=torch.int64, device=device)  # [R]
+    pool_scores = torch.full((B, K), neg_inf, dtype=score_dtype, device=device)
+    pool_items = torch.full((B, K), -1, dtype=torch.int64, device=device)
+    row_base = torch.arange(B, device=device)[:, None]
+
+    for t in range(steps):
+        D = trie.degree_by_depth[t]
+        tokens, child, valid = trie.children(nodes, D)  # [R, D]
+        cand = (scores[:, None] + log_probs.gather(1, tokens).to(score_dtype)).masked_fill(~valid, neg_inf)
+        # Scattered into the [B, width * D] layout of the full search; slots without a beam: -inf.
+        cand = cand.new_full((B * width, D), neg_inf).index_copy_(0, rows, cand).view(B, width * D)
+        child = child.new_zeros(B * width, D).index_copy_(0, rows, child).view(B, width * D)
+        tokens = tokens.new_zeros(B * width, D).index_copy_(0, rows, tokens).view(B, width * D)
+        is_leaf = trie.leaf_item[child] >= 0
+
+        k_fin = min(K, width * D)
+        fin_scores, fin_idx = cand.masked_fill(~is_leaf, neg_inf).topk(k_fin, dim=1)
+        fin_items = trie.leaf_item[child.gather(1, fin_idx)].masked_fill(fin_scores == neg_inf, -1)
+        pool_scores, pick = torch.cat([pool_scores, fin_scores], 1).topk(K, dim=1)
+        pool_items = torch.cat([pool_items, fin_items], 1).gather(1, pick)
+        if t + 1 == steps:
+            break
+
+        k_live = min(W, width * D)
+        live_scores, live_idx = cand.masked_fill(is_leaf, neg_inf).topk(k_live, dim=1)  # [B, k_live]
+        keep = live_scores > pool_scores[:, -1:]  # finite, and above the K-th finished item
+        kept = keep.flatten().nonzero().squeeze(1)  # the one host sync of a step
+        if kept.numel() == 0:
+            break
+        parent_flat = (row_base * width + live_idx // D).flatten()[kept]  # slot of the parent, previous layout
+        index_of_slot = torch.full((B * width,), -1, dtype=torch.int64, device=device)
+        index_of_slot[rows] = torch.arange(rows.numel(), device=device)
+        beams = LiveBeams(
+            tokens=tokens.gather(1, live_idx).flatten()[kept],
+            rows=kept // k_live * W + kept % k_live,
+            parents=index_of_slot[parent_flat],
+            parent_slots=parent_flat % width,
+            active=keep.any(1).nonzero().squeeze(1),
+            width=W,
+        )
+        nodes = child.gather(1, live_idx).flatten()[kept]
+        scores = live_scores.flatten()[kept]
+        rows, width = beams.rows, W
+        log_probs, state = step(beams, state)
 
     pool_items = pool_items.masked_fill(pool_scores == neg_inf, -1)
     return BeamResult(items=pool_items, scores=pool_scores)

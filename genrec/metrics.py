@@ -216,3 +216,35 @@ class RecEvaluation(torch.nn.Module):
         warm.update(ranked, targets, mask=~is_cold)
         popularity.update(self.popular.expand(targets.shape[0], -1), targets)
         return [everyone, cold, warm, popularity]
+
+
+def cold_exposure(ranked: Tensor, targets: Tensor, train_counts: Tensor, max_count: int = 5, k: int = 10) -> dict[str, float]:
+    """How often a recommender puts cold items (seen at most ``max_count`` times in training)
+    in its top ``k``, against how often they are the target: a model that never recommends
+    cold items cannot hit them, whatever it learned.
+
+    Args:
+        ranked: ``[N, R]`` int64 item ids, best first (``-1``: empty slot); the first ``k`` count.
+        targets: ``[N]`` int64 target item ids.
+        train_counts: ``[I]`` training interactions per item.
+
+    Returns:
+        ``cold share of catalogue``, ``cold share of targets``, ``cold share of top-k`` (of
+        the filled slots), ``users with a cold item in top-k``, ``cold recall@k`` and
+        ``warm recall@k`` (NaN where there is no cold / warm target).
+    """
+    top = ranked[:, :k]
+    filled = top >= 0
+    cold_item = train_counts <= max_count  # [I]
+    cold_slot = cold_item[top.clamp(min=0)] & filled
+    cold_target = cold_item[targets]
+    hit = target_rank(top, targets) >= 0
+    nan = float("nan")
+    return {
+        "cold share of catalogue": float(cold_item.float().mean()),
+        "cold share of targets": float(cold_target.float().mean()),
+        f"cold share of top-{k}": float(cold_slot.sum() / filled.sum().clamp(min=1)),
+        f"users with a cold item in top-{k}": float(cold_slot.any(1).float().mean()),
+        f"cold recall@{k}": float(hit[cold_target].float().mean()) if cold_target.any() else nan,
+        f"warm recall@{k}": float(hit[~cold_target].float().mean()) if (~cold_target).any() else nan,
+    }

@@ -345,6 +345,10 @@ def write_report(config: PipelineConfig, stats: dict[str, Any], sids: Path | Non
                   + "; ".join(f"{count} times in training: {users:,} of {stats['split']['test']:,} test users"
                               for count, users in sorted(cold))
                   + (" (too few for a stable cold R@10)" if min(users for _, users in cold) < 100 else "") + "."]
+    subsets = [f"- {name}: evaluated {m['test/users']:,.0f} of {m['test/users_total']:,.0f} test users (a seeded random subset, max_eval_users)."
+               for name, result in results.items() if (m := result["metrics"]).get("test/users", 0) < m.get("test/users_total", 0)]
+    if subsets:
+        lines += ["", *subsets]
     if results:
         plot = _plot_recall(results, run / "recall_vs_params.png", title=f"{config.name}: test Recall@10 vs parameters")
         lines += ["", f"![Recall@10 vs parameters]({plot.name})"]

@@ -223,3 +223,65 @@ def test_lm_benchmark_records_one_row_and_keeps_the_training_measurement_if_the_
     assert done["state"]["samples"] == 16 and set(done["test"]) >= {"test/recall@10", "test/ndcg@10", "test/cold/recall@10"}
     assert done["row"]["test pass s (4 users, beam 20)"] and int(done["row"]["train tokens/s"].replace(",", "")) > 0
     assert bench_file.read_text().count("| tiny |") == 1
+
+
+def test_lm_fit_only_prints_training_throughput(tmp_path, monkeypatch, capsys):
+    """``--fit-only`` (the liger on/off comparison): train, write --out, print tokens/s, no test."""
+    import json
+    import sys
+
+    import yaml
+
+    from bench import lm_train
+    from tests.test_configs import ROOT, TINY_DATA
+
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "fit.json"
+    monkeypatch.setattr(sys, "argv", [
+        "lm_train", "--data", str(data), "--model", str(ROOT / "configs/lm/tiny-scratch.yaml"), "--fit-only", "--out", str(out),
+        "--set", "trainer.accelerator=cpu", "--set", "trainer.max_steps=2", "--set", "trainer.limit_val_batches=0",
+        "--set", "data.init_args.batch_size=8", "--set", "trainer.callbacks=[]", "--set", "trainer.enable_checkpointing=false",
+        "--set", "trainer.enable_progress_bar=false", "--set", "trainer.logger=false", "--set", "model.init_args.liger=false"])
+    lm_train.main()
+    state = json.loads(out.read_text())["state"]
+    printed = capsys.readouterr().out
+    tokens_per_s = float(printed.split("[fit-only] ")[1].split(" train tokens/s")[0].replace(",", ""))
+    assert tokens_per_s == pytest.approx(state["tokens"] / state["train_s"], rel=0.01) and "liger=False" in printed
+    assert state["samples"] == 16 and not (tmp_path / "docs").exists()
+
+
+def test_lm_decode_benchmark_checks_the_reference_and_records_quality(tmp_path, monkeypatch):
+    """bench.lm_decode on a tiny from-scratch LM: the float32 check against the reference decoder
+    passes, and the row has users/s, the test metrics, the cold exposure and the pruning share;
+    a list that differs beyond a tie stops the run."""
+    import functools
+    import sys
+
+    import yaml
+
+    from bench import lm_decode
+    from bench.record import record
+    from genrec.decoding import BeamResult
+    from tests.test_configs import ROOT, TINY_DATA
+
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    bench_file = tmp_path / "benchmarks.md"
+    monkeypatch.setattr(lm_decode, "record", functools.partial(record, path=bench_file))
+    monkeypatch.setattr(sys, "argv", [
+        "lm_decode", "--data", str(data), "--model", str(ROOT / "configs/lm/tiny-scratch.yaml"), "--users", "10", "--batch", "4",
+        "--beams", "12", "--compare-reference", "6",
+        "--set", "model.init_args.preset_overrides={num_layers: 1, hidden_size: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}"])
+    lm_decode.main()
+    table = bench_file.read_text()
+    header, _, row = (line.split(" | ") for line in table.strip().splitlines()[-3:])
+    cells = dict(zip(header, row, strict=True))
+    assert cells["users"] == "10 of 40" and cells["lists valid"] == "10/10" and float(cells["users/s"]) > 0
+    assert cells["reference check"].startswith("fp32: 6/6 identical, 0 tied, 0 different")
+    assert 0 <= float(cells["test R@10"]) <= 1 and "of full search" in cells["beam tokens fed"]
+
+    a = BeamResult(torch.tensor([[1, 2, 3], [1, 2, 3], [1, 2, 3]]), torch.tensor([[-1.0, -2.0, -3.0]] * 3))
+    b = BeamResult(torch.tensor([[1, 2, 3], [2, 1, 3], [1, 2, 4]]), torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -2.0, -3.0], [-1.0, -2.0, -3.5]]))
+    assert lm_decode.agreement(a, b) == (1, 1, 1)  # identical, tied (a swap at equal scores), different (a missed item)

@@ -5,7 +5,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genrec.decoding import BeamResult, PrefixTrie, constrained_beam_search, score_all_items
+from genrec.decoding import (
+    BeamResult,
+    LiveBeams,
+    PrefixTrie,
+    constrained_beam_search,
+    pruned_beam_search,
+    score_all_items,
+)
 
 NEG_INF = float("-inf")
 
@@ -90,6 +97,37 @@ class GRUModel(torch.nn.Module):
         if tokens is not None:
             state = self.cell(self.embed(tokens), state.index_select(0, parents))
         return torch.log_softmax(self.out(state), dim=-1), state
+
+
+class Pruned:
+    """Any model above run under :func:`pruned_beam_search`'s contract: the beams asked for sit at
+    their slots of the full ``B * W`` layout, every other slot extends slot 0 of its batch row
+    with token 0 (a dead beam's arbitrary token), so the model computes exactly what it computes
+    in the full search. Checks the :class:`LiveBeams` it is given and counts the rows asked for."""
+
+    def __init__(self, model, batch_size: int):
+        self.model, self.batch_size = model, batch_size
+        self.prev_rows, self.prev_width = torch.arange(batch_size), 1
+        self.asked: list[int] = []
+
+    def __call__(self, beams: LiveBeams | None, state):
+        B = self.batch_size
+        if beams is None:
+            log_probs, state = self.model(None, None, state)
+            assert log_probs.shape[0] == B
+            return log_probs, state
+        W, rows = beams.width, beams.rows
+        assert bool((rows[1:] > rows[:-1]).all()) and beams.tokens.shape == beams.parents.shape == rows.shape
+        assert torch.equal(beams.parent_slots, self.prev_rows[beams.parents] % self.prev_width)
+        assert torch.equal(self.prev_rows[beams.parents] // self.prev_width, rows // W)  # a parent of the same batch row
+        assert torch.equal(beams.active, torch.unique(rows // W))
+        tokens = torch.zeros(B * W, dtype=torch.long).index_copy_(0, rows, beams.tokens)
+        parents = torch.arange(B * W) // W * self.prev_width
+        parents[rows] = self.prev_rows[beams.parents]
+        log_probs, state = self.model(tokens, parents, state)
+        self.prev_rows, self.prev_width = rows, W
+        self.asked.append(rows.numel())
+        return log_probs[rows], state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,6 +292,31 @@ def test_early_stop_skips_hopeless_steps():
     assert res.items.tolist() == [[0]] and model.calls == 6
 
 
+def test_pruned_search_drops_beams_that_cannot_enter_the_result():
+    """K = 1: once item 0 is finished (log 0.81), the beam '2' (log 0.1) cannot beat it and is
+    dropped, which ends the search; with W = 3 and K = 2, two beams live on after step 0 and the
+    one below the second finished item is dropped at step 1."""
+    EOS = 0
+    titles = [[1, EOS], [2, 2, 2, 2, 2, EOS]]
+    probs = {(): {1: 0.9, 2: 0.1}, (1,): {EOS: 0.9}}
+    model = TableModel(vocab=3, probs=probs)
+    pruned = Pruned(model, 1)
+    res = pruned_beam_search(pruned, PrefixTrie.from_sequences(titles), 1, beam_width=2, num_results=1, state=model.initial_state())
+    assert res.items.tolist() == [[0]] and model.calls == 2 and pruned.asked == [2]
+
+    # W = 3, K = 1: item 0 finishes at step 1 (0.27); beam '3 3' (0.05) is dropped there, and
+    # '2 2' (0.54) goes on alone: the full search runs 3 rows per step, the pruned one 3, 1, 1.
+    titles = [[1, EOS], [2, 2, 2, EOS], [3, 3, 3, EOS]]
+    probs = {(): {1: 0.3, 2: 0.6, 3: 0.1}, (1,): {EOS: 0.9}, (2,): {2: 0.9}, (3,): {3: 0.5}, (2, 2): {2: 0.9}, (2, 2, 2): {EOS: 0.9}}
+    trie = PrefixTrie.from_sequences(titles)
+    full = constrained_beam_search(TableModel(4, probs), trie, 1, beam_width=3, num_results=1, state=[()])
+    pruned = Pruned(TableModel(4, probs), 1)
+    res = pruned_beam_search(pruned, trie, 1, beam_width=3, num_results=1, state=[()])
+    assert res.items.tolist() == full.items.tolist() == [[1]]
+    torch.testing.assert_close(res.scores, full.scores)
+    assert pruned.asked == [3, 1, 1]
+
+
 def test_max_steps_limits_item_length():
     EOS = 0
     model = TableModel(vocab=3, probs={(): {2: 0.9, 1: 0.1}})
@@ -385,3 +448,9 @@ def test_beam_search_properties(trie, batch_size, beam_width, num_results, first
         if beam_width >= n:  # exhaustive: the exact top K
             best = brute[b].topk(min(num_results, n)).values.tolist()
             assert scores[: len(best)] == pytest.approx(best, abs=1e-9)
+    # The pruned search gives the same result, asking for at most the full search's rows.
+    pruned = Pruned(HashModel(trie.vocab_size, batch_size, seed), batch_size)
+    fewer = pruned_beam_search(pruned, trie, batch_size, beam_width, num_results, state=model.initial_state())
+    full = constrained_beam_search(model, trie, batch_size, beam_width, num_results, state=model.initial_state())
+    assert torch.equal(fewer.items, full.items) and torch.equal(fewer.scores, full.scores)
+    assert all(r <= batch_size * beam_width for r in pruned.asked)

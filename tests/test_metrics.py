@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from genrec.metrics import NDCGAtK, RankingMetrics, RecallAtK, popularity_ranking, target_rank
+from genrec.metrics import (
+    NDCGAtK,
+    RankingMetrics,
+    RecallAtK,
+    cold_exposure,
+    popularity_ranking,
+    target_rank,
+)
 
 INV_LOG2_3 = 0.6309297535714575  # 1 / log2(3): rank 1
 INV_LOG2_5 = 0.43067655807339306  # 1 / log2(5): rank 3
@@ -166,3 +173,20 @@ def test_rec_evaluation_slices_and_baseline():
     assert evaluation.metrics["val_1"].compute()["val/cold/recall@2"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="expected \\(4,\\)"):
         evaluation.attach(torch.zeros(3, dtype=torch.long), num_items=4)
+
+
+def test_cold_exposure_hand_computed():
+    """Items 0, 1 cold (count <= 5), 2, 3 warm. Top-2 lists: user 0 [2, 0] (target 0: cold hit),
+    user 1 [3, -1] (target 1: cold miss), user 2 [2, 3] (target 3: warm hit)."""
+    counts = torch.tensor([0, 5, 6, 100])
+    ranked = torch.tensor([[2, 0, 1], [3, -1, -1], [2, 3, 0]])
+    result = cold_exposure(ranked, torch.tensor([0, 1, 3]), counts, max_count=5, k=2)
+    assert result == {
+        "cold share of catalogue": 0.5,
+        "cold share of targets": pytest.approx(2 / 3),
+        "cold share of top-2": pytest.approx(1 / 5),  # 5 filled slots, one cold (item 1 at rank 3 is past k)
+        "users with a cold item in top-2": pytest.approx(1 / 3),
+        "cold recall@2": 0.5,
+        "warm recall@2": 1.0,
+    }
+    assert math.isnan(cold_exposure(ranked, torch.tensor([2, 2, 3]), counts, k=2)["cold recall@2"])

@@ -176,3 +176,21 @@ def test_report_lists_only_the_runs_overrides(tiny_run, tmp_path, monkeypatch, c
     with caplog.at_level(logging.WARNING, logger="genrec.pipeline"), pytest.raises(RuntimeError, match="stopped"):
         run_pipeline(config)
     assert "overrides for stages this run does not have are ignored: tiger, tokenize" in caplog.text
+
+
+def test_report_states_an_evaluated_subset(tmp_path):
+    """A model tested on a subset of the test users (LMRecModule's max_eval_users) gets a line
+    saying how many of how many; a model tested on everyone gets none."""
+    from genrec.pipeline import PipelineConfig, write_report
+
+    stats = {"data": {"name": "tiny"}, "split": {"train": 10, "val": 5, "test": 5},
+             "stats": {"users": 5, "items": 9, "interactions": 30, "length_min": 3, "length_mean": 6.0, "length_max": 9}}
+    metrics = {"test/recall@10": 0.1}
+    results = {
+        "lm": {"class": "LMRecModule", "parameters": 10, "train_seconds": 1, "epochs": 1,
+               "metrics": {**metrics, "test/users": 2000.0, "test/users_total": 8317.0}},
+        "sasrec": {"class": "SASRecModule", "parameters": 20, "train_seconds": 1, "epochs": 1, "metrics": metrics},
+    }
+    report = write_report(PipelineConfig(name="r", data="d.yaml", root=str(tmp_path)), stats, None, results, "cmd").read_text()
+    assert "- lm: evaluated 2,000 of 8,317 test users (a seeded random subset, max_eval_users)." in report
+    assert "sasrec: evaluated" not in report

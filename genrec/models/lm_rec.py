@@ -16,6 +16,7 @@ no tokenizer call in the training loop)::
   construction. Empty titles become ``"item <external id>"``; an item whose title tokens equal an
   earlier item's gets ``" (item <external id>)"`` appended (both counted in
   :attr:`LMRecModule.title_fixes`), so every target is unique and none is a prefix of another.
+* A history line's title may be cut shorter (``max_history_title_tokens``) than the target's.
 * History lines are dropped from the *oldest* until the prompt fits ``max_prompt_tokens``; the
   most recent item is always the last line.
 * Rows are left-padded, so the last prompt token is at the same column in every row; position
@@ -23,12 +24,11 @@ no tokenizer call in the training loop)::
   target tokens only (labels ``-100`` on the prompt and padding), computed on the last
   ``max target length`` logits only (``logits_to_keep``), not on a ``[B, S, V]`` tensor.
 
-Decoding prefills the left-padded prompt batch once (``B`` rows), then
-:func:`genrec.decoding.constrained_beam_search` feeds one token per beam (``R = B * W`` rows).
-The prompt's keys/values stay at ``B`` rows, shared by the ``W`` beams of a user; only the
-title tokens generated so far are kept per beam and reordered by the beams' parents (see
-:func:`shared_prefix_attention`). A per-beam copy of the prompt cache, as HF's cache reorder
-makes, costs ``W`` times the memory and a full copy of it at every step.
+Decoding (:mod:`genrec.models.lm_decoding`) prefills the left-padded prompt batch once (``B``
+rows) and shares each user's prompt keys/values among its ``W`` beams (a per-beam copy, as HF's
+cache reorder makes, costs ``W`` times the memory and a copy of it at every step); then
+:func:`genrec.decoding.pruned_beam_search` feeds one token per beam that can still reach the
+top ``K``, the generated tokens' keys/values written in place into per-user slot buffers.
 
 Model sources: a pretrained LM (``model``: the offline alias ``smollm2``, a local folder or a hub
 name; optional ``gguf_file``), or ``preset`` (:class:`~genrec.models.presets.LMRecConfig`) for a
@@ -40,14 +40,11 @@ are flags; FSDP is the trainer's ``strategy`` (see ``configs/lm/fsdp.yaml`` and
 
 from __future__ import annotations
 
-import contextvars
 import copy
 import functools
 import inspect
 import logging
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import lightning as L
@@ -57,9 +54,26 @@ from torch import Tensor, nn
 
 from genrec.data.catalog import ItemCatalog
 from genrec.data.datamodule import SeqBatch
-from genrec.decoding import BeamResult, PrefixTrie, Recommendations, constrained_beam_search
+from genrec.decoding import (
+    BeamResult,
+    PrefixTrie,
+    Recommendations,
+    constrained_beam_search,
+    pruned_beam_search,
+)
+from genrec.encode import CF_MODEL, embedding_metadata
 from genrec.errors import positive
 from genrec.metrics import RecEvaluation
+from genrec.models.lm_decoding import (
+    ACTIVE_KV,
+    BeamState,
+    PrefixKV,
+    SlotKV,
+    merged_lora,
+    reference_step,
+    shared_prefix_attention,
+    slot_step,
+)
 from genrec.models.presets import LMRecConfig
 from genrec.models.tiger import fused_adamw, lr_schedule
 
@@ -118,110 +132,6 @@ class LMInputs(NamedTuple):
     labels: Tensor
     items: Tensor
     target_width: int
-
-
-class _PrefixKV:
-    """Keys/values of one beam search: the prompt's per layer (``[B, kv_heads, S, d]``, shared
-    by a user's beams) and the generated tokens' per layer (``[R, kv_heads, t, d]``, per beam)."""
-
-    def __init__(self, prompt_mask: Tensor) -> None:
-        self.prompt_mask = prompt_mask.bool()  # [B, S], False at left padding
-        self.prefix: dict[int, tuple[Tensor, Tensor]] = {}
-        self.generated: dict[int, tuple[Tensor, Tensor]] = {}
-        self.parents: Tensor | None = None  # [R]: the previous step's row of each beam, set per step
-
-
-_ACTIVE_PREFIX: contextvars.ContextVar[_PrefixKV | None] = contextvars.ContextVar("genrec_prefix_kv", default=None)
-
-
-def _attend_shared_prefix(query: Tensor, state: _PrefixKV, layer: int, key: Tensor, value: Tensor, scaling: float) -> Tensor:
-    """One decoding step's attention of ``R = B * W`` one-token queries over their user's prompt
-    and their own beam's generated tokens (``key``/``value`` ``[R, kv_heads, 1, d]`` of this
-    token are appended to the latter first).
-
-    Args:
-        query: ``[R, H, 1, d]`` (rotary embedding applied), ``H = kv_heads * g``.
-
-    Returns:
-        ``[R, 1, H, d]``, the layout of ``transformers`` attention functions.
-    """
-    done = state.generated.get(layer)
-    if done is not None:
-        gk, gv = done
-        if state.parents is not None:
-            gk, gv = gk.index_select(0, state.parents), gv.index_select(0, state.parents)
-        key, value = torch.cat([gk, key], dim=2), torch.cat([gv, value], dim=2)
-    state.generated[layer] = (key, value)
-    pk, pv = state.prefix[layer]  # [B, kvh, S, d]
-    R, H, _, d = query.shape
-    B, kvh, S, _ = pk.shape
-    W, g = R // B, H // kvh
-    # Prompt part, per user: the W beams x g heads of a kv head are W * g query positions.
-    qf = query.reshape(B, W, kvh, g, d).permute(0, 2, 1, 3, 4).reshape(B, kvh, W * g, d)
-    prompt = torch.matmul(qf, pk.transpose(-1, -2)).float() * scaling  # [B, kvh, W*g, S]
-    prompt = prompt.masked_fill(~state.prompt_mask[:, None, None, :], float("-inf"))
-    prompt = prompt.view(B, kvh, W, g, S).permute(0, 2, 1, 3, 4).reshape(R, kvh, g, S)
-    own = torch.matmul(query.reshape(R, kvh, g, d), key.transpose(-1, -2)).float() * scaling  # [R, kvh, g, t]
-    weights = torch.softmax(torch.cat([prompt, own], dim=-1), dim=-1)
-    wp = weights[..., :S].reshape(B, W, kvh, g, S).permute(0, 2, 1, 3, 4).reshape(B, kvh, W * g, S)
-    out_prompt = torch.matmul(wp.to(pv.dtype), pv).view(B, kvh, W, g, d).permute(0, 2, 1, 3, 4).reshape(R, kvh, g, d)
-    out_own = torch.matmul(weights[..., S:].to(value.dtype), value)  # [R, kvh, g, d]
-    return (out_prompt + out_own).reshape(R, 1, H, d)
-
-
-def _with_shared_prefix(inner: Callable[..., tuple[Tensor, Any]]) -> Callable[..., tuple[Tensor, Any]]:
-    """Wrap a ``transformers`` attention function: unchanged unless a beam search is active
-    (:data:`_ACTIVE_PREFIX`); then the prefill keeps each layer's prompt keys/values and the
-    decoding steps attend as :func:`_attend_shared_prefix`."""
-
-    def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None, **kwargs: Any):
-        state = _ACTIVE_PREFIX.get()
-        if state is None:
-            return inner(module, query, key, value, attention_mask, **kwargs)
-        layer = module.layer_idx
-        if layer not in state.prefix:
-            state.prefix[layer] = (key, value)
-            return inner(module, query, key, value, attention_mask, **kwargs)
-        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
-        return _attend_shared_prefix(query, state, layer, key, value, scaling), None
-
-    return attention
-
-
-def shared_prefix_attention(name: str) -> str:
-    """Register (once) and return the ``transformers`` attention implementation
-    ``genrec_prefix_<name>``: ``name`` (``sdpa``, ``eager``, ...) outside beam search, the
-    shared-prompt attention of :func:`_attend_shared_prefix` in it."""
-    from transformers.masking_utils import (
-        ALL_MASK_ATTENTION_FUNCTIONS,
-        AttentionMaskInterface,
-        eager_mask,
-        sdpa_mask,
-    )
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
-
-    if name.startswith("genrec_prefix_"):
-        return name
-    key = f"genrec_prefix_{name}"
-    if key not in ALL_ATTENTION_FUNCTIONS._global_mapping:
-        if name == "eager":
-            from transformers.models.llama.modeling_llama import eager_attention_forward as inner
-        else:
-            inner = ALL_ATTENTION_FUNCTIONS[name]
-        AttentionInterface.register(key, _with_shared_prefix(inner))
-        mask = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(name, sdpa_mask if name != "eager" else eager_mask)
-        AttentionMaskInterface.register(key, mask)
-    return key
-
-
-@dataclass
-class _BeamState:
-    """Decoder state threaded through the beam-search step function."""
-
-    inputs: LMInputs  # the prompts, [B, S]
-    lengths: Tensor  # [B] real prompt tokens
-    kv: _PrefixKV  # the prompt's keys/values (B rows) and the generated tokens' (R rows)
-    generated: int = 0
 
 
 def apply_liger(model: nn.Module, fused_loss: bool = False) -> None:
@@ -292,6 +202,9 @@ class LMRecModule(L.LightningModule):
         item_template: one history line, with ``{title}`` once (the title gets a leading space).
         max_prompt_tokens: token budget of the prompt; the oldest history lines are dropped first.
         max_title_tokens: titles are cut to this many tokens (before disambiguation).
+        max_history_title_tokens: titles in the prompt's history lines are cut to this many
+            tokens (default: as the targets): on data with long titles, more history items fit
+            ``max_prompt_tokens``. The target, which decoding produces, stays whole.
         lora: train LoRA adapters (peft) instead of every weight.
         lora_r: LoRA rank.
         lora_alpha: LoRA scaling numerator (scale ``alpha / r``).
@@ -310,6 +223,11 @@ class LMRecModule(L.LightningModule):
             ``compile`` (Liger's kernels fail to trace under ``torch.compile`` there).
         cf_embedding: add a learned item-id embedding (zero-initialised, ``[num_items, hidden]``)
             to the input embeddings of each history item's line tokens (collaborative signal).
+        cf_init: with ``cf_embedding``, the item table comes from this embeddings file instead
+            (the ``cf`` encoder's output, ``configs/encode/cf.yaml``: ``[num_items, dim]``
+            safetensors whose catalogue fingerprint must match the data's), kept frozen, and a
+            zero-initialised linear map ``dim -> hidden`` (trained) adds it to the tokens, so
+            training starts from the plain LM and learns how to use the collaborative vectors.
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay of matrices (not of norms, biases).
         warmup_steps: optimizer steps of linear warmup.
@@ -319,6 +237,11 @@ class LMRecModule(L.LightningModule):
         ks: cut-offs K of Recall@K / NDCG@K; ``max(ks)`` items are recommended.
         cold_start_max_count: test targets seen at most this often in training form the
             cold-start slice (``test/cold/...``).
+        max_eval_users: validate and test on at most this many users each, a random subset
+            drawn with ``eval_seed`` (the same users every epoch and run): bounds the CPU time
+            of decoding on large data. The counts are logged as ``val|test/users`` and
+            ``val|test/users_total``, and the pipeline report states the subset.
+        eval_seed: seed of the ``max_eval_users`` subset.
     """
 
     def __init__(
@@ -334,6 +257,7 @@ class LMRecModule(L.LightningModule):
         item_template: str = DEFAULT_ITEM_TEMPLATE,
         max_prompt_tokens: int = 512,
         max_title_tokens: int = 32,
+        max_history_title_tokens: int | None = None,
         lora: bool = False,
         lora_r: int = 8,
         lora_alpha: int = 16,
@@ -344,6 +268,7 @@ class LMRecModule(L.LightningModule):
         compile: bool = False,
         liger: bool = False,
         cf_embedding: bool = False,
+        cf_init: str | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
@@ -352,6 +277,8 @@ class LMRecModule(L.LightningModule):
         beam_width: int = 20,
         ks: tuple[int, ...] = (5, 10),
         cold_start_max_count: int = 5,
+        max_eval_users: int | None = None,
+        eval_seed: int = 0,
     ) -> None:
         super().__init__()
         positive("LMRecModule", lr=lr, max_prompt_tokens=max_prompt_tokens, max_title_tokens=max_title_tokens, beam_width=beam_width)
@@ -367,6 +294,12 @@ class LMRecModule(L.LightningModule):
         if liger and compile:
             log.warning("liger with compile: Liger's kernels break torch.compile's graph, which makes training slower "
                         "than Liger alone (LM training throughput in docs/benchmarks.md)")
+        if max_eval_users is not None and max_eval_users < 1:
+            raise ValueError(f"max_eval_users must be >= 1 (or null for every user), got {max_eval_users}")
+        if max_history_title_tokens is not None and max_history_title_tokens < 1:
+            raise ValueError(f"max_history_title_tokens must be >= 1 (or null), got {max_history_title_tokens}")
+        if cf_init is not None and not cf_embedding:
+            raise ValueError(f"cf_init={cf_init!r} needs cf_embedding=true")
         if load_in_4bit and preset is not None:
             raise ValueError("load_in_4bit quantizes pretrained weights on load; save a preset model to a folder and give it as model")
         self.ks = tuple(int(k) for k in ks)
@@ -387,6 +320,7 @@ class LMRecModule(L.LightningModule):
         if len(self.tokenizer) > self.vocab_size:
             raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens but the model only {self.vocab_size}")
         self.cf: nn.Embedding | None = None  # built in attach_items (needs the number of items)
+        self.cf_proj: nn.Linear | None = None  # with cf_init: the file's dim -> hidden
         self._train_forward = None  # torch.compile'd self.model for training (setup, with compile)
 
         before, after = prompt_template.split("{history}")
@@ -403,6 +337,11 @@ class LMRecModule(L.LightningModule):
         for name in ("target_tokens", "target_lengths", "line_tokens", "line_lengths"):
             self.register_buffer(name, torch.zeros(0, dtype=torch.long), persistent=False)
         self.title_fixes: dict[str, int] = {"empty": 0, "duplicate": 0, "truncated": 0}
+        self.eval_users: dict[str, Tensor] = {}
+        """With ``max_eval_users``: per stage (``val``, ``test``), ``[num_users]`` bool, the users evaluated."""
+        self.decode_counts: dict[str, int] = {}
+        """Running totals of :meth:`recommend`: users, decoding steps, beam tokens fed, and the
+        beam tokens the full search (every beam every step) would have fed."""
         self._trie: PrefixTrie | None = None
 
         self.evaluation = RecEvaluation(self.ks, cold_start_max_count)
@@ -474,6 +413,7 @@ class LMRecModule(L.LightningModule):
         if data is None:
             raise RuntimeError("LMRecModule needs a data module with a .data (SequenceData), e.g. genrec.data.SequenceDataModule")
         self.attach_items(data.catalog, data.train_item_counts())
+        self.choose_eval_users(data.num_users, {s: data.samples(s)[0] for s in ("val", "test")})
         if stage == "fit" and self.hparams.compile and self._train_forward is None:
             # kept off the module tree: the compiled wrapper shares self.model's parameters
             object.__setattr__(self, "_train_forward", torch.compile(self.model, dynamic=True))
@@ -520,7 +460,8 @@ class LMRecModule(L.LightningModule):
         before, after = self._line_pieces
         device = self.prompt_prefix.device
         target, target_len = _padded([t + [self.eos_id] for t in titles], self.pad_id)
-        line, line_len = _padded([before + t + after for t in titles], self.pad_id)
+        cut = self.hparams.max_history_title_tokens or len(max(titles, key=len))
+        line, line_len = _padded([before + t[:cut] + after for t in titles], self.pad_id)
         self.target_tokens, self.target_lengths = target.to(device), target_len.to(device)
         self.line_tokens, self.line_lengths = line.to(device), line_len.to(device)
         n = len(catalog)
@@ -528,15 +469,44 @@ class LMRecModule(L.LightningModule):
         self._trie = PrefixTrie.from_sequences([t + [self.eos_id] for t in titles], vocab_size=self.vocab_size)
         if self.hparams.cf_embedding:
             if self.cf is None:
-                self.cf = self._new_cf(n)
+                self._new_cf(n, self._cf_table(catalog) if self.hparams.cf_init else None)
             elif self.cf.num_embeddings != n:
                 raise ValueError(f"the CF embedding has {self.cf.num_embeddings} items, the catalogue {n}")
 
-    def _new_cf(self, num_items: int) -> nn.Embedding:
-        embedding = self.model.get_input_embeddings()
-        cf = nn.Embedding(num_items, embedding.embedding_dim, device=self.prompt_prefix.device)
-        nn.init.zeros_(cf.weight)
-        return cf
+    def _new_cf(self, num_items: int, table: Tensor | None = None, dim: int | None = None) -> None:
+        """Create the CF embedding: learned ``[num_items, hidden]`` from zero; or a frozen item
+        ``table [num_items, dim]`` (or ``dim`` wide, to load a checkpoint into) with a
+        zero-initialised ``dim -> hidden`` map."""
+        hidden = self.model.get_input_embeddings().embedding_dim
+        device = self.prompt_prefix.device
+        if table is None and dim is None:
+            self.cf = nn.Embedding(num_items, hidden, device=device)
+            nn.init.zeros_(self.cf.weight)
+            return
+        width = table.shape[1] if table is not None else dim
+        self.cf = nn.Embedding(num_items, width, device=device)
+        if table is not None:
+            self.cf.weight.data.copy_(table)
+        self.cf.weight.requires_grad_(False)
+        self.cf_proj = nn.Linear(width, hidden, bias=False, device=device)
+        nn.init.zeros_(self.cf_proj.weight)
+
+    def _cf_table(self, catalog: ItemCatalog) -> Tensor:
+        """The ``[num_items, dim]`` float32 table of ``cf_init``, checked against ``catalog``."""
+        from genrec.data.datamodule import load_embeddings
+
+        path = self.hparams.cf_init
+        table = load_embeddings(path)
+        metadata = embedding_metadata(path)
+        fingerprint = metadata.get("catalog_fingerprint")
+        if fingerprint != catalog.fingerprint():
+            raise ValueError(f"cf_init {path}: catalogue fingerprint {fingerprint!r} is not this data's "
+                             f"{catalog.fingerprint()!r}; encode this data set's items (configs/encode/cf.yaml)")
+        if table.dim() != 2 or table.shape[0] != len(catalog):
+            raise ValueError(f"cf_init {path}: embeddings of shape {tuple(table.shape)}, expected [{len(catalog)}, dim]")
+        if metadata.get("model") != CF_MODEL:
+            log.warning("cf_init %s was made by encoder %r, not the collaborative %r one", path, metadata.get("model"), CF_MODEL)
+        return table
 
     def trie(self) -> PrefixTrie:
         """The prefix trie of every item's target tokens, on the module's device."""
@@ -609,13 +579,16 @@ class LMRecModule(L.LightningModule):
         each history token's item when ``cf_embedding`` is on."""
         embeds = self.model.get_input_embeddings()(inputs.input_ids)
         if self.cf is not None:
-            cf = self.cf(inputs.items.clamp(min=0)) * (inputs.items >= 0)[..., None]
+            cf = self.cf(inputs.items.clamp(min=0))
+            if self.cf_proj is not None:
+                cf = self.cf_proj(cf)
+            cf = cf * (inputs.items >= 0)[..., None]
             embeds = embeds + cf.to(embeds.dtype)
         return embeds
 
     def forward(self, inputs: LMInputs, logits_to_keep: int = 0) -> Tensor:
         """Logits ``[B, S or logits_to_keep, V]`` of a batch of :class:`LMInputs`."""
-        compiled = self.training and self._train_forward is not None and _ACTIVE_PREFIX.get() is None  # decoding: eager
+        compiled = self.training and self._train_forward is not None and ACTIVE_KV.get() is None  # decoding: eager
         out = (self._train_forward if compiled else self.model)(
             inputs_embeds=self.embed(inputs),
             attention_mask=inputs.attention_mask,
@@ -643,8 +616,37 @@ class LMRecModule(L.LightningModule):
                     for i in range(0, len(targets), LOSS_CHUNK_ROWS))
         return total / len(targets)
 
-    def model_step(self, batch: SeqBatch, stage: Stage) -> Tensor:
-        """Loss of the batch (teacher forcing); on val/test also beam search and metric updates."""
+    def choose_eval_users(self, num_users: int, users: dict[str, Tensor]) -> None:
+        """Draw the ``max_eval_users`` subset of each stage (nothing without the cap).
+
+        Args:
+            num_users: users of the data set (ids ``0 .. num_users - 1``).
+            users: per stage, ``[N]`` the users of its samples.
+        """
+        cap = self.hparams.max_eval_users
+        self.eval_users = {}
+        if cap is None:
+            return
+        for stage, stage_users in users.items():
+            candidates = stage_users.unique()
+            generator = torch.Generator().manual_seed(self.hparams.eval_seed)
+            chosen = candidates[torch.randperm(candidates.numel(), generator=generator)[:cap]]
+            mask = torch.zeros(num_users, dtype=torch.bool)
+            mask[chosen] = True
+            self.eval_users[stage] = mask
+            if chosen.numel() < candidates.numel():
+                log.info("%s: evaluating %d of %d users (max_eval_users, seed %d)", stage, chosen.numel(), candidates.numel(), self.hparams.eval_seed)
+
+    def model_step(self, batch: SeqBatch, stage: Stage) -> Tensor | None:
+        """Loss of the batch (teacher forcing); on val/test also beam search and metric updates
+        (on the ``max_eval_users`` subset only, when set; ``None`` for a batch without one)."""
+        if stage != "train" and stage in self.eval_users:
+            keep = self.eval_users[stage].to(batch.users.device)[batch.users]
+            self.log(f"{stage}/users_total", float(len(batch)), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
+            self.log(f"{stage}/users", float(keep.sum()), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
+            if not bool(keep.any()):
+                return None
+            batch = SeqBatch(batch.users[keep], batch.history[keep], batch.lengths[keep], batch.targets[keep])
         B = batch.targets.shape[0]
         loss = self.loss(self.lm_inputs(batch, with_target=True))
         self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=stage == "train", on_epoch=True, batch_size=B)
@@ -658,10 +660,10 @@ class LMRecModule(L.LightningModule):
     def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
         return self.model_step(batch, "train")
 
-    def validation_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
+    def validation_step(self, batch: SeqBatch, batch_idx: int) -> Tensor | None:
         return self.model_step(batch, "val")
 
-    def test_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
+    def test_step(self, batch: SeqBatch, batch_idx: int) -> Tensor | None:
         return self.model_step(batch, "test")
 
     def predict_step(self, batch: SeqBatch, batch_idx: int = 0) -> Recommendations:
@@ -671,52 +673,43 @@ class LMRecModule(L.LightningModule):
     # ---- generation ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def recommend(self, batch: SeqBatch, num_results: int | None = None, beam_width: int | None = None) -> BeamResult:
+    def recommend(
+        self, batch: SeqBatch, num_results: int | None = None, beam_width: int | None = None, reference: bool = False
+    ) -> BeamResult:
         """The top items for each history of ``batch`` by title-constrained beam search.
+
+        Args:
+            reference: decode with the reference decoder (:mod:`genrec.models.lm_decoding`;
+                every beam every step, unmerged LoRA), which gives the same items, slower.
 
         Returns:
             :class:`~genrec.decoding.BeamResult`: ``items [B, K]`` (``K = num_results``,
             default ``max(ks)``), distinct per row, and their ``scores [B, K]``, best first.
         """
         B = batch.targets.shape[0]
-        return constrained_beam_search(
-            self.beam_step,
-            self.trie(),
-            batch_size=B,
-            beam_width=beam_width or self.hparams.beam_width,
-            num_results=num_results or self.num_results,
-            state=self.initial_state(batch),
-        )
+        W, K = beam_width or self.hparams.beam_width, num_results or self.num_results
+        if reference:
+            return constrained_beam_search(self.beam_step, self.trie(), batch_size=B, beam_width=W, num_results=K, state=self.initial_state(batch))
+        trie = self.trie()
+        inputs = self.lm_inputs(batch, with_target=False)
+        state = BeamState(inputs=inputs, kv=SlotKV(inputs.attention_mask, W, trie.max_depth))
+        with merged_lora(self.model):
+            result = pruned_beam_search(functools.partial(slot_step, self), trie, batch_size=B, beam_width=W, num_results=K, state=state)
+        kv = state.kv
+        counts = {"users": B, "steps": kv.step, "beam tokens": kv.fed, "full search beam tokens": B * W * kv.step}
+        self.decode_counts = {key: self.decode_counts.get(key, 0) + value for key, value in counts.items()}
+        return result
 
-    def initial_state(self, batch: SeqBatch) -> _BeamState:
+    def initial_state(self, batch: SeqBatch) -> BeamState:
         """The state of :meth:`beam_step` before the first token: the prompts, no keys/values yet."""
         inputs = self.lm_inputs(batch, with_target=False)
-        return _BeamState(inputs=inputs, lengths=inputs.attention_mask.sum(1), kv=_PrefixKV(inputs.attention_mask))
+        return BeamState(inputs=inputs, kv=PrefixKV(inputs.attention_mask))
 
-    def beam_step(self, tokens: Tensor | None, parents: Tensor | None, state: _BeamState) -> tuple[Tensor, _BeamState]:
-        """The :class:`genrec.decoding.StepFn` of the LM, the prompt's keys/values shared by the beams.
-
-        First call: prefill the left-padded prompts ``[B, S]`` once (each layer's keys/values
-        kept, ``B`` rows), ``[B, V]`` log-probs of the first title token. Later calls: feed
-        ``tokens`` ``[R]`` (``R = B * W``, beam ``w`` of user ``b`` at row ``b * W + w``) at
-        position ``prompt length + generated - 1``; each attends to its user's prompt and to
-        its own beam's earlier tokens, reordered by ``parents`` ``[R]``; ``[R, V]`` float32 log-probs.
-        """
-        token = _ACTIVE_PREFIX.set(state.kv)
-        try:
-            if tokens is None:
-                logits = self(state.inputs, logits_to_keep=1)
-                return torch.log_softmax(logits[:, -1].float(), dim=-1), state
-            # The first decoding step's parents point at the B prefill rows: no beam tokens to reorder yet.
-            state.kv.parents = parents if state.generated else None
-            state.generated += 1
-            rows = tokens.shape[0]
-            per_row = rows // state.lengths.shape[0]
-            positions = (state.lengths.repeat_interleave(per_row) + state.generated - 1)[:, None]
-            out = self.model(input_ids=tokens[:, None], position_ids=positions, use_cache=False)
-            return torch.log_softmax(out.logits[:, -1].float(), dim=-1), state
-        finally:
-            _ACTIVE_PREFIX.reset(token)
+    def beam_step(self, tokens: Tensor | None, parents: Tensor | None, state: BeamState) -> tuple[Tensor, BeamState]:
+        """The :class:`genrec.decoding.StepFn` of the reference decoder
+        (:func:`genrec.models.lm_decoding.reference_step`): ``[B, V]`` log-probs at the prefill,
+        then ``[B * W, V]`` per step, the prompt's keys/values shared by the beams."""
+        return reference_step(self, tokens, parents, state)
 
     # ---- optimisation -------------------------------------------------------------------------
 
@@ -739,7 +732,8 @@ class LMRecModule(L.LightningModule):
         # The CF embedding is sized by the catalogue; create it before the state dict is loaded.
         weight = checkpoint.get("state_dict", {}).get("cf.weight")
         if weight is not None and self.cf is None:
-            self.cf = self._new_cf(weight.shape[0])
+            projected = "cf_proj.weight" in checkpoint.get("state_dict", {})
+            self._new_cf(weight.shape[0], dim=weight.shape[1] if projected else None)
 
 
 __all__ = ["DEFAULT_ITEM_TEMPLATE", "DEFAULT_PROMPT", "LMInputs", "LMRecModule", "decoder_layer_classes", "load_tokenizer"]

@@ -4,6 +4,8 @@ Lightning fit/test, and a tiny from-scratch run that must beat popularity."""
 
 from __future__ import annotations
 
+import contextlib
+
 import lightning as L
 import pytest
 import torch
@@ -160,6 +162,48 @@ def test_prompt_keeps_the_most_recent_items_within_budget(datamodule):
     assert text.endswith(f"- {datamodule_title(m, 9)}\nThe next item the user buys is:")
 
 
+def test_history_titles_cut_in_the_prompt_and_targets_whole(datamodule, batch):
+    """max_history_title_tokens: every history line carries at most 3 title tokens, so more
+    lines fit the prompt; the target (what decoding must produce) keeps the whole title."""
+    full, cut = tiny_module(), tiny_module(max_history_title_tokens=3)
+    for m in (full, cut):
+        m.attach_items(datamodule.data.catalog)
+    before, after = cut._line_pieces
+    titles = full.target_tokens[:, :-1]  # the whole titles, EOS dropped (padding beyond)
+    for item in range(len(datamodule.data.catalog)):
+        n = int(full.target_lengths[item]) - 1
+        assert n > 3  # the synthetic titles are longer than the cut
+        line = cut.line_tokens[item, : int(cut.line_lengths[item])].tolist()
+        assert line == before + titles[item, :3].tolist() + after
+    assert torch.equal(cut.target_tokens, full.target_tokens) and cut.trie().num_items == full.trie().num_items
+    prompt = lambda m: int(m.lm_inputs(batch, with_target=False).attention_mask.sum())  # noqa: E731
+    assert prompt(cut) < prompt(full)
+    inputs = cut.lm_inputs(batch)
+    target = int(batch.targets[0])
+    text = cut.tokenizer.decode(inputs.input_ids[0][inputs.attention_mask[0].bool()].tolist())
+    assert text.endswith(f"The next item the user buys is: {datamodule_title(full, target)}{cut.tokenizer.eos_token}")
+
+
+def test_max_eval_users_tests_a_seeded_subset_and_counts_it(datamodule):
+    """max_eval_users: test on 7 of the 40 users, the same 7 for the same seed (others for
+    another), counted as test/users of test/users_total."""
+    m = tiny_module(max_eval_users=7, eval_seed=3)
+    result = quiet_trainer().test(m, datamodule=datamodule, verbose=False)[0]
+    assert result["test/users"] == 7 and result["test/users_total"] == 40
+    chosen = m.eval_users["test"]
+    assert int(chosen.sum()) == 7 and int(m.eval_users["val"].sum()) == 7
+    again = tiny_module(max_eval_users=7, eval_seed=3)
+    again.choose_eval_users(40, {"test": torch.arange(40)})
+    other = tiny_module(max_eval_users=7, eval_seed=4)
+    other.choose_eval_users(40, {"test": torch.arange(40)})
+    assert torch.equal(again.eval_users["test"], chosen) and not torch.equal(other.eval_users["test"], chosen)
+    everyone = tiny_module(max_eval_users=100)
+    everyone.choose_eval_users(40, {"test": torch.arange(40)})
+    assert bool(everyone.eval_users["test"].all())
+    with pytest.raises(ValueError, match="max_eval_users must be >= 1"):
+        tiny_module(max_eval_users=0)
+
+
 def test_empty_and_repeated_titles_are_disambiguated():
     items = [Item("A1", "Blue Shampoo"), Item("A2", ""), Item("A3", "Blue Shampoo"), Item("A4", "Red Soap"), Item("A5", "Blue Shampoo")]
     m = tiny_module()
@@ -209,6 +253,51 @@ def test_exhaustive_beam_search_equals_brute_force_and_unpadded_rows(module, bat
         assert torch.allclose(single.scores[0], result.scores[row], atol=1e-4)
 
 
+@contextlib.contextmanager
+def nan_filled_empty_tensors():
+    """``torch.empty`` and friends return NaN-filled floats inside the block (as PyTorch's
+    deterministic mode does), so code that reads memory it never wrote shows it."""
+    previous = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.utils.deterministic.fill_uninitialized_memory = previous[1]
+
+
+def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_dropped(datamodule, batch, monkeypatch):
+    """Below exhaustive width the two decoders still agree: the slot decoder (pruned beams,
+    in-place slot buffers, LoRA merged, finished users dropped from the buffers) gives the
+    reference decoder's items and scores; the merged weights leave the module untouched."""
+    from genrec.models.lm_decoding import SlotKV
+
+    m = tiny_module(lora=True, lora_r=4)
+    m.attach_items(datamodule.data.catalog)
+    torch.manual_seed(1)
+    for name, p in m.named_parameters():
+        if "lora_B" in name:  # B starts at zero: make the adapter change the model
+            p.data.normal_(0, 0.5)
+    m.eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    compacted = []
+    original = SlotKV.compact
+    monkeypatch.setattr(SlotKV, "compact", lambda self, active: (compacted.append((self.users.numel(), active.numel())), original(self, active)))
+    with nan_filled_empty_tensors():  # columns a beam never wrote must not matter
+        fast = m.recommend(batch, num_results=10, beam_width=12)
+    reference = m.recommend(batch, num_results=10, beam_width=12, reference=True)
+    assert torch.equal(fast.items, reference.items)
+    torch.testing.assert_close(fast.scores, reference.scores, atol=1e-4, rtol=0)
+    assert compacted and all(kept <= 0.75 * held for held, kept in compacted)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    unmerged = tiny_module(lora=True, lora_r=4)
+    unmerged.load_state_dict(m.state_dict())
+    unmerged.attach_items(datamodule.data.catalog)
+    monkeypatch.setattr("genrec.models.lm_rec.merged_lora", lambda model: contextlib.nullcontext(False))
+    assert torch.equal(unmerged.eval().recommend(batch, num_results=10, beam_width=12).items, fast.items)
+
+
 # ---- options ------------------------------------------------------------------------------------
 
 
@@ -223,6 +312,36 @@ def test_cf_embedding_starts_neutral_and_learns(datamodule, batch):
     loss.backward()
     rows = cf.cf.weight.grad.abs().sum(1) > 0
     assert torch.equal(rows.nonzero().flatten(), inputs.items[inputs.items >= 0].unique())  # history items only
+
+
+def test_cf_embedding_from_the_cf_encoders_file(datamodule, batch, tmp_path):
+    """cf_init: the item table is the cf encoder's file (frozen), mapped to the hidden size by a
+    zero-initialised projection: the loss starts as the plain LM's, only the projection learns,
+    and the vectors survive a checkpoint round trip. A file of another catalogue is refused."""
+    from genrec.collaborative import encode_interactions
+    from genrec.data.datamodule import load_embeddings
+
+    path = encode_interactions(datamodule.data, tmp_path / "cf.safetensors", dim=8, window=2)
+    plain, cf = tiny_module(), tiny_module(cf_embedding=True, cf_init=str(path))
+    for m in (plain, cf):
+        m.attach_items(datamodule.data.catalog)
+    assert torch.equal(cf.cf.weight, load_embeddings(path)) and not cf.cf.weight.requires_grad
+    assert cf.cf_proj.weight.shape == (32, 8) and not cf.cf_proj.weight.any()
+    inputs = cf.lm_inputs(batch)
+    loss = cf.loss(inputs)
+    assert torch.allclose(loss, plain.loss(plain.lm_inputs(batch)))
+    loss.backward()
+    assert cf.cf_proj.weight.grad.abs().sum() > 0 and cf.cf.weight.grad is None
+    restored = tiny_module(cf_embedding=True, cf_init=str(tmp_path / "gone.safetensors"))  # the file is not read again
+    restored.on_load_checkpoint({"state_dict": cf.state_dict()})
+    restored.load_state_dict(cf.state_dict())
+    restored.attach_items(datamodule.data.catalog)
+    assert torch.equal(restored.cf.weight, cf.cf.weight) and restored.cf_proj is not None
+    other = ItemCatalog([Item(f"X{i}", f"title {i}") for i in range(len(datamodule.data.catalog))])
+    with pytest.raises(ValueError, match="cf.safetensors: catalogue fingerprint"):
+        tiny_module(cf_embedding=True, cf_init=str(path)).attach_items(other)
+    with pytest.raises(ValueError, match="needs cf_embedding"):
+        tiny_module(cf_init=str(path))
 
 
 def test_lora_trains_only_adapters(datamodule, batch):
