@@ -163,7 +163,8 @@ class LogProgress(ProgressBar):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and v.numel() == 1}
+        # the overall metrics only (``val/recall@10``), not the slices (``val/cold/...``)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/") and k.count("/") == 1 and v.numel() == 1}
         if metrics:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
             self.print(f"validation {type(pl_module).__name__} epoch {trainer.current_epoch + 1}: {shown} "
