@@ -279,9 +279,13 @@ def test_lm_decode_benchmark_checks_the_reference_and_records_quality(tmp_path, 
     header, _, row = (line.split(" | ") for line in table.strip().splitlines()[-3:])
     cells = dict(zip(header, row, strict=True))
     assert cells["users"] == "10 of 40" and cells["lists valid"] == "10/10" and float(cells["users/s"]) > 0
-    assert cells["reference check"].startswith("fp32: 6/6 identical, 0 tied, 0 different")
+    assert cells["reference check"].startswith("fp32: 6/6 identical, 0 tied, 0 different, same-item score gap")
     assert 0 <= float(cells["test R@10"]) <= 1 and "of full search" in cells["beam tokens fed"]
 
-    a = BeamResult(torch.tensor([[1, 2, 3], [1, 2, 3], [1, 2, 3]]), torch.tensor([[-1.0, -2.0, -3.0]] * 3))
-    b = BeamResult(torch.tensor([[1, 2, 3], [2, 1, 3], [1, 2, 4]]), torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -2.0, -3.0], [-1.0, -2.0, -3.5]]))
+    scores = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -3.0], [-1.0, -2.0, -3.0]])
+    a = BeamResult(torch.tensor([[1, 2, 3], [1, 2, 3], [1, 2, 3]]), scores)
+    b = BeamResult(torch.tensor([[1, 2, 3], [2, 1, 3], [1, 2, 4]]), scores - torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.5]]))
     assert lm_decode.agreement(a, b) == (1, 1, 1)  # identical, tied (a swap at equal scores), different (a missed item)
+    assert lm_decode.common_item_gap(a, b) == 0.0  # item 4 is only in one list; the shared ones agree
+    shifted = BeamResult(b.items, b.scores - torch.tensor([0.0, 0.25, 0.0])[:, None])
+    assert lm_decode.common_item_gap(a, shifted) == 0.25

@@ -215,10 +215,21 @@ def _attend_slots(query: Tensor, state: SlotKV, layer: int, key: Tensor, value: 
     kvh = keys.shape[1]
     queries, index = state.queries(query[:, :, 0], kvh)  # [U, kvh, W*g, d]
     used = state.used_columns()
-    out = F.scaled_dot_product_attention(
-        queries, keys[:, :, :used], values[:, :, :used], attn_mask=state.bias(H // kvh, queries.dtype), scale=scaling
-    )  # [U, kvh, W*g, d]
+    with _masked_kernels(queries.device):
+        out = F.scaled_dot_product_attention(
+            queries, keys[:, :, :used], values[:, :, :used], attn_mask=state.bias(H // kvh, queries.dtype), scale=scaling
+        )  # [U, kvh, W*g, d]
     return out[index].reshape(R, 1, H, d)
+
+
+def _masked_kernels(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """On CUDA, the slot attention's kernels: the memory-efficient one (an additive mask, any
+    strides with a contiguous last dimension), else the plain math one; the CPU chooses its own."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def _keep_prompt(state: PrefixKV | SlotKV, layer: int, key: Tensor, value: Tensor) -> None:
