@@ -323,6 +323,14 @@ class PrefixTrie:
         return torch.where(found, self.child_node[pos], torch.full_like(nodes, -1))
 
 
+
+def _search_sizes(trie: PrefixTrie, batch_size: int, beam_width: int, num_results: int, max_steps: int | None) -> tuple[int, int, int, int]:
+    """Checked ``(B, W, K, steps)`` of a beam search: steps is ``trie.max_depth`` capped by ``max_steps``."""
+    if batch_size < 1 or beam_width < 1 or num_results < 1:
+        raise ValueError("batch_size, beam_width and num_results must be >= 1")
+    steps = trie.max_depth if max_steps is None else min(max_steps, trie.max_depth)
+    return batch_size, beam_width, num_results, steps
+
 def constrained_beam_search(
     step: StepFn[Any],
     trie: PrefixTrie,
@@ -361,11 +369,8 @@ def constrained_beam_search(
     Returns:
         :class:`BeamResult` with ``items [B, K]`` and ``scores [B, K]``, best first.
     """
-    if batch_size < 1 or beam_width < 1 or num_results < 1:
-        raise ValueError("batch_size, beam_width and num_results must be >= 1")
+    B, W, K, steps = _search_sizes(trie, batch_size, beam_width, num_results, max_steps)
     device = trie.device
-    B, W, K = batch_size, beam_width, num_results
-    steps = trie.max_depth if max_steps is None else min(max_steps, trie.max_depth)
     neg_inf = float("-inf")
 
     log_probs, state = step(None, None, state)
@@ -498,11 +503,8 @@ def pruned_beam_search(
     Returns:
         :class:`BeamResult` with ``items [B, K]`` and ``scores [B, K]``, best first.
     """
-    if batch_size < 1 or beam_width < 1 or num_results < 1:
-        raise ValueError("batch_size, beam_width and num_results must be >= 1")
+    B, W, K, steps = _search_sizes(trie, batch_size, beam_width, num_results, max_steps)
     device = trie.device
-    B, W, K = batch_size, beam_width, num_results
-    steps = trie.max_depth if max_steps is None else min(max_steps, trie.max_depth)
     neg_inf = float("-inf")
 
     log_probs, state = step(None, state)
