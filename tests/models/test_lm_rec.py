@@ -267,14 +267,18 @@ def nan_filled_empty_tensors():
         torch.utils.deterministic.fill_uninitialized_memory = previous[1]
 
 
-def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_dropped(datamodule, batch, monkeypatch):
+@pytest.mark.parametrize("static", [True, False], ids=["static-shape", "slot"])
+def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_dropped(datamodule, batch, monkeypatch, static):
     """Below exhaustive width the two decoders still agree: the slot decoder (pruned beams,
-    in-place slot buffers, LoRA merged, finished users dropped from the buffers) gives the
-    reference decoder's items and scores; the merged weights leave the module untouched."""
+    in-place slot buffers, LoRA merged, finished users dropped from the buffers), eager or in
+    its static-shape form (genrec.models.lm_graphs, what runs as CUDA graphs on a GPU), gives
+    the reference decoder's items and scores; the merged weights leave the module untouched."""
     from genrec.models.lm_decoding import SlotKV
+    from genrec.models.lm_graphs import GraphDecoder
 
     m = tiny_module(lora=True, lora_r=4)
     m.attach_items(datamodule.data.catalog)
+    m.static_decoding = static
     torch.manual_seed(1)
     for name, p in m.named_parameters():
         if "lora_B" in name:  # B starts at zero: make the adapter change the model
@@ -282,18 +286,28 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     m.eval()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     compacted = []
-    original = SlotKV.compact
-    monkeypatch.setattr(SlotKV, "compact", lambda self, active: (compacted.append((self.users.numel(), active.numel())), original(self, active)))
+    if static:
+        original = GraphDecoder.compact
+        monkeypatch.setattr(GraphDecoder, "compact", lambda self, active, bucket: (
+            compacted.append((self.bucket, active.numel(), bucket)), original(self, active, bucket)))
+    else:
+        original = SlotKV.compact
+        monkeypatch.setattr(SlotKV, "compact", lambda self, active: (compacted.append((self.users.numel(), active.numel())), original(self, active)))
     with nan_filled_empty_tensors():  # columns a beam never wrote must not matter
         fast = m.recommend(batch, num_results=10, beam_width=12)
     reference = m.recommend(batch, num_results=10, beam_width=12, reference=True)
     assert torch.equal(fast.items, reference.items)
     torch.testing.assert_close(fast.scores, reference.scores, atol=1e-4, rtol=0)
-    assert compacted and all(kept <= 0.75 * held for held, kept in compacted)
+    if static:  # packed into the next smaller power-of-two bucket of users
+        assert compacted and all(kept <= bucket < held for held, kept, bucket in compacted)
+        assert m._graph_decoder.fed == m.decode_counts["beam tokens"] < m.decode_counts["full search beam tokens"]
+    else:
+        assert compacted and all(kept <= 0.75 * held for held, kept in compacted)
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
     unmerged = tiny_module(lora=True, lora_r=4)
     unmerged.load_state_dict(m.state_dict())
     unmerged.attach_items(datamodule.data.catalog)
+    unmerged.static_decoding = False  # the slot decoder with the adapters unmerged
     monkeypatch.setattr("genrec.models.lm_rec.merged_lora", lambda model: contextlib.nullcontext(False))
     assert torch.equal(unmerged.eval().recommend(batch, num_results=10, beam_width=12).items, fast.items)
 
