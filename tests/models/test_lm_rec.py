@@ -312,6 +312,41 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     assert torch.equal(unmerged.eval().recommend(batch, num_results=10, beam_width=12).items, fast.items)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, precision):
+    """On a GPU the static-shape decoder replays one CUDA graph per (users, rows) bucket: the
+    replayed steps give the eager static steps' items and scores, captured once and reused by a
+    second batch (the weights refreshed in place), and in float32 the reference decoder's items."""
+    m = tiny_module(lora=True, lora_r=4)
+    m.attach_items(datamodule.data.catalog)
+    torch.manual_seed(1)
+    for name, p in m.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+    m = m.cuda().eval()
+    gpu = batch.to("cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16")
+    results = {}
+    for graphs in (False, True):
+        m.decode_graphs = graphs
+        with autocast:
+            results[graphs] = m.recommend(gpu, num_results=10, beam_width=12)
+    decoder = m._graph_decoder
+    assert decoder.graphs and decoder.replays > 0 and len(decoder.graph_cache) > 0
+    assert torch.equal(results[True].items, results[False].items)
+    torch.testing.assert_close(results[True].scores, results[False].scores, atol=1e-5, rtol=0)
+    captured = len(decoder.graph_cache)
+    with autocast:
+        again = m.recommend(gpu, num_results=10, beam_width=12)
+    assert m._graph_decoder is decoder and len(decoder.graph_cache) == captured  # replayed, not captured again
+    assert torch.equal(again.items, results[True].items)
+    if precision == "fp32":
+        reference = m.recommend(gpu, num_results=10, beam_width=12, reference=True)
+        assert torch.equal(results[True].items, reference.items)
+        torch.testing.assert_close(results[True].scores, reference.scores, atol=1e-3, rtol=0)
+
+
 # ---- options ------------------------------------------------------------------------------------
 
 
