@@ -21,8 +21,17 @@ over. This decoder computes the same thing with static shapes, so that a step is
   still in the search are packed into the first ``U_b`` rows (a power of two, compacted when
   half or fewer are left). One graph per ``(U_b, R_b)``, captured on first use and replayed.
   Nothing in a step syncs with the host except the search's own row count.
-* On a CPU (and with ``graphs=False``) the same static-shape step runs eagerly: the exactness
-  tests check this code path against brute force and the reference decoder.
+* Off CUDA (or with ``graphs=False``) the same step runs eagerly. Static shapes then buy
+  nothing and cost padding, so by default the eager step takes the exact sizes instead (``R``
+  rows, the held users, compacted as the slot decoder does, and the columns in use); with
+  ``padded=True`` it pads as the graphs do. The exactness tests run both on the CPU against
+  brute force and the reference decoder; a CUDA test checks the replayed graphs against eager
+  padded steps.
+
+Switches (attributes of :class:`~genrec.models.LMRecModule`, not constructor arguments):
+``static_decoding`` (default on: this decoder when the model is one it runs, else the slot
+decoder), ``decode_graphs`` (default on: CUDA graphs on a GPU) and ``decode_padded`` (default:
+as ``decode_graphs`` on the module's device).
 
 Attention is one fused ``scaled_dot_product_attention`` per layer over ``[U_b + 1, kv_heads,
 W * g, C]`` with the additive mask (the memory-efficient kernel on CUDA; the flash kernel takes no
@@ -41,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genrec.decoding import BeamResult, LiveBeams, pruned_beam_search
-from genrec.models.lm_decoding import merged_lora
+from genrec.models.lm_decoding import COMPACT_FRACTION, merged_lora
 
 if TYPE_CHECKING:
     from genrec.models.lm_rec import LMInputs, LMRecModule
@@ -120,7 +129,9 @@ class DecoderWeights:
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.eps = config.rms_norm_eps
-        self.act = lm.model.layers[0].mlp.act_fn
+        from transformers.activations import ACT2FN
+
+        self.act = ACT2FN[config.hidden_act]  # (Liger's SwiGLU MLP keeps no act_fn)
         self.scaling = lm.model.layers[0].self_attn.scaling
         self.rotary = lm.model.rotary_emb
         self.layers: list[LayerWeights] = []
@@ -242,13 +253,15 @@ class GraphDecoder:
         steps: ``T``, the most tokens a beam feeds (the trie's depth).
         prompt_width: ``P``, the widest prompt (``max_prompt_tokens``).
         graphs: capture and replay CUDA graphs (ignored off CUDA: the step runs eagerly).
+        padded: pad to the buckets (always with graphs); else exact sizes (module docstring).
     """
 
     def __init__(self, weights: DecoderWeights, capacity: int, width: int, steps: int, prompt_width: int, device: torch.device,
-                 graphs: bool = True) -> None:
+                 graphs: bool = True, padded: bool | None = None) -> None:
         self.w, self.capacity, self.width, self.steps, self.prompt_width = weights, capacity, width, max(steps, 1), prompt_width
         self.device = device
         self.graphs = graphs and device.type == "cuda"
+        self.padded = self.graphs or bool(padded)
         kvh, d, H = weights.kv_heads, weights.head_dim, weights.num_heads
         self.groups = H // kvh
         generated = self.steps * width + 1  # the beams' columns and the padding rows' one
@@ -293,7 +306,7 @@ class GraphDecoder:
         self.lengths.zero_()
         self.lengths[:B] = mask.sum(1)
         self.held = torch.arange(B, device=self.device)
-        self.bucket = min(_next_pow2(B), self.capacity)
+        self.bucket = min(_next_pow2(B), self.capacity) if self.padded else B
         self.step_index = self.fed = 0
         x = module.embed(inputs)  # [B, S, h]
         cos, sin = self.cos[inputs.position_ids], self.sin[inputs.position_ids]  # [B, S, d]
@@ -314,15 +327,18 @@ class GraphDecoder:
 
     # ---- one step ------------------------------------------------------------------------------
 
-    def _run(self, users: int, rows: int) -> None:
-        """The step on the static buffers: ``users`` = ``U_b``, ``rows`` = ``R_b`` (graph body)."""
+    def _run(self, users: int, rows: int, columns: int) -> Tensor:
+        """The step on the static buffers (the graph body): ``users`` = ``U_b``, ``rows`` = ``R_b``,
+        attending over the first ``columns`` columns; ``[rows, V]`` float32 log-probs (with
+        graphs: a view of the static output)."""
         w, W, g, kvh, d = self.w, self.width, self.groups, self.w.kv_heads, self.w.head_dim
         token, position, user, slot, column = self.inputs[:, :rows]
         U = users + 1  # the packed users and the padding rows' row
-        seen = torch.cat([self.prompt_seen[:U, None, :].expand(U, W, -1), self.beam_seen[:U]], dim=2)  # [U, W, C]
+        seen = torch.cat([self.prompt_seen[:U, None, :].expand(U, W, -1), self.beam_seen[:U, :, : columns - self.prompt_width]], dim=2)
         zero = torch.zeros((), dtype=self.bias.dtype, device=self.device)
-        self.bias[:U] = torch.where(seen, zero, float("-inf"))[:, :, None, :]
-        bias = self.bias[:U].view(U, 1, W * g, self.columns)
+        self.bias[:U, :, :, :columns] = torch.where(seen, zero, float("-inf"))[:, :, None, :]  # [U, W, g, columns]
+        # Sliced from rows of the full aligned width: the fused kernel wants an aligned stride.
+        bias = self.bias[:U].view(U, 1, W * g, self.columns)[..., :columns]
         queries = self.queries[:U]
         slots = queries.view(U, kvh, W, g, d)
         x = w.embed[token]  # [R, h]
@@ -333,31 +349,34 @@ class GraphDecoder:
             values[user, :, column] = v
             slots[user, :, slot] = q.view(rows, kvh, g, d)
             with _attention_kernels(self.device):
-                out = F.scaled_dot_product_attention(queries, keys[:U], values[:U], attn_mask=bias, scale=w.scaling)
+                out = F.scaled_dot_product_attention(queries, keys[:U, :, :columns], values[:U, :, :columns], attn_mask=bias, scale=w.scaling)
             attended = out.view(U, kvh, W, g, d)[user, :, slot]  # [R, kvh, g, d]
             x = w.finish_layer(layer, x, attended.reshape(rows, -1))
-        self.out[:rows] = w.log_probs(x)
-
-    def _replay(self, users: int, rows: int) -> None:
         if not self.graphs:
-            self._run(users, rows)
-            return
+            return w.log_probs(x)
+        self.out[:rows] = w.log_probs(x)
+        return self.out[:rows]
+
+    def _replay(self, users: int, rows: int, columns: int) -> Tensor:
+        if not self.graphs:
+            return self._run(users, rows, columns)
         graph = self.graph_cache.get((users, rows))
         if graph is None:
             started = time.perf_counter()
             stream = torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
-                self._run(users, rows)  # warm-up (the step is idempotent on its inputs)
+                self._run(users, rows, columns)  # warm-up (the step is idempotent on its inputs)
             torch.cuda.current_stream(self.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                self._run(users, rows)
+                self._run(users, rows, columns)
             self.graph_cache[(users, rows)] = graph
             torch.cuda.synchronize(self.device)
             self.capture_seconds += time.perf_counter() - started
         graph.replay()
         self.replays += 1
+        return self.out[:rows]
 
     def compact(self, active: Tensor, bucket: int) -> None:
         """Pack the users of ``active`` (``[A]`` batch rows, ascending, a subset of ``held``)
@@ -375,13 +394,17 @@ class GraphDecoder:
         """Feed the live beams (:class:`~genrec.decoding.LiveBeams`, ``R`` of them); ``[R, V]``
         float32 log-probs (a view of a static buffer, valid until the next step)."""
         A = beams.active.numel()
-        bucket = min(_next_pow2(A), self.capacity)
-        if bucket < self.bucket:
-            self.compact(beams.active, bucket)
+        if self.padded:
+            bucket = min(_next_pow2(A), self.capacity)
+            if bucket < self.bucket:
+                self.compact(beams.active, bucket)
+        elif COMPACT_FRACTION * self.bucket >= A:
+            self.compact(beams.active, A)
         self.step_index += 1
         t, W, P = self.step_index, self.width, self.prompt_width
         R = beams.rows.numel()
-        rows = min(_next_pow2(max(R, 8)), self.bucket * W)
+        rows = min(_next_pow2(max(R, 8)), self.bucket * W) if self.padded else R
+        columns = self.columns if self.padded else min(-(-(P + t * W) // 8) * 8, self.columns)
         user = torch.searchsorted(self.held, beams.rows // W)
         slot = beams.rows % W
         column = P + (t - 1) * W + slot
@@ -389,13 +412,12 @@ class GraphDecoder:
         ancestry = self.beam_seen[user, beams.parent_slots]  # [R, C-P]
         self.beam_seen[user, slot] = ancestry
         self.beam_seen[user, slot, column - P] = True
-        pad = rows - R
-        fill = torch.tensor([0, 0, self.bucket, 0, self.trash], dtype=torch.long, device=self.device)[:, None].expand(5, pad)
-        live = torch.stack([beams.tokens, self.lengths[user] + t - 1, user, slot, column])
-        self.inputs[:, :rows] = torch.cat([live, fill], dim=1)
-        self._replay(self.bucket, rows)
+        self.inputs[:, :R] = torch.stack([beams.tokens, self.lengths[user] + t - 1, user, slot, column])
+        if rows > R:  # padding rows: token 0 at position 0, into the spare row's spare column
+            self.inputs[:, R:rows] = torch.tensor([0, 0, self.bucket, 0, self.trash], dtype=torch.long, device=self.device)[:, None]
+        log_probs = self._replay(self.bucket, rows, columns)
         self.fed += R
-        return self.out[:R]
+        return log_probs[:R]
 
 
 def _compute_dtype(module: LMRecModule, device: torch.device) -> torch.dtype:
@@ -412,15 +434,18 @@ def decoder_for(module: LMRecModule, batch_size: int, width: int, steps: int, pr
     dtype = _compute_dtype(module, device)
     cached: GraphDecoder | None = getattr(module, "_graph_decoder", None)
     graphs = getattr(module, "decode_graphs", True)
+    padded = getattr(module, "decode_padded", None)
+    padded = (graphs and device.type == "cuda") if padded is None else padded
     if (cached is None or cached.capacity < batch_size or (cached.width, cached.steps, cached.prompt_width) != (width, max(steps, 1), prompt_width)
-            or cached.w.dtype != dtype or cached.device != device or cached.graphs != (graphs and device.type == "cuda")):
+            or cached.w.dtype != dtype or cached.device != device or cached.graphs != (graphs and device.type == "cuda")
+            or cached.padded != (padded or cached.graphs)):
         module._graph_decoder = None
         cached = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
     with torch.autocast(device.type, enabled=False):
         if cached is None:
-            cached = GraphDecoder(DecoderWeights(module, dtype), _next_pow2(batch_size), width, steps, prompt_width, device, graphs)
+            cached = GraphDecoder(DecoderWeights(module, dtype), _next_pow2(batch_size), width, steps, prompt_width, device, graphs, padded)
             module._graph_decoder = cached
         else:
             cached.w.load(module)

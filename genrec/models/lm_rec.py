@@ -708,6 +708,13 @@ class LMRecModule(L.LightningModule):
         self.decode_counts = {key: self.decode_counts.get(key, 0) + value for key, value in counts.items()}
         return result
 
+    # issue 20 (decode): the static decoder's buffers (lm_graphs.GraphDecoder, GBs on a GPU) are
+    # kept from batch to batch of a stage and released at its end, before training resumes.
+    def on_validation_epoch_end(self) -> None:
+        self._graph_decoder = None
+
+    on_test_epoch_end = on_predict_epoch_end = on_validation_epoch_end
+
     def initial_state(self, batch: SeqBatch) -> BeamState:
         """The state of :meth:`beam_step` before the first token: the prompts, no keys/values yet."""
         inputs = self.lm_inputs(batch, with_target=False)

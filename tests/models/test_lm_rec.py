@@ -236,21 +236,25 @@ def test_recommendations_are_distinct_catalogue_items(module, batch):
 
 def test_exhaustive_beam_search_equals_brute_force_and_unpadded_rows(module, batch):
     """Beam width = all items is exact: the prefill, the cache reorder and the left padding
-    must give the sequence log-probs of teacher forcing, and each row alone (no padding) the same."""
+    must give the sequence log-probs of teacher forcing, and each row alone (no padding) the same;
+    also with the static decoder padded to its CUDA graphs' buckets (run eagerly here)."""
     module.eval()
     n = module.trie().num_items
     with torch.no_grad():
-        result = module.recommend(batch, num_results=10, beam_width=n)
         brute = score_all_items(module.beam_step, module.trie(), len(batch), module.initial_state(batch))
     top = brute.topk(10, dim=1)
-    assert torch.equal(module.trie().items[top.indices], result.items)
-    assert torch.allclose(top.values, result.scores, atol=1e-4)
-    for row in (0, len(batch) - 1):
-        width = int(batch.lengths[row])
-        alone = SeqBatch(batch.users[row : row + 1], batch.history[row : row + 1, :width], batch.lengths[row : row + 1], batch.targets[row : row + 1])
-        single = module.recommend(alone, num_results=10, beam_width=n)
-        assert torch.equal(single.items[0], result.items[row])
-        assert torch.allclose(single.scores[0], result.scores[row], atol=1e-4)
+    for padded in (False, True):
+        module.decode_padded = padded
+        result = module.recommend(batch, num_results=10, beam_width=n)
+        assert module._graph_decoder.padded == padded
+        assert torch.equal(module.trie().items[top.indices], result.items)
+        assert torch.allclose(top.values, result.scores, atol=1e-4)
+        for row in (0, len(batch) - 1) if not padded else ():
+            width = int(batch.lengths[row])
+            alone = SeqBatch(batch.users[row : row + 1], batch.history[row : row + 1, :width], batch.lengths[row : row + 1], batch.targets[row : row + 1])
+            single = module.recommend(alone, num_results=10, beam_width=n)
+            assert torch.equal(single.items[0], result.items[row])
+            assert torch.allclose(single.scores[0], result.scores[row], atol=1e-4)
 
 
 @contextlib.contextmanager
@@ -267,18 +271,21 @@ def nan_filled_empty_tensors():
         torch.utils.deterministic.fill_uninitialized_memory = previous[1]
 
 
-@pytest.mark.parametrize("static", [True, False], ids=["static-shape", "slot"])
-def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_dropped(datamodule, batch, monkeypatch, static):
-    """Below exhaustive width the two decoders still agree: the slot decoder (pruned beams,
-    in-place slot buffers, LoRA merged, finished users dropped from the buffers), eager or in
-    its static-shape form (genrec.models.lm_graphs, what runs as CUDA graphs on a GPU), gives
-    the reference decoder's items and scores; the merged weights leave the module untouched."""
+@pytest.mark.parametrize("decoder", ["padded", "exact", "slot"])
+def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_dropped(datamodule, batch, monkeypatch, decoder):
+    """Below exhaustive width the decoders still agree: the slot decoder (pruned beams,
+    in-place slot buffers, LoRA merged, finished users dropped from the buffers) and the
+    static decoder of genrec.models.lm_graphs, eager at exact sizes or padded to the buckets
+    of its CUDA graphs (padding rows, a spare row and column, power-of-two users), give the
+    reference decoder's items and scores; the merged weights leave the module untouched."""
+    static = decoder != "slot"
     from genrec.models.lm_decoding import SlotKV
     from genrec.models.lm_graphs import GraphDecoder
 
     m = tiny_module(lora=True, lora_r=4)
     m.attach_items(datamodule.data.catalog)
     m.static_decoding = static
+    m.decode_padded = decoder == "padded"
     torch.manual_seed(1)
     for name, p in m.named_parameters():
         if "lora_B" in name:  # B starts at zero: make the adapter change the model
@@ -298,11 +305,15 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     reference = m.recommend(batch, num_results=10, beam_width=12, reference=True)
     assert torch.equal(fast.items, reference.items)
     torch.testing.assert_close(fast.scores, reference.scores, atol=1e-4, rtol=0)
-    if static:  # packed into the next smaller power-of-two bucket of users
+    if decoder == "padded":  # packed into the next smaller power-of-two bucket of users
         assert compacted and all(kept <= bucket < held for held, kept, bucket in compacted)
-        assert m._graph_decoder.fed == m.decode_counts["beam tokens"] < m.decode_counts["full search beam tokens"]
+    elif decoder == "exact":
+        assert compacted and all(kept == bucket <= 0.75 * held for held, kept, bucket in compacted)
     else:
         assert compacted and all(kept <= 0.75 * held for held, kept in compacted)
+    if static:
+        assert m._graph_decoder.padded == (decoder == "padded")
+        assert m._graph_decoder.fed == m.decode_counts["beam tokens"] < m.decode_counts["full search beam tokens"]
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
     unmerged = tiny_module(lora=True, lora_r=4)
     unmerged.load_state_dict(m.state_dict())
