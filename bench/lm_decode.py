@@ -50,6 +50,7 @@ from genrec.data.datamodule import SeqBatch
 from genrec.decoding import BeamResult
 from genrec.metrics import RecEvaluation, cold_exposure
 from genrec.models import LMRecModule
+from genrec.models.lm_graphs import unsupported_reason
 
 TIE = 1e-3
 """Score difference (summed log-probs, float32) within which two decoders' items count as tied."""
@@ -215,8 +216,9 @@ def main() -> None:
                         help="first check the first N users against the reference decoder (module docstring)")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="default: bf16 on a GPU, fp32 on a CPU")
     parser.add_argument("--profile", action="store_true", help="print the operators of a quarter batch by device time")
-    parser.add_argument("--decoder", choices=["static", "slot"], default="static",
-                        help="static: static shapes, CUDA graphs on a GPU (genrec.models.lm_graphs); slot: the eager slot decoder")
+    parser.add_argument("--decoder", choices=["static", "static-eager", "slot"], default="static",
+                        help="static: static shapes, CUDA graphs on a GPU (genrec.models.lm_graphs); static-eager: the same "
+                        "decoder without graphs, at exact sizes; slot: the eager slot decoder (genrec.models.lm_decoding)")
     parser.add_argument("--warmup", type=int, default=None, metavar="N", help="users decoded before the timed pass (default: one batch)")
     parser.add_argument("--set", action="append", default=[], help="extra CLI override key=value")
     args = parser.parse_args()
@@ -237,7 +239,11 @@ def main() -> None:
     dm.setup("test")
     module.attach_items(dm.data.catalog, dm.data.train_item_counts())
     module.to(device).eval()
-    module.static_decoding = args.decoder == "static"
+    module.static_decoding = args.decoder != "slot"
+    module.decode_graphs = args.decoder == "static"
+    unsupported = unsupported_reason(module.model) if module.static_decoding else None
+    if unsupported:
+        print(f"the static decoder does not run this model ({unsupported}): decoding with the slot decoder", flush=True)
     total = len(dm.dataset("test"))
     batches = take_users(iter(dm.test_dataloader()), None if args.users == "all" else int(args.users))
     users = sum(len(b) for b in batches)
@@ -278,7 +284,8 @@ def main() -> None:
     row = {
         "data": dm.name,
         "model": f"{hp.preset or hp.model} ({sum(p.numel() for p in module.parameters()) / 1e6:.1f}M)" + (" ckpt" if args.ckpt else ""),
-        "decoder": ("static (pruned, CUDA graphs)" if device.type == "cuda" else "static (pruned)") if module.static_decoding else "slot (pruned)",
+        "decoder": {"static": "static (pruned, CUDA graphs)" if device.type == "cuda" else "static (pruned)",
+                    "static-eager": "static (pruned, eager)", "slot": "slot (pruned)"}[args.decoder if not unsupported else "slot"],
         "precision": precision,
         "users": f"{users:,} of {total:,}",
         "batch": batch_size,

@@ -278,7 +278,8 @@ class GraphDecoder:
         self.queries = torch.zeros(rows, kvh, width * self.groups, d, dtype=dt, device=device)
         most = capacity * width
         self.inputs = torch.zeros(5, most, dtype=torch.long, device=device)  # token, position, user, slot, column
-        self.out = torch.zeros(most, weights.embed.shape[0], dtype=torch.float32, device=device)
+        # The graphs' static output, [cap * W, V] (eager steps return fresh log-probs instead).
+        self.out = torch.zeros(most if self.graphs else 0, weights.embed.shape[0], dtype=torch.float32, device=device)
         self.cos, self.sin = weights.rotary_table(prompt_width + self.steps + 1, device)
         self.held: Tensor = torch.zeros(0, dtype=torch.long, device=device)  # batch rows of the packed users
         self.bucket = 0  # U_b

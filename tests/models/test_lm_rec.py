@@ -327,8 +327,9 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, precision):
     """On a GPU the static-shape decoder replays one CUDA graph per (users, rows) bucket: the
-    replayed steps give the eager static steps' items and scores, captured once and reused by a
-    second batch (the weights refreshed in place), and in float32 the reference decoder's items."""
+    replayed steps give the eager padded steps' items and scores, are captured once and replayed
+    for a second batch (the weights refreshed in place), and in float32 give the reference
+    decoder's items."""
     m = tiny_module(lora=True, lora_r=4)
     m.attach_items(datamodule.data.catalog)
     torch.manual_seed(1)
@@ -339,6 +340,7 @@ def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, pre
     gpu = batch.to("cuda")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16")
     results = {}
+    m.decode_padded = True  # the eager steps take the graphs' padded shapes: the same kernels
     for graphs in (False, True):
         m.decode_graphs = graphs
         with autocast:
@@ -347,15 +349,23 @@ def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, pre
     assert decoder.graphs and decoder.replays > 0 and len(decoder.graph_cache) > 0
     assert torch.equal(results[True].items, results[False].items)
     torch.testing.assert_close(results[True].scores, results[False].scores, atol=1e-5, rtol=0)
-    captured = len(decoder.graph_cache)
-    with autocast:
-        again = m.recommend(gpu, num_results=10, beam_width=12)
-    assert m._graph_decoder is decoder and len(decoder.graph_cache) == captured  # replayed, not captured again
-    assert torch.equal(again.items, results[True].items)
     if precision == "fp32":
         reference = m.recommend(gpu, num_results=10, beam_width=12, reference=True)
         assert torch.equal(results[True].items, reference.items)
         torch.testing.assert_close(results[True].scores, reference.scores, atol=1e-3, rtol=0)
+    with torch.no_grad():  # new weights: the captured graphs must read the refreshed copies
+        for name, p in m.named_parameters():
+            if "lora_B" in name:
+                p.mul_(-1)
+    replays = decoder.replays
+    with autocast:
+        replayed = m.recommend(gpu, num_results=10, beam_width=12)
+    assert m._graph_decoder is decoder and decoder.replays > replays  # the same engine, its graphs replayed
+    m.decode_graphs = False
+    with autocast:
+        eager = m.recommend(gpu, num_results=10, beam_width=12)
+    assert torch.equal(replayed.items, eager.items) and not torch.equal(replayed.items, results[True].items)
+    torch.testing.assert_close(replayed.scores, eager.scores, atol=1e-5, rtol=0)
 
 
 # ---- options ------------------------------------------------------------------------------------
