@@ -290,3 +290,27 @@ def test_lm_decode_benchmark_checks_the_reference_and_records_quality(tmp_path, 
     assert lm_decode.common_item_gap(a, b) == 0.0  # item 4 is only in one list; the shared ones agree
     shifted = BeamResult(b.items, b.scores - torch.tensor([0.0, 0.25, 0.0])[:, None])
     assert lm_decode.common_item_gap(a, shifted) == 0.25
+
+
+def test_lm_decode_noise_scores_the_targets_alike_three_ways_in_float32(tmp_path, monkeypatch, capsys):
+    """bench.lm_decode_noise: in float32 the plain forward pass, the reference decoder's steps
+    and the static decoder's steps give each target the same summed log-prob (the table's fp32
+    rows read 0); the bf16 rows and the pairwise gaps are printed."""
+    import sys
+
+    import yaml
+
+    from bench import lm_decode_noise
+    from tests.test_configs import ROOT, TINY_DATA
+
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    monkeypatch.setattr(sys, "argv", [
+        "lm_decode_noise", "--data", str(data), "--model", str(ROOT / "configs/lm/tiny-scratch.yaml"), "--users", "3",
+        "--set", "model.init_args.preset_overrides={num_layers: 1, hidden_size: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}"])
+    lm_decode_noise.main()
+    lines = capsys.readouterr().out.splitlines()
+    fp32 = [line for line in lines if line.startswith("fp32 ")]
+    assert len(fp32) == 3 and all(float(line.rsplit("max |.| ", 1)[1]) < 1e-3 for line in fp32)
+    assert len([line for line in lines if line.startswith("bf16 ")]) == 6
+    assert lines[0].startswith("3 users, target score (fp32, plain) mean -")

@@ -218,9 +218,13 @@ class DecoderWeights:
         gate, up = self.linear(self.norm(x, layer.post_norm), layer.gate_up).chunk(2, dim=-1)
         return x + self.linear(self.act(gate) * up, layer.down).to(x.dtype)
 
+    def logits(self, x: Tensor) -> Tensor:
+        """``[R, h]`` last hidden states -> ``[R, V]`` logits in the compute dtype."""
+        return self.linear(self.norm(x, self.final_norm), self.lm_head)
+
     def log_probs(self, x: Tensor) -> Tensor:
         """``[R, h]`` last hidden states -> ``[R, V]`` float32 next-token log-probs."""
-        return torch.log_softmax(self.linear(self.norm(x, self.final_norm), self.lm_head), dim=-1, dtype=torch.float32)
+        return torch.log_softmax(self.logits(x), dim=-1, dtype=torch.float32)
 
     def rotary_table(self, positions: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """``cos``, ``sin`` ``[positions, d]`` float32 of positions ``0 .. positions - 1``."""
@@ -355,8 +359,8 @@ class GraphDecoder:
             x = w.finish_layer(layer, x, attended.reshape(rows, -1))
         if not self.graphs:
             return w.log_probs(x)
-        self.out[:rows] = w.log_probs(x)
-        return self.out[:rows]
+        # Straight into the static output (no [R, V] float32 temporary copied over).
+        return torch.ops.aten._log_softmax.out(w.logits(x).float(), -1, False, out=self.out[:rows])
 
     def _replay(self, users: int, rows: int, columns: int) -> Tensor:
         if not self.graphs:
