@@ -85,8 +85,11 @@ def unsupported_reason(model: nn.Module) -> str | None:
                 return "LoRA adapters merged in place"
         elif isinstance(module, nn.Linear) and not module.weight.dtype.is_floating_point:
             return f"quantised weights ({module.weight.dtype})"
-    if any("4bit" in type(m).__name__.lower() or "8bit" in type(m).__name__.lower() for m in model.modules()):
+    names = [type(m).__name__ for m in model.modules()]
+    if any("4bit" in n.lower() or "8bit" in n.lower() for n in names):
         return "quantised (bitsandbytes) weights"
+    if any("FullyShard" in n or n.startswith("FSDP") for n in names) or any(type(p).__name__ == "DTensor" for p in model.parameters()):
+        return "sharded (FSDP) weights"
     return None
 
 

@@ -323,6 +323,28 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     assert torch.equal(unmerged.eval().recommend(batch, num_results=10, beam_width=12).items, fast.items)
 
 
+def test_static_decoder_runs_qwen3_exactly_and_says_which_models_it_leaves_to_the_slot_decoder(datamodule, batch):
+    """The static decoder writes the decoder layer out itself: Qwen3's (q/k norms, GQA) gives the
+    reference decoder's items and scores; a model type it does not know is left to the slot
+    decoder, with the reason."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from genrec.models.lm_graphs import unsupported_reason
+
+    m = tiny_module(preset_overrides={**TINY, "arch": "qwen3", "num_heads": 4, "num_kv_heads": 2})
+    m.attach_items(datamodule.data.catalog)
+    m.eval()
+    assert unsupported_reason(m.model) is None
+    batch = SeqBatch(batch.users[:3], batch.history[:3], batch.lengths[:3], batch.targets[:3])
+    fast = m.recommend(batch, num_results=10, beam_width=12)
+    assert m._graph_decoder is not None and m._graph_decoder.groups == 2
+    reference = m.recommend(batch, num_results=10, beam_width=12, reference=True)
+    assert torch.equal(fast.items, reference.items)
+    torch.testing.assert_close(fast.scores, reference.scores, atol=1e-4, rtol=0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16))
+    assert unsupported_reason(gpt2).startswith("model type 'gpt2'")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, precision):
