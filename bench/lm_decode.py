@@ -26,6 +26,13 @@ then keep other beams and find other items), with the largest score difference o
 ranked (a few hundredths in bf16; a decoder bug shows as more) and both decoders' users/s.
 ``--profile`` prints the operators of a quarter of the first batch, decoded, by device time
 (torch.profiler).
+
+The decoder is the static-shape one (:mod:`genrec.models.lm_graphs`: CUDA graphs on a GPU) unless
+``--decoder slot`` (the eager slot decoder). Before the timed pass, ``--warmup`` users (default:
+the first batch) are decoded once, so that the graphs of the usual shapes are captured outside
+the timed pass; their capture time is reported separately, as are the host operators per
+decoding step (aten operators dispatched from Python, counted on one batch after the warm-up;
+a graph replay counts as none of them, its kernels run on the device).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -43,6 +50,7 @@ from genrec.data.datamodule import SeqBatch
 from genrec.decoding import BeamResult
 from genrec.metrics import RecEvaluation, cold_exposure
 from genrec.models import LMRecModule
+from genrec.models.lm_graphs import unsupported_reason
 
 TIE = 1e-3
 """Score difference (summed log-probs, float32) within which two decoders' items count as tied."""
@@ -91,6 +99,19 @@ def take_users(loader: Iterator[SeqBatch], limit: int | None) -> list[SeqBatch]:
         batches.append(batch)
         count += len(batch)
     return batches
+
+
+def by_prompt_length(module: LMRecModule, batches: list[SeqBatch], batch_size: int) -> list[SeqBatch]:
+    """The users of ``batches`` re-batched in ``batch_size`` groups, shortest prompt first: a
+    batch's prompts are left-padded to its longest, so users of similar prompt length waste
+    less of the prefill and of the attention on padding. Each user's result does not depend on
+    the others in a batch (up to rounding), and the metrics do not depend on the order."""
+    width = max(b.history.shape[1] for b in batches)
+    history = torch.cat([torch.nn.functional.pad(b.history, (0, width - b.history.shape[1]), value=-1) for b in batches])
+    users, lengths, targets = (torch.cat([getattr(b, name) for b in batches]) for name in ("users", "lengths", "targets"))
+    _, line_len, keep = module.history_lines(history.to(module.line_lengths.device))
+    order = (line_len * keep).sum(1).cpu().argsort(stable=True)
+    return [SeqBatch(users[i], history[i], lengths[i], targets[i]) for i in order.split(batch_size)]
 
 
 def decode_all(module: LMRecModule, batches: list[SeqBatch], device: torch.device, beams: int, precision: str,
@@ -147,6 +168,43 @@ def compare(module: LMRecModule, batches: list[SeqBatch], device: torch.device, 
     return "; ".join(cells)
 
 
+def host_ops_per_step(module: LMRecModule, batch: SeqBatch, device: torch.device, beams: int, precision: str) -> tuple[float, float, int]:
+    """Decode ``batch`` once and count the aten operators dispatched from Python: ``(per step
+    outside the graphed step body, per step inside it, steps)``. On CUDA the body is one graph
+    replay (its operators run as captured kernels, not dispatched); on a CPU, or with the slot
+    decoder, everything runs eagerly."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from genrec.models.lm_graphs import GraphDecoder
+
+    counts = {"outside": 0, "inside": 0}
+    where = ["outside"]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Callable, types, args=(), kwargs=None):
+            counts[where[-1]] += 1
+            return func(*args, **(kwargs or {}))
+
+    run = GraphDecoder._run
+
+    def counted(self: GraphDecoder, *args: int) -> torch.Tensor:
+        where.append("inside")
+        try:
+            return run(self, *args)
+        finally:
+            where.pop()
+
+    module.decode_counts = {}
+    GraphDecoder._run = counted
+    try:
+        with Count():
+            decode_all(module, [batch], device, beams, precision)
+    finally:
+        GraphDecoder._run = run
+    steps = max(module.decode_counts.get("steps", 0), 1)
+    return counts["outside"] / steps, counts["inside"] / steps, steps
+
+
 def profile(module: LMRecModule, batch: SeqBatch, device: torch.device, beams: int, precision: str) -> None:
     """Print the operators of one decoded batch, most device time first."""
     from torch.profiler import ProfilerActivity
@@ -171,6 +229,12 @@ def main() -> None:
                         help="first check the first N users against the reference decoder (module docstring)")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="default: bf16 on a GPU, fp32 on a CPU")
     parser.add_argument("--profile", action="store_true", help="print the operators of a quarter batch by device time")
+    parser.add_argument("--decoder", choices=["static", "static-eager", "slot"], default="static",
+                        help="static: static shapes, CUDA graphs on a GPU (genrec.models.lm_graphs); static-eager: the same "
+                        "decoder without graphs, at exact sizes; slot: the eager slot decoder (genrec.models.lm_decoding)")
+    parser.add_argument("--order", choices=["loader", "length"], default="loader",
+                        help="decode the users in the test loader's order, or re-batched by prompt length (less padding)")
+    parser.add_argument("--warmup", type=int, default=None, metavar="N", help="users decoded before the timed pass (default: one batch)")
     parser.add_argument("--set", action="append", default=[], help="extra CLI override key=value")
     args = parser.parse_args()
     if args.users != "all" and not (args.users.isdigit() and int(args.users) > 0):
@@ -190,21 +254,37 @@ def main() -> None:
     dm.setup("test")
     module.attach_items(dm.data.catalog, dm.data.train_item_counts())
     module.to(device).eval()
+    module.static_decoding = args.decoder != "slot"
+    module.decode_graphs = args.decoder == "static"
+    unsupported = unsupported_reason(module.model) if module.static_decoding else None
+    if unsupported:
+        print(f"the static decoder does not run this model ({unsupported}): decoding with the slot decoder", flush=True)
     total = len(dm.dataset("test"))
     batches = take_users(iter(dm.test_dataloader()), None if args.users == "all" else int(args.users))
     users = sum(len(b) for b in batches)
+    if args.order == "length":
+        batches = by_prompt_length(module, batches, batch_size)
 
     check = "not run"
     if args.compare_reference:
         check = compare(module, take_users(iter(batches), args.compare_reference), device, args.beams, precision)
     first = batches[0]
-    decode_all(module, [head(first, 64)], device, args.beams, precision)
+    warm = take_users(iter(batches), args.warmup or len(first))
+    warm_s = decode_all(module, warm, device, args.beams, precision)[1]
+    engine = getattr(module, "_graph_decoder", None)
+    capture_s = engine.capture_seconds if engine is not None else 0.0
+    outside, inside, steps = host_ops_per_step(module, first, device, args.beams, precision)
+    ops = f"{outside:.0f}" + (f" + {inside:.0f} in the step body" + (" (one graph replay)" if device.type == "cuda" else " (eager)") if inside else "")
+    print(f"warm-up: {sum(len(b) for b in warm)} users in {warm_s:.1f} s (graph capture {capture_s:.1f} s); "
+          f"aten operators per step: {ops}, over {steps} steps of a {len(first)}-user batch", flush=True)
     if args.profile:  # a quarter-size batch: a whole one's trace is hundreds of thousands of kernels
         profile(module, head(first, max(len(first) // 4, 1)), device, args.beams, precision)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     module.decode_counts = {}
     results, seconds = decode_all(module, batches, device, args.beams, precision)
+    engine = getattr(module, "_graph_decoder", None)
+    timed_capture_s = (engine.capture_seconds - capture_s) if engine is not None else 0.0
 
     ranked = torch.cat([r.items for r in results])
     targets = torch.cat([b.targets for b in batches])
@@ -221,14 +301,17 @@ def main() -> None:
     row = {
         "data": dm.name,
         "model": f"{hp.preset or hp.model} ({sum(p.numel() for p in module.parameters()) / 1e6:.1f}M)" + (" ckpt" if args.ckpt else ""),
-        "decoder": "slot (pruned)",
+        "decoder": {"static": "static (pruned, CUDA graphs)" if device.type == "cuda" else "static (pruned)",
+                    "static-eager": "static (pruned, eager)", "slot": "slot (pruned)"}[args.decoder if not unsupported else "slot"],
         "precision": precision,
         "users": f"{users:,} of {total:,}",
-        "batch": batch_size,
+        "batch": batch_size if args.order == "loader" else f"{batch_size} by prompt length",
         "beam": args.beams,
         "K": module.num_results,
         "decode s": f"{seconds:.1f}",
         "users/s": f"{users / seconds:.1f}",
+        "aten ops/step": ops,
+        "graph capture s": f"{capture_s:.1f} warm-up + {timed_capture_s:.1f} timed",
         "test R@10": f"{metrics.get('test/recall@10', float('nan')):.4f}",
         "test N@10": f"{metrics.get('test/ndcg@10', float('nan')):.4f}",
         "cold R@10": f"{metrics.get('test/cold/recall@10', float('nan')):.4f}",

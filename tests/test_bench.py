@@ -253,9 +253,10 @@ def test_lm_fit_only_prints_training_throughput(tmp_path, monkeypatch, capsys):
 
 
 def test_lm_decode_benchmark_checks_the_reference_and_records_quality(tmp_path, monkeypatch):
-    """bench.lm_decode on a tiny from-scratch LM: the float32 check against the reference decoder
-    passes, and the row has users/s, the test metrics, the cold exposure and the pruning share;
-    a list that differs beyond a tie stops the run."""
+    """bench.lm_decode on a tiny from-scratch LM (users re-batched by prompt length): the float32
+    check against the reference decoder passes, and the row has users/s, the test metrics, the
+    cold exposure, the pruning share and the operators per step; a list that differs beyond a
+    tie stops the run; by_prompt_length keeps every user once, shortest prompt first."""
     import functools
     import sys
 
@@ -272,15 +273,17 @@ def test_lm_decode_benchmark_checks_the_reference_and_records_quality(tmp_path, 
     monkeypatch.setattr(lm_decode, "record", functools.partial(record, path=bench_file))
     monkeypatch.setattr(sys, "argv", [
         "lm_decode", "--data", str(data), "--model", str(ROOT / "configs/lm/tiny-scratch.yaml"), "--users", "10", "--batch", "4",
-        "--beams", "12", "--compare-reference", "6",
+        "--beams", "12", "--compare-reference", "6", "--order", "length",
         "--set", "model.init_args.preset_overrides={num_layers: 1, hidden_size: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}"])
     lm_decode.main()
     table = bench_file.read_text()
     header, _, row = (line.split(" | ") for line in table.strip().splitlines()[-3:])
     cells = dict(zip(header, row, strict=True))
     assert cells["users"] == "10 of 40" and cells["lists valid"] == "10/10" and float(cells["users/s"]) > 0
+    assert cells["batch"] == "4 by prompt length"
     assert cells["reference check"].startswith("fp32: 6/6 identical, 0 tied, 0 different, same-item score gap")
     assert 0 <= float(cells["test R@10"]) <= 1 and "of full search" in cells["beam tokens fed"]
+    assert "in the step body (eager)" in cells["aten ops/step"] and cells["decoder"] == "static (pruned)"  # on a CPU: no graphs
 
     scores = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -3.0], [-1.0, -2.0, -3.0]])
     a = BeamResult(torch.tensor([[1, 2, 3], [1, 2, 3], [1, 2, 3]]), scores)
@@ -289,3 +292,41 @@ def test_lm_decode_benchmark_checks_the_reference_and_records_quality(tmp_path, 
     assert lm_decode.common_item_gap(a, b) == 0.0  # item 4 is only in one list; the shared ones agree
     shifted = BeamResult(b.items, b.scores - torch.tensor([0.0, 0.25, 0.0])[:, None])
     assert lm_decode.common_item_gap(a, shifted) == 0.25
+
+    class Lines:  # history_lines of a module whose item i's line has i + 1 tokens, all kept
+        line_lengths = torch.zeros(1)
+
+        @staticmethod
+        def history_lines(history):
+            return history.clamp(min=0), (history + 1) * (history >= 0), history >= 0
+
+    from genrec.data.datamodule import SeqBatch
+    loader = [SeqBatch(torch.tensor([0, 1]), torch.tensor([[5, 5], [1, -1]]), torch.tensor([2, 1]), torch.tensor([7, 8])),
+              SeqBatch(torch.tensor([2]), torch.tensor([[3, 2, 0]]), torch.tensor([3]), torch.tensor([9]))]
+    regrouped = lm_decode.by_prompt_length(Lines, loader, 2)  # prompt tokens: user 0: 12, user 1: 2, user 2: 7
+    assert [b.users.tolist() for b in regrouped] == [[1, 2], [0]]
+    assert regrouped[0].history.tolist() == [[1, -1, -1], [3, 2, 0]] and regrouped[1].targets.tolist() == [7]
+
+
+def test_lm_decode_noise_scores_the_targets_alike_three_ways_in_float32(tmp_path, monkeypatch, capsys):
+    """bench.lm_decode_noise: in float32 the plain forward pass, the reference decoder's steps
+    and the static decoder's steps give each target the same summed log-prob (the table's fp32
+    rows read 0); the bf16 rows and the pairwise gaps are printed."""
+    import sys
+
+    import yaml
+
+    from bench import lm_decode_noise
+    from tests.test_configs import ROOT, TINY_DATA
+
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    monkeypatch.setattr(sys, "argv", [
+        "lm_decode_noise", "--data", str(data), "--model", str(ROOT / "configs/lm/tiny-scratch.yaml"), "--users", "3",
+        "--set", "model.init_args.preset_overrides={num_layers: 1, hidden_size: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}"])
+    lm_decode_noise.main()
+    lines = capsys.readouterr().out.splitlines()
+    fp32 = [line for line in lines if line.startswith("fp32 ")]
+    assert len(fp32) == 3 and all(float(line.rsplit("max |.| ", 1)[1]) < 1e-3 for line in fp32)
+    assert len([line for line in lines if line.startswith("bf16 ")]) == 6
+    assert lines[0].startswith("3 users, target score (fp32, plain) mean -")

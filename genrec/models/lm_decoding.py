@@ -1,10 +1,12 @@
 """Title-constrained beam decoding of the LM recommender: the prompt prefilled once per user,
 its keys/values shared by the user's beams.
 
-Two decoders share the model and give the same items (``tests/models/test_lm_rec.py``):
+Two decoders share the model and give the same items (``tests/models/test_lm_rec.py``); a
+third, :mod:`genrec.models.lm_graphs`, is the slot decoder with static shapes replayed as CUDA
+graphs, and is what :meth:`~genrec.models.LMRecModule.recommend` runs for the models it supports
+(Llama, Qwen3), the slot decoder below for any other:
 
-* **Slot decoding** (:class:`SlotKV`, :func:`slot_step`; what
-  :meth:`~genrec.models.LMRecModule.recommend` runs) serves
+* **Slot decoding** (:class:`SlotKV`, :func:`slot_step`) serves
   :func:`genrec.decoding.pruned_beam_search`, which asks the model only for the beams that
   can still reach the top ``K``. Each layer keeps one preallocated buffer per user,
   ``[U, kv_heads, S + T * W, d]``: the prompt's keys/values in columns ``0 .. S-1`` (written

@@ -74,6 +74,7 @@ from genrec.models.lm_decoding import (
     shared_prefix_attention,
     slot_step,
 )
+from genrec.models.lm_graphs import graph_decode  # issue 20 (decode)
 from genrec.models.presets import LMRecConfig
 from genrec.models.tiger import fused_adamw, lr_schedule
 
@@ -692,13 +693,27 @@ class LMRecModule(L.LightningModule):
             return constrained_beam_search(self.beam_step, self.trie(), batch_size=B, beam_width=W, num_results=K, state=self.initial_state(batch))
         trie = self.trie()
         inputs = self.lm_inputs(batch, with_target=False)
-        state = BeamState(inputs=inputs, kv=SlotKV(inputs.attention_mask, W, trie.max_depth))
-        with merged_lora(self.model):
-            result = pruned_beam_search(functools.partial(slot_step, self), trie, batch_size=B, beam_width=W, num_results=K, state=state)
-        kv = state.kv
-        counts = {"users": B, "steps": kv.step, "beam tokens": kv.fed, "full search beam tokens": B * W * kv.step}
+        # issue 20 (decode): the static-shape, CUDA-graphed decoder (genrec.models.lm_graphs) when
+        # the model is one it runs and ``self.static_decoding`` is on; else the slot decoder.
+        graphed = graph_decode(self, inputs, W, K) if getattr(self, "static_decoding", True) else None
+        if graphed is not None:
+            result, decoder = graphed
+            steps, fed = decoder.step_index, decoder.fed
+        else:
+            state = BeamState(inputs=inputs, kv=SlotKV(inputs.attention_mask, W, trie.max_depth))
+            with merged_lora(self.model):
+                result = pruned_beam_search(functools.partial(slot_step, self), trie, batch_size=B, beam_width=W, num_results=K, state=state)
+            steps, fed = state.kv.step, state.kv.fed
+        counts = {"users": B, "steps": steps, "beam tokens": fed, "full search beam tokens": B * W * steps}
         self.decode_counts = {key: self.decode_counts.get(key, 0) + value for key, value in counts.items()}
         return result
+
+    # issue 20 (decode): the static decoder's buffers (lm_graphs.GraphDecoder, GBs on a GPU) are
+    # kept from batch to batch of a stage and released at its end, before training resumes.
+    def on_validation_epoch_end(self) -> None:
+        self._graph_decoder = None
+
+    on_test_epoch_end = on_predict_epoch_end = on_validation_epoch_end
 
     def initial_state(self, batch: SeqBatch) -> BeamState:
         """The state of :meth:`beam_step` before the first token: the prompts, no keys/values yet."""

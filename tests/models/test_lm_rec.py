@@ -236,21 +236,25 @@ def test_recommendations_are_distinct_catalogue_items(module, batch):
 
 def test_exhaustive_beam_search_equals_brute_force_and_unpadded_rows(module, batch):
     """Beam width = all items is exact: the prefill, the cache reorder and the left padding
-    must give the sequence log-probs of teacher forcing, and each row alone (no padding) the same."""
+    must give the sequence log-probs of teacher forcing, and each row alone (no padding) the same;
+    also with the static decoder padded to its CUDA graphs' buckets (run eagerly here)."""
     module.eval()
     n = module.trie().num_items
     with torch.no_grad():
-        result = module.recommend(batch, num_results=10, beam_width=n)
         brute = score_all_items(module.beam_step, module.trie(), len(batch), module.initial_state(batch))
     top = brute.topk(10, dim=1)
-    assert torch.equal(module.trie().items[top.indices], result.items)
-    assert torch.allclose(top.values, result.scores, atol=1e-4)
-    for row in (0, len(batch) - 1):
-        width = int(batch.lengths[row])
-        alone = SeqBatch(batch.users[row : row + 1], batch.history[row : row + 1, :width], batch.lengths[row : row + 1], batch.targets[row : row + 1])
-        single = module.recommend(alone, num_results=10, beam_width=n)
-        assert torch.equal(single.items[0], result.items[row])
-        assert torch.allclose(single.scores[0], result.scores[row], atol=1e-4)
+    for padded in (False, True):
+        module.decode_padded = padded
+        result = module.recommend(batch, num_results=10, beam_width=n)
+        assert module._graph_decoder.padded == padded
+        assert torch.equal(module.trie().items[top.indices], result.items)
+        assert torch.allclose(top.values, result.scores, atol=1e-4)
+        for row in (0, len(batch) - 1) if not padded else ():
+            width = int(batch.lengths[row])
+            alone = SeqBatch(batch.users[row : row + 1], batch.history[row : row + 1, :width], batch.lengths[row : row + 1], batch.targets[row : row + 1])
+            single = module.recommend(alone, num_results=10, beam_width=n)
+            assert torch.equal(single.items[0], result.items[row])
+            assert torch.allclose(single.scores[0], result.scores[row], atol=1e-4)
 
 
 @contextlib.contextmanager
@@ -267,14 +271,21 @@ def nan_filled_empty_tensors():
         torch.utils.deterministic.fill_uninitialized_memory = previous[1]
 
 
-def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_dropped(datamodule, batch, monkeypatch):
-    """Below exhaustive width the two decoders still agree: the slot decoder (pruned beams,
-    in-place slot buffers, LoRA merged, finished users dropped from the buffers) gives the
+@pytest.mark.parametrize("decoder", ["padded", "exact", "slot"])
+def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_dropped(datamodule, batch, monkeypatch, decoder):
+    """Below exhaustive width the decoders still agree: the slot decoder (pruned beams,
+    in-place slot buffers, LoRA merged, finished users dropped from the buffers) and the
+    static decoder of genrec.models.lm_graphs, eager at exact sizes or padded to the buckets
+    of its CUDA graphs (padding rows, a spare row and column, power-of-two users), give the
     reference decoder's items and scores; the merged weights leave the module untouched."""
+    static = decoder != "slot"
     from genrec.models.lm_decoding import SlotKV
+    from genrec.models.lm_graphs import GraphDecoder
 
     m = tiny_module(lora=True, lora_r=4)
     m.attach_items(datamodule.data.catalog)
+    m.static_decoding = static
+    m.decode_padded = decoder == "padded"
     torch.manual_seed(1)
     for name, p in m.named_parameters():
         if "lora_B" in name:  # B starts at zero: make the adapter change the model
@@ -282,20 +293,101 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     m.eval()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     compacted = []
-    original = SlotKV.compact
-    monkeypatch.setattr(SlotKV, "compact", lambda self, active: (compacted.append((self.users.numel(), active.numel())), original(self, active)))
+    if static:
+        original = GraphDecoder.compact
+        monkeypatch.setattr(GraphDecoder, "compact", lambda self, active, bucket: (
+            compacted.append((self.bucket, active.numel(), bucket)), original(self, active, bucket)))
+    else:
+        original = SlotKV.compact
+        monkeypatch.setattr(SlotKV, "compact", lambda self, active: (compacted.append((self.users.numel(), active.numel())), original(self, active)))
     with nan_filled_empty_tensors():  # columns a beam never wrote must not matter
         fast = m.recommend(batch, num_results=10, beam_width=12)
     reference = m.recommend(batch, num_results=10, beam_width=12, reference=True)
     assert torch.equal(fast.items, reference.items)
     torch.testing.assert_close(fast.scores, reference.scores, atol=1e-4, rtol=0)
-    assert compacted and all(kept <= 0.75 * held for held, kept in compacted)
+    if decoder == "padded":  # packed into the next smaller power-of-two bucket of users
+        assert compacted and all(kept <= bucket < held for held, kept, bucket in compacted)
+    elif decoder == "exact":
+        assert compacted and all(kept == bucket <= 0.75 * held for held, kept, bucket in compacted)
+    else:
+        assert compacted and all(kept <= 0.75 * held for held, kept in compacted)
+    if static:
+        assert m._graph_decoder.padded == (decoder == "padded")
+        assert m._graph_decoder.fed == m.decode_counts["beam tokens"] < m.decode_counts["full search beam tokens"]
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
     unmerged = tiny_module(lora=True, lora_r=4)
     unmerged.load_state_dict(m.state_dict())
     unmerged.attach_items(datamodule.data.catalog)
+    unmerged.static_decoding = False  # the slot decoder with the adapters unmerged
     monkeypatch.setattr("genrec.models.lm_rec.merged_lora", lambda model: contextlib.nullcontext(False))
     assert torch.equal(unmerged.eval().recommend(batch, num_results=10, beam_width=12).items, fast.items)
+
+
+def test_static_decoder_runs_qwen3_exactly_and_says_which_models_it_leaves_to_the_slot_decoder(datamodule, batch):
+    """The static decoder writes the decoder layer out itself: Qwen3's (q/k norms, GQA) gives the
+    reference decoder's items and scores; a model type it does not know is left to the slot
+    decoder, with the reason."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from genrec.models.lm_graphs import unsupported_reason
+
+    m = tiny_module(preset_overrides={**TINY, "arch": "qwen3", "num_heads": 4, "num_kv_heads": 2})
+    m.attach_items(datamodule.data.catalog)
+    m.eval()
+    assert unsupported_reason(m.model) is None
+    batch = SeqBatch(batch.users[:3], batch.history[:3], batch.lengths[:3], batch.targets[:3])
+    fast = m.recommend(batch, num_results=10, beam_width=12)
+    assert m._graph_decoder is not None and m._graph_decoder.groups == 2
+    reference = m.recommend(batch, num_results=10, beam_width=12, reference=True)
+    assert torch.equal(fast.items, reference.items)
+    torch.testing.assert_close(fast.scores, reference.scores, atol=1e-4, rtol=0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16))
+    assert unsupported_reason(gpt2).startswith("model type 'gpt2'")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, precision):
+    """On a GPU the static-shape decoder replays one CUDA graph per (users, rows) bucket: the
+    replayed steps give the eager padded steps' items and scores, are captured once and replayed
+    for a second batch (the weights refreshed in place), and in float32 give the reference
+    decoder's items."""
+    m = tiny_module(lora=True, lora_r=4)
+    m.attach_items(datamodule.data.catalog)
+    torch.manual_seed(1)
+    for name, p in m.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+    m = m.cuda().eval()
+    gpu = batch.to("cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16")
+    results = {}
+    m.decode_padded = True  # the eager steps take the graphs' padded shapes: the same kernels
+    for graphs in (False, True):
+        m.decode_graphs = graphs
+        with autocast:
+            results[graphs] = m.recommend(gpu, num_results=10, beam_width=12)
+    decoder = m._graph_decoder
+    assert decoder.graphs and decoder.replays > 0 and len(decoder.graph_cache) > 0
+    assert torch.equal(results[True].items, results[False].items)
+    torch.testing.assert_close(results[True].scores, results[False].scores, atol=1e-5, rtol=0)
+    if precision == "fp32":
+        reference = m.recommend(gpu, num_results=10, beam_width=12, reference=True)
+        assert torch.equal(results[True].items, reference.items)
+        torch.testing.assert_close(results[True].scores, reference.scores, atol=1e-3, rtol=0)
+    with torch.no_grad():  # new weights: the captured graphs must read the refreshed copies
+        for name, p in m.named_parameters():
+            if "lora_B" in name:
+                p.mul_(-1)
+    replays = decoder.replays
+    with autocast:
+        replayed = m.recommend(gpu, num_results=10, beam_width=12)
+    assert m._graph_decoder is decoder and decoder.replays > replays  # the same engine, its graphs replayed
+    m.decode_graphs = False
+    with autocast:
+        eager = m.recommend(gpu, num_results=10, beam_width=12)
+    assert torch.equal(replayed.items, eager.items) and not torch.equal(replayed.items, results[True].items)
+    torch.testing.assert_close(replayed.scores, eager.scores, atol=1e-5, rtol=0)
 
 
 # ---- options ------------------------------------------------------------------------------------

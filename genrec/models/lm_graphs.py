@@ -1,0 +1,487 @@
+"""Static-shape slot decoding of the LM recommender, each step one CUDA-graph replay (issue 20).
+
+The slot decoder of :mod:`genrec.models.lm_decoding` runs the ``transformers`` model on the live
+beams of every step: about 25 operators per layer, each a kernel launch and some 80 us of
+Python, with shapes that change every step. On an H200 its GPU waited on the host five times
+over. This decoder computes the same thing with static shapes, so that a step is one graph:
+
+* **The model's own arithmetic, written out once** (:class:`DecoderWeights`): the Llama / Qwen3
+  decoder layer (RMSNorm, fused q/k/v and gate/up projections, rotary embedding, SiLU MLP) on
+  weight copies in the compute dtype, LoRA merged (:func:`~genrec.models.lm_decoding.merged_lora`),
+  refreshed before every batch (so a decode inside training sees the current weights).
+* **Static buffers per engine** (:class:`GraphDecoder`, ``cap`` users, ``W`` slots, ``T``
+  steps): per layer one key and one value buffer ``[cap + 1, kv_heads, C, d]``, the prompt
+  right-aligned in columns ``0 .. P-1`` (``P``: the widest prompt the module makes) and the
+  token of slot ``w`` at step ``t`` in column ``P + t * W + w``, as the slot decoder lays them
+  out; row ``cap`` and the last column take the writes of padding rows and are never visible to
+  a real beam. Which columns a slot sees (its prompt and its ancestors) is a boolean table,
+  updated from the parents each step; the attention mask of the step is built from it inside
+  the graph.
+* **Buckets**: the ``R`` live beams of a step are padded to ``R_b``, a power of two; the users
+  still in the search are packed into the first ``U_b`` rows (a power of two, compacted when
+  half or fewer are left). One graph per ``(U_b, R_b)``, captured on first use and replayed.
+  Nothing in a step syncs with the host except the search's own row count.
+* Off CUDA (or with ``graphs=False``) the same step runs eagerly. Static shapes then buy
+  nothing and cost padding, so by default the eager step takes the exact sizes instead (``R``
+  rows, the held users, compacted as the slot decoder does, and the columns in use); with
+  ``padded=True`` it pads as the graphs do. The exactness tests run both on the CPU against
+  brute force and the reference decoder; a CUDA test checks the replayed graphs against eager
+  padded steps.
+
+Switches (attributes of :class:`~genrec.models.LMRecModule`, not constructor arguments):
+``static_decoding`` (default on: this decoder when the model is one it runs, else the slot
+decoder), ``decode_graphs`` (default on: CUDA graphs on a GPU) and ``decode_padded`` (default:
+as ``decode_graphs`` on the module's device).
+
+Attention is one fused ``scaled_dot_product_attention`` per layer over ``[U_b + 1, kv_heads,
+W * g, C]`` with the additive mask (the memory-efficient kernel on CUDA; the flash kernel takes no
+mask). Prompt and beam columns share the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genrec.decoding import BeamResult, LiveBeams, pruned_beam_search
+from genrec.models.lm_decoding import COMPACT_FRACTION, merged_lora
+
+if TYPE_CHECKING:
+    from genrec.models.lm_rec import LMInputs, LMRecModule
+
+SUPPORTED = ("llama", "qwen3")
+"""``config.model_type`` values whose decoder layer :class:`DecoderWeights` reproduces."""
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _linear_weight(linear: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """A projection's weight ``[out, in]`` and bias (``None``), through a peft LoRA wrapper's base layer."""
+    base = getattr(linear, "base_layer", linear)
+    return base.weight, base.bias
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """Why :class:`GraphDecoder` cannot run ``model`` (a ``*ForCausalLM``, possibly peft-wrapped),
+    or ``None`` when it can: a Llama or Qwen3 decoder with plain float ``nn.Linear``
+    projections, LoRA mergeable in float32."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in SUPPORTED:
+        return f"model type {getattr(config, 'model_type', None)!r} (supported: {', '.join(SUPPORTED)})"
+    for module in model.modules():
+        base = getattr(module, "base_layer", None)
+        if hasattr(module, "lora_A"):
+            if type(base) is not nn.Linear or base.weight.dtype != torch.float32 or getattr(module, "lora_variant", None):
+                return "LoRA on weights that are not float32 nn.Linear (not mergeable exactly)"
+            if module.merged:
+                return "LoRA adapters merged in place"
+        elif isinstance(module, nn.Linear) and not module.weight.dtype.is_floating_point:
+            return f"quantised weights ({module.weight.dtype})"
+    names = [type(m).__name__ for m in model.modules()]
+    if any("4bit" in n.lower() or "8bit" in n.lower() for n in names):
+        return "quantised (bitsandbytes) weights"
+    if any("FullyShard" in n or n.startswith("FSDP") for n in names) or any(type(p).__name__ == "DTensor" for p in model.parameters()):
+        return "sharded (FSDP) weights"
+    return None
+
+
+def _causal_lm(model: nn.Module) -> nn.Module:
+    """The ``*ForCausalLM`` inside a peft wrapper (or ``model`` itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if get_base is not None else model
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer's weights in the compute dtype (norm weights as the model keeps them)."""
+
+    input_norm: Tensor  # [h]
+    qkv: Tensor  # [(H + 2 kvh) d, h]
+    qkv_bias: Tensor | None
+    q_norm: Tensor | None  # [d] (Qwen3)
+    k_norm: Tensor | None
+    o: Tensor  # [h, H d]
+    o_bias: Tensor | None
+    post_norm: Tensor  # [h]
+    gate_up: Tensor  # [2 I, h]
+    down: Tensor  # [h, I]
+
+
+class DecoderWeights:
+    """The decoder's weights, copied once into static tensors (graphs hold their addresses) and
+    refreshed in place by :meth:`load` before each batch.
+
+    Args:
+        module: the recommender; its ``model`` must pass :func:`unsupported_reason`.
+        dtype: the compute dtype of the projections (bf16 under autocast, else the weights').
+    """
+
+    def __init__(self, module: LMRecModule, dtype: torch.dtype) -> None:
+        lm = _causal_lm(module.model)
+        config = lm.config
+        self.dtype = dtype
+        self.num_heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.eps = config.rms_norm_eps
+        from transformers.activations import ACT2FN
+
+        self.act = ACT2FN[config.hidden_act]  # (Liger's SwiGLU MLP keeps no act_fn)
+        self.scaling = lm.model.layers[0].self_attn.scaling
+        self.rotary = lm.model.rotary_emb
+        self.layers: list[LayerWeights] = []
+        self.embed = self.final_norm = self.lm_head = torch.empty(0)
+        self.load(module)
+
+    def _tensors(self, module: LMRecModule) -> dict[str, Any]:
+        """The current (LoRA-merged, when inside :func:`merged_lora`) weights, cast."""
+        lm = _causal_lm(module.model)
+        dt = self.dtype
+
+        def cat(*linears: nn.Module) -> tuple[Tensor, Tensor | None]:
+            weights, biases = zip(*(_linear_weight(x) for x in linears), strict=True)
+            bias = None if all(b is None for b in biases) else torch.cat(
+                [b if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(weights, biases, strict=True)])
+            return torch.cat(weights).to(dt), None if bias is None else bias.to(dt)
+
+        layers = []
+        for layer in lm.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv, qkv_bias = cat(attn.q_proj, attn.k_proj, attn.v_proj)
+            o, o_bias = _linear_weight(attn.o_proj)
+            gate_up, gate_up_bias = cat(mlp.gate_proj, mlp.up_proj)
+            down, down_bias = _linear_weight(mlp.down_proj)
+            if gate_up_bias is not None or down_bias is not None:
+                raise ValueError("graph decoding: MLP biases are not supported")
+            q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+            layers.append(LayerWeights(
+                input_norm=layer.input_layernorm.weight.detach(), qkv=qkv, qkv_bias=qkv_bias,
+                q_norm=None if q_norm is None else q_norm.weight.detach(), k_norm=None if k_norm is None else k_norm.weight.detach(),
+                o=o.detach().to(dt), o_bias=None if o_bias is None else o_bias.detach().to(dt),
+                post_norm=layer.post_attention_layernorm.weight.detach(), gate_up=gate_up, down=down.detach().to(dt),
+            ))
+        return {"layers": layers, "embed": lm.get_input_embeddings().weight.detach(), "final_norm": lm.model.norm.weight.detach(),
+                "lm_head": _linear_weight(lm.get_output_embeddings())[0].detach().to(dt)}
+
+    @torch.no_grad()
+    def load(self, module: LMRecModule) -> None:
+        """Copy the module's current weights (LoRA merged) into the static tensors."""
+        adapted = any(hasattr(m, "lora_A") for m in module.model.modules())
+        with merged_lora(module.model) as merged:
+            if adapted and not merged:
+                raise RuntimeError("graph decoding: the LoRA adapters could not be merged (see unsupported_reason)")
+            fresh = self._tensors(module)
+        if not self.layers:
+            # Own copies (the embeddings and norms too): the graphs keep these addresses, and
+            # merged_lora's merged weights are temporaries.
+            self.layers = [LayerWeights(**{k: None if v is None else v.clone() for k, v in vars(x).items()}) for x in fresh["layers"]]
+            self.embed, self.final_norm, self.lm_head = (fresh[k].clone() for k in ("embed", "final_norm", "lm_head"))
+            return
+        for mine, new in zip(self.layers, fresh["layers"], strict=True):
+            for key, value in vars(new).items():
+                if value is not None:
+                    getattr(mine, key).copy_(value)
+        for key in ("embed", "final_norm", "lm_head"):
+            getattr(self, key).copy_(fresh[key])
+
+    def norm(self, x: Tensor, weight: Tensor) -> Tensor:
+        """``transformers``' RMSNorm: in float32, scaled back in ``x``'s dtype."""
+        xf = x.float()
+        return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        return F.linear(x.to(self.dtype), weight, bias)
+
+    def qkv(self, layer: LayerWeights, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries ``[..., H, d]``, keys and values ``[..., kvh, d]`` of hidden states ``x [..., h]``
+        (rotary embedding ``cos``/``sin`` ``[..., d]`` float32 applied, as ``transformers`` does
+        under autocast: in float32, then cast)."""
+        H, kvh, d = self.num_heads, self.kv_heads, self.head_dim
+        qkv = self.linear(self.norm(x, layer.input_norm), layer.qkv, layer.qkv_bias)
+        q, k, v = qkv.split([H * d, kvh * d, kvh * d], dim=-1)
+        q, k, v = q.unflatten(-1, (H, d)), k.unflatten(-1, (kvh, d)), v.unflatten(-1, (kvh, d))
+        if layer.q_norm is not None:
+            q, k = self.norm(q, layer.q_norm), self.norm(k, layer.k_norm)
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+        q = (q * cos + _rotate_half(q) * sin).to(self.dtype)
+        k = (k * cos + _rotate_half(k) * sin).to(self.dtype)
+        return q, k, v.to(self.dtype)
+
+    def finish_layer(self, layer: LayerWeights, x: Tensor, attended: Tensor) -> Tensor:
+        """Residual stream ``x [..., h]`` after the attention output ``attended [..., H * d]`` and the MLP."""
+        x = x + self.linear(attended, layer.o, layer.o_bias).to(x.dtype)
+        gate, up = self.linear(self.norm(x, layer.post_norm), layer.gate_up).chunk(2, dim=-1)
+        return x + self.linear(self.act(gate) * up, layer.down).to(x.dtype)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """``[R, h]`` last hidden states -> ``[R, V]`` logits in the compute dtype."""
+        return self.linear(self.norm(x, self.final_norm), self.lm_head)
+
+    def log_probs(self, x: Tensor) -> Tensor:
+        """``[R, h]`` last hidden states -> ``[R, V]`` float32 next-token log-probs."""
+        return torch.log_softmax(self.logits(x), dim=-1, dtype=torch.float32)
+
+    def rotary_table(self, positions: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``cos``, ``sin`` ``[positions, d]`` float32 of positions ``0 .. positions - 1``."""
+        ids = torch.arange(positions, device=device)[None]
+        cos, sin = self.rotary(torch.zeros(1, dtype=torch.float32, device=device), ids)
+        return cos[0].float(), sin[0].float()
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _attention_kernels(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """CUDA: the memory-efficient kernel (takes an additive mask), else the math one."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+class GraphDecoder:
+    """Static buffers, the prefill and the graphed step of one decoding shape (module docstring).
+
+    Args:
+        weights: the decoder's weights.
+        capacity: ``cap``, the most users a batch holds.
+        width: ``W`` beam slots per user.
+        steps: ``T``, the most tokens a beam feeds (the trie's depth).
+        prompt_width: ``P``, the widest prompt (``max_prompt_tokens``).
+        graphs: capture and replay CUDA graphs (ignored off CUDA: the step runs eagerly).
+        padded: pad to the buckets (always with graphs); else exact sizes (module docstring).
+    """
+
+    def __init__(self, weights: DecoderWeights, capacity: int, width: int, steps: int, prompt_width: int, device: torch.device,
+                 graphs: bool = True, padded: bool | None = None) -> None:
+        self.w, self.capacity, self.width, self.steps, self.prompt_width = weights, capacity, width, max(steps, 1), prompt_width
+        self.device = device
+        self.graphs = graphs and device.type == "cuda"
+        self.padded = self.graphs or bool(padded)
+        kvh, d, H = weights.kv_heads, weights.head_dim, weights.num_heads
+        self.groups = H // kvh
+        generated = self.steps * width + 1  # the beams' columns and the padding rows' one
+        self.columns = -(-(prompt_width + generated) // 8) * 8  # aligned rows for the fused kernel
+        self.trash = self.columns - 1  # written by padding rows, seen by no real beam
+        rows, dt = capacity + 1, weights.dtype
+        # Zeros: every value ever written is finite, so masked columns never carry NaN into 0 * v.
+        self.keys = [torch.zeros(rows, kvh, self.columns, d, dtype=dt, device=device) for _ in weights.layers]
+        self.values = [torch.zeros_like(k) for k in self.keys]
+        self.prompt_seen = torch.zeros(rows, prompt_width, dtype=torch.bool, device=device)  # [cap+1, P]
+        self.beam_seen = torch.zeros(rows, width, self.columns - prompt_width, dtype=torch.bool, device=device)  # [cap+1, W, C-P]
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)  # [cap+1] real prompt tokens
+        self.bias = torch.zeros(rows, width, self.groups, self.columns, dtype=dt, device=device)
+        self.queries = torch.zeros(rows, kvh, width * self.groups, d, dtype=dt, device=device)
+        most = capacity * width
+        self.inputs = torch.zeros(5, most, dtype=torch.long, device=device)  # token, position, user, slot, column
+        # The graphs' static output, [cap * W, V] (eager steps return fresh log-probs instead).
+        self.out = torch.zeros(most if self.graphs else 0, weights.embed.shape[0], dtype=torch.float32, device=device)
+        self.cos, self.sin = weights.rotary_table(prompt_width + self.steps + 1, device)
+        self.held: Tensor = torch.zeros(0, dtype=torch.long, device=device)  # batch rows of the packed users
+        self.bucket = 0  # U_b
+        self.step_index = 0
+        self.fed = 0
+        self.graph_cache: dict[tuple[int, int], Any] = {}
+        self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
+        self.capture_seconds = 0.0
+        self.replays = 0
+
+    # ---- prefill -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def prefill(self, module: LMRecModule, inputs: LMInputs) -> Tensor:
+        """Run the ``[B, S]`` left-padded prompts, keep their keys/values right-aligned in the
+        buffers' first ``P`` columns, reset the beam state; ``[B, V]`` float32 log-probs of the
+        first title token."""
+        B, S = inputs.input_ids.shape
+        P, w = self.prompt_width, self.w
+        mask = inputs.attention_mask.bool()
+        self.prompt_seen.zero_()
+        self.prompt_seen[:B, P - S:] = mask
+        self.prompt_seen[B:, P - 1] = True  # rows without a user see one (zero) column: finite
+        self.beam_seen.zero_()
+        self.lengths.zero_()
+        self.lengths[:B] = mask.sum(1)
+        self.held = torch.arange(B, device=self.device)
+        self.bucket = min(_next_pow2(B), self.capacity) if self.padded else B
+        self.step_index = self.fed = 0
+        x = module.embed(inputs)  # [B, S, h]
+        cos, sin = self.cos[inputs.position_ids], self.sin[inputs.position_ids]  # [B, S, d]
+        causal = torch.ones(S, S, dtype=torch.bool, device=self.device).tril()
+        # Padding queries see themselves too: their rows stay finite (their keys are never seen).
+        allowed = (causal & mask[:, None, :]) | torch.eye(S, dtype=torch.bool, device=self.device)  # [B, S, S]
+        for layer, keys, values in zip(w.layers, self.keys, self.values, strict=True):
+            q, k, v = w.qkv(layer, x, cos, sin)  # [B, S, heads, d]
+            keys[:B, :, P - S : P] = k.transpose(1, 2)
+            values[:B, :, P - S : P] = v.transpose(1, 2)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            if self.groups > 1:
+                k, v = k.repeat_interleave(self.groups, dim=1), v.repeat_interleave(self.groups, dim=1)
+            with _attention_kernels(self.device):
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=w.scaling)  # [B, H, S, d]
+            x = w.finish_layer(layer, x, out.transpose(1, 2).flatten(2))
+        return w.log_probs(x[:, -1])
+
+    # ---- one step ------------------------------------------------------------------------------
+
+    def _run(self, users: int, rows: int, columns: int) -> Tensor:
+        """The step on the static buffers (the graph body): ``users`` = ``U_b``, ``rows`` = ``R_b``,
+        attending over the first ``columns`` columns; ``[rows, V]`` float32 log-probs (with
+        graphs: a view of the static output)."""
+        w, W, g, kvh, d = self.w, self.width, self.groups, self.w.kv_heads, self.w.head_dim
+        token, position, user, slot, column = self.inputs[:, :rows]
+        U = users + 1  # the packed users and the padding rows' row
+        seen = torch.cat([self.prompt_seen[:U, None, :].expand(U, W, -1), self.beam_seen[:U, :, : columns - self.prompt_width]], dim=2)
+        zero = torch.zeros((), dtype=self.bias.dtype, device=self.device)
+        self.bias[:U, :, :, :columns] = torch.where(seen, zero, float("-inf"))[:, :, None, :]  # [U, W, g, columns]
+        # Sliced from rows of the full aligned width: the fused kernel wants an aligned stride.
+        bias = self.bias[:U].view(U, 1, W * g, self.columns)[..., :columns]
+        queries = self.queries[:U]
+        slots = queries.view(U, kvh, W, g, d)
+        x = w.embed[token]  # [R, h]
+        cos, sin = self.cos[position], self.sin[position]
+        for layer, keys, values in zip(w.layers, self.keys, self.values, strict=True):
+            q, k, v = w.qkv(layer, x, cos, sin)  # [R, H, d], [R, kvh, d]
+            keys[user, :, column] = k
+            values[user, :, column] = v
+            slots[user, :, slot] = q.view(rows, kvh, g, d)
+            with _attention_kernels(self.device):
+                out = F.scaled_dot_product_attention(queries, keys[:U, :, :columns], values[:U, :, :columns], attn_mask=bias, scale=w.scaling)
+            attended = out.view(U, kvh, W, g, d)[user, :, slot]  # [R, kvh, g, d]
+            x = w.finish_layer(layer, x, attended.reshape(rows, -1))
+        if not self.graphs:
+            return w.log_probs(x)
+        # Straight into the static output (no [R, V] float32 temporary copied over).
+        return torch.ops.aten._log_softmax.out(w.logits(x).float(), -1, False, out=self.out[:rows])
+
+    def _replay(self, users: int, rows: int, columns: int) -> Tensor:
+        if not self.graphs:
+            return self._run(users, rows, columns)
+        graph = self.graph_cache.get((users, rows))
+        if graph is None:
+            started = time.perf_counter()
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                self._run(users, rows, columns)  # warm-up (the step is idempotent on its inputs)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                self._run(users, rows, columns)
+            self.graph_cache[(users, rows)] = graph
+            torch.cuda.synchronize(self.device)
+            self.capture_seconds += time.perf_counter() - started
+        graph.replay()
+        self.replays += 1
+        return self.out[:rows]
+
+    def compact(self, active: Tensor, bucket: int) -> None:
+        """Pack the users of ``active`` (``[A]`` batch rows, ascending, a subset of ``held``)
+        into the first ``A`` rows; later steps use ``bucket`` (``U_b``) rows."""
+        keep = torch.searchsorted(self.held, active)
+        A = keep.numel()
+        for buffers in (self.keys, self.values):
+            for buffer in buffers:
+                buffer[:A] = buffer.index_select(0, keep)
+        for buffer in (self.prompt_seen, self.beam_seen, self.lengths):
+            buffer[:A] = buffer.index_select(0, keep)
+        self.held, self.bucket = active, bucket
+
+    def step(self, beams: LiveBeams) -> Tensor:
+        """Feed the live beams (:class:`~genrec.decoding.LiveBeams`, ``R`` of them); ``[R, V]``
+        float32 log-probs (a view of a static buffer, valid until the next step)."""
+        A = beams.active.numel()
+        if self.padded:
+            bucket = min(_next_pow2(A), self.capacity)
+            if bucket < self.bucket:
+                self.compact(beams.active, bucket)
+        elif COMPACT_FRACTION * self.bucket >= A:
+            self.compact(beams.active, A)
+        self.step_index += 1
+        t, W, P = self.step_index, self.width, self.prompt_width
+        R = beams.rows.numel()
+        rows = min(_next_pow2(max(R, 8)), self.bucket * W) if self.padded else R
+        columns = self.columns if self.padded else min(-(-(P + t * W) // 8) * 8, self.columns)
+        user = torch.searchsorted(self.held, beams.rows // W)
+        slot = beams.rows % W
+        column = P + (t - 1) * W + slot
+        # The slot's ancestry: its parent's columns, then its own.
+        ancestry = self.beam_seen[user, beams.parent_slots]  # [R, C-P]
+        self.beam_seen[user, slot] = ancestry
+        self.beam_seen[user, slot, column - P] = True
+        self.inputs[:, :R] = torch.stack([beams.tokens, self.lengths[user] + t - 1, user, slot, column])
+        if rows > R:  # padding rows: token 0 at position 0, into the spare row's spare column
+            self.inputs[:, R:rows] = torch.tensor([0, 0, self.bucket, 0, self.trash], dtype=torch.long, device=self.device)[:, None]
+        log_probs = self._replay(self.bucket, rows, columns)
+        self.fed += R
+        return log_probs[:R]
+
+
+def _compute_dtype(module: LMRecModule, device: torch.device) -> torch.dtype:
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return _causal_lm(module.model).get_input_embeddings().weight.dtype
+
+
+def decoder_for(module: LMRecModule, batch_size: int, width: int, steps: int, prompt_width: int) -> GraphDecoder:
+    """The module's cached :class:`GraphDecoder` when it fits the shape (the capacity at least
+    ``batch_size``, the same width, steps, prompt width, dtype, device), else a new one (the
+    old one is dropped first: one engine's buffers at a time). Weights are refreshed."""
+    device = module.prompt_prefix.device
+    dtype = _compute_dtype(module, device)
+    cached: GraphDecoder | None = getattr(module, "_graph_decoder", None)
+    graphs = getattr(module, "decode_graphs", True)
+    padded = getattr(module, "decode_padded", None)
+    padded = (graphs and device.type == "cuda") if padded is None else padded
+    if (cached is None or cached.capacity < batch_size or (cached.width, cached.steps, cached.prompt_width) != (width, max(steps, 1), prompt_width)
+            or cached.w.dtype != dtype or cached.device != device or cached.graphs != (graphs and device.type == "cuda")
+            or cached.padded != (padded or cached.graphs)):
+        module._graph_decoder = None
+        cached = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    with torch.autocast(device.type, enabled=False):
+        if cached is None:
+            cached = GraphDecoder(DecoderWeights(module, dtype), _next_pow2(batch_size), width, steps, prompt_width, device, graphs, padded)
+            module._graph_decoder = cached
+        else:
+            cached.w.load(module)
+    return cached
+
+
+def graph_decode(module: LMRecModule, inputs: LMInputs, width: int, num_results: int) -> tuple[BeamResult, GraphDecoder] | None:
+    """Title-constrained beam search of ``inputs`` (``[B, S]`` prompts) on the static-shape
+    decoder; ``None`` when the model is not one it runs (:func:`unsupported_reason`).
+
+    Returns:
+        the search's :class:`~genrec.decoding.BeamResult` (``[B, K]``) and the decoder (its
+        counters: ``step_index`` steps, ``fed`` beam tokens, ``replays``, ``capture_seconds``).
+    """
+    if unsupported_reason(module.model) is not None:
+        return None
+    trie = module.trie()
+    B, S = inputs.input_ids.shape
+    decoder = decoder_for(module, B, width, trie.max_depth, max(module.hparams.max_prompt_tokens, S))
+
+    def step(beams: LiveBeams | None, state: None) -> tuple[Tensor, None]:
+        with torch.autocast(decoder.device.type, enabled=False):
+            if beams is None:
+                return decoder.prefill(module, inputs), None
+            return decoder.step(beams), None
+
+    result = pruned_beam_search(step, trie, batch_size=B, beam_width=width, num_results=num_results)
+    return result, decoder
+
+
+__all__ = ["DecoderWeights", "GraphDecoder", "decoder_for", "graph_decode", "unsupported_reason"]
