@@ -188,7 +188,7 @@ def main() -> None:
     if args.beams < module.num_results:
         raise SystemExit(f"--beams {args.beams} is below the {module.num_results} items recommended per user")
     dm.setup("test")
-    module.attach_items(dm.data.catalog, dm.data.train_item_counts())
+    module.attach(dm.data.catalog, train_counts=dm.data.train_item_counts())
     module.to(device).eval()
     total = len(dm.dataset("test"))
     batches = take_users(iter(dm.test_dataloader()), None if args.users == "all" else int(args.users))

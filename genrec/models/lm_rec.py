@@ -40,30 +40,21 @@ are flags; FSDP is the trainer's ``strategy`` (see ``configs/lm/fsdp.yaml`` and
 
 from __future__ import annotations
 
-import copy
 import functools
-import inspect
 import logging
-import tempfile
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genrec.data.catalog import ItemCatalog
 from genrec.data.datamodule import SeqBatch
-from genrec.decoding import (
-    BeamResult,
-    PrefixTrie,
-    Recommendations,
-    constrained_beam_search,
-    pruned_beam_search,
-)
+from genrec.decoding import BeamResult, PrefixTrie, constrained_beam_search, pruned_beam_search
 from genrec.encode import CF_MODEL, embedding_metadata
 from genrec.errors import positive
 from genrec.metrics import RecEvaluation
+from genrec.models.base import RecommenderModule, Stage
 from genrec.models.lm_decoding import (
     ACTIVE_KV,
     BeamState,
@@ -71,118 +62,31 @@ from genrec.models.lm_decoding import (
     SlotKV,
     merged_lora,
     reference_step,
-    shared_prefix_attention,
     slot_step,
 )
+from genrec.models.lm_loading import apply_liger, build_lm, decoder_layer_classes, load_tokenizer
+from genrec.models.lm_prompt import (
+    DEFAULT_ITEM_TEMPLATE,
+    DEFAULT_PROMPT,
+    ROLE_PAD,
+    ROLE_PROMPT,
+    ROLE_TARGET,
+    LMInputs,
+    padded,
+    title_token_ids,
+)
+from genrec.models.optim import OptimizerConfig
 from genrec.models.presets import LMRecConfig
-from genrec.models.tiger import fused_adamw, lr_schedule
+from genrec.quantize.semantic_ids import SemanticIDs
 
 log = logging.getLogger(__name__)
 
 LOSS_CHUNK_ROWS = 4096
 """Target tokens per float32 chunk of the LM loss (4,096 x 49,152 logits = 0.8 GB)."""
 
-Stage = Literal["train", "val", "test"]
-
-DEFAULT_PROMPT = "A user bought these items, oldest first:\n{history}The next item the user buys is:"
-"""Prompt around the history lines (``{history}`` once)."""
-DEFAULT_ITEM_TEMPLATE = "-{title}\n"
-"""One history line; ``{title}`` is the title with a leading space (so ``"- title"``)."""
-
-ROLE_PAD, ROLE_PROMPT, ROLE_TARGET = 0, 1, 2
 
 
-@functools.lru_cache(maxsize=4)
-def load_tokenizer(name: str, gguf_file: str | None = None) -> Any:
-    """The tokenizer of a model alias (``smollm2``), folder or hub name; cached per process
-    (reading a GGUF's vocabulary takes seconds)."""
-    from transformers import AutoTokenizer
-
-    from genrec.encode import resolve_model
-
-    path, gguf = resolve_model(name, gguf_file)
-    kwargs = {"gguf_file": gguf} if gguf else {}
-    return AutoTokenizer.from_pretrained(path, **kwargs)
-
-
-def decoder_layer_classes(model: nn.Module) -> set[type[nn.Module]]:
-    """The decoder-layer classes of a ``transformers`` model (``_no_split_modules``), e.g.
-    ``{LlamaDecoderLayer}``: the ``auto_wrap_policy`` / ``activation_checkpointing_policy`` of
-    Lightning's ``FSDPStrategy`` for it."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    return {type(m) for m in model.modules() if type(m).__name__ in names}
-
-
-class LMInputs(NamedTuple):
-    """A left-padded batch of prompts (and targets) as token ids.
-
-    Attributes:
-        input_ids: ``[B, S]`` int64, pad token id in padding.
-        attention_mask: ``[B, S]`` int64, 1 at real tokens.
-        position_ids: ``[B, S]`` int64, ``0 ..`` over the real tokens of each row.
-        labels: ``[B, S]`` int64, the target tokens, ``-100`` elsewhere (all ``-100`` without targets).
-        items: ``[B, S]`` int64, the history item a token's line belongs to, ``-1`` elsewhere.
-        target_width: the longest target in the batch (the last ``target_width`` columns hold
-            every target token); 0 without targets.
-    """
-
-    input_ids: Tensor
-    attention_mask: Tensor
-    position_ids: Tensor
-    labels: Tensor
-    items: Tensor
-    target_width: int
-
-
-def apply_liger(model: nn.Module, fused_loss: bool = False) -> None:
-    """Patch a ``*ForCausalLM`` in place with Liger's RMSNorm, RoPE and SwiGLU kernels.
-
-    Args:
-        fused_loss: also Liger's output layer fused with the cross-entropy (the model's forward
-            then returns the loss, not logits, when given labels). Off for this module, whose
-            :meth:`LMRecModule.loss` takes logits of the target positions only; on in
-            ``bench.lm_throughput``, whose loss covers every position.
-
-    Raises:
-        ValueError: when Liger has no kernels for the model's type.
-    """
-    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
-
-    model_type = model.config.model_type
-    apply = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model_type)
-    if apply is None:
-        raise ValueError(f"liger: Liger has no kernels for model type {model_type!r} (it has {sorted(MODEL_TYPE_TO_APPLY_LIGER_FN)})")
-    wanted = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False, "fused_linear_cross_entropy": fused_loss}
-    accepted = inspect.signature(apply).parameters  # e.g. Gemma's has geglu, not swiglu
-    apply(model=model, **{k: v for k, v in wanted.items() if k in accepted})
-
-
-def _padded(seqs: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
-    """Lists of token ids -> ``[N, T]`` padded table and ``[N]`` lengths."""
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    table = torch.full((len(seqs), max(int(lengths.max()), 1) if seqs else 1), pad, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        table[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return table, lengths
-
-
-def _save_plain(model: nn.Module, folder: str) -> None:
-    """Save a (dequantised GGUF) model as plain safetensors + config, which ``save_pretrained``
-    refuses for GGUF-loaded models."""
-    from safetensors.torch import save_file
-
-    config = copy.deepcopy(model.config)
-    for key in ("quantization_config", "gguf_file"):
-        if hasattr(config, key):
-            delattr(config, key)
-    config.save_pretrained(folder)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if getattr(config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)
-    save_file(state, f"{folder}/model.safetensors", metadata={"format": "pt"})
-
-
-class LMRecModule(L.LightningModule):
+class LMRecModule(RecommenderModule):
     """LLM-as-recommender: history titles in a prompt, next title out, decoding constrained to titles.
 
     Args:
@@ -243,6 +147,8 @@ class LMRecModule(L.LightningModule):
             ``val|test/users_total``, and the pipeline report states the subset.
         eval_seed: seed of the ``max_eval_users`` subset.
     """
+
+    score_meaning: ClassVar[str] = "log-probability of the item's title (summed over its title tokens, beam search); 0 is certain"
 
     def __init__(
         self,
@@ -315,11 +221,11 @@ class LMRecModule(L.LightningModule):
             raise ValueError(f"tokenizer {tok_name!r} has no EOS token, which ends every title")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
         self.lm_config = LMRecConfig.from_name(preset, **(preset_overrides or {})) if preset is not None else None
-        self.model = self._build_model()
+        self.model = build_lm(self.hparams, self.lm_config, self.tokenizer, self.pad_id, self.eos_id)
         self.vocab_size = int(self.model.config.vocab_size)
         if len(self.tokenizer) > self.vocab_size:
             raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens but the model only {self.vocab_size}")
-        self.cf: nn.Embedding | None = None  # built in attach_items (needs the number of items)
+        self.cf: nn.Embedding | None = None  # built in attach (needs the number of items)
         self.cf_proj: nn.Linear | None = None  # with cf_init: the file's dim -> hidden
         self._train_forward = None  # torch.compile'd self.model for training (setup, with compile)
 
@@ -346,122 +252,41 @@ class LMRecModule(L.LightningModule):
 
         self.evaluation = RecEvaluation(self.ks, cold_start_max_count)
 
-    def _build_model(self) -> nn.Module:
-        """The causal LM (pretrained or from the preset), with LoRA / 4-bit / checkpointing applied."""
-        hp = self.hparams
-        if self.lm_config is not None:
-            model = self.lm_config.build(len(self.tokenizer), self.pad_id, self.eos_id)
-        else:
-            from transformers import AutoModelForCausalLM
-
-            from genrec.encode import resolve_model
-
-            path, gguf = resolve_model(hp.model, hp.gguf_file)
-            kwargs: dict[str, Any] = {"dtype": hp.dtype if hp.dtype == "auto" else getattr(torch, hp.dtype)}
-            if hp.load_in_4bit:
-                from transformers import BitsAndBytesConfig
-
-                quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
-                if gguf:  # transformers will not quantize a GGUF on load: dequantise, save, reload 4-bit
-                    with tempfile.TemporaryDirectory() as folder:
-                        _save_plain(AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, dtype=torch.bfloat16), folder)
-                        return self._adapt(AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization, **kwargs))
-                kwargs["quantization_config"] = quantization
-            if gguf:
-                kwargs["gguf_file"] = gguf
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        return self._adapt(model)
-
-    @staticmethod
-    def _shared_prefix(model: nn.Module) -> nn.Module:
-        """Switch ``model``'s attention to :func:`shared_prefix_attention` of its current one."""
-        config = model.config
-        config._attn_implementation = shared_prefix_attention(config._attn_implementation or "sdpa")
-        return model
-
-    def _adapt(self, model: nn.Module) -> nn.Module:
-        """Shared-prompt beam attention, gradient checkpointing, k-bit preparation and LoRA
-        adapters, as the flags say."""
-        hp = self.hparams
-        model = self._shared_prefix(model)
-        if hp.liger:
-            apply_liger(model)
-        if hp.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hp.lora:
-            from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-            if hp.load_in_4bit:
-                model = prepare_model_for_kbit_training(
-                    model,
-                    use_gradient_checkpointing=hp.gradient_checkpointing,
-                    gradient_checkpointing_kwargs={"use_reentrant": False},
-                )
-            targets = hp.lora_target_modules or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-            config = LoraConfig(
-                r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout, target_modules=list(targets), task_type="CAUSAL_LM"
-            )
-            model = get_peft_model(model, config)
-        return model
-
     # ---- items and tokens ---------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        """Pre-tokenize the data module's catalogue titles and build the trie (see :meth:`attach_items`)."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data = getattr(datamodule, "data", None)
-        if data is None:
-            raise RuntimeError("LMRecModule needs a data module with a .data (SequenceData), e.g. genrec.data.SequenceDataModule")
-        self.attach_items(data.catalog, data.train_item_counts())
+        """Pre-tokenize the data module's catalogue titles and build the trie (see :meth:`attach`)."""
+        super().setup(stage)
+        data = self.trainer_data()
         self.choose_eval_users(data.num_users, {s: data.samples(s)[0] for s in ("val", "test")})
         if stage == "fit" and self.hparams.compile and self._train_forward is None:
             # kept off the module tree: the compiled wrapper shares self.model's parameters
             object.__setattr__(self, "_train_forward", torch.compile(self.model, dynamic=True))
 
     def title_token_ids(self, catalog: ItemCatalog) -> list[list[int]]:
-        """Each item's title tokens (``tok(" " + title)``, cut to ``max_title_tokens``, without
-        EOS), unique: empty titles become ``"item <external id>"``, repeated ones get
-        ``" (item <external id>)"``; the counts go to :attr:`title_fixes`."""
-        limit = self.hparams.max_title_tokens
-        catalog.require_text("{title}", "the LM recommender (it reads item titles)")
-        ext = catalog.external_ids
-        titles = [t.strip() for t in catalog.titles]
-        empty = [i for i, t in enumerate(titles) if not t]
-        for i in empty:
-            titles[i] = f"item {ext[i]}"
-        encode = functools.partial(self.tokenizer, add_special_tokens=False)
-        ids = encode([" " + t for t in titles]).input_ids
-        truncated = sum(len(s) > limit for s in ids)
-        ids = [s[:limit] for s in ids]
-        seen: set[tuple[int, ...]] = set()
-        duplicates = [i for i, s in enumerate(ids) if tuple(s) in seen or seen.add(tuple(s))]
-        if duplicates:
-            tags = encode([f" (item {ext[i]})" for i in duplicates]).input_ids
-            for i, tag in zip(duplicates, tags, strict=True):
-                ids[i] = ids[i] + tag
-        if len({tuple(s) for s in ids}) != len(ids):
-            raise ValueError("titles are still not unique after appending external ids (an external id inside a title?)")
-        self.title_fixes = {"empty": len(empty), "duplicate": len(duplicates), "truncated": truncated}
-        if empty or duplicates:
-            log.warning(
-                "%d empty and %d repeated titles (of %d) disambiguated with their external ids", len(empty), len(duplicates), len(ids)
-            )
+        """Each item's unique title tokens (:func:`~genrec.models.lm_prompt.title_token_ids`, cut to
+        ``max_title_tokens``); the counts of fixed titles go to :attr:`title_fixes`."""
+        def encode(texts: list[str]) -> Any:
+            return self.tokenizer(texts, add_special_tokens=False)
+
+        ids, self.title_fixes = title_token_ids(catalog, encode, self.hparams.max_title_tokens)
         return ids
 
-    def attach_items(self, catalog: ItemCatalog, train_counts: Tensor | None = None) -> None:
+    def attach(self, catalog: ItemCatalog, sids: SemanticIDs | None = None, train_counts: Tensor | None = None) -> None:
         """Pre-tokenize every item's target and history line, and build the prefix trie.
 
         Args:
             catalog: the items (ids ``0 .. N-1``).
+            sids: not read (the LM reads titles).
             train_counts: ``[N]`` training interactions per item (cold-start slice, popularity
                 baseline); default all zero.
         """
         titles = self.title_token_ids(catalog)
         before, after = self._line_pieces
         device = self.prompt_prefix.device
-        target, target_len = _padded([t + [self.eos_id] for t in titles], self.pad_id)
+        target, target_len = padded([t + [self.eos_id] for t in titles], self.pad_id)
         cut = self.hparams.max_history_title_tokens or len(max(titles, key=len))
-        line, line_len = _padded([before + t[:cut] + after for t in titles], self.pad_id)
+        line, line_len = padded([before + t[:cut] + after for t in titles], self.pad_id)
         self.target_tokens, self.target_lengths = target.to(device), target_len.to(device)
         self.line_tokens, self.line_lengths = line.to(device), line_len.to(device)
         n = len(catalog)
@@ -511,7 +336,7 @@ class LMRecModule(L.LightningModule):
     def trie(self) -> PrefixTrie:
         """The prefix trie of every item's target tokens, on the module's device."""
         if self._trie is None:
-            raise RuntimeError("no items attached: run inside a Trainer with a data module, or call attach_items()")
+            raise RuntimeError("no items attached: run inside a Trainer with a data module, or call attach()")
         if self._trie.device != self.target_tokens.device:
             self._trie = self._trie.to(self.target_tokens.device)
         return self._trie
@@ -536,7 +361,7 @@ class LMRecModule(L.LightningModule):
         """The left-padded prompt (``+ target + EOS`` with ``with_target``) of each row of ``batch``,
         gathered from the pre-tokenized tables with tensor ops (layout: module docstring)."""
         if self.line_tokens.numel() == 0:
-            raise RuntimeError("no items attached: run inside a Trainer with a data module, or call attach_items()")
+            raise RuntimeError("no items attached: run inside a Trainer with a data module, or call attach()")
         B = batch.history.shape[0]
         items, line_len, keep = self.history_lines(batch.history)
         lines = self.line_tokens[items]  # [B, L, Tl]
@@ -637,57 +462,41 @@ class LMRecModule(L.LightningModule):
             if chosen.numel() < candidates.numel():
                 log.info("%s: evaluating %d of %d users (max_eval_users, seed %d)", stage, chosen.numel(), candidates.numel(), self.hparams.eval_seed)
 
-    def model_step(self, batch: SeqBatch, stage: Stage) -> Tensor | None:
-        """Loss of the batch (teacher forcing); on val/test also beam search and metric updates
-        (on the ``max_eval_users`` subset only, when set; ``None`` for a batch without one)."""
-        if stage != "train" and stage in self.eval_users:
-            keep = self.eval_users[stage].to(batch.users.device)[batch.users]
-            self.log(f"{stage}/users_total", float(len(batch)), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
-            self.log(f"{stage}/users", float(keep.sum()), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
-            if not bool(keep.any()):
-                return None
-            batch = SeqBatch(batch.users[keep], batch.history[keep], batch.lengths[keep], batch.targets[keep])
-        B = batch.targets.shape[0]
-        loss = self.loss(self.lm_inputs(batch, with_target=True))
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=stage == "train", on_epoch=True, batch_size=B)
-        if stage == "train":
-            return loss
-        ranked = self.recommend(batch).items
-        for metrics in self.evaluation.update(stage, ranked, batch.targets):
-            self.log_dict(metrics, on_epoch=True, batch_size=B)
-        return loss
+    def eval_batch(self, batch: SeqBatch, stage: Stage) -> SeqBatch | None:
+        """The rows of the ``max_eval_users`` subset (all without it; ``None`` for a batch without
+        one), their counts logged as ``<stage>/users`` of ``<stage>/users_total``."""
+        if stage not in self.eval_users:
+            return batch
+        keep = self.eval_users[stage].to(batch.users.device)[batch.users]
+        self.log(f"{stage}/users_total", float(len(batch)), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
+        self.log(f"{stage}/users", float(keep.sum()), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
+        if not bool(keep.any()):
+            return None
+        return SeqBatch(batch.users[keep], batch.history[keep], batch.lengths[keep], batch.targets[keep])
 
-    def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
-        return self.model_step(batch, "train")
-
-    def validation_step(self, batch: SeqBatch, batch_idx: int) -> Tensor | None:
-        return self.model_step(batch, "val")
-
-    def test_step(self, batch: SeqBatch, batch_idx: int) -> Tensor | None:
-        return self.model_step(batch, "test")
-
-    def predict_step(self, batch: SeqBatch, batch_idx: int = 0) -> Recommendations:
-        result = self.recommend(batch)
-        return Recommendations(users=batch.users, items=result.items, scores=result.scores)
+    def step_loss(self, batch: SeqBatch) -> Tensor:
+        """Mean cross-entropy over the target title tokens (teacher forcing)."""
+        return self.loss(self.lm_inputs(batch, with_target=True))
 
     # ---- generation ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def recommend(
-        self, batch: SeqBatch, num_results: int | None = None, beam_width: int | None = None, reference: bool = False
-    ) -> BeamResult:
+    def recommend(self, batch: SeqBatch, k: int | None = None, beam_width: int | None = None, reference: bool = False) -> BeamResult:
         """The top items for each history of ``batch`` by title-constrained beam search.
 
         Args:
+            k: items per row (default ``max(ks)``).
+            beam_width: beams per row (default ``max(k, beam_width)``: every row ends with ``k`` items).
             reference: decode with the reference decoder (:mod:`genrec.models.lm_decoding`;
                 every beam every step, unmerged LoRA), which gives the same items, slower.
 
         Returns:
-            :class:`~genrec.decoding.BeamResult`: ``items [B, K]`` (``K = num_results``,
-            default ``max(ks)``), distinct per row, and their ``scores [B, K]``, best first.
+            :class:`~genrec.decoding.BeamResult`: ``items [B, k]``, distinct per row, and their
+            ``scores [B, k]``, best first.
         """
         B = batch.targets.shape[0]
-        W, K = beam_width or self.hparams.beam_width, num_results or self.num_results
+        K = k or self.num_results
+        W = beam_width or max(K, self.hparams.beam_width)
         if reference:
             return constrained_beam_search(self.beam_step, self.trie(), batch_size=B, beam_width=W, num_results=K, state=self.initial_state(batch))
         trie = self.trie()
@@ -711,22 +520,9 @@ class LMRecModule(L.LightningModule):
         then ``[B * W, V]`` per step, the prompt's keys/values shared by the beams."""
         return reference_step(self, tokens, parents, state)
 
-    # ---- optimisation -------------------------------------------------------------------------
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW over the trainable parameters (no decay on vectors) with :func:`lr_schedule`."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr,
-            fused=fused_adamw(self),
-        )
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
-        schedule = lr_schedule(self.hparams.scheduler, self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def optimizer_config(self) -> OptimizerConfig:
+        hp = self.hparams
+        return OptimizerConfig(hp.lr, hp.weight_decay, hp.warmup_steps, hp.scheduler, hp.min_lr_ratio)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The CF embedding is sized by the catalogue; create it before the state dict is loaded.
@@ -736,4 +532,4 @@ class LMRecModule(L.LightningModule):
             self._new_cf(weight.shape[0], dim=weight.shape[1] if projected else None)
 
 
-__all__ = ["DEFAULT_ITEM_TEMPLATE", "DEFAULT_PROMPT", "LMInputs", "LMRecModule", "decoder_layer_classes", "load_tokenizer"]
+__all__ = ["DEFAULT_ITEM_TEMPLATE", "DEFAULT_PROMPT", "LMInputs", "LMRecModule", "apply_liger", "decoder_layer_classes", "load_tokenizer"]

@@ -11,15 +11,19 @@ that will need a dedup digit > 0).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genrec.artifacts import atomic_path
 from genrec.errors import positive
+from genrec.quantize.protocol import FitSettings
 from genrec.quantize.residual import ResidualQuantizer
 from genrec.quantize.semantic_ids import quality_report
 
@@ -286,6 +290,55 @@ class RQVAEModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    # ---- the tokenizer protocol ---------------------------------------------------------------
+
+    file_suffix: ClassVar[str] = ".tokenizer.ckpt"
+    """The file :meth:`save` writes beside a SID artifact (a Lightning checkpoint)."""
+
+    def fit(self, embeddings: Tensor, settings: FitSettings) -> RQVAEModule:
+        """Train with a Lightning ``Trainer`` as ``settings`` say, on the embedding file
+        ``settings.embeddings_path`` (``embeddings`` are its rows, ``[N, D]``); then eval mode,
+        on the GPU when ``settings`` allow one. Returns ``self``."""
+        from genrec.data.datamodule import ItemEmbeddingDataModule
+        from genrec.progress import progress_callbacks
+
+        if settings.embeddings_path is None:
+            raise ValueError("RQVAEModule.fit reads its batches from the embedding file: settings.embeddings_path is not set")
+        L.seed_everything(settings.seed, workers=True, verbose=False)
+        datamodule = ItemEmbeddingDataModule(str(settings.embeddings_path), batch_size=settings.batch_size, seed=settings.seed)
+        trainer = L.Trainer(
+            max_epochs=settings.max_epochs,
+            accelerator=settings.accelerator,
+            devices=settings.devices,
+            precision=settings.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            callbacks=progress_callbacks(),
+            fast_dev_run=settings.fast_dev_run,
+            check_val_every_n_epoch=max(1, settings.max_epochs // 10),
+        )
+        trainer.fit(self, datamodule=datamodule)
+        self.eval()
+        if settings.may_use_cuda():
+            self.cuda()
+        return self
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the full training state (a Lightning checkpoint) of the trainer that ran :meth:`fit`, atomically."""
+        if self._trainer is None:
+            raise RuntimeError("RQVAEModule.save writes its trainer's checkpoint: call fit() first")
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            self.trainer.save_checkpoint(tmp, weights_only=False)  # the full state, said (Lightning notes a default otherwise)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str | None = None) -> RQVAEModule:
+        """Read a file written by :meth:`save` (``weights_only=True``: tensors and plain values only)."""
+        module = cls.load_from_checkpoint(path, map_location=device or "cpu", weights_only=True)
+        return module.eval()
 
     # ---- inference ----------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from genrec.data import SeqBatch, SequenceDataModule, SyntheticSource
 from genrec.data.catalog import Item, ItemCatalog
 from genrec.decoding import Recommendations, score_all_items
 from genrec.models import LMRecConfig, LMRecModule, count_lm_parameters, lm_names
-from genrec.models.lm_rec import decoder_layer_classes, load_tokenizer
+from genrec.models.lm_loading import decoder_layer_classes, load_tokenizer
 from tests.trainer import quiet_trainer
 
 # A Llama small enough for 2 CPU cores (the SmolLM2 vocabulary, 49,152 tokens, dominates).
@@ -43,7 +43,7 @@ def datamodule() -> SequenceDataModule:
 @pytest.fixture
 def module(datamodule) -> LMRecModule:
     m = tiny_module()
-    m.attach_items(datamodule.data.catalog, datamodule.data.train_item_counts())
+    m.attach(datamodule.data.catalog, train_counts=datamodule.data.train_item_counts())
     return m
 
 
@@ -147,7 +147,7 @@ def test_eval_loss_in_float32_chunks_equals_the_training_loss(module, batch, mon
 
 def test_prompt_keeps_the_most_recent_items_within_budget(datamodule):
     m = tiny_module(max_prompt_tokens=60)
-    m.attach_items(datamodule.data.catalog)
+    m.attach(datamodule.data.catalog)
     history = torch.arange(10)[None]  # 10 items, oldest first
     batch = SeqBatch(users=torch.zeros(1, dtype=torch.long), history=history, lengths=torch.tensor([10]), targets=torch.tensor([20]))
     inputs = m.lm_inputs(batch, with_target=False)
@@ -167,7 +167,7 @@ def test_history_titles_cut_in_the_prompt_and_targets_whole(datamodule, batch):
     lines fit the prompt; the target (what decoding must produce) keeps the whole title."""
     full, cut = tiny_module(), tiny_module(max_history_title_tokens=3)
     for m in (full, cut):
-        m.attach_items(datamodule.data.catalog)
+        m.attach(datamodule.data.catalog)
     before, after = cut._line_pieces
     titles = full.target_tokens[:, :-1]  # the whole titles, EOS dropped (padding beyond)
     for item in range(len(datamodule.data.catalog)):
@@ -207,7 +207,7 @@ def test_max_eval_users_tests_a_seeded_subset_and_counts_it(datamodule):
 def test_empty_and_repeated_titles_are_disambiguated():
     items = [Item("A1", "Blue Shampoo"), Item("A2", ""), Item("A3", "Blue Shampoo"), Item("A4", "Red Soap"), Item("A5", "Blue Shampoo")]
     m = tiny_module()
-    m.attach_items(ItemCatalog(items))
+    m.attach(ItemCatalog(items))
     assert m.title_fixes == {"empty": 1, "duplicate": 2, "truncated": 0}
     titles = [datamodule_title(m, i) for i in range(5)]
     assert titles == ["Blue Shampoo", "item A2", "Blue Shampoo (item A3)", "Red Soap", "Blue Shampoo (item A5)"]
@@ -217,7 +217,7 @@ def test_empty_and_repeated_titles_are_disambiguated():
 def test_long_titles_are_cut_and_stay_unique():
     items = [Item(f"B{i}", "A very long title about a very long product " * 5 + str(i)) for i in range(3)]
     m = tiny_module(max_title_tokens=8)
-    m.attach_items(ItemCatalog(items))
+    m.attach(ItemCatalog(items))
     assert m.title_fixes["truncated"] == 3 and m.title_fixes["duplicate"] == 2
     assert m.trie().num_items == 3
 
@@ -227,7 +227,7 @@ def test_long_titles_are_cut_and_stay_unique():
 
 def test_recommendations_are_distinct_catalogue_items(module, batch):
     module.eval()
-    result = module.recommend(batch, num_results=7, beam_width=10)
+    result = module.recommend(batch, k=7, beam_width=10)
     assert result.items.shape == (len(batch), 7)
     assert ((result.items >= 0) & (result.items < module.trie().num_items)).all()
     assert all(len(set(row)) == 7 for row in result.items.tolist())
@@ -240,7 +240,7 @@ def test_exhaustive_beam_search_equals_brute_force_and_unpadded_rows(module, bat
     module.eval()
     n = module.trie().num_items
     with torch.no_grad():
-        result = module.recommend(batch, num_results=10, beam_width=n)
+        result = module.recommend(batch, k=10, beam_width=n)
         brute = score_all_items(module.beam_step, module.trie(), len(batch), module.initial_state(batch))
     top = brute.topk(10, dim=1)
     assert torch.equal(module.trie().items[top.indices], result.items)
@@ -248,7 +248,7 @@ def test_exhaustive_beam_search_equals_brute_force_and_unpadded_rows(module, bat
     for row in (0, len(batch) - 1):
         width = int(batch.lengths[row])
         alone = SeqBatch(batch.users[row : row + 1], batch.history[row : row + 1, :width], batch.lengths[row : row + 1], batch.targets[row : row + 1])
-        single = module.recommend(alone, num_results=10, beam_width=n)
+        single = module.recommend(alone, k=10, beam_width=n)
         assert torch.equal(single.items[0], result.items[row])
         assert torch.allclose(single.scores[0], result.scores[row], atol=1e-4)
 
@@ -274,7 +274,7 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     from genrec.models.lm_decoding import SlotKV
 
     m = tiny_module(lora=True, lora_r=4)
-    m.attach_items(datamodule.data.catalog)
+    m.attach(datamodule.data.catalog)
     torch.manual_seed(1)
     for name, p in m.named_parameters():
         if "lora_B" in name:  # B starts at zero: make the adapter change the model
@@ -285,17 +285,17 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     original = SlotKV.compact
     monkeypatch.setattr(SlotKV, "compact", lambda self, active: (compacted.append((self.users.numel(), active.numel())), original(self, active)))
     with nan_filled_empty_tensors():  # columns a beam never wrote must not matter
-        fast = m.recommend(batch, num_results=10, beam_width=12)
-    reference = m.recommend(batch, num_results=10, beam_width=12, reference=True)
+        fast = m.recommend(batch, k=10, beam_width=12)
+    reference = m.recommend(batch, k=10, beam_width=12, reference=True)
     assert torch.equal(fast.items, reference.items)
     torch.testing.assert_close(fast.scores, reference.scores, atol=1e-4, rtol=0)
     assert compacted and all(kept <= 0.75 * held for held, kept in compacted)
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
     unmerged = tiny_module(lora=True, lora_r=4)
     unmerged.load_state_dict(m.state_dict())
-    unmerged.attach_items(datamodule.data.catalog)
+    unmerged.attach(datamodule.data.catalog)
     monkeypatch.setattr("genrec.models.lm_rec.merged_lora", lambda model: contextlib.nullcontext(False))
-    assert torch.equal(unmerged.eval().recommend(batch, num_results=10, beam_width=12).items, fast.items)
+    assert torch.equal(unmerged.eval().recommend(batch, k=10, beam_width=12).items, fast.items)
 
 
 # ---- options ------------------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
 def test_cf_embedding_starts_neutral_and_learns(datamodule, batch):
     plain, cf = tiny_module(), tiny_module(cf_embedding=True)
     for m in (plain, cf):
-        m.attach_items(datamodule.data.catalog)
+        m.attach(datamodule.data.catalog)
     assert cf.cf is not None and cf.cf.weight.shape == (len(datamodule.data.catalog), 32) and not cf.cf.weight.any()
     inputs = cf.lm_inputs(batch)
     loss = cf.loss(inputs)
@@ -324,7 +324,7 @@ def test_cf_embedding_from_the_cf_encoders_file(datamodule, batch, tmp_path):
     path = encode_interactions(datamodule.data, tmp_path / "cf.safetensors", dim=8, window=2)
     plain, cf = tiny_module(), tiny_module(cf_embedding=True, cf_init=str(path))
     for m in (plain, cf):
-        m.attach_items(datamodule.data.catalog)
+        m.attach(datamodule.data.catalog)
     assert torch.equal(cf.cf.weight, load_embeddings(path)) and not cf.cf.weight.requires_grad
     assert cf.cf_proj.weight.shape == (32, 8) and not cf.cf_proj.weight.any()
     inputs = cf.lm_inputs(batch)
@@ -335,18 +335,18 @@ def test_cf_embedding_from_the_cf_encoders_file(datamodule, batch, tmp_path):
     restored = tiny_module(cf_embedding=True, cf_init=str(tmp_path / "gone.safetensors"))  # the file is not read again
     restored.on_load_checkpoint({"state_dict": cf.state_dict()})
     restored.load_state_dict(cf.state_dict())
-    restored.attach_items(datamodule.data.catalog)
+    restored.attach(datamodule.data.catalog)
     assert torch.equal(restored.cf.weight, cf.cf.weight) and restored.cf_proj is not None
     other = ItemCatalog([Item(f"X{i}", f"title {i}") for i in range(len(datamodule.data.catalog))])
     with pytest.raises(ValueError, match="cf.safetensors: catalogue fingerprint"):
-        tiny_module(cf_embedding=True, cf_init=str(path)).attach_items(other)
+        tiny_module(cf_embedding=True, cf_init=str(path)).attach(other)
     with pytest.raises(ValueError, match="needs cf_embedding"):
         tiny_module(cf_init=str(path))
 
 
 def test_lora_trains_only_adapters(datamodule, batch):
     m = tiny_module(lora=True, lora_r=4)
-    m.attach_items(datamodule.data.catalog)
+    m.attach(datamodule.data.catalog)
     m.loss(m.lm_inputs(batch)).backward()
     grads = [n for n, p in m.named_parameters() if p.grad is not None]
     assert grads and all("lora_" in n for n in grads)
@@ -361,7 +361,7 @@ def test_qlora_nf4_on_cpu_trains_one_step(datamodule, batch, tmp_path):
     torch.manual_seed(0)
     LMRecConfig.from_name("1m", **{**TINY, "hidden_size": 64}).build(49_152, 2, 2).save_pretrained(tmp_path)
     m = LMRecModule(model=str(tmp_path), tokenizer="smollm2", load_in_4bit=True, lora=True, lora_r=4, max_prompt_tokens=96, beam_width=10)
-    m.attach_items(datamodule.data.catalog)
+    m.attach(datamodule.data.catalog)
     assert sum(isinstance(x, bnb.nn.Linear4bit) for x in m.modules()) == 7  # q k v o gate up down
     trainable = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
