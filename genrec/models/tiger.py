@@ -103,16 +103,12 @@ class TigerModule(RecommenderModule):
         sids: the semantic-ID artifact (``SemanticIDs.save``) of the data set's catalogue;
             its catalogue fingerprint must match the data module's catalogue.
         preset: size preset of the T5 (``genrec.models.presets.names()``: 336k, 6.7m, 13m,
-            21m, 43m, 88m, 192m); the fields below override single values of it.
-        num_layers: encoder layers (default: the preset's).
-        num_decoder_layers: decoder layers (default: the preset's).
-        d_model: hidden size (default: the preset's).
-        d_ff: feed-forward hidden width (default: the preset's).
-        num_heads: attention heads (default: the preset's).
-        d_kv: size of each attention head (default: the preset's).
-        ff_layers: hidden layers per feed-forward block, 1 = T5's, 2 = GRID's (default: the preset's).
-        dropout: dropout rate (default: the preset's, 0.1).
-        feed_forward_proj: T5 activation, e.g. ``relu`` or ``gated-gelu`` (default: the preset's).
+            21m, 43m, 88m, 192m).
+        overrides: fields of the preset's :class:`~genrec.models.presets.TigerConfig` to change,
+            e.g. ``{num_layers: 2, dropout: 0.0}`` (the convention of :mod:`genrec.models.settings`):
+            ``num_layers``, ``num_decoder_layers``, ``d_model``, ``d_ff``, ``num_heads``, ``d_kv``,
+            ``ff_layers`` (1 = T5's feed-forward block, 2 = GRID's), ``dropout`` (the presets' 0.1),
+            ``feed_forward_proj`` (e.g. ``relu``, ``gated-gelu``), ...
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay of matrices (not of norms).
         warmup_steps: optimizer steps of linear warmup from 0 to ``lr``.
@@ -152,15 +148,7 @@ class TigerModule(RecommenderModule):
         self,
         sids: str,
         preset: str = "13m",
-        num_layers: int | None = None,
-        num_decoder_layers: int | None = None,
-        d_model: int | None = None,
-        d_ff: int | None = None,
-        num_heads: int | None = None,
-        d_kv: int | None = None,
-        ff_layers: int | None = None,
-        dropout: float | None = None,
-        feed_forward_proj: str | None = None,
+        overrides: dict[str, Any] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.035,
         warmup_steps: int = 1000,
@@ -181,18 +169,7 @@ class TigerModule(RecommenderModule):
         positive("TigerModule", lr=lr, beam_width=beam_width)
         at_least("TigerModule", 0, weight_decay=weight_decay, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, user_tokens=user_tokens)
         self.save_hyperparameters()
-        overrides = {
-            "num_layers": num_layers,
-            "num_decoder_layers": num_decoder_layers,
-            "d_model": d_model,
-            "d_ff": d_ff,
-            "num_heads": num_heads,
-            "d_kv": d_kv,
-            "ff_layers": ff_layers,
-            "dropout": dropout,
-            "feed_forward_proj": feed_forward_proj,
-        }
-        self.config = TigerConfig.from_name(preset, **{k: v for k, v in overrides.items() if v is not None})
+        self.config = TigerConfig.from_name(preset, **(overrides or {}))
         if pad_history is not None and pad_history < 1:
             raise ValueError(f"pad_history must be >= 1 or None, got {pad_history}")
         if cuda_graphs and compile:

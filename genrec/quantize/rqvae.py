@@ -1,8 +1,9 @@
 """RQ-VAE tokenizer (TIGER): MLP encoder -> residual quantizer -> MLP decoder, as a LightningModule.
 
 Sizes live in :class:`RQVAEConfig` presets (``RQVAEConfig.from_name("tiger", codebook_size=512)``);
-:class:`RQVAEModule` takes a preset name plus plain overrides, so a YAML config or a scaling sweep
-names a preset and changes only what differs. At the end of every validation epoch the module
+:class:`RQVAEModule` takes a preset name plus ``overrides``, a mapping of single fields (the
+convention of every configurable model, :mod:`genrec.models.settings`), so a YAML config or a
+scaling sweep names a preset and changes only what differs. At the end of every validation epoch the module
 encodes the whole embedding table of the datamodule and logs, per level, the fraction of codes
 used and the code perplexity, and the collision rate of the full code tuple (the share of items
 that will need a dedup digit > 0).
@@ -124,60 +125,48 @@ def _mlp(dims: list[int], dropout: float) -> nn.Sequential:
 class RQVAEModule(L.LightningModule):
     """RQ-VAE tokenizer: learns semantic IDs from item embeddings.
 
-    Every size/quantizer argument left at ``None`` comes from ``preset``.
-
     Args:
         preset: name of an :class:`RQVAEConfig` preset (``tiger``, ``grid-default``,
             ``tiger-cb512``, ``tiger-cb1024``, ``large``, ``tiny``).
         input_dim: embedding size; ``None``: read from the datamodule's ``table`` at setup (and
             then recorded in the hyperparameters, so checkpoints load without a datamodule).
-        hidden_dims: encoder hidden sizes (the decoder mirrors them).
-        latent_dim: size of the quantized latent.
-        levels: residual levels (SID digits before the dedup digit).
-        codebook_size: codes per level.
-        commitment_weight: weight of the commitment loss.
-        reconstruction: reconstruction loss, ``mse`` or ``cosine`` (1 - cosine similarity).
-        dropout: dropout between MLP layers.
-        kmeans_init: initialise every level's codebook by k-means on encoded data at fit start.
-        kmeans_iters: Lloyd iterations of that k-means.
-        kmeans_init_size: at most this many items (random) of the table feed the k-means init.
-        threshold_ema_dead_code: replace codes whose EMA usage per batch falls below this; 0: off.
-        decay: EMA decay of the codebook update.
-        use_cosine_sim: assign codes by cosine similarity.
-        rotation_trick: rotation-trick gradient through the quantizer instead of straight-through.
+        overrides: fields of the preset's :class:`RQVAEConfig` to change, e.g.
+            ``{codebook_size: 512, levels: 4}``; an unknown field raises. The fields:
+            hidden_dims: encoder hidden sizes (the decoder mirrors them).
+            latent_dim: size of the quantized latent.
+            levels: residual levels (SID digits before the dedup digit).
+            codebook_size: codes per level.
+            commitment_weight: weight of the commitment loss.
+            reconstruction: reconstruction loss, ``mse`` or ``cosine`` (1 - cosine similarity).
+            dropout: dropout between MLP layers.
+            kmeans_init: initialise every level's codebook by k-means on encoded data at fit start.
+            kmeans_iters: Lloyd iterations of that k-means.
+            kmeans_init_size: at most this many items (random) of the table feed the k-means init.
+            threshold_ema_dead_code: replace codes whose EMA usage per batch falls below this; 0: off.
+            decay: EMA decay of the codebook update.
+            use_cosine_sim: assign codes by cosine similarity.
+            rotation_trick: rotation-trick gradient through the quantizer instead of straight-through.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         encode_batch_size: rows per batch in :meth:`encode_codes` and the validation-end pass.
+
+    Checkpoints written before ``overrides`` (flat size fields) do not load.
     """
 
     def __init__(
         self,
         preset: str = "tiger",
         input_dim: int | None = None,
-        hidden_dims: list[int] | None = None,
-        latent_dim: int | None = None,
-        levels: int | None = None,
-        codebook_size: int | None = None,
-        commitment_weight: float | None = None,
-        reconstruction: ReconstructionLoss | None = None,
-        dropout: float | None = None,
-        kmeans_init: bool | None = None,
-        kmeans_iters: int | None = None,
-        kmeans_init_size: int | None = None,
-        threshold_ema_dead_code: float | None = None,
-        decay: float | None = None,
-        use_cosine_sim: bool | None = None,
-        rotation_trick: bool | None = None,
+        overrides: dict[str, Any] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         encode_batch_size: int = 4096,
     ) -> None:
-        args = dict(locals())
         super().__init__()
-        positive("RQVAEModule", levels=levels, codebook_size=codebook_size, latent_dim=latent_dim, lr=lr, encode_batch_size=encode_batch_size)
+        positive("RQVAEModule", lr=lr, encode_batch_size=encode_batch_size)
         self.save_hyperparameters()
-        overrides = {f.name: args[f.name] for f in fields(RQVAEConfig) if args.get(f.name) is not None}
-        self.config = RQVAEConfig.from_name(preset, **overrides)
+        self.config = RQVAEConfig.from_name(preset, **dict(overrides or {}))
+        positive("RQVAEModule", levels=self.config.levels, codebook_size=self.config.codebook_size, latent_dim=self.config.latent_dim)
         if self.config.reconstruction not in ("mse", "cosine"):
             raise ValueError(f"reconstruction must be 'mse' or 'cosine', got {self.config.reconstruction!r}")
         self.lr = lr

@@ -24,7 +24,9 @@ TINY = {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1, "
 
 def tiny_module(**kwargs) -> LMRecModule:
     torch.manual_seed(0)
-    args = {"preset": "1m", "preset_overrides": TINY, "max_prompt_tokens": 96, "beam_width": 10, "warmup_steps": 0}
+    args = {"preset": "1m", "overrides": TINY, "prompt": {"max_tokens": 96}, "evaluation": {"beam_width": 10}, "optimizer": {"warmup_steps": 0}}
+    for group in ("prompt", "evaluation", "optimizer"):  # a test's group fields change single defaults
+        kwargs[group] = {**args[group], **kwargs.get(group, {})}
     return LMRecModule(**{**args, **kwargs})
 
 
@@ -146,7 +148,7 @@ def test_eval_loss_in_float32_chunks_equals_the_training_loss(module, batch, mon
 
 
 def test_prompt_keeps_the_most_recent_items_within_budget(datamodule):
-    m = tiny_module(max_prompt_tokens=60)
+    m = tiny_module(prompt={"max_tokens": 60})
     m.attach(datamodule.data.catalog)
     history = torch.arange(10)[None]  # 10 items, oldest first
     batch = SeqBatch(users=torch.zeros(1, dtype=torch.long), history=history, lengths=torch.tensor([10]), targets=torch.tensor([20]))
@@ -165,7 +167,7 @@ def test_prompt_keeps_the_most_recent_items_within_budget(datamodule):
 def test_history_titles_cut_in_the_prompt_and_targets_whole(datamodule, batch):
     """max_history_title_tokens: every history line carries at most 3 title tokens, so more
     lines fit the prompt; the target (what decoding must produce) keeps the whole title."""
-    full, cut = tiny_module(), tiny_module(max_history_title_tokens=3)
+    full, cut = tiny_module(), tiny_module(prompt={"max_history_title_tokens": 3})
     for m in (full, cut):
         m.attach(datamodule.data.catalog)
     before, after = cut._line_pieces
@@ -187,21 +189,21 @@ def test_history_titles_cut_in_the_prompt_and_targets_whole(datamodule, batch):
 def test_max_eval_users_tests_a_seeded_subset_and_counts_it(datamodule):
     """max_eval_users: test on 7 of the 40 users, the same 7 for the same seed (others for
     another), counted as test/users of test/users_total."""
-    m = tiny_module(max_eval_users=7, eval_seed=3)
+    m = tiny_module(evaluation={"max_users": 7, "seed": 3})
     result = quiet_trainer().test(m, datamodule=datamodule, verbose=False)[0]
     assert result["test/users"] == 7 and result["test/users_total"] == 40
     chosen = m.eval_users["test"]
     assert int(chosen.sum()) == 7 and int(m.eval_users["val"].sum()) == 7
-    again = tiny_module(max_eval_users=7, eval_seed=3)
+    again = tiny_module(evaluation={"max_users": 7, "seed": 3})
     again.choose_eval_users(40, {"test": torch.arange(40)})
-    other = tiny_module(max_eval_users=7, eval_seed=4)
+    other = tiny_module(evaluation={"max_users": 7, "seed": 4})
     other.choose_eval_users(40, {"test": torch.arange(40)})
     assert torch.equal(again.eval_users["test"], chosen) and not torch.equal(other.eval_users["test"], chosen)
-    everyone = tiny_module(max_eval_users=100)
+    everyone = tiny_module(evaluation={"max_users": 100})
     everyone.choose_eval_users(40, {"test": torch.arange(40)})
     assert bool(everyone.eval_users["test"].all())
-    with pytest.raises(ValueError, match="max_eval_users must be >= 1"):
-        tiny_module(max_eval_users=0)
+    with pytest.raises(ValueError, match="evaluation.max_users must be >= 1"):
+        tiny_module(evaluation={"max_users": 0})
 
 
 def test_empty_and_repeated_titles_are_disambiguated():
@@ -216,7 +218,7 @@ def test_empty_and_repeated_titles_are_disambiguated():
 
 def test_long_titles_are_cut_and_stay_unique():
     items = [Item(f"B{i}", "A very long title about a very long product " * 5 + str(i)) for i in range(3)]
-    m = tiny_module(max_title_tokens=8)
+    m = tiny_module(prompt={"max_title_tokens": 8})
     m.attach(ItemCatalog(items))
     assert m.title_fixes["truncated"] == 3 and m.title_fixes["duplicate"] == 2
     assert m.trie().num_items == 3
@@ -273,7 +275,7 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     reference decoder's items and scores; the merged weights leave the module untouched."""
     from genrec.models.lm_decoding import SlotKV
 
-    m = tiny_module(lora=True, lora_r=4)
+    m = tiny_module(lora={"enabled": True, "r": 4})
     m.attach(datamodule.data.catalog)
     torch.manual_seed(1)
     for name, p in m.named_parameters():
@@ -291,7 +293,7 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     torch.testing.assert_close(fast.scores, reference.scores, atol=1e-4, rtol=0)
     assert compacted and all(kept <= 0.75 * held for held, kept in compacted)
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
-    unmerged = tiny_module(lora=True, lora_r=4)
+    unmerged = tiny_module(lora={"enabled": True, "r": 4})
     unmerged.load_state_dict(m.state_dict())
     unmerged.attach(datamodule.data.catalog)
     monkeypatch.setattr("genrec.models.lm_rec.merged_lora", lambda model: contextlib.nullcontext(False))
@@ -345,7 +347,7 @@ def test_cf_embedding_from_the_cf_encoders_file(datamodule, batch, tmp_path):
 
 
 def test_lora_trains_only_adapters(datamodule, batch):
-    m = tiny_module(lora=True, lora_r=4)
+    m = tiny_module(lora={"enabled": True, "r": 4})
     m.attach(datamodule.data.catalog)
     m.loss(m.lm_inputs(batch)).backward()
     grads = [n for n, p in m.named_parameters() if p.grad is not None]
@@ -360,7 +362,8 @@ def test_qlora_nf4_on_cpu_trains_one_step(datamodule, batch, tmp_path):
 
     torch.manual_seed(0)
     LMRecConfig.from_name("1m", **{**TINY, "hidden_size": 64}).build(49_152, 2, 2).save_pretrained(tmp_path)
-    m = LMRecModule(model=str(tmp_path), tokenizer="smollm2", load_in_4bit=True, lora=True, lora_r=4, max_prompt_tokens=96, beam_width=10)
+    m = LMRecModule(model=str(tmp_path), tokenizer="smollm2", lora={"enabled": True, "r": 4, "load_in_4bit": True}, prompt={"max_tokens": 96},
+                    evaluation={"beam_width": 10})
     m.attach(datamodule.data.catalog)
     assert sum(isinstance(x, bnb.nn.Linear4bit) for x in m.modules()) == 7  # q k v o gate up down
     trainable = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
@@ -379,11 +382,11 @@ def test_qlora_nf4_on_cpu_trains_one_step(datamodule, batch, tmp_path):
 
 def test_bad_settings_are_rejected():
     with pytest.raises(ValueError, match="needs lora"):
-        LMRecModule(preset="1m", preset_overrides=TINY, load_in_4bit=True)
+        LMRecModule(preset="1m", overrides=TINY, lora={"load_in_4bit": True})
     with pytest.raises(ValueError, match="beam_width"):
-        LMRecModule(preset="1m", preset_overrides=TINY, beam_width=5)
+        LMRecModule(preset="1m", overrides=TINY, evaluation={"beam_width": 5})
     with pytest.raises(ValueError, match="{history}"):
-        LMRecModule(preset="1m", preset_overrides=TINY, prompt_template="no history here")
+        LMRecModule(preset="1m", overrides=TINY, prompt={"template": "no history here"})
 
 
 def test_liger_flag_patches_the_model_with_kernels_not_losses(monkeypatch, caplog):
@@ -447,7 +450,7 @@ def test_compiled_training_matches_eager(datamodule):
     losses = []
     for compiled in (False, True):
         counters.clear()
-        m = tiny_module(compile=compiled, lr=3e-3)
+        m = tiny_module(compile=compiled, optimizer={"lr": 3e-3})
         trainer = quiet_trainer(max_steps=3, limit_val_batches=0)
         trainer.fit(m, datamodule=datamodule)
         assert (m._train_forward is not None) == compiled
@@ -466,8 +469,8 @@ def end_to_end(epochs: int, num_users: int) -> tuple[dict[str, float], list[floa
         max_history=5,
         batch_size=32,
     )
-    m = tiny_module(preset_overrides={**TINY, "num_layers": 2, "hidden_size": 64, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128},
-                    lr=3e-3, warmup_steps=10, max_prompt_tokens=128)
+    m = tiny_module(overrides={**TINY, "num_layers": 2, "hidden_size": 64, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128},
+                    optimizer={"lr": 3e-3, "warmup_steps": 10}, prompt={"max_tokens": 128})
     losses: list[float] = []
 
     class Record(L.Callback):

@@ -19,8 +19,14 @@ from genrec.models.tiger import EOS, PAD, shift_right, sid_vocab_sizes
 from genrec.quantize import RQKMeans, SemanticIDs
 from tests.trainer import quiet_trainer
 
+
 # A T5 small enough for 2 CPU cores: one layer each side, d_model 64 (the 336k preset's width).
-TINY = {"preset": "336k", "d_ff": 128, "ff_layers": 1, "num_heads": 2, "d_kv": 32, "dropout": 0.0}
+def tiny(**fields) -> dict:
+    """TigerModule arguments of the 336k preset shrunk (``fields`` change more of its shape)."""
+    return {"preset": "336k", "overrides": {"d_ff": 128, "ff_layers": 1, "num_heads": 2, "d_kv": 32, "dropout": 0.0, **fields}}
+
+
+TINY = tiny()
 
 
 def category_sids(datamodule: SequenceDataModule, levels: int = 2, codebook_size: int = 16, noise: float = 0.3) -> SemanticIDs:
@@ -167,7 +173,7 @@ def test_beam_search_with_full_beam_is_exact(small, attn):
     the cached step function (score_all_items) and by plain teacher forcing without a cache."""
     datamodule, sids, path = small
     torch.manual_seed(0)
-    module = TigerModule(path, **{**TINY, "num_layers": 2, "num_decoder_layers": 2}, user_tokens=5, attn_implementation=attn).eval()
+    module = TigerModule(path, **tiny(num_layers=2, num_decoder_layers=2), user_tokens=5, attn_implementation=attn).eval()
     module.attach(datamodule.data.catalog, sids, datamodule.data.train_item_counts())
     batch = datamodule.dataset("test").__getitems__(list(range(6)))
     N, K = sids.num_items, 10
@@ -356,7 +362,7 @@ def end_to_end(tmp_path, epochs: int, max_history: int) -> tuple[dict[str, float
     sids = category_sids(datamodule, levels=2, codebook_size=16)
     path = tmp_path / "synthetic.safetensors"
     sids.save(path)
-    module = TigerModule(str(path), **{**TINY, "d_ff": 256}, lr=1e-2, warmup_steps=10)
+    module = TigerModule(str(path), **tiny(d_ff=256), lr=1e-2, warmup_steps=10)
     losses = EpochLosses()
     trainer = quiet_trainer(max_epochs=epochs, limit_val_batches=0, callbacks=[losses])
     trainer.fit(module, datamodule)
