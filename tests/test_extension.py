@@ -32,7 +32,7 @@ from genrec.data.synthetic import SyntheticSource
 from genrec.decoding import BeamResult
 from genrec.errors import ArtifactError
 from genrec.metrics import RecEvaluation
-from genrec.models import RecommenderModule
+from genrec.models import RecommenderModule, recommender_class
 from genrec.models.optim import OptimizerConfig
 from genrec.pipeline import PipelineConfig, run_pipeline
 from genrec.quantize import FitSettings, SemanticIDs, Tokenizer
@@ -221,6 +221,17 @@ def write_tsv(folder: Path) -> Path:
 def test_the_extensions_implement_the_contracts():
     assert isinstance(HashTokenizer(), Tokenizer)
     assert issubclass(SidGRU, RecommenderModule) and SidGRU.needs_sids
+
+
+def test_only_trusted_recommender_subclasses_are_imported():
+    """genrec's models resolve by name; another class only from a trusted module, and only if it
+    is a RecommenderModule (issue 18's load-time rule)."""
+    assert recommender_class("genrec.models.TigerModule").needs_sids
+    assert recommender_class(f"{HERE}.SidGRU", trusted=["tests"]) is SidGRU  # a trusted package trusts its modules
+    with pytest.raises(ValueError, match="not a genrec model .*nothing was imported"):
+        recommender_class(f"{HERE}.SidGRU")
+    with pytest.raises(ValueError, match="is not a genrec.models.RecommenderModule subclass"):
+        recommender_class(f"{HERE}.HashTokenizer", trusted=[HERE])
 
 
 def test_tsv_reader_names_a_bad_line(tmp_path):
