@@ -40,7 +40,7 @@ import importlib
 import logging
 from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -49,6 +49,7 @@ from torch import Tensor
 
 from genrec.data.catalog import ItemCatalog
 from genrec.data.datamodule import SeqBatch
+from genrec.data.sequences import Stage
 from genrec.decoding import BeamResult, Recommendations
 from genrec.metrics import RecEvaluation
 from genrec.models.graphed_step import GraphedAdamW, GraphedTrainStep
@@ -56,8 +57,6 @@ from genrec.models.optim import OptimizerConfig, adamw, fused_adamw
 from genrec.quantize.semantic_ids import SemanticIDs
 
 log = logging.getLogger(__name__)
-
-Stage = Literal["train", "val", "test"]
 
 MODELS: dict[str, str] = {"TigerModule": "genrec.models.tiger", "LMRecModule": "genrec.models.lm_rec", "SASRecModule": "genrec.models.sasrec"}
 """genrec's registry of recommenders: class name -> defining module (imported by name on use,
