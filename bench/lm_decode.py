@@ -246,13 +246,13 @@ def main() -> None:
     batch_size = args.batch or (1024 if device.type == "cuda" else 16)
     overrides = set_flags(args.set)
     cli = GenRecCLI(args=["--config", args.data, "--config", args.model, "--trainer.logger=false",
-                          f"--data.init_args.eval_batch_size={batch_size}", f"--model.init_args.beam_width={args.beams}", *overrides], run=False)
+                          f"--data.init_args.eval_batch_size={batch_size}", f"--model.init_args.evaluation.beam_width={args.beams}", *overrides], run=False)
     dm = cli.datamodule
     module = LMRecModule.load_from_checkpoint(args.ckpt, map_location="cpu") if args.ckpt else cli.model
     if args.beams < module.num_results:
         raise SystemExit(f"--beams {args.beams} is below the {module.num_results} items recommended per user")
     dm.setup("test")
-    module.attach_items(dm.data.catalog, dm.data.train_item_counts())
+    module.attach(dm.data.catalog, train_counts=dm.data.train_item_counts())
     module.to(device).eval()
     module.static_decoding = args.decoder != "slot"
     module.decode_graphs = args.decoder == "static"
@@ -289,11 +289,11 @@ def main() -> None:
     ranked = torch.cat([r.items for r in results])
     targets = torch.cat([b.targets for b in batches])
     counts = module.evaluation.train_counts.cpu()
-    evaluation = RecEvaluation(module.ks, module.hparams.cold_start_max_count)
+    evaluation = RecEvaluation(module.ks, module.eval_config.cold_start_max_count)
     evaluation.attach(counts, len(dm.data.catalog))
     evaluation.update("test", ranked, targets)
     metrics = {k: float(v) for m in (evaluation.test, evaluation.test_cold) for k, v in m.compute().items()}
-    exposure = cold_exposure(ranked, targets, counts, module.hparams.cold_start_max_count, k=module.num_results)
+    exposure = cold_exposure(ranked, targets, counts, module.eval_config.cold_start_max_count, k=module.num_results)
     print("cold items:", {k: round(v, 4) for k, v in exposure.items()}, flush=True)
     valid = int(((ranked >= 0).all(1) & (ranked.sort(1).values.diff(1) != 0).all(1)).sum())
     decoded = module.decode_counts

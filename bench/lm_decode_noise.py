@@ -64,7 +64,7 @@ def static_scores(module: LMRecModule, batch: SeqBatch) -> torch.Tensor:
     inputs = module.lm_inputs(batch, with_target=False)
     B, S = inputs.input_ids.shape
     steps = int(lengths.max())
-    decoder = decoder_for(module, B, 1, steps, max(module.hparams.max_prompt_tokens, S))
+    decoder = decoder_for(module, B, 1, steps, max(module.prompt.max_tokens, S))
     rows = torch.arange(B, device=tokens.device)
     with torch.autocast(decoder.device.type, enabled=False):
         log_probs = decoder.prefill(module, inputs)
@@ -90,7 +90,7 @@ def main() -> None:
     dm = cli.datamodule
     module = LMRecModule.load_from_checkpoint(args.ckpt, map_location="cpu") if args.ckpt else cli.model
     dm.setup("test")
-    module.attach_items(dm.data.catalog, dm.data.train_item_counts())
+    module.attach(dm.data.catalog, dm.data.train_item_counts())
     module.to(device).eval()
     batch = take_users(iter(dm.test_dataloader()), args.users)[0].to(device)
     ways = {"plain": plain_scores, "reference": reference_scores, "static": static_scores}

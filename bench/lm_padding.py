@@ -26,7 +26,7 @@ def padding_efficiency(data: str, model: str, bucket: bool, overrides: list[str]
     )
     dm, module = cli.datamodule, cli.model
     dm.setup("fit")
-    module.attach_items(dm.data.catalog, dm.data.train_item_counts())
+    module.attach(dm.data.catalog, train_counts=dm.data.train_item_counts())
     real = computed = batches = longest = 0
     for batch in dm.train_dataloader():
         inputs = module.lm_inputs(batch)

@@ -1,7 +1,7 @@
 """LM-recommender training and test benchmark: quality (overall and cold-start), tokens/s, decoding users/s.
 
     python -m bench.lm_train --data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml \
-        [--set trainer.max_epochs=1 --set model.init_args.lr=0.0005 ...]
+        [--set trainer.max_epochs=1 --set model.init_args.optimizer.lr=0.0005 ...]
 
 Runs ``fit`` exactly as ``train.py fit`` would (same configs, LightningCLI) with a callback that
 counts the real (unpadded) prompt + target tokens of every training batch and the wall time of
@@ -90,16 +90,16 @@ def main() -> None:
     row = {
         "data": dm.name,
         "model": f"{source} ({total / 1e6:.1f}M, {trainable / 1e6:.2f}M trained)",
-        "lora": f"r {hp.lora_r}" if hp.lora else "full",
+        "lora": f"r {hp.lora['r']}" if hp.lora["enabled"] else "full",
         "epochs": f"{timeline.samples / len(dm.dataset('train')):.2f}",
         "batch": batch_cell(cli),
-        "lr": hp.lr,
+        "lr": hp.optimizer["lr"],
         "precision": cli.trainer.precision,
         **metric_columns(results, cold_ndcg=True),
         "train s (no val)": f"{train_s:.0f}",
         "train tokens/s": f"{timeline.total('tokens') / train_s:,.0f}",
         "samples/s": f"{timeline.samples / train_s:.0f}",
-        f"test pass s ({users:,} users, beam {hp.beam_width})": f"{test_s:.1f}",
+        f"test pass s ({users:,} users, beam {hp.evaluation['beam_width']})": f"{test_s:.1f}",
         "decode users/s": f"{users / test_s:.0f}",
     }
     record(

@@ -48,7 +48,7 @@ def main() -> None:
     dm, module = cli.datamodule, cli.model
     dm.setup("fit")
     module.to(device).train()
-    module.attach_items(SemanticIDs.load(args.sids), dm.data.train_item_counts())
+    module.attach(dm.data.catalog, SemanticIDs.load(args.sids), dm.data.train_item_counts())
     batches = [b.to(device) if hasattr(b, "to") else b for b in itertools.islice(dm.train_dataloader(), args.warmup + args.steps)]
     rows = []
     for variant in args.variant or ["eager", "graphs"]:

@@ -46,8 +46,7 @@ from genrec.errors import (
 from genrec.models import presets
 from genrec.noise import quiet_third_party
 from genrec.progress import progress_callbacks
-from genrec.quantize.rqkmeans import RQKMeans
-from genrec.quantize.rqvae import RQVAEModule
+from genrec.quantize.protocol import Tokenizer
 from genrec.quantize.stage import TokenizeConfig, format_quality, tokenize
 from genrec.recommender import QueryError
 from genrec.resume import RNGStateCheckpoint
@@ -251,7 +250,7 @@ def tokenize_parser() -> ArgumentParser:
     parser = encode_parser()
     parser.prog = "train.py tokenize"
     parser.description = "Train an RQ-VAE / RQ-KMeans tokenizer on item embeddings and write semantic IDs."
-    parser.add_argument("--tokenizer", type=RQVAEModule | RQKMeans, required=True, help="The quantizer (class_path/init_args).")
+    parser.add_argument("--tokenizer", type=Tokenizer, required=True, help="The quantizer (class_path/init_args): any class of the Tokenizer protocol.")
     parser.add_class_arguments(TokenizeConfig, "tokenize", help="Training settings and output.")
     return parser
 

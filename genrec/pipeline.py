@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SID_MODELS = ("TigerModule",)
-
 
 @dataclass
 class PipelineConfig:
@@ -119,7 +117,7 @@ def run_pipeline(config: PipelineConfig, command: str = "") -> Path:
     if ignored:
         log.warning("overrides for stages this run does not have are ignored: %s (stages: %s)",
                     ", ".join(ignored), ", ".join(["data", "tokenize", *config.models]))
-    needs_sids = any(model_class(path) in SID_MODELS for path in config.models.values())
+    needs_sids = any(model_needs_sids(path) for path in config.models.values())
     clock = StageClock(1 + needs_sids + len(config.models) + 1)
     with clock.stage("data", config.data):
         stats = run_data(["--config", config.data, *config.overrides.get("data", []), "--output", str(run / "data.json")])
@@ -129,7 +127,7 @@ def run_pipeline(config: PipelineConfig, command: str = "") -> Path:
             sids_path = run_sid_stages(config)
     results = {}
     for name, path in config.models.items():
-        sids = sids_path if model_class(path) in SID_MODELS else None
+        sids = sids_path if model_needs_sids(path) else None
         with clock.stage(name, f"{model_class(path)}: fit + test, {path}"):
             results[name] = run_model(config, name, path, sids)
             if results[name].get("skipped"):
@@ -144,7 +142,7 @@ def unused_overrides(config: PipelineConfig) -> list[str]:
     """Stage names in ``config.overrides`` that are no stage of this run (neither ``data``,
     ``tokenize`` with a SID model, nor a model of ``config.models``)."""
     stages = {"data", *config.models}
-    if any(model_class(path) in SID_MODELS for path in config.models.values()):
+    if any(model_needs_sids(path) for path in config.models.values()):
         stages.add("tokenize")
     return sorted(set(config.overrides) - stages)
 
@@ -168,6 +166,15 @@ def model_class(path: str) -> str:
     """The class name a model YAML's ``model.class_path`` names (e.g. ``TigerModule``)."""
     model = (yaml.safe_load(Path(path).read_text()) or {}).get("model", {})
     return str(model.get("class_path", "")).rsplit(".", 1)[-1]
+
+
+def model_needs_sids(path: str) -> bool:
+    """Whether the recommender a model YAML's ``model.class_path`` names reads semantic IDs (its
+    class's ``needs_sids``; the class is imported: the user's own config names it)."""
+    from genrec.models.base import recommender_class
+
+    class_path = str(((yaml.safe_load(Path(path).read_text()) or {}).get("model") or {}).get("class_path", ""))
+    return recommender_class(class_path, trusted=[class_path.rpartition(".")[0]], source=f"{path}: model.class_path").needs_sids
 
 
 def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None) -> dict[str, Any]:

@@ -5,19 +5,24 @@
 * the data module (so the catalogue: dense ids, external ids, titles) from the resolved config
   ``fit`` writes beside the checkpoints, ``<folder>/config.yaml`` (``model:`` and ``data:``
   blocks; no other file under the folder is read);
-* the LightningModule of that config's ``model.class_path``, which must name one of genrec's
-  models (:data:`MODELS`; checked before anything is imported, and every ``class_path`` of the
-  ``data:`` block must lie in ``genrec``), from a checkpoint loaded with
-  ``weights_only=True`` (tensors and plain values; a pickled object is refused, never run);
-* the item tables the module decodes with: TIGER's SID file (checked against the catalogue
-  and against the SID table the checkpoint was trained on), the LM recommender's title
-  tokens and trie; SASRec needs none.
+* the :class:`~genrec.models.RecommenderModule` of that config's ``model.class_path``, from a
+  checkpoint loaded with ``weights_only=True`` (tensors and plain values; a pickled object is
+  refused, never run);
+* its items, through the contract's one call, ``module.attach(catalog, sids)``: with
+  :attr:`~genrec.models.RecommenderModule.needs_sids` the SID file the run recorded (checked
+  against the catalogue and against the SID table the checkpoint was trained on).
+
+What may be imported (issue 18: a run folder from elsewhere must not choose what Python
+imports). ``model.class_path`` must name one of genrec's models (:data:`genrec.models.base.MODELS`,
+looked up by name, nothing imported) or a class of a module the caller names in ``trusted``
+(e.g. ``Recommender.load(run, trusted=["my_lab.models"])``), which must be a
+``RecommenderModule`` subclass (:func:`genrec.models.recommender_class`). Every ``class_path`` of
+the ``data:`` block must lie in ``genrec`` or a ``trusted`` module (a user's reader). Anything
+else is refused before it is imported.
 
 ``recommend(history, k)`` returns the ``k`` best distinct catalogue items of a history,
-best first. Scores compare items of one model only (:attr:`Recommender.score_meaning`):
-TIGER and the LM recommender give the item's summed token log-probability under constrained
-beam search (SID tokens / title tokens), SASRec the dot product of the user state with the
-item embedding (a logit). Unlike evaluation, items of the history are not recommended again
+best first, through the module's ``recommend(batch, k)``. Scores compare items of one model
+only (:attr:`Recommender.score_meaning`, the module's ``score_meaning``). Unlike evaluation, items of the history are not recommended again
 (``exclude_history=False`` keeps them), and items that share a title are listed once, the
 best-scored one carrying the others' external ids (``distinct_titles=False`` lists each).
 """
@@ -34,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
-import lightning as L
 import torch
 import yaml
 from torch import Tensor
@@ -43,16 +47,10 @@ from genrec.artifacts import read_checkpoint
 from genrec.data.catalog import ItemCatalog, clean_text
 from genrec.data.datamodule import PAD_ITEM, SeqBatch, SequenceDataModule
 from genrec.errors import ArtifactError
-from genrec.models.lm_rec import LMRecModule
-from genrec.models.sasrec import SASRecModule
-from genrec.models.tiger import TigerModule
+from genrec.models.base import RecommenderModule, recommender_class
 from genrec.quantize.semantic_ids import SemanticIDs
 
 log = logging.getLogger(__name__)
-
-MODELS: dict[str, type[L.LightningModule]] = {cls.__name__: cls for cls in (TigerModule, LMRecModule, SASRecModule)}
-"""The models :meth:`Recommender.load` builds, by class name; a run's ``model.class_path`` must
-name one of them (as ``genrec.models.<Name>`` or its defining module)."""
 
 ItemRef = int | str
 """A history entry: a dense item id (``int``), or an external id or exact title (``str``)."""
@@ -87,15 +85,14 @@ class Recommender:
     """A trained recommender and its catalogue, for inference on new histories.
 
     Args:
-        module: a :class:`~genrec.models.TigerModule`, :class:`~genrec.models.LMRecModule`
-            (items attached) or :class:`~genrec.models.SASRecModule`.
+        module: a :class:`~genrec.models.RecommenderModule` with its items attached.
         catalog: the catalogue the module was trained on.
         max_history: the most recent items of a history that are kept (the data module's).
     """
 
-    def __init__(self, module: L.LightningModule, catalog: ItemCatalog, max_history: int) -> None:
-        if not isinstance(module, (TigerModule, LMRecModule, SASRecModule)):
-            raise TypeError(f"no inference for {type(module).__name__}; expected TigerModule, LMRecModule or SASRecModule")
+    def __init__(self, module: RecommenderModule, catalog: ItemCatalog, max_history: int) -> None:
+        if not isinstance(module, RecommenderModule):
+            raise TypeError(f"no inference for {type(module).__name__}; expected a genrec.models.RecommenderModule")
         self.module = module.eval()
         self.catalog = catalog
         self.max_history = max_history
@@ -111,6 +108,7 @@ class Recommender:
         model: str | None = None,
         checkpoint: str = "best",
         device: str | torch.device = "cpu",
+        trusted: Sequence[str] = (),
     ) -> Recommender:
         """Load a trained model with its catalogue.
 
@@ -123,22 +121,24 @@ class Recommender:
                 pipeline tested), ``last``, or a checkpoint file (a path, or a name in
                 ``checkpoints/``).
             device: where the model runs.
+            trusted: module names (a package trusts its submodules) whose classes the run's
+                config may name besides genrec's: a model or data reader of your own.
 
         Raises:
             FileNotFoundError: no checkpoint, saved config or SID file where expected.
-            ArtifactError: the config names a class outside genrec's models, a checkpoint does
+            ArtifactError: the config names a class outside genrec's models and ``trusted``, a checkpoint does
                 not load with ``weights_only=True`` (damaged, or pickled objects), or the SID file
                 does not fit the catalogue or the checkpoint.
         """
         _check_run(Path(path), model)
         folder = _model_folder(Path(path), model)
         config = _saved_config(folder)
-        module_class = _model_class(config, folder / "config.yaml")
-        datamodule = _datamodule(config["data"], folder / "config.yaml")
+        module_class = _model_class(config, folder / "config.yaml", trusted)
+        datamodule = _datamodule(config["data"], folder / "config.yaml", trusted)
         catalog = datamodule.data.catalog
         file = _checkpoint_file(folder, checkpoint)
         overrides: dict[str, Any] = {}
-        if issubclass(module_class, TigerModule):
+        if module_class.needs_sids:
             # The SID path as the run recorded it, or the pipeline's <run>/sids/ beside the model.
             overrides["sids"] = str(_located(config["model"]["init_args"]["sids"], folder.parent / "sids"))
         log.info("loading %s from %s", module_class.__name__, file)
@@ -146,12 +146,8 @@ class Recommender:
         # weights_only: no unpickling; _instantiator None: the class is built from its hparams
         # directly, never through an importer the checkpoint names
         module = module_class.load_from_checkpoint(file, map_location=device, weights_only=True, _instantiator=None, **overrides).to(device)
-        if isinstance(module, TigerModule):
-            module.attach_items(SemanticIDs.load(module.hparams.sids, expected_fingerprint=catalog.fingerprint()))
-        elif isinstance(module, LMRecModule):
-            module.attach_items(catalog)
-        elif isinstance(module, SASRecModule) and module.items.num_embeddings - 1 != len(catalog):
-            raise ValueError(f"the checkpoint has {module.items.num_embeddings - 1} items, the catalogue {len(catalog)}")
+        sids = SemanticIDs.load(module.hparams.sids, expected_fingerprint=catalog.fingerprint()) if module_class.needs_sids else None
+        module.attach(catalog, sids)
         return cls(module, catalog, datamodule.max_history)
 
     @property
@@ -161,11 +157,7 @@ class Recommender:
     @property
     def score_meaning(self) -> str:
         """What :attr:`Recommendation.score` is for this model, in one line."""
-        if isinstance(self.module, TigerModule):
-            return "log-probability of the item's semantic ID (summed over its SID tokens, beam search); 0 is certain"
-        if isinstance(self.module, LMRecModule):
-            return "log-probability of the item's title (summed over its title tokens, beam search); 0 is certain"
-        return "logit: dot product of the history's state with the item's embedding (unbounded, higher is better)"
+        return self.module.score_meaning
 
     def item_id(self, item: ItemRef) -> int:
         """The dense id of a history entry.
@@ -235,15 +227,9 @@ class Recommender:
             ``items [B, k]`` int64 dense ids, distinct per row, and their ``scores [B, k]``,
             best first.
         """
-        module = self.module
-        if isinstance(module, SASRecModule):
-            scores = module.scores(batch)
-            top = module.rank(scores, batch, k)
-            return top, scores.gather(1, top)
-        # beam_width >= k: every row ends with k items (see TigerModule / constrained_beam_search)
-        result = module.recommend(batch, num_results=k, beam_width=max(k, module.hparams.beam_width))
-        if bool((result.items < 0).any()):
-            raise RuntimeError(f"beam search found fewer than {k} items for a history")
+        result = self.module.recommend(batch, k)
+        if tuple(result.items.shape) != (len(batch), k) or bool((result.items < 0).any()):
+            raise RuntimeError(f"{type(self.module).__name__}.recommend gave fewer than {k} items for a history")
         return result.items, result.scores
 
     @overload
@@ -383,38 +369,41 @@ def _saved_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def _model_class(config: dict[str, Any], source: Path) -> type[L.LightningModule]:
-    """The genrec model of ``config``'s ``model.class_path``, looked up in :data:`MODELS`, so
-    nothing is imported (a class path outside genrec is refused before any import)."""
-    class_path = config["model"].get("class_path")
-    module, _, name = str(class_path).rpartition(".")
-    cls = MODELS.get(name)
-    if cls is None or module not in (cls.__module__, "genrec.models"):
-        expected = ", ".join(f"genrec.models.{n}" for n in MODELS)
-        raise ArtifactError(f"{source}: model.class_path {class_path!r} is not a genrec model ({expected}); nothing was imported")
-    return cls
+def _model_class(config: dict[str, Any], source: Path, trusted: Sequence[str] = ()) -> type[RecommenderModule]:
+    """The recommender class of ``config``'s ``model.class_path``: a genrec model looked up by
+    name, or a ``RecommenderModule`` subclass of a ``trusted`` module (anything else is refused
+    before any import; :func:`genrec.models.recommender_class`)."""
+    try:
+        return recommender_class(str(config["model"].get("class_path")), trusted)
+    except ValueError as error:
+        raise ArtifactError(f"{source}: {error}") from None
 
 
-def _foreign_class_paths(block: Any, where: str = "data") -> list[str]:
-    """Every ``class_path`` inside a config block that lies outside the genrec package."""
+def _trusted(class_path: str, trusted: Sequence[str]) -> bool:
+    module = class_path.rpartition(".")[0]
+    return any(module == t or module.startswith(t + ".") for t in ("genrec", *trusted) if t)
+
+
+def _foreign_class_paths(block: Any, where: str = "data", trusted: Sequence[str] = ()) -> list[str]:
+    """Every ``class_path`` inside a config block that lies outside the genrec package and the ``trusted`` modules."""
     found = []
     if isinstance(block, dict):
         for key, value in block.items():
-            if key == "class_path" and not str(value).startswith("genrec."):
+            if key == "class_path" and not _trusted(str(value), trusted):
                 found.append(f"{where}.class_path {value!r}")
-            found += _foreign_class_paths(value, f"{where}.{key}" if key != "init_args" else where)
+            found += _foreign_class_paths(value, f"{where}.{key}" if key != "init_args" else where, trusted)
     elif isinstance(block, list):
         for i, value in enumerate(block):
-            found += _foreign_class_paths(value, f"{where}[{i}]")
+            found += _foreign_class_paths(value, f"{where}[{i}]", trusted)
     return found
 
 
-def _datamodule(data: dict[str, Any], source: Path) -> SequenceDataModule:
+def _datamodule(data: dict[str, Any], source: Path, trusted: Sequence[str] = ()) -> SequenceDataModule:
     """The data module of a config's ``data:`` block (``class_path`` / ``init_args``), whose
-    classes must all lie in genrec (checked before jsonargparse imports any)."""
+    classes must all lie in genrec or a ``trusted`` module (checked before jsonargparse imports any)."""
     from genrec.cli import data_parser, instantiate, parse_error_line
 
-    foreign = _foreign_class_paths(data)
+    foreign = _foreign_class_paths(data, trusted=trusted)
     if foreign:
         raise ArtifactError(f"{source}: {foreign[0]} lies outside genrec; refusing to import it")
     parser = data_parser()
@@ -425,7 +414,7 @@ def _datamodule(data: dict[str, Any], source: Path) -> SequenceDataModule:
     return instantiate(lambda: parser.instantiate_classes(parsed)).data
 
 
-def _check_hyperparameters(checkpoint: dict[str, Any], module_class: type[L.LightningModule], file: Path) -> None:
+def _check_hyperparameters(checkpoint: dict[str, Any], module_class: type[RecommenderModule], file: Path) -> None:
     """A checkpoint's recorded class (LightningCLI's ``_class_path``) is the config's model."""
     recorded = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
     if recorded is not None and str(recorded).rpartition(".")[2] != module_class.__name__:

@@ -40,10 +40,9 @@ from filelock import FileLock
 
 from genrec.artifacts import atomic_path, read_json, write_json
 from genrec.pipeline import (
-    SID_MODELS,
     PipelineConfig,
     device_name,
-    model_class,
+    model_needs_sids,
     run_model,
     run_sid_stages,
 )
@@ -172,7 +171,7 @@ def count_tokenizer_parameters(sids: Path) -> int:
 
 def _sids(config: ScalingConfig, pipeline: PipelineConfig) -> Path | None:
     """The SID artifact: the configured one, or the pipeline's encode + tokenize stages (reused when unchanged)."""
-    if not any(model_class(s.model) in SID_MODELS for s in config.sweeps.values()):
+    if not any(model_needs_sids(s.model) for s in config.sweeps.values()):
         return None
     if config.sids:
         path = Path(config.sids)
@@ -216,7 +215,7 @@ def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int]
             pipeline.overrides[run] = [*sweep.overrides, *sweep.preset_overrides.get(preset, []),
                                        "--model.init_args.preset", preset, "--seed_everything", str(seed)]
             log.info("scaling run %d/%d: %s", k + 1, len(runs), run)
-            run_model(pipeline, run, sweep.model, sids if model_class(sweep.model) in SID_MODELS else None)
+            run_model(pipeline, run, sweep.model, sids if model_needs_sids(sweep.model) else None)
     return write_scaling_report(config, sids, command)
 
 

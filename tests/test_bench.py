@@ -54,7 +54,7 @@ def test_record_puts_new_rows_in_their_table_above_the_notes_and_merges_files(tm
 def test_lm_padding_counts_the_same_real_tokens_and_bucketing_pads_less():
     from bench.lm_padding import padding_efficiency
 
-    small = ["--data.init_args.batch_size=32", "--model.init_args.max_prompt_tokens=64"]
+    small = ["--data.init_args.batch_size=32", "--model.init_args.prompt.max_tokens=64"]
     plain = padding_efficiency("configs/data/synthetic.yaml", "configs/lm/tiny-scratch.yaml", False, small)
     bucketed = padding_efficiency("configs/data/synthetic.yaml", "configs/lm/tiny-scratch.yaml", True, small)
     assert plain["real tokens"] == bucketed["real tokens"] and plain["batches"] == bucketed["batches"]
@@ -274,7 +274,7 @@ def test_lm_decode_benchmark_checks_the_reference_and_records_quality(tmp_path, 
     monkeypatch.setattr(sys, "argv", [
         "lm_decode", "--data", str(data), "--model", str(ROOT / "configs/lm/tiny-scratch.yaml"), "--users", "10", "--batch", "4",
         "--beams", "12", "--compare-reference", "6", "--order", "length",
-        "--set", "model.init_args.preset_overrides={num_layers: 1, hidden_size: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}"])
+        "--set", "model.init_args.overrides={num_layers: 1, hidden_size: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}"])
     lm_decode.main()
     table = bench_file.read_text()
     header, _, row = (line.split(" | ") for line in table.strip().splitlines()[-3:])
@@ -323,7 +323,7 @@ def test_lm_decode_noise_scores_the_targets_alike_three_ways_in_float32(tmp_path
     data.write_text(yaml.safe_dump(TINY_DATA))
     monkeypatch.setattr(sys, "argv", [
         "lm_decode_noise", "--data", str(data), "--model", str(ROOT / "configs/lm/tiny-scratch.yaml"), "--users", "3",
-        "--set", "model.init_args.preset_overrides={num_layers: 1, hidden_size: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}"])
+        "--set", "model.init_args.overrides={num_layers: 1, hidden_size: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}"])
     lm_decode_noise.main()
     lines = capsys.readouterr().out.splitlines()
     fp32 = [line for line in lines if line.startswith("fp32 ")]

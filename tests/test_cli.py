@@ -69,7 +69,7 @@ def test_ddp_test_metrics_equal_single_process(tmp_path):
     codes = torch.randint(0, 8, (len(catalog), 3), generator=torch.Generator().manual_seed(0))
     sids = SemanticIDs.from_codes(codes, 8, fingerprint=catalog.fingerprint()).save(tmp_path / "sids.safetensors")
     torch.manual_seed(0)
-    model = TigerModule(sids=str(sids), preset="336k", dropout=0.0)
+    model = TigerModule(sids=str(sids), preset="336k", overrides={"dropout": 0.0})
     results = {}
     for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
         trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False,
@@ -89,7 +89,7 @@ def test_ddp_fit_with_length_buckets(tmp_path):
 
     init = TINY_DATA["data"]["init_args"]
     datamodule = SequenceDataModule(SyntheticSource(**init["source"]["init_args"]), kcore=init["kcore"], batch_size=16, bucket_by_length=True)
-    model = TigerModule(sids=tiny_sids(tmp_path), preset="336k", dropout=0.0)
+    model = TigerModule(sids=tiny_sids(tmp_path), preset="336k", overrides={"dropout": 0.0})
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False, limit_val_batches=0,
                         enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -85,7 +85,7 @@ def test_tokenizer_config(config, tiny_data, tmp_path, monkeypatch):
     args = ["--config", tiny_data, "--config", "configs/encode/minilm.yaml", "--config", config,
             "--encode.output", str(tmp_path / "emb.safetensors"), "--encode.accelerator", "cpu",
             "--tokenize.output", str(out), "--tokenize.accelerator", "cpu", "--tokenize.fast_dev_run", "true",
-            "--tokenizer.init_args.codebook_size", "8"]
+            *(["--tokenizer.init_args.overrides", "{codebook_size: 8}"] if "rqvae" in config else ["--tokenizer.init_args.codebook_size", "8"])]
     path = run_tokenize(args)
     sids = SemanticIDs.load(path)
     assert sids.codebook_size == 8 and sids.num_items == run_data(["--config", tiny_data])["stats"]["items"]
@@ -151,9 +151,9 @@ def test_lm_config(config, tiny_data, tmp_path, monkeypatch):
     init = spec["model"]["init_args"]
     args = ["fit", "--config", tiny_data, "--config", str(ROOT / config)]
     args += ["--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32-true"]
-    args += ["--data.init_args.batch_size", "4", "--data.init_args.eval_batch_size", "4", "--model.init_args.max_prompt_tokens", "128"]
+    args += ["--data.init_args.batch_size", "4", "--data.init_args.eval_batch_size", "4", "--model.init_args.prompt.max_tokens", "128"]
     if init.get("preset") is None and "/" in init.get("model", "smollm2") and not Path(init["model"]).exists():
-        args += ["--model.init_args.preset", "qwen3-0.6b", "--model.init_args.preset_overrides", LM_TINY_SHAPE]
+        args += ["--model.init_args.preset", "qwen3-0.6b", "--model.init_args.overrides", LM_TINY_SHAPE]
     strategy = (spec.get("trainer") or {}).get("strategy")
     if isinstance(strategy, dict):
         parser = ArgumentParser()
@@ -234,7 +234,7 @@ def test_scaling_config(config, tiny_data, tmp_path, monkeypatch, one_thread):
         # A preset's own arguments come after the sweep's: the small batch must win there too.
         sweep["preset_overrides"] = {p: [*extra, *fast] for p, extra in sweep.get("preset_overrides", {}).items()}
         if "lm/" in sweep["model"]:  # a narrow one-layer LM: the 49k-token vocabulary dominates its cost
-            sweep["overrides"] += ["--model.init_args.max_prompt_tokens", "64", "--model.init_args.beam_width", "10"]
+            sweep["overrides"] += ["--model.init_args.prompt.max_tokens", "64", "--model.init_args.evaluation.beam_width", "10"]
     settings.update(data=tiny_data, seeds=[0], root=str(tmp_path))
     settings["overrides"] = {"tokenize": ["--tokenizer.init_args.codebook_size", "8", "--tokenize.accelerator", "cpu", "--encode.accelerator", "cpu"]}
     path = tmp_path / "scaling.yaml"

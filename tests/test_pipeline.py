@@ -24,8 +24,8 @@ MODELS = {  # name -> (config, overrides besides FAST and the epochs)
     "sasrec": ("configs/sasrec/synthetic.yaml", []),
     "lm": (  # the from-scratch LM shrunk to one narrow layer (the 49k-token vocabulary dominates)
         "configs/lm/tiny-scratch.yaml",
-        ["--model.init_args.preset_overrides", json.dumps({"num_layers": 1, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}),
-         "--model.init_args.max_prompt_tokens", "96", "--model.init_args.beam_width", "10", "--model.init_args.warmup_steps", "0"],
+        ["--model.init_args.overrides", json.dumps({"num_layers": 1, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}),
+         "--model.init_args.prompt.max_tokens", "96", "--model.init_args.evaluation.beam_width", "10", "--model.init_args.optimizer.warmup_steps", "0"],
     ),
 }
 

@@ -1,6 +1,9 @@
-"""Recommenders: TIGER (T5 over semantic IDs), the LM recommender (titles), the SASRec baseline, and size presets."""
+"""Recommenders: the contract (:class:`RecommenderModule`), TIGER (T5 over semantic IDs), the LM
+recommender (titles), the SASRec baseline, and size presets."""
 
+from genrec.models.base import RecommenderModule, recommender_class
 from genrec.models.lm_rec import LMRecModule
+from genrec.models.optim import OptimizerConfig
 from genrec.models.presets import (
     DEFAULT_VOCAB_SIZE,
     LM_PRESETS,
@@ -21,6 +24,8 @@ __all__ = [
     "TIGER_PRESETS",
     "LMRecConfig",
     "LMRecModule",
+    "OptimizerConfig",
+    "RecommenderModule",
     "SASRecModule",
     "TigerConfig",
     "TigerModule",
@@ -28,4 +33,5 @@ __all__ = [
     "count_parameters",
     "lm_names",
     "names",
+    "recommender_class",
 ]

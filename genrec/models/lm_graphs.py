@@ -258,7 +258,7 @@ class GraphDecoder:
         capacity: ``cap``, the most users a batch holds.
         width: ``W`` beam slots per user.
         steps: ``T``, the most tokens a beam feeds (the trie's depth).
-        prompt_width: ``P``, the widest prompt (``max_prompt_tokens``).
+        prompt_width: ``P``, the widest prompt (``prompt.max_tokens``).
         graphs: capture and replay CUDA graphs (ignored off CUDA: the step runs eagerly).
         padded: pad to the buckets (always with graphs); else exact sizes (module docstring).
     """
@@ -472,7 +472,7 @@ def graph_decode(module: LMRecModule, inputs: LMInputs, width: int, num_results:
         return None
     trie = module.trie()
     B, S = inputs.input_ids.shape
-    decoder = decoder_for(module, B, width, trie.max_depth, max(module.hparams.max_prompt_tokens, S))
+    decoder = decoder_for(module, B, width, trie.max_depth, max(module.prompt.max_tokens, S))
 
     def step(beams: LiveBeams | None, state: None) -> tuple[Tensor, None]:
         with torch.autocast(decoder.device.type, enabled=False):

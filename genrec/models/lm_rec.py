@@ -40,30 +40,19 @@ are flags; FSDP is the trainer's ``strategy`` (see ``configs/lm/fsdp.yaml`` and
 
 from __future__ import annotations
 
-import copy
 import functools
-import inspect
 import logging
-import tempfile
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genrec.data.catalog import ItemCatalog
 from genrec.data.datamodule import SeqBatch
-from genrec.decoding import (
-    BeamResult,
-    PrefixTrie,
-    Recommendations,
-    constrained_beam_search,
-    pruned_beam_search,
-)
-from genrec.encode import CF_MODEL, embedding_metadata
-from genrec.errors import positive
+from genrec.decoding import BeamResult, PrefixTrie, constrained_beam_search, pruned_beam_search
 from genrec.metrics import RecEvaluation
+from genrec.models.base import RecommenderModule, Stage
 from genrec.models.lm_decoding import (
     ACTIVE_KV,
     BeamState,
@@ -71,120 +60,48 @@ from genrec.models.lm_decoding import (
     SlotKV,
     merged_lora,
     reference_step,
-    shared_prefix_attention,
     slot_step,
 )
 from genrec.models.lm_graphs import graph_decode  # issue 20 (decode)
+from genrec.models.lm_loading import (
+    apply_liger,
+    build_lm,
+    cf_table,
+    decoder_layer_classes,
+    load_tokenizer,
+)
+from genrec.models.lm_prompt import (
+    ROLE_PAD,
+    ROLE_PROMPT,
+    ROLE_TARGET,
+    LMInputs,
+    padded,
+    title_token_ids,
+)
+from genrec.models.optim import OptimizerConfig
 from genrec.models.presets import LMRecConfig
-from genrec.models.tiger import fused_adamw, lr_schedule
+from genrec.models.settings import (
+    EvalConfig,
+    LMOptimizer,
+    LoraSettings,
+    PromptConfig,
+    as_settings,
+    stored,
+)
+from genrec.quantize.semantic_ids import SemanticIDs
 
 log = logging.getLogger(__name__)
 
 LOSS_CHUNK_ROWS = 4096
 """Target tokens per float32 chunk of the LM loss (4,096 x 49,152 logits = 0.8 GB)."""
 
-Stage = Literal["train", "val", "test"]
-
-DEFAULT_PROMPT = "A user bought these items, oldest first:\n{history}The next item the user buys is:"
-"""Prompt around the history lines (``{history}`` once)."""
-DEFAULT_ITEM_TEMPLATE = "-{title}\n"
-"""One history line; ``{title}`` is the title with a leading space (so ``"- title"``)."""
-
-ROLE_PAD, ROLE_PROMPT, ROLE_TARGET = 0, 1, 2
 
 
-@functools.lru_cache(maxsize=4)
-def load_tokenizer(name: str, gguf_file: str | None = None) -> Any:
-    """The tokenizer of a model alias (``smollm2``), folder or hub name; cached per process
-    (reading a GGUF's vocabulary takes seconds)."""
-    from transformers import AutoTokenizer
-
-    from genrec.encode import resolve_model
-
-    path, gguf = resolve_model(name, gguf_file)
-    kwargs = {"gguf_file": gguf} if gguf else {}
-    return AutoTokenizer.from_pretrained(path, **kwargs)
-
-
-def decoder_layer_classes(model: nn.Module) -> set[type[nn.Module]]:
-    """The decoder-layer classes of a ``transformers`` model (``_no_split_modules``), e.g.
-    ``{LlamaDecoderLayer}``: the ``auto_wrap_policy`` / ``activation_checkpointing_policy`` of
-    Lightning's ``FSDPStrategy`` for it."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    return {type(m) for m in model.modules() if type(m).__name__ in names}
-
-
-class LMInputs(NamedTuple):
-    """A left-padded batch of prompts (and targets) as token ids.
-
-    Attributes:
-        input_ids: ``[B, S]`` int64, pad token id in padding.
-        attention_mask: ``[B, S]`` int64, 1 at real tokens.
-        position_ids: ``[B, S]`` int64, ``0 ..`` over the real tokens of each row.
-        labels: ``[B, S]`` int64, the target tokens, ``-100`` elsewhere (all ``-100`` without targets).
-        items: ``[B, S]`` int64, the history item a token's line belongs to, ``-1`` elsewhere.
-        target_width: the longest target in the batch (the last ``target_width`` columns hold
-            every target token); 0 without targets.
-    """
-
-    input_ids: Tensor
-    attention_mask: Tensor
-    position_ids: Tensor
-    labels: Tensor
-    items: Tensor
-    target_width: int
-
-
-def apply_liger(model: nn.Module, fused_loss: bool = False) -> None:
-    """Patch a ``*ForCausalLM`` in place with Liger's RMSNorm, RoPE and SwiGLU kernels.
-
-    Args:
-        fused_loss: also Liger's output layer fused with the cross-entropy (the model's forward
-            then returns the loss, not logits, when given labels). Off for this module, whose
-            :meth:`LMRecModule.loss` takes logits of the target positions only; on in
-            ``bench.lm_throughput``, whose loss covers every position.
-
-    Raises:
-        ValueError: when Liger has no kernels for the model's type.
-    """
-    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
-
-    model_type = model.config.model_type
-    apply = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model_type)
-    if apply is None:
-        raise ValueError(f"liger: Liger has no kernels for model type {model_type!r} (it has {sorted(MODEL_TYPE_TO_APPLY_LIGER_FN)})")
-    wanted = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False, "fused_linear_cross_entropy": fused_loss}
-    accepted = inspect.signature(apply).parameters  # e.g. Gemma's has geglu, not swiglu
-    apply(model=model, **{k: v for k, v in wanted.items() if k in accepted})
-
-
-def _padded(seqs: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
-    """Lists of token ids -> ``[N, T]`` padded table and ``[N]`` lengths."""
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    table = torch.full((len(seqs), max(int(lengths.max()), 1) if seqs else 1), pad, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        table[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return table, lengths
-
-
-def _save_plain(model: nn.Module, folder: str) -> None:
-    """Save a (dequantised GGUF) model as plain safetensors + config, which ``save_pretrained``
-    refuses for GGUF-loaded models."""
-    from safetensors.torch import save_file
-
-    config = copy.deepcopy(model.config)
-    for key in ("quantization_config", "gguf_file"):
-        if hasattr(config, key):
-            delattr(config, key)
-    config.save_pretrained(folder)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if getattr(config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)
-    save_file(state, f"{folder}/model.safetensors", metadata={"format": "pt"})
-
-
-class LMRecModule(L.LightningModule):
+class LMRecModule(RecommenderModule):
     """LLM-as-recommender: history titles in a prompt, next title out, decoding constrained to titles.
+
+    Arguments that belong together are grouped (:mod:`genrec.models.settings`): ``prompt``,
+    ``lora``, ``optimizer`` and ``evaluation``, each a dataclass or a mapping of its fields.
 
     Args:
         model: a pretrained causal LM: an offline alias (``smollm2``: SmolLM2-135M-Instruct from
@@ -192,27 +109,15 @@ class LMRecModule(L.LightningModule):
             needs the weights or a network). Ignored when ``preset`` is given.
         gguf_file: the GGUF file inside ``model``'s folder, if it ships as GGUF (dequantised on load).
         preset: build a freshly initialised LM of this shape instead (``genrec.models.presets.lm_names()``:
-            1m, 3m, 10m, 25m, 50m, smollm2-135m, qwen3-0.6b) over the tokenizer's vocabulary; the
-            ``preset_overrides`` change single fields (e.g. ``{num_layers: 2}``).
-        preset_overrides: fields of :class:`~genrec.models.presets.LMRecConfig` to override.
+            1m, 3m, 10m, 25m, 50m, smollm2-135m, qwen3-0.6b) over the tokenizer's vocabulary.
+        overrides: fields of the preset's :class:`~genrec.models.presets.LMRecConfig` to change
+            (e.g. ``{num_layers: 2}``); only with ``preset``.
         tokenizer: the tokenizer (alias, folder or hub name); default: ``model``'s own for
             pretrained models, ``smollm2`` (offline) for presets.
         tokenizer_gguf_file: the GGUF file of ``tokenizer``, if any.
         dtype: weights' dtype when loading a pretrained model (``auto``: as stored).
-        prompt_template: the prompt, with ``{history}`` once where the history lines go.
-        item_template: one history line, with ``{title}`` once (the title gets a leading space).
-        max_prompt_tokens: token budget of the prompt; the oldest history lines are dropped first.
-        max_title_tokens: titles are cut to this many tokens (before disambiguation).
-        max_history_title_tokens: titles in the prompt's history lines are cut to this many
-            tokens (default: as the targets): on data with long titles, more history items fit
-            ``max_prompt_tokens``. The target, which decoding produces, stays whole.
-        lora: train LoRA adapters (peft) instead of every weight.
-        lora_r: LoRA rank.
-        lora_alpha: LoRA scaling numerator (scale ``alpha / r``).
-        lora_dropout: dropout on the LoRA input.
-        lora_target_modules: the linear layers that get adapters (names of modules).
-        load_in_4bit: load the pretrained base weights as 4-bit nf4 (bitsandbytes; bf16 compute)
-            and prepare them for k-bit training (QLoRA); needs ``lora``.
+        prompt: the prompt templates and token budgets (:class:`~genrec.models.settings.PromptConfig`).
+        lora: LoRA adapters and 4-bit base weights (:class:`~genrec.models.settings.LoraSettings`).
         gradient_checkpointing: recompute activations in the backward pass (HF, non-reentrant).
         compile: ``torch.compile`` the model for training steps (dynamic shapes: prompt lengths
             vary by batch); validation, test and beam search run it eagerly.
@@ -229,81 +134,53 @@ class LMRecModule(L.LightningModule):
             safetensors whose catalogue fingerprint must match the data's), kept frozen, and a
             zero-initialised linear map ``dim -> hidden`` (trained) adds it to the tokens, so
             training starts from the plain LM and learns how to use the collaborative vectors.
-        lr: peak AdamW learning rate.
-        weight_decay: AdamW weight decay of matrices (not of norms, biases).
-        warmup_steps: optimizer steps of linear warmup.
-        scheduler: ``cosine``, ``inverse_sqrt`` or ``constant`` after warmup (see ``lr_schedule``).
-        min_lr_ratio: floor of the cosine decay, as a fraction of ``lr``.
-        beam_width: beams per user in constrained beam search (at least ``max(ks)``).
-        ks: cut-offs K of Recall@K / NDCG@K; ``max(ks)`` items are recommended.
-        cold_start_max_count: test targets seen at most this often in training form the
-            cold-start slice (``test/cold/...``).
-        max_eval_users: validate and test on at most this many users each, a random subset
-            drawn with ``eval_seed`` (the same users every epoch and run): bounds the CPU time
-            of decoding on large data. The counts are logged as ``val|test/users`` and
-            ``val|test/users_total``, and the pipeline report states the subset.
-        eval_seed: seed of the ``max_eval_users`` subset.
+        optimizer: AdamW and its schedule (:class:`~genrec.models.settings.LMOptimizer`: lr 1e-4,
+            100 warmup steps, cosine).
+        evaluation: beam width, cut-offs, cold-start slice and the evaluated user subset
+            (:class:`~genrec.models.settings.EvalConfig`).
     """
+
+    score_meaning: ClassVar[str] = "log-probability of the item's title (summed over its title tokens, beam search); 0 is certain"
 
     def __init__(
         self,
         model: str = "smollm2",
         gguf_file: str | None = None,
         preset: str | None = None,
-        preset_overrides: dict[str, Any] | None = None,
+        overrides: dict[str, Any] | None = None,
         tokenizer: str | None = None,
         tokenizer_gguf_file: str | None = None,
         dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32",
-        prompt_template: str = DEFAULT_PROMPT,
-        item_template: str = DEFAULT_ITEM_TEMPLATE,
-        max_prompt_tokens: int = 512,
-        max_title_tokens: int = 32,
-        max_history_title_tokens: int | None = None,
-        lora: bool = False,
-        lora_r: int = 8,
-        lora_alpha: int = 16,
-        lora_dropout: float = 0.05,
-        lora_target_modules: list[str] | None = None,
-        load_in_4bit: bool = False,
+        prompt: PromptConfig | None = None,
+        lora: LoraSettings | None = None,
         gradient_checkpointing: bool = False,
         compile: bool = False,
         liger: bool = False,
         cf_embedding: bool = False,
         cf_init: str | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 100,
-        scheduler: Literal["cosine", "inverse_sqrt", "constant"] = "cosine",
-        min_lr_ratio: float = 0.0,
-        beam_width: int = 20,
-        ks: tuple[int, ...] = (5, 10),
-        cold_start_max_count: int = 5,
-        max_eval_users: int | None = None,
-        eval_seed: int = 0,
+        optimizer: LMOptimizer | None = None,
+        evaluation: EvalConfig | None = None,
     ) -> None:
         super().__init__()
-        positive("LMRecModule", lr=lr, max_prompt_tokens=max_prompt_tokens, max_title_tokens=max_title_tokens, beam_width=beam_width)
+        self.prompt = prompt = as_settings(PromptConfig, prompt, "LMRecModule prompt")
+        self.lora = lora = as_settings(LoraSettings, lora, "LMRecModule lora")
+        self.eval_config = as_settings(EvalConfig, evaluation, "LMRecModule evaluation")
+        optimizer = as_settings(LMOptimizer, optimizer, "LMRecModule optimizer")
         self.save_hyperparameters()
-        if prompt_template.count("{history}") != 1 or item_template.count("{title}") != 1:
-            raise ValueError("prompt_template needs {history} once and item_template {title} once")
-        if not ks or min(ks) < 1 or beam_width < max(ks):
-            raise ValueError(f"need ks >= 1 and beam_width >= max(ks); got ks={ks}, beam_width={beam_width}")
-        if load_in_4bit and not lora:
-            raise ValueError("load_in_4bit needs lora: 4-bit base weights cannot be fine-tuned themselves")
+        for key, value in {"prompt": prompt, "lora": lora, "evaluation": self.eval_config, "optimizer": optimizer}.items():
+            self.hparams[key] = stored(value)  # plain values: a weights_only checkpoint rebuilds the module
+        if overrides and preset is None:
+            raise ValueError(f"overrides {overrides} change a preset's fields: give a preset too")
         if liger and not torch.cuda.is_available():
             raise ValueError("liger: Liger's kernels are Triton kernels and need a CUDA GPU; this machine has none")
         if liger and compile:
             log.warning("liger with compile: Liger's kernels break torch.compile's graph, which makes training slower "
                         "than Liger alone (LM training throughput in docs/benchmarks.md)")
-        if max_eval_users is not None and max_eval_users < 1:
-            raise ValueError(f"max_eval_users must be >= 1 (or null for every user), got {max_eval_users}")
-        if max_history_title_tokens is not None and max_history_title_tokens < 1:
-            raise ValueError(f"max_history_title_tokens must be >= 1 (or null), got {max_history_title_tokens}")
         if cf_init is not None and not cf_embedding:
             raise ValueError(f"cf_init={cf_init!r} needs cf_embedding=true")
-        if load_in_4bit and preset is not None:
+        if lora.load_in_4bit and preset is not None:
             raise ValueError("load_in_4bit quantizes pretrained weights on load; save a preset model to a folder and give it as model")
-        self.ks = tuple(int(k) for k in ks)
+        self.ks = self.eval_config.ks
         self.num_results = max(self.ks)
 
         if preset is not None:
@@ -315,154 +192,73 @@ class LMRecModule(L.LightningModule):
         if self.eos_id is None:
             raise ValueError(f"tokenizer {tok_name!r} has no EOS token, which ends every title")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
-        self.lm_config = LMRecConfig.from_name(preset, **(preset_overrides or {})) if preset is not None else None
-        self.model = self._build_model()
+        self.lm_config = LMRecConfig.from_name(preset, **(overrides or {})) if preset is not None else None
+        self.model = build_lm(self.hparams, lora, self.lm_config, self.tokenizer, self.pad_id, self.eos_id)
         self.vocab_size = int(self.model.config.vocab_size)
         if len(self.tokenizer) > self.vocab_size:
             raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens but the model only {self.vocab_size}")
-        self.cf: nn.Embedding | None = None  # built in attach_items (needs the number of items)
+        self.cf: nn.Embedding | None = None  # built in attach (needs the number of items)
         self.cf_proj: nn.Linear | None = None  # with cf_init: the file's dim -> hidden
         self._train_forward = None  # torch.compile'd self.model for training (setup, with compile)
 
-        before, after = prompt_template.split("{history}")
-        line_before, line_after = item_template.split("{title}")
+        before, after = prompt.template.split("{history}")
+        line_before, line_after = prompt.item_template.split("{title}")
         encode = functools.partial(self.tokenizer, add_special_tokens=False)
         pieces = encode([before, after, line_before, line_after]).input_ids
         self.register_buffer("prompt_prefix", torch.tensor(pieces[0], dtype=torch.long), persistent=False)
         self.register_buffer("prompt_suffix", torch.tensor(pieces[1], dtype=torch.long), persistent=False)
         self._line_pieces = (pieces[2], pieces[3])
-        budget = max_prompt_tokens - len(pieces[0]) - len(pieces[1])
+        budget = prompt.max_tokens - len(pieces[0]) - len(pieces[1])
         if budget < 1:
-            raise ValueError(f"max_prompt_tokens ({max_prompt_tokens}) leaves no room for history lines")
+            raise ValueError(f"prompt.max_tokens ({prompt.max_tokens}) leaves no room for history lines")
         self.history_budget = budget
         for name in ("target_tokens", "target_lengths", "line_tokens", "line_lengths"):
             self.register_buffer(name, torch.zeros(0, dtype=torch.long), persistent=False)
         self.title_fixes: dict[str, int] = {"empty": 0, "duplicate": 0, "truncated": 0}
         self.eval_users: dict[str, Tensor] = {}
-        """With ``max_eval_users``: per stage (``val``, ``test``), ``[num_users]`` bool, the users evaluated."""
+        """With ``evaluation.max_users``: per stage (``val``, ``test``), ``[num_users]`` bool, the users evaluated."""
         self.decode_counts: dict[str, int] = {}
         """Running totals of :meth:`recommend`: users, decoding steps, beam tokens fed, and the
         beam tokens the full search (every beam every step) would have fed."""
         self._trie: PrefixTrie | None = None
 
-        self.evaluation = RecEvaluation(self.ks, cold_start_max_count)
-
-    def _build_model(self) -> nn.Module:
-        """The causal LM (pretrained or from the preset), with LoRA / 4-bit / checkpointing applied."""
-        hp = self.hparams
-        if self.lm_config is not None:
-            model = self.lm_config.build(len(self.tokenizer), self.pad_id, self.eos_id)
-        else:
-            from transformers import AutoModelForCausalLM
-
-            from genrec.encode import resolve_model
-
-            path, gguf = resolve_model(hp.model, hp.gguf_file)
-            kwargs: dict[str, Any] = {"dtype": hp.dtype if hp.dtype == "auto" else getattr(torch, hp.dtype)}
-            if hp.load_in_4bit:
-                from transformers import BitsAndBytesConfig
-
-                quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
-                if gguf:  # transformers will not quantize a GGUF on load: dequantise, save, reload 4-bit
-                    with tempfile.TemporaryDirectory() as folder:
-                        _save_plain(AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, dtype=torch.bfloat16), folder)
-                        return self._adapt(AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization, **kwargs))
-                kwargs["quantization_config"] = quantization
-            if gguf:
-                kwargs["gguf_file"] = gguf
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        return self._adapt(model)
-
-    @staticmethod
-    def _shared_prefix(model: nn.Module) -> nn.Module:
-        """Switch ``model``'s attention to :func:`shared_prefix_attention` of its current one."""
-        config = model.config
-        config._attn_implementation = shared_prefix_attention(config._attn_implementation or "sdpa")
-        return model
-
-    def _adapt(self, model: nn.Module) -> nn.Module:
-        """Shared-prompt beam attention, gradient checkpointing, k-bit preparation and LoRA
-        adapters, as the flags say."""
-        hp = self.hparams
-        model = self._shared_prefix(model)
-        if hp.liger:
-            apply_liger(model)
-        if hp.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hp.lora:
-            from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-            if hp.load_in_4bit:
-                model = prepare_model_for_kbit_training(
-                    model,
-                    use_gradient_checkpointing=hp.gradient_checkpointing,
-                    gradient_checkpointing_kwargs={"use_reentrant": False},
-                )
-            targets = hp.lora_target_modules or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-            config = LoraConfig(
-                r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout, target_modules=list(targets), task_type="CAUSAL_LM"
-            )
-            model = get_peft_model(model, config)
-        return model
+        self.evaluation = RecEvaluation(self.ks, self.eval_config.cold_start_max_count)
 
     # ---- items and tokens ---------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        """Pre-tokenize the data module's catalogue titles and build the trie (see :meth:`attach_items`)."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data = getattr(datamodule, "data", None)
-        if data is None:
-            raise RuntimeError("LMRecModule needs a data module with a .data (SequenceData), e.g. genrec.data.SequenceDataModule")
-        self.attach_items(data.catalog, data.train_item_counts())
+        """Pre-tokenize the data module's catalogue titles and build the trie (see :meth:`attach`)."""
+        super().setup(stage)
+        data = self.trainer_data()
         self.choose_eval_users(data.num_users, {s: data.samples(s)[0] for s in ("val", "test")})
         if stage == "fit" and self.hparams.compile and self._train_forward is None:
             # kept off the module tree: the compiled wrapper shares self.model's parameters
             object.__setattr__(self, "_train_forward", torch.compile(self.model, dynamic=True))
 
     def title_token_ids(self, catalog: ItemCatalog) -> list[list[int]]:
-        """Each item's title tokens (``tok(" " + title)``, cut to ``max_title_tokens``, without
-        EOS), unique: empty titles become ``"item <external id>"``, repeated ones get
-        ``" (item <external id>)"``; the counts go to :attr:`title_fixes`."""
-        limit = self.hparams.max_title_tokens
-        catalog.require_text("{title}", "the LM recommender (it reads item titles)")
-        ext = catalog.external_ids
-        titles = [t.strip() for t in catalog.titles]
-        empty = [i for i, t in enumerate(titles) if not t]
-        for i in empty:
-            titles[i] = f"item {ext[i]}"
-        encode = functools.partial(self.tokenizer, add_special_tokens=False)
-        ids = encode([" " + t for t in titles]).input_ids
-        truncated = sum(len(s) > limit for s in ids)
-        ids = [s[:limit] for s in ids]
-        seen: set[tuple[int, ...]] = set()
-        duplicates = [i for i, s in enumerate(ids) if tuple(s) in seen or seen.add(tuple(s))]
-        if duplicates:
-            tags = encode([f" (item {ext[i]})" for i in duplicates]).input_ids
-            for i, tag in zip(duplicates, tags, strict=True):
-                ids[i] = ids[i] + tag
-        if len({tuple(s) for s in ids}) != len(ids):
-            raise ValueError("titles are still not unique after appending external ids (an external id inside a title?)")
-        self.title_fixes = {"empty": len(empty), "duplicate": len(duplicates), "truncated": truncated}
-        if empty or duplicates:
-            log.warning(
-                "%d empty and %d repeated titles (of %d) disambiguated with their external ids", len(empty), len(duplicates), len(ids)
-            )
+        """Each item's unique title tokens (:func:`~genrec.models.lm_prompt.title_token_ids`, cut to
+        ``max_title_tokens``); the counts of fixed titles go to :attr:`title_fixes`."""
+        def encode(texts: list[str]) -> Any:
+            return self.tokenizer(texts, add_special_tokens=False)
+
+        ids, self.title_fixes = title_token_ids(catalog, encode, self.prompt.max_title_tokens)
         return ids
 
-    def attach_items(self, catalog: ItemCatalog, train_counts: Tensor | None = None) -> None:
+    def attach(self, catalog: ItemCatalog, sids: SemanticIDs | None = None, train_counts: Tensor | None = None) -> None:
         """Pre-tokenize every item's target and history line, and build the prefix trie.
 
         Args:
             catalog: the items (ids ``0 .. N-1``).
+            sids: not read (the LM reads titles).
             train_counts: ``[N]`` training interactions per item (cold-start slice, popularity
                 baseline); default all zero.
         """
         titles = self.title_token_ids(catalog)
         before, after = self._line_pieces
         device = self.prompt_prefix.device
-        target, target_len = _padded([t + [self.eos_id] for t in titles], self.pad_id)
-        cut = self.hparams.max_history_title_tokens or len(max(titles, key=len))
-        line, line_len = _padded([before + t[:cut] + after for t in titles], self.pad_id)
+        target, target_len = padded([t + [self.eos_id] for t in titles], self.pad_id)
+        cut = self.prompt.max_history_title_tokens or len(max(titles, key=len))
+        line, line_len = padded([before + t[:cut] + after for t in titles], self.pad_id)
         self.target_tokens, self.target_lengths = target.to(device), target_len.to(device)
         self.line_tokens, self.line_lengths = line.to(device), line_len.to(device)
         n = len(catalog)
@@ -470,7 +266,7 @@ class LMRecModule(L.LightningModule):
         self._trie = PrefixTrie.from_sequences([t + [self.eos_id] for t in titles], vocab_size=self.vocab_size)
         if self.hparams.cf_embedding:
             if self.cf is None:
-                self._new_cf(n, self._cf_table(catalog) if self.hparams.cf_init else None)
+                self._new_cf(n, cf_table(self.hparams.cf_init, catalog) if self.hparams.cf_init else None)
             elif self.cf.num_embeddings != n:
                 raise ValueError(f"the CF embedding has {self.cf.num_embeddings} items, the catalogue {n}")
 
@@ -492,27 +288,10 @@ class LMRecModule(L.LightningModule):
         self.cf_proj = nn.Linear(width, hidden, bias=False, device=device)
         nn.init.zeros_(self.cf_proj.weight)
 
-    def _cf_table(self, catalog: ItemCatalog) -> Tensor:
-        """The ``[num_items, dim]`` float32 table of ``cf_init``, checked against ``catalog``."""
-        from genrec.data.datamodule import load_embeddings
-
-        path = self.hparams.cf_init
-        table = load_embeddings(path)
-        metadata = embedding_metadata(path)
-        fingerprint = metadata.get("catalog_fingerprint")
-        if fingerprint != catalog.fingerprint():
-            raise ValueError(f"cf_init {path}: catalogue fingerprint {fingerprint!r} is not this data's "
-                             f"{catalog.fingerprint()!r}; encode this data set's items (configs/encode/cf.yaml)")
-        if table.dim() != 2 or table.shape[0] != len(catalog):
-            raise ValueError(f"cf_init {path}: embeddings of shape {tuple(table.shape)}, expected [{len(catalog)}, dim]")
-        if metadata.get("model") != CF_MODEL:
-            log.warning("cf_init %s was made by encoder %r, not the collaborative %r one", path, metadata.get("model"), CF_MODEL)
-        return table
-
     def trie(self) -> PrefixTrie:
         """The prefix trie of every item's target tokens, on the module's device."""
         if self._trie is None:
-            raise RuntimeError("no items attached: run inside a Trainer with a data module, or call attach_items()")
+            raise RuntimeError("no items attached: run inside a Trainer with a data module, or call attach()")
         if self._trie.device != self.target_tokens.device:
             self._trie = self._trie.to(self.target_tokens.device)
         return self._trie
@@ -537,7 +316,7 @@ class LMRecModule(L.LightningModule):
         """The left-padded prompt (``+ target + EOS`` with ``with_target``) of each row of ``batch``,
         gathered from the pre-tokenized tables with tensor ops (layout: module docstring)."""
         if self.line_tokens.numel() == 0:
-            raise RuntimeError("no items attached: run inside a Trainer with a data module, or call attach_items()")
+            raise RuntimeError("no items attached: run inside a Trainer with a data module, or call attach()")
         B = batch.history.shape[0]
         items, line_len, keep = self.history_lines(batch.history)
         lines = self.line_tokens[items]  # [B, L, Tl]
@@ -618,77 +397,61 @@ class LMRecModule(L.LightningModule):
         return total / len(targets)
 
     def choose_eval_users(self, num_users: int, users: dict[str, Tensor]) -> None:
-        """Draw the ``max_eval_users`` subset of each stage (nothing without the cap).
+        """Draw the ``evaluation.max_users`` subset of each stage (nothing without the cap).
 
         Args:
             num_users: users of the data set (ids ``0 .. num_users - 1``).
             users: per stage, ``[N]`` the users of its samples.
         """
-        cap = self.hparams.max_eval_users
+        cap, seed = self.eval_config.max_users, self.eval_config.seed
         self.eval_users = {}
         if cap is None:
             return
         for stage, stage_users in users.items():
             candidates = stage_users.unique()
-            generator = torch.Generator().manual_seed(self.hparams.eval_seed)
+            generator = torch.Generator().manual_seed(seed)
             chosen = candidates[torch.randperm(candidates.numel(), generator=generator)[:cap]]
             mask = torch.zeros(num_users, dtype=torch.bool)
             mask[chosen] = True
             self.eval_users[stage] = mask
             if chosen.numel() < candidates.numel():
-                log.info("%s: evaluating %d of %d users (max_eval_users, seed %d)", stage, chosen.numel(), candidates.numel(), self.hparams.eval_seed)
+                log.info("%s: evaluating %d of %d users (evaluation.max_users, seed %d)", stage, chosen.numel(), candidates.numel(), seed)
 
-    def model_step(self, batch: SeqBatch, stage: Stage) -> Tensor | None:
-        """Loss of the batch (teacher forcing); on val/test also beam search and metric updates
-        (on the ``max_eval_users`` subset only, when set; ``None`` for a batch without one)."""
-        if stage != "train" and stage in self.eval_users:
-            keep = self.eval_users[stage].to(batch.users.device)[batch.users]
-            self.log(f"{stage}/users_total", float(len(batch)), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
-            self.log(f"{stage}/users", float(keep.sum()), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
-            if not bool(keep.any()):
-                return None
-            batch = SeqBatch(batch.users[keep], batch.history[keep], batch.lengths[keep], batch.targets[keep])
-        B = batch.targets.shape[0]
-        loss = self.loss(self.lm_inputs(batch, with_target=True))
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=stage == "train", on_epoch=True, batch_size=B)
-        if stage == "train":
-            return loss
-        ranked = self.recommend(batch).items
-        for metrics in self.evaluation.update(stage, ranked, batch.targets):
-            self.log_dict(metrics, on_epoch=True, batch_size=B)
-        return loss
+    def eval_batch(self, batch: SeqBatch, stage: Stage) -> SeqBatch | None:
+        """The rows of the ``evaluation.max_users`` subset (all without it; ``None`` for a batch without
+        one), their counts logged as ``<stage>/users`` of ``<stage>/users_total``."""
+        if stage not in self.eval_users:
+            return batch
+        keep = self.eval_users[stage].to(batch.users.device)[batch.users]
+        self.log(f"{stage}/users_total", float(len(batch)), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
+        self.log(f"{stage}/users", float(keep.sum()), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1)
+        if not bool(keep.any()):
+            return None
+        return SeqBatch(batch.users[keep], batch.history[keep], batch.lengths[keep], batch.targets[keep])
 
-    def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
-        return self.model_step(batch, "train")
-
-    def validation_step(self, batch: SeqBatch, batch_idx: int) -> Tensor | None:
-        return self.model_step(batch, "val")
-
-    def test_step(self, batch: SeqBatch, batch_idx: int) -> Tensor | None:
-        return self.model_step(batch, "test")
-
-    def predict_step(self, batch: SeqBatch, batch_idx: int = 0) -> Recommendations:
-        result = self.recommend(batch)
-        return Recommendations(users=batch.users, items=result.items, scores=result.scores)
+    def step_loss(self, batch: SeqBatch) -> Tensor:
+        """Mean cross-entropy over the target title tokens (teacher forcing)."""
+        return self.loss(self.lm_inputs(batch, with_target=True))
 
     # ---- generation ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def recommend(
-        self, batch: SeqBatch, num_results: int | None = None, beam_width: int | None = None, reference: bool = False
-    ) -> BeamResult:
+    def recommend(self, batch: SeqBatch, k: int | None = None, beam_width: int | None = None, reference: bool = False) -> BeamResult:
         """The top items for each history of ``batch`` by title-constrained beam search.
 
         Args:
+            k: items per row (default ``max(ks)``).
+            beam_width: beams per row (default ``max(k, beam_width)``: every row ends with ``k`` items).
             reference: decode with the reference decoder (:mod:`genrec.models.lm_decoding`;
                 every beam every step, unmerged LoRA), which gives the same items, slower.
 
         Returns:
-            :class:`~genrec.decoding.BeamResult`: ``items [B, K]`` (``K = num_results``,
-            default ``max(ks)``), distinct per row, and their ``scores [B, K]``, best first.
+            :class:`~genrec.decoding.BeamResult`: ``items [B, k]``, distinct per row, and their
+            ``scores [B, k]``, best first.
         """
         B = batch.targets.shape[0]
-        W, K = beam_width or self.hparams.beam_width, num_results or self.num_results
+        K = k or self.num_results
+        W = beam_width or max(K, self.eval_config.beam_width)
         if reference:
             return constrained_beam_search(self.beam_step, self.trie(), batch_size=B, beam_width=W, num_results=K, state=self.initial_state(batch))
         trie = self.trie()
@@ -726,22 +489,8 @@ class LMRecModule(L.LightningModule):
         then ``[B * W, V]`` per step, the prompt's keys/values shared by the beams."""
         return reference_step(self, tokens, parents, state)
 
-    # ---- optimisation -------------------------------------------------------------------------
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW over the trainable parameters (no decay on vectors) with :func:`lr_schedule`."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr,
-            fused=fused_adamw(self),
-        )
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
-        schedule = lr_schedule(self.hparams.scheduler, self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def optimizer_config(self) -> OptimizerConfig:
+        return as_settings(LMOptimizer, self.hparams.optimizer, "LMRecModule optimizer")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The CF embedding is sized by the catalogue; create it before the state dict is loaded.
@@ -751,4 +500,4 @@ class LMRecModule(L.LightningModule):
             self._new_cf(weight.shape[0], dim=weight.shape[1] if projected else None)
 
 
-__all__ = ["DEFAULT_ITEM_TEMPLATE", "DEFAULT_PROMPT", "LMInputs", "LMRecModule", "decoder_layer_classes", "load_tokenizer"]
+__all__ = ["LMInputs", "LMRecModule", "apply_liger", "decoder_layer_classes", "load_tokenizer"]

@@ -12,22 +12,22 @@ Histories come right-padded (``SeqBatch``); with a causal mask the output at pos
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genrec.data.catalog import ItemCatalog
 from genrec.data.datamodule import PAD_ITEM, SeqBatch
-from genrec.decoding import Recommendations
+from genrec.decoding import BeamResult
 from genrec.errors import at_least, check, positive
 from genrec.metrics import RecEvaluation
+from genrec.models.base import RecommenderModule
+from genrec.quantize.semantic_ids import SemanticIDs
 
-Stage = Literal["train", "val", "test"]
 
-
-class SASRecModule(L.LightningModule):
+class SASRecModule(RecommenderModule):
     """SASRec trained with full softmax cross-entropy.
 
     Args:
@@ -45,6 +45,8 @@ class SASRecModule(L.LightningModule):
         cold_start_max_count: test targets seen at most this often in training form the
             cold-start slice.
     """
+
+    score_meaning: ClassVar[str] = "logit: dot product of the history's state with the item's embedding (unbounded, higher is better)"
 
     def __init__(
         self,
@@ -86,16 +88,14 @@ class SASRecModule(L.LightningModule):
             self.items.weight[num_items].zero_()
         self.hparams["num_items"] = num_items
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data = getattr(datamodule, "data", None)
-        if data is None:
-            raise RuntimeError("SASRecModule needs a data module with a .data (SequenceData)")
+    def attach(self, catalog: ItemCatalog, sids: SemanticIDs | None = None, train_counts: Tensor | None = None) -> None:
+        """Size the item embedding by the catalogue (built here unless ``num_items`` was given or
+        a checkpoint was loaded, then checked); ``sids`` is not read."""
         if self.items is None:
-            self._build(data.num_items)
-        elif self.items.num_embeddings != data.num_items + 1:
-            raise ValueError(f"the model has {self.items.num_embeddings - 1} items, the data set {data.num_items}")
-        self.evaluation.attach(data.train_item_counts(), data.num_items)
+            self._build(len(catalog))
+        elif self.items.num_embeddings != len(catalog) + 1:
+            raise ValueError(f"the model has {self.items.num_embeddings - 1} items, the catalogue {len(catalog)}")
+        self.evaluation.attach(train_counts, len(catalog))
 
     def forward(self, history: Tensor, lengths: Tensor) -> Tensor:
         """User states from histories.
@@ -128,17 +128,14 @@ class SASRecModule(L.LightningModule):
         state = self(batch.history, batch.lengths)
         return state @ self.items.weight[:-1].T
 
-    def model_step(self, batch: SeqBatch, stage: Stage) -> Tensor:
-        """Full cross-entropy of the next item; on val/test also the full ranking and metrics."""
+    def step_loss(self, batch: SeqBatch) -> Tensor:
+        """Full cross-entropy of the next item over the catalogue."""
+        return F.cross_entropy(self.scores(batch).float(), batch.targets)
+
+    def evaluate(self, batch: SeqBatch) -> tuple[Tensor, Tensor]:
+        """The cross-entropy and the full ranking's top ``max(ks)``, from one forward pass."""
         scores = self.scores(batch)
-        loss = F.cross_entropy(scores.float(), batch.targets)
-        B = batch.targets.shape[0]
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", on_step=stage == "train", on_epoch=True, batch_size=B)
-        if stage != "train":
-            ranked = self.rank(scores, batch)
-            for metrics in self.evaluation.update(stage, ranked, batch.targets):
-                self.log_dict(metrics, on_epoch=True, batch_size=B)
-        return loss
+        return F.cross_entropy(scores.float(), batch.targets), self.rank(scores, batch)
 
     def rank(self, scores: Tensor, batch: SeqBatch, k: int | None = None) -> Tensor:
         """``[B, k]`` top item ids (default ``max(ks)``), history items excluded with ``mask_history``."""
@@ -149,22 +146,16 @@ class SASRecModule(L.LightningModule):
             scores[rows[valid], batch.history[valid]] = float("-inf")
         return scores.topk(min(k or max(self.ks), scores.shape[1]), dim=1).indices
 
-    def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
-        return self.model_step(batch, "train")
-
-    def validation_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
-        return self.model_step(batch, "val")
-
-    def test_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
-        return self.model_step(batch, "test")
-
     @torch.no_grad()
-    def predict_step(self, batch: SeqBatch, batch_idx: int = 0) -> Recommendations:
+    def recommend(self, batch: SeqBatch, k: int | None = None) -> BeamResult:
+        """The ``k`` best-scored items of the full catalogue (default ``max(ks)``), history items
+        left out with ``mask_history``: ``items [B, k]`` and their logits ``scores [B, k]``."""
         scores = self.scores(batch)
-        top = self.rank(scores, batch)
-        return Recommendations(users=batch.users, items=top, scores=scores.gather(1, top))
+        top = self.rank(scores, batch, k)
+        return BeamResult(items=top, scores=scores.gather(1, top))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam with weight decay on every parameter (SASRec's own optimizer, no schedule)."""
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -30,27 +30,26 @@ per user instead of ``W`` one-row ones).
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from genrec.data.catalog import ItemCatalog
 from genrec.data.datamodule import SeqBatch
-from genrec.decoding import BeamResult, PrefixTrie, Recommendations, constrained_beam_search
+from genrec.decoding import BeamResult, PrefixTrie, constrained_beam_search
 from genrec.errors import ArtifactError, at_least, positive
 from genrec.metrics import RecEvaluation
-from genrec.models.graphed_step import GraphedAdamW, GraphedTrainStep
+from genrec.models.base import RecommenderModule
+from genrec.models.optim import OptimizerConfig
 from genrec.models.presets import TigerConfig
+from genrec.models.t5_attention import beam_attention, cache_argument
 from genrec.quantize.semantic_ids import FORMAT, SemanticIDs
 
 log = logging.getLogger(__name__)
@@ -62,11 +61,6 @@ EOS = 1
 NUM_SPECIAL = 2
 IGNORE = -100
 """Label of target tokens that carry no loss (padding rows of a static-shape batch)."""
-GRAPH_LENGTH_STEP = 4
-"""With ``cuda_graphs`` and no ``pad_history``, histories are padded to a multiple of this many
-items: at most ``ceil(max_history / 4)`` captured graphs, little padding."""
-
-Stage = Literal["train", "val", "test"]
 
 
 def sid_vocab_sizes(path: str | Path) -> list[int]:
@@ -102,65 +96,19 @@ class _BeamState:
     cache: Any  # transformers EncoderDecoderCache: self attention [B*W rows], cross attention [B rows]
 
 
-def _fold_beams(inner: Callable[..., tuple[Tensor, Any]]) -> Callable[..., tuple[Tensor, Any]]:
-    """Wrap a ``transformers`` attention function so that ``R = G * W`` one-token queries can
-    attend to ``G`` rows of keys (beam ``w`` of group ``g`` is query row ``g * W + w``)."""
-
-    def attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None, **kwargs: Any):
-        rows, groups = query.shape[0], key.shape[0]
-        if rows == groups:
-            return inner(module, query, key, value, attention_mask, **kwargs)
-        _, heads, length, dim = query.shape
-        if length != 1 or rows % groups:
-            raise ValueError(f"cannot fold {rows} query rows of length {length} onto {groups} key rows")
-        beams = rows // groups
-        folded = query.view(groups, beams, heads, dim).transpose(1, 2)  # [G, h, W, d]: beams as query positions
-        out, _ = inner(module, folded, key, value, attention_mask, **kwargs)  # [G, W, h, d]
-        return out.reshape(rows, 1, heads, dim), None
-
-    return attention
-
-
-def beam_attention(name: str) -> str:
-    """Register (once) and return the ``transformers`` attention implementation ``genrec_<name>``:
-    ``name`` (``sdpa`` or ``eager``) with beams folded as in :func:`_fold_beams`. Same results as
-    ``name`` whenever queries and keys have the same batch size."""
-    from transformers.masking_utils import (
-        ALL_MASK_ATTENTION_FUNCTIONS,
-        AttentionMaskInterface,
-        eager_mask,
-        sdpa_mask,
-    )
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
-    from transformers.models.t5 import modeling_t5
-
-    inner = {"sdpa": lambda: ALL_ATTENTION_FUNCTIONS["sdpa"], "eager": lambda: modeling_t5.eager_attention_forward}
-    if name not in inner:
-        raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {name!r}")
-    key = f"genrec_{name}"
-    if key not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-        AttentionInterface.register(key, _fold_beams(inner[name]()))
-        AttentionMaskInterface.register(key, sdpa_mask if name == "sdpa" else eager_mask)
-    return key
-
-
-class TigerModule(L.LightningModule):
+class TigerModule(RecommenderModule):
     """TIGER generative recommender: T5 over semantic-ID tokens, constrained beam search.
 
     Args:
         sids: the semantic-ID artifact (``SemanticIDs.save``) of the data set's catalogue;
             its catalogue fingerprint must match the data module's catalogue.
         preset: size preset of the T5 (``genrec.models.presets.names()``: 336k, 6.7m, 13m,
-            21m, 43m, 88m, 192m); the fields below override single values of it.
-        num_layers: encoder layers (default: the preset's).
-        num_decoder_layers: decoder layers (default: the preset's).
-        d_model: hidden size (default: the preset's).
-        d_ff: feed-forward hidden width (default: the preset's).
-        num_heads: attention heads (default: the preset's).
-        d_kv: size of each attention head (default: the preset's).
-        ff_layers: hidden layers per feed-forward block, 1 = T5's, 2 = GRID's (default: the preset's).
-        dropout: dropout rate (default: the preset's, 0.1).
-        feed_forward_proj: T5 activation, e.g. ``relu`` or ``gated-gelu`` (default: the preset's).
+            21m, 43m, 88m, 192m).
+        overrides: fields of the preset's :class:`~genrec.models.presets.TigerConfig` to change,
+            e.g. ``{num_layers: 2, dropout: 0.0}`` (the convention of :mod:`genrec.models.settings`):
+            ``num_layers``, ``num_decoder_layers``, ``d_model``, ``d_ff``, ``num_heads``, ``d_kv``,
+            ``ff_layers`` (1 = T5's feed-forward block, 2 = GRID's), ``dropout`` (the presets' 0.1),
+            ``feed_forward_proj`` (e.g. ``relu``, ``gated-gelu``), ...
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay of matrices (not of norms).
         warmup_steps: optimizer steps of linear warmup from 0 to ``lr``.
@@ -193,19 +141,14 @@ class TigerModule(L.LightningModule):
             ``trainer.gradient_clip_val`` is unset (the module's clipping, or Lightning's: not both).
     """
 
+    needs_sids: ClassVar[bool] = True
+    score_meaning: ClassVar[str] = "log-probability of the item's semantic ID (summed over its SID tokens, beam search); 0 is certain"
+
     def __init__(
         self,
         sids: str,
         preset: str = "13m",
-        num_layers: int | None = None,
-        num_decoder_layers: int | None = None,
-        d_model: int | None = None,
-        d_ff: int | None = None,
-        num_heads: int | None = None,
-        d_kv: int | None = None,
-        ff_layers: int | None = None,
-        dropout: float | None = None,
-        feed_forward_proj: str | None = None,
+        overrides: dict[str, Any] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.035,
         warmup_steps: int = 1000,
@@ -226,18 +169,7 @@ class TigerModule(L.LightningModule):
         positive("TigerModule", lr=lr, beam_width=beam_width)
         at_least("TigerModule", 0, weight_decay=weight_decay, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, user_tokens=user_tokens)
         self.save_hyperparameters()
-        overrides = {
-            "num_layers": num_layers,
-            "num_decoder_layers": num_decoder_layers,
-            "d_model": d_model,
-            "d_ff": d_ff,
-            "num_heads": num_heads,
-            "d_kv": d_kv,
-            "ff_layers": ff_layers,
-            "dropout": dropout,
-            "feed_forward_proj": feed_forward_proj,
-        }
-        self.config = TigerConfig.from_name(preset, **{k: v for k, v in overrides.items() if v is not None})
+        self.config = TigerConfig.from_name(preset, **(overrides or {}))
         if pad_history is not None and pad_history < 1:
             raise ValueError(f"pad_history must be >= 1 or None, got {pad_history}")
         if cuda_graphs and compile:
@@ -267,65 +199,43 @@ class TigerModule(L.LightningModule):
         self._sid_digest: str | None = None
         self._checkpoint_digest: str | None = None
         self._train_forward = None
-        self._graph_step: GraphedTrainStep | None = None
-        self._graph_rows = 0
 
         self.evaluation = RecEvaluation(self.ks, cold_start_max_count)
-
-    @property
-    def automatic_optimization(self) -> bool:
-        """False while training with ``cuda_graphs`` on a GPU: the step is replayed from a graph."""
-        return self._automatic_optimization and not self.uses_cuda_graphs()
-
-    @automatic_optimization.setter
-    def automatic_optimization(self, value: bool) -> None:
-        self._automatic_optimization = value
-
-    def uses_cuda_graphs(self) -> bool:
-        """Whether training steps run as CUDA graphs: ``cuda_graphs`` on and a trainer on a CUDA device."""
-        if not self.hparams.get("cuda_graphs") or self._trainer is None:
-            return False
-        try:
-            return self.trainer.strategy.root_device.type == "cuda"
-        except (AttributeError, RuntimeError):
-            return False
 
     # ---- items and tokens ---------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        """Load the SID file, check it against the data module's catalogue, build the lookups."""
+        """Load the SID file and attach it with the data module's catalogue (:meth:`attach`)."""
         # A spawned process (ddp_spawn) unpickles the model without running __init__: register
         # the attention function there too (idempotent).
         beam_attention(self.hparams.attn_implementation)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data = getattr(datamodule, "data", None)
-        if data is None:
-            raise RuntimeError("TigerModule needs a data module with a .data (SequenceData), e.g. genrec.data.SequenceDataModule")
-        expected = data.catalog.fingerprint()
-        sids = SemanticIDs.load(self.hparams.sids)
-        if sids.fingerprint is None:
-            log.warning("%s records no catalogue fingerprint; cannot check it matches the data set", self.hparams.sids)
-        elif sids.fingerprint != expected:
-            raise ValueError(
-                f"SID file {self.hparams.sids} was made for catalogue fingerprint {sids.fingerprint}, but the data set "
-                f"{getattr(datamodule, 'name', '?')!r} has catalogue fingerprint {expected}: re-run the tokenize stage for this data"
-            )
-        self.attach_items(sids, data.train_item_counts())
+        super().setup(stage)
         if stage == "fit" and self.hparams.compile and self._train_forward is None:
             static = self.hparams.pad_history is not None
             compiled = torch.compile(self.model, dynamic=not static, mode=self.hparams.compile_mode)
             object.__setattr__(self, "_train_forward", compiled)
 
-    def attach_items(self, sids: SemanticIDs, train_counts: Tensor | None = None) -> None:
+    def attach(self, catalog: ItemCatalog, sids: SemanticIDs | None = None, train_counts: Tensor | None = None) -> None:
         """Build the item -> token table and the trie from ``sids`` (what :meth:`setup` does
         with the data module's SIDs; call it directly to use the module without a trainer).
 
         Args:
+            catalog: the items; the SIDs must have been made for it (catalogue fingerprint).
             sids: the catalogue's semantic IDs; their sizes must match the ones the model was
                 built for (read from the ``sids`` file at construction).
             train_counts: ``[N]`` training interactions per item (cold-start slice, popularity
                 baseline); default all zero.
         """
+        if sids is None:
+            raise ValueError("TigerModule.attach needs the catalogue's semantic IDs (sids)")
+        expected = catalog.fingerprint()
+        if sids.fingerprint is None:
+            log.warning("%s records no catalogue fingerprint; cannot check it matches the data set", self.hparams.sids)
+        elif sids.fingerprint != expected:
+            raise ValueError(
+                f"SID file {self.hparams.sids} was made for catalogue fingerprint {sids.fingerprint}, but the data set "
+                f"has catalogue fingerprint {expected}: re-run the tokenize stage for this data"
+            )
         if sids.vocab_sizes != self.sid_vocab_sizes:
             raise ValueError(
                 f"SID sizes per position {sids.vocab_sizes} differ from the ones the model was built for "
@@ -342,7 +252,7 @@ class TigerModule(L.LightningModule):
     def trie(self) -> PrefixTrie:
         """The prefix trie of every item's SID tokens, on the module's device."""
         if self._trie is None:
-            raise RuntimeError("no items attached: run inside a Trainer with a data module, or call attach_items()")
+            raise RuntimeError("no items attached: run inside a Trainer with a data module, or call attach()")
         if self._trie.device != self.item_tokens.device:
             self._trie = self._trie.to(self.item_tokens.device)
         return self._trie
@@ -350,7 +260,7 @@ class TigerModule(L.LightningModule):
     def tokens_of(self, items: Tensor) -> Tensor:
         """Item ids ``[...]`` -> their SID tokens ``[..., levels + 1]`` (ids must be >= 0)."""
         if self.item_tokens.numel() == 0:
-            raise RuntimeError("no items attached: run inside a Trainer with a data module, or call attach_items()")
+            raise RuntimeError("no items attached: run inside a Trainer with a data module, or call attach()")
         return self.item_tokens[items]
 
     def encoder_inputs(self, batch: SeqBatch, pad_history: int | None = None) -> tuple[Tensor, Tensor]:
@@ -422,59 +332,17 @@ class TigerModule(L.LightningModule):
             labels = labels.masked_fill(~valid[:, None], IGNORE)
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
 
-    def _graphed_step(self, batch: SeqBatch) -> Tensor:
-        """One training step replayed from a CUDA graph (see ``cuda_graphs``); the loss.
+    def step_loss(self, batch: SeqBatch) -> Tensor:
+        """The teacher-forced training loss (through the compiled forward with ``compile``)."""
+        return self.training_loss(batch, self._train_forward, self.hparams.pad_history)
 
-        The batch is padded to static shapes: rows to the largest batch seen (padding rows do not
-        count in the loss), history to ``pad_history`` or the next multiple of ``GRAPH_LENGTH_STEP``.
-        """
-        opt = self.optimizers()
-        optimizer = opt.optimizer
-        if self._graph_step is None:
-            if self.trainer.gradient_clip_val:
-                raise ValueError("cuda_graphs clips inside the graph (model max_grad_norm); set trainer.gradient_clip_val to null")
-            precision = str(self.trainer.precision)
-            dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16 if precision == "16-mixed" else None
-            params = [p for p in self.parameters() if p.requires_grad]
-            self._graph_step = GraphedTrainStep(self._static_loss, params, optimizer, self.hparams.max_grad_norm, dtype)
-        B, longest = batch.history.shape
-        self._graph_rows = rows = max(self._graph_rows, B)
-        length = self.hparams.pad_history or -(-longest // GRAPH_LENGTH_STEP) * GRAPH_LENGTH_STEP
-        if longest > length:
-            raise ValueError(f"a history of {longest} items does not fit pad_history={length}")
-        history = F.pad(batch.history, (0, length - longest, 0, rows - B), value=-1)
-        users = F.pad(batch.users, (0, rows - B))
-        targets = F.pad(batch.targets, (0, rows - B))
-        valid = torch.arange(rows, device=targets.device) < B
-        optimizer.replaying = True
-        try:
-            loss = opt.step(closure=lambda: self._graph_step(users, history, targets, valid))
-        finally:
-            optimizer.replaying = False
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
-        return loss
+    def masked_loss(self, batch: SeqBatch, valid: Tensor) -> Tensor:
+        """The loss of the ``valid [B]`` rows (the CUDA-graph step's; see ``cuda_graphs``)."""
+        return self.training_loss(batch, valid=valid)
 
-    def _static_loss(self, users: Tensor, history: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
-        """The loss a captured step computes from its static input buffers."""
-        lengths = (history >= 0).sum(dim=1)
-        return self.training_loss(SeqBatch(users, history, lengths, targets), valid=valid)
-
-    def model_step(self, batch: SeqBatch, stage: Stage) -> Tensor:
-        """Loss of the batch (teacher forcing); on val/test also beam search and metric updates.
-
-        Returns:
-            the mean cross-entropy over the target SID tokens (float32 scalar).
-        """
-        B = batch.targets.shape[0]
-        if stage == "train":
-            if self.uses_cuda_graphs():
-                loss = self._graphed_step(batch)
-            else:
-                loss = self.training_loss(batch, self._train_forward, self.hparams.pad_history)
-            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=B)
-            return loss
+    def evaluate(self, batch: SeqBatch) -> tuple[Tensor, Tensor]:
+        """The teacher-forced loss (mean cross-entropy over the target SID tokens) and the beam
+        search's ranking ``[B, max(ks)]``, from one encoder pass."""
         input_ids, mask = self.encoder_inputs(batch)
         labels = self.tokens_of(batch.targets)  # [B, T]
         encoder_out = self.encode(input_ids, mask)
@@ -482,45 +350,28 @@ class TigerModule(L.LightningModule):
             encoder_outputs=(encoder_out,), attention_mask=self.model_mask(mask), decoder_input_ids=shift_right(labels), use_cache=False
         ).logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
-        self.log(f"{stage}/loss", loss, prog_bar=False, on_step=False, on_epoch=True, batch_size=B)
-        ranked = self.search(encoder_out, mask).items
-        for metrics in self.evaluation.update(stage, ranked, batch.targets):
-            self.log_dict(metrics, on_epoch=True, batch_size=B)
-        return loss
+        return loss, self.search(encoder_out, mask).items
 
-    def training_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
-        return self.model_step(batch, "train")
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """``max_grad_norm`` in eager training (the graphed step clips inside its graph)."""
-        norm = self.hparams.get("max_grad_norm")
-        if norm and self.automatic_optimization and not self.trainer.gradient_clip_val:
-            if str(self.trainer.precision) == "16-mixed" and getattr(optimizer, "_step_supports_amp_scaling", False):
-                raise ValueError("max_grad_norm with 16-mixed and a fused AdamW would clip scaled gradients: use bf16-mixed or trainer.gradient_clip_val")
-            torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.grad is not None], norm, foreach=True)
-
-    def validation_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
-        return self.model_step(batch, "val")
-
-    def test_step(self, batch: SeqBatch, batch_idx: int) -> Tensor:
-        return self.model_step(batch, "test")
-
-    def predict_step(self, batch: SeqBatch, batch_idx: int = 0) -> Recommendations:
-        result = self.recommend(batch)
-        return Recommendations(users=batch.users, items=result.items, scores=result.scores)
+    def optimizer_config(self) -> OptimizerConfig:
+        hp = self.hparams
+        return OptimizerConfig(hp.lr, hp.weight_decay, hp.warmup_steps, hp.scheduler, hp.min_lr_ratio, betas=(0.9, 0.98))
 
     # ---- generation ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def recommend(self, batch: SeqBatch, num_results: int | None = None, beam_width: int | None = None) -> BeamResult:
+    def recommend(self, batch: SeqBatch, k: int | None = None, beam_width: int | None = None) -> BeamResult:
         """The top items for each history of ``batch`` by constrained beam search.
 
+        Args:
+            k: items per row (default ``max(ks)``).
+            beam_width: beams per row (default ``max(k, beam_width)``: every row ends with ``k`` items).
+
         Returns:
-            :class:`~genrec.decoding.BeamResult`: ``items [B, K]`` (``K = num_results``,
-            default ``max(ks)``) and their ``scores [B, K]``, best first.
+            :class:`~genrec.decoding.BeamResult`: ``items [B, k]`` and their ``scores [B, k]``, best first.
         """
         input_ids, mask = self.encoder_inputs(batch)
-        return self.search(self.encode(input_ids, mask), mask, num_results, beam_width)
+        k = k or self.num_results
+        return self.search(self.encode(input_ids, mask), mask, k, beam_width or max(k, self.hparams.beam_width))
 
     @torch.no_grad()
     def search(self, encoder_out: Tensor, mask: Tensor, num_results: int | None = None, beam_width: int | None = None) -> BeamResult:
@@ -560,25 +411,9 @@ class TigerModule(L.LightningModule):
             attention_mask=state.mask,
             decoder_input_ids=decoder_input,
             use_cache=True,
-            **{_cache_argument(self.model): state.cache},
+            **{cache_argument(self.model): state.cache},
         )
         return torch.log_softmax(out.logits[:, -1].float(), dim=-1), state
-
-    # ---- optimisation -------------------------------------------------------------------------
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW (betas 0.9, 0.98; no decay on norms) and the per-step schedule of :func:`lr_schedule`."""
-        decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if self.uses_cuda_graphs():
-            optimizer = GraphedAdamW(groups, lr=self.hparams.lr, fused=True, capturable=True, betas=(0.9, 0.98))
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, fused=fused_adamw(self), betas=(0.9, 0.98))
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
-        schedule = lr_schedule(self.hparams.scheduler, self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- checkpoints --------------------------------------------------------------------------
 
@@ -601,57 +436,10 @@ class TigerModule(L.LightningModule):
 
 
 
-@cache
-def _cache_argument_of(forward: Callable[..., Any]) -> str:
-    names = inspect.signature(forward).parameters
-    return "cache" if "cache" in names else "past_key_values"
-
-
-def _cache_argument(model: torch.nn.Module) -> str:
-    """The keyword of the KV cache in ``model.forward``: ``cache`` in the transformers versions
-    that deprecate ``past_key_values`` (a FutureWarning per call), ``past_key_values`` before."""
-    return _cache_argument_of(type(model).forward)
-
 def shift_right(labels: Tensor) -> Tensor:
     """The decoder input of teacher forcing: ``[B, T]`` target tokens -> ``PAD`` (the decoder
     start) followed by all but the last target token, ``[B, T]``."""
     return torch.cat([labels.new_full((labels.shape[0], 1), PAD), labels[:, :-1]], dim=1)
 
 
-def fused_adamw(module: L.LightningModule) -> bool:
-    """Whether ``module``'s AdamW may be ``fused`` (one kernel per step instead of a launch per tensor group).
-
-    Only on CUDA, and only without gradient clipping: Lightning's mixed-precision plugin refuses to
-    clip the gradients of an optimizer that unscales them itself, which a fused one declares.
-    """
-    if module.device.type != "cuda":
-        return False
-    trainer = module._trainer
-    return trainer is None or not trainer.gradient_clip_val
-
-
-def lr_schedule(kind: str, warmup_steps: int, total_steps: float, min_ratio: float = 0.0):
-    """The multiplier of the peak learning rate at optimizer step ``s`` (for ``LambdaLR``).
-
-    Linear warmup over ``warmup_steps``, then ``cosine`` (to ``min_ratio`` at ``total_steps``;
-    constant if the total is unknown), ``inverse_sqrt`` or ``constant``.
-    """
-    if kind not in ("cosine", "inverse_sqrt", "constant"):
-        raise ValueError(f"unknown scheduler {kind!r}; expected cosine, inverse_sqrt or constant")
-    warmup = max(int(warmup_steps), 0)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if kind == "inverse_sqrt":
-            return math.sqrt(max(warmup, 1) / (step + 1))
-        if kind == "constant" or not math.isfinite(total_steps):
-            return 1.0
-        span = max(total_steps - warmup, 1)
-        progress = min((step - warmup) / span, 1.0)
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-__all__ = ["EOS", "PAD", "TigerModule", "beam_attention", "lr_schedule", "sid_vocab_sizes", "table_digest"]
+__all__ = ["EOS", "PAD", "TigerModule", "shift_right", "sid_vocab_sizes", "table_digest"]

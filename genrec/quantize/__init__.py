@@ -1,11 +1,11 @@
 """Tokenize stage: quantizers that turn item embeddings into semantic IDs, and the SID artifact."""
 
+from genrec.quantize.protocol import FitSettings, Tokenizer
 from genrec.quantize.residual import QuantizerOutput, ResidualQuantizer
 from genrec.quantize.rqkmeans import KMeansResult, RQKMeans, kmeans, kmeans_plusplus, nearest
 from genrec.quantize.rqvae import RQVAE_PRESETS, RQVAEConfig, RQVAEModule, RQVAEOutput
 from genrec.quantize.semantic_ids import (
     SemanticIDs,
-    Tokenizer,
     assign_dedup,
     build_semantic_ids,
     dedup_digits,
@@ -15,6 +15,7 @@ from genrec.quantize.semantic_ids import (
 
 __all__ = [
     "RQVAE_PRESETS",
+    "FitSettings",
     "KMeansResult",
     "QuantizerOutput",
     "RQKMeans",

@@ -22,7 +22,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from torch import Tensor
 
 from genrec.artifacts import atomic_path
 from genrec.errors import positive
+from genrec.quantize.protocol import FitSettings
 
 Normalize = Literal["none", "input", "residual"]
 _EPS = 1e-12
@@ -201,8 +202,18 @@ class RQKMeans:
     def _normalised(self, level: int) -> bool:
         return self.normalize == "residual" or (self.normalize == "input" and level == 0)
 
-    def fit(self, embeddings: Tensor) -> RQKMeans:
-        """Learn the centroids of every level from ``embeddings`` (``[N, D]``). Returns ``self``."""
+    file_suffix: ClassVar[str] = ".tokenizer.safetensors"
+    """The file :meth:`save` writes beside a SID artifact (the tokenizer protocol's)."""
+
+    def fit(self, embeddings: Tensor, settings: FitSettings | None = None) -> RQKMeans:
+        """Learn the centroids of every level from ``embeddings`` (``[N, D]``). Returns ``self``.
+
+        With ``settings`` (the tokenize stage's): their ``seed``, and without a ``device`` of its
+        own, the GPU when ``settings`` allow one."""
+        if settings is not None:
+            self.seed = settings.seed
+            if self.device is None and settings.may_use_cuda():
+                embeddings = embeddings.cuda()
         device = torch.device(self.device) if self.device else embeddings.device
         residual = embeddings.to(device, torch.float32)
         if residual.ndim != 2:

@@ -1,8 +1,9 @@
 """RQ-VAE tokenizer (TIGER): MLP encoder -> residual quantizer -> MLP decoder, as a LightningModule.
 
 Sizes live in :class:`RQVAEConfig` presets (``RQVAEConfig.from_name("tiger", codebook_size=512)``);
-:class:`RQVAEModule` takes a preset name plus plain overrides, so a YAML config or a scaling sweep
-names a preset and changes only what differs. At the end of every validation epoch the module
+:class:`RQVAEModule` takes a preset name plus ``overrides``, a mapping of single fields (the
+convention of every configurable model, :mod:`genrec.models.settings`), so a YAML config or a
+scaling sweep names a preset and changes only what differs. At the end of every validation epoch the module
 encodes the whole embedding table of the datamodule and logs, per level, the fraction of codes
 used and the code perplexity, and the collision rate of the full code tuple (the share of items
 that will need a dedup digit > 0).
@@ -11,15 +12,19 @@ that will need a dedup digit > 0).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genrec.artifacts import atomic_path
 from genrec.errors import positive
+from genrec.quantize.protocol import FitSettings
 from genrec.quantize.residual import ResidualQuantizer
 from genrec.quantize.semantic_ids import quality_report
 
@@ -120,60 +125,48 @@ def _mlp(dims: list[int], dropout: float) -> nn.Sequential:
 class RQVAEModule(L.LightningModule):
     """RQ-VAE tokenizer: learns semantic IDs from item embeddings.
 
-    Every size/quantizer argument left at ``None`` comes from ``preset``.
-
     Args:
         preset: name of an :class:`RQVAEConfig` preset (``tiger``, ``grid-default``,
             ``tiger-cb512``, ``tiger-cb1024``, ``large``, ``tiny``).
         input_dim: embedding size; ``None``: read from the datamodule's ``table`` at setup (and
             then recorded in the hyperparameters, so checkpoints load without a datamodule).
-        hidden_dims: encoder hidden sizes (the decoder mirrors them).
-        latent_dim: size of the quantized latent.
-        levels: residual levels (SID digits before the dedup digit).
-        codebook_size: codes per level.
-        commitment_weight: weight of the commitment loss.
-        reconstruction: reconstruction loss, ``mse`` or ``cosine`` (1 - cosine similarity).
-        dropout: dropout between MLP layers.
-        kmeans_init: initialise every level's codebook by k-means on encoded data at fit start.
-        kmeans_iters: Lloyd iterations of that k-means.
-        kmeans_init_size: at most this many items (random) of the table feed the k-means init.
-        threshold_ema_dead_code: replace codes whose EMA usage per batch falls below this; 0: off.
-        decay: EMA decay of the codebook update.
-        use_cosine_sim: assign codes by cosine similarity.
-        rotation_trick: rotation-trick gradient through the quantizer instead of straight-through.
+        overrides: fields of the preset's :class:`RQVAEConfig` to change, e.g.
+            ``{codebook_size: 512, levels: 4}``; an unknown field raises. The fields:
+            hidden_dims: encoder hidden sizes (the decoder mirrors them).
+            latent_dim: size of the quantized latent.
+            levels: residual levels (SID digits before the dedup digit).
+            codebook_size: codes per level.
+            commitment_weight: weight of the commitment loss.
+            reconstruction: reconstruction loss, ``mse`` or ``cosine`` (1 - cosine similarity).
+            dropout: dropout between MLP layers.
+            kmeans_init: initialise every level's codebook by k-means on encoded data at fit start.
+            kmeans_iters: Lloyd iterations of that k-means.
+            kmeans_init_size: at most this many items (random) of the table feed the k-means init.
+            threshold_ema_dead_code: replace codes whose EMA usage per batch falls below this; 0: off.
+            decay: EMA decay of the codebook update.
+            use_cosine_sim: assign codes by cosine similarity.
+            rotation_trick: rotation-trick gradient through the quantizer instead of straight-through.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         encode_batch_size: rows per batch in :meth:`encode_codes` and the validation-end pass.
+
+    Checkpoints written before ``overrides`` (flat size fields) do not load.
     """
 
     def __init__(
         self,
         preset: str = "tiger",
         input_dim: int | None = None,
-        hidden_dims: list[int] | None = None,
-        latent_dim: int | None = None,
-        levels: int | None = None,
-        codebook_size: int | None = None,
-        commitment_weight: float | None = None,
-        reconstruction: ReconstructionLoss | None = None,
-        dropout: float | None = None,
-        kmeans_init: bool | None = None,
-        kmeans_iters: int | None = None,
-        kmeans_init_size: int | None = None,
-        threshold_ema_dead_code: float | None = None,
-        decay: float | None = None,
-        use_cosine_sim: bool | None = None,
-        rotation_trick: bool | None = None,
+        overrides: dict[str, Any] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         encode_batch_size: int = 4096,
     ) -> None:
-        args = dict(locals())
         super().__init__()
-        positive("RQVAEModule", levels=levels, codebook_size=codebook_size, latent_dim=latent_dim, lr=lr, encode_batch_size=encode_batch_size)
+        positive("RQVAEModule", lr=lr, encode_batch_size=encode_batch_size)
         self.save_hyperparameters()
-        overrides = {f.name: args[f.name] for f in fields(RQVAEConfig) if args.get(f.name) is not None}
-        self.config = RQVAEConfig.from_name(preset, **overrides)
+        self.config = RQVAEConfig.from_name(preset, **dict(overrides or {}))
+        positive("RQVAEModule", levels=self.config.levels, codebook_size=self.config.codebook_size, latent_dim=self.config.latent_dim)
         if self.config.reconstruction not in ("mse", "cosine"):
             raise ValueError(f"reconstruction must be 'mse' or 'cosine', got {self.config.reconstruction!r}")
         self.lr = lr
@@ -286,6 +279,55 @@ class RQVAEModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    # ---- the tokenizer protocol ---------------------------------------------------------------
+
+    file_suffix: ClassVar[str] = ".tokenizer.ckpt"
+    """The file :meth:`save` writes beside a SID artifact (a Lightning checkpoint)."""
+
+    def fit(self, embeddings: Tensor, settings: FitSettings) -> RQVAEModule:
+        """Train with a Lightning ``Trainer`` as ``settings`` say, on the embedding file
+        ``settings.embeddings_path`` (``embeddings`` are its rows, ``[N, D]``); then eval mode,
+        on the GPU when ``settings`` allow one. Returns ``self``."""
+        from genrec.data.datamodule import ItemEmbeddingDataModule
+        from genrec.progress import progress_callbacks
+
+        if settings.embeddings_path is None:
+            raise ValueError("RQVAEModule.fit reads its batches from the embedding file: settings.embeddings_path is not set")
+        L.seed_everything(settings.seed, workers=True, verbose=False)
+        datamodule = ItemEmbeddingDataModule(str(settings.embeddings_path), batch_size=settings.batch_size, seed=settings.seed)
+        trainer = L.Trainer(
+            max_epochs=settings.max_epochs,
+            accelerator=settings.accelerator,
+            devices=settings.devices,
+            precision=settings.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            callbacks=progress_callbacks(),
+            fast_dev_run=settings.fast_dev_run,
+            check_val_every_n_epoch=max(1, settings.max_epochs // 10),
+        )
+        trainer.fit(self, datamodule=datamodule)
+        self.eval()
+        if settings.may_use_cuda():
+            self.cuda()
+        return self
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the full training state (a Lightning checkpoint) of the trainer that ran :meth:`fit`, atomically."""
+        if self._trainer is None:
+            raise RuntimeError("RQVAEModule.save writes its trainer's checkpoint: call fit() first")
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            self.trainer.save_checkpoint(tmp, weights_only=False)  # the full state, said (Lightning notes a default otherwise)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str | None = None) -> RQVAEModule:
+        """Read a file written by :meth:`save` (``weights_only=True``: tensors and plain values only)."""
+        module = cls.load_from_checkpoint(path, map_location=device or "cpu", weights_only=True)
+        return module.eval()
 
     # ---- inference ----------------------------------------------------------------------------
 

@@ -19,13 +19,16 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from genrec.artifacts import atomic_path, write_json
 from genrec.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from genrec.quantize.protocol import Tokenizer
 
 FORMAT = "genrec.semantic_ids"
 FORMAT_VERSION = 1
@@ -358,18 +361,6 @@ class SemanticIDs:
         )
 
 
-class Tokenizer(Protocol):
-    """What :func:`build_semantic_ids` needs of a trained quantizer (RQVAEModule, RQKMeans)."""
-
-    codebook_size: int
-
-    def encode_codes(self, embeddings: Tensor) -> Tensor: ...
-
-    def reconstruction_error(self, embeddings: Tensor) -> float: ...
-
-    def describe(self) -> dict[str, Any]: ...
-
-
 def build_semantic_ids(
     tokenizer: Tokenizer,
     embeddings: Tensor | str | os.PathLike[str],
@@ -381,7 +372,7 @@ def build_semantic_ids(
     """Encode every item with a trained ``tokenizer`` and build (and optionally save) its SIDs.
 
     Args:
-        tokenizer: a trained :class:`RQVAEModule` or fitted :class:`RQKMeans`.
+        tokenizer: a trained tokenizer (:class:`~genrec.quantize.protocol.Tokenizer`).
         embeddings: ``[N, D]`` item embeddings (row = item id), or the safetensors file the
             encode stage wrote (then ``embeddings_path`` defaults to it and ``fingerprint`` to
             its ``catalog_fingerprint`` metadata).

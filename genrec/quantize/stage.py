@@ -1,8 +1,9 @@
 """The tokenize stage: item embeddings -> a trained quantizer -> the semantic-ID artifact.
 
-Chains the encode stage (reused when its file exists), trains the tokenizer (an
-:class:`~genrec.quantize.rqvae.RQVAEModule` through a Lightning ``Trainer``, or a fitted
-:class:`~genrec.quantize.rqkmeans.RQKMeans`), assigns every item its SID with the dedup digit and
+Chains the encode stage (reused when its file exists), trains the tokenizer (any
+:class:`~genrec.quantize.protocol.Tokenizer`: its own ``fit``, e.g. an
+:class:`~genrec.quantize.rqvae.RQVAEModule` through a Lightning ``Trainer``, or
+:class:`~genrec.quantize.rqkmeans.RQKMeans`), writes it with its own ``save``, assigns every item its SID with the dedup digit and
 writes the artifact with its quality report. The artifact records a digest of everything that
 made it (tokenizer config, training settings, embedding file and catalogue); re-running with the
 same settings reuses it, a changed setting (or a damaged file) rebuilds it.
@@ -21,15 +22,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 
-from genrec.artifacts import atomic_path, config_digest, file_digest, output_lock
-from genrec.data.datamodule import ItemEmbeddingDataModule, load_embeddings
+from genrec.artifacts import config_digest, file_digest, output_lock
+from genrec.data.datamodule import load_embeddings
 from genrec.errors import ArtifactError, at_least
-from genrec.progress import progress_callbacks
-from genrec.quantize.rqkmeans import RQKMeans
-from genrec.quantize.rqvae import RQVAEModule
+from genrec.quantize.protocol import FitSettings, Tokenizer
 from genrec.quantize.semantic_ids import SemanticIDs
 
 log = logging.getLogger(__name__)
@@ -68,6 +66,11 @@ class TokenizeConfig:
     def __post_init__(self) -> None:
         at_least("tokenize", 1, max_epochs=self.max_epochs, batch_size=self.batch_size)
 
+    def fit_settings(self, embeddings: Path) -> FitSettings:
+        """What a tokenizer's ``fit`` is told, training on the file ``embeddings``."""
+        return FitSettings(self.seed, self.max_epochs, self.batch_size, self.accelerator, self.devices, self.precision,
+                           self.fast_dev_run, embeddings)
+
 
 def sids_path(data_name: str, config: TokenizeConfig) -> Path:
     """Where the artifact of ``config`` goes for data set ``data_name``."""
@@ -77,7 +80,7 @@ def sids_path(data_name: str, config: TokenizeConfig) -> Path:
 
 
 def tokenize(
-    tokenizer: RQVAEModule | RQKMeans,
+    tokenizer: Tokenizer,
     tokenizer_config: dict[str, Any],
     embeddings: Path,
     fingerprint: str,
@@ -89,7 +92,7 @@ def tokenize(
     """Train ``tokenizer`` on ``embeddings`` and write (or reuse) the SID artifact.
 
     Args:
-        tokenizer: an untrained RQ-VAE module or RQ-KMeans.
+        tokenizer: an untrained tokenizer (the protocol of :mod:`genrec.quantize.protocol`).
         tokenizer_config: its ``class_path``/``init_args`` as configured (recorded, hashed).
         embeddings: the encode stage's safetensors file.
         fingerprint: the catalogue fingerprint the embeddings were made for.
@@ -143,7 +146,7 @@ def check_embeddings(path: Path, fingerprint: str, num_items: int | None = None)
 
 
 def _tokenize_locked(
-    tokenizer: RQVAEModule | RQKMeans,
+    tokenizer: Tokenizer,
     tokenizer_config: dict[str, Any],
     embeddings: Path,
     fingerprint: str,
@@ -172,43 +175,13 @@ def _tokenize_locked(
 
     table = load_embeddings(embeddings)
     started = time.perf_counter()
-    if isinstance(tokenizer, RQVAEModule):
-        L.seed_everything(config.seed, workers=True, verbose=False)
-        datamodule = ItemEmbeddingDataModule(str(embeddings), batch_size=config.batch_size, seed=config.seed)
-        trainer = L.Trainer(
-            max_epochs=config.max_epochs,
-            accelerator=config.accelerator,
-            devices=config.devices,
-            precision=config.precision,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            callbacks=progress_callbacks(),
-            fast_dev_run=config.fast_dev_run,
-            check_val_every_n_epoch=max(1, config.max_epochs // 10),
-        )
-        trainer.fit(tokenizer, datamodule=datamodule)
-        tokenizer.eval()
-        if torch.cuda.is_available() and config.accelerator in ("gpu", "cuda", "auto"):
-            tokenizer.cuda()
-            table = table.cuda()
-    else:
-        if tokenizer.device is None and torch.cuda.is_available() and config.accelerator in ("gpu", "cuda", "auto"):
-            table = table.cuda()
-        tokenizer.seed = config.seed
-        tokenizer.fit(table)
+    tokenizer.fit(table, config.fit_settings(embeddings))
     seconds = time.perf_counter() - started
 
     codes = tokenizer.encode_codes(table)
     # The trained tokenizer itself (to give SIDs to items added later) first; the SID file, which
     # records its digest, last: a reader that finds the SID file can check it has its tokenizer.
-    if isinstance(tokenizer, RQVAEModule):
-        companion = output.with_suffix(".tokenizer.ckpt")
-        with atomic_path(companion) as tmp:
-            trainer.save_checkpoint(tmp, weights_only=False)  # the full state, said (Lightning notes a default otherwise)
-    else:
-        companion = output.with_suffix(".tokenizer.safetensors")
-        tokenizer.save(companion)
+    companion = tokenizer.save(output.with_suffix(tokenizer.file_suffix))
     sids = SemanticIDs.from_codes(
         codes.cpu(),
         tokenizer.codebook_size,

@@ -15,7 +15,7 @@ from genrec.data import SeqBatch, SequenceDataModule, SyntheticSource
 from genrec.data.catalog import Item, ItemCatalog
 from genrec.decoding import Recommendations, score_all_items
 from genrec.models import LMRecConfig, LMRecModule, count_lm_parameters, lm_names
-from genrec.models.lm_rec import decoder_layer_classes, load_tokenizer
+from genrec.models.lm_loading import decoder_layer_classes, load_tokenizer
 from tests.trainer import quiet_trainer
 
 # A Llama small enough for 2 CPU cores (the SmolLM2 vocabulary, 49,152 tokens, dominates).
@@ -24,7 +24,9 @@ TINY = {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1, "
 
 def tiny_module(**kwargs) -> LMRecModule:
     torch.manual_seed(0)
-    args = {"preset": "1m", "preset_overrides": TINY, "max_prompt_tokens": 96, "beam_width": 10, "warmup_steps": 0}
+    args = {"preset": "1m", "overrides": TINY, "prompt": {"max_tokens": 96}, "evaluation": {"beam_width": 10}, "optimizer": {"warmup_steps": 0}}
+    for group in ("prompt", "evaluation", "optimizer"):  # a test's group fields change single defaults
+        kwargs[group] = {**args[group], **kwargs.get(group, {})}
     return LMRecModule(**{**args, **kwargs})
 
 
@@ -43,7 +45,7 @@ def datamodule() -> SequenceDataModule:
 @pytest.fixture
 def module(datamodule) -> LMRecModule:
     m = tiny_module()
-    m.attach_items(datamodule.data.catalog, datamodule.data.train_item_counts())
+    m.attach(datamodule.data.catalog, train_counts=datamodule.data.train_item_counts())
     return m
 
 
@@ -146,8 +148,8 @@ def test_eval_loss_in_float32_chunks_equals_the_training_loss(module, batch, mon
 
 
 def test_prompt_keeps_the_most_recent_items_within_budget(datamodule):
-    m = tiny_module(max_prompt_tokens=60)
-    m.attach_items(datamodule.data.catalog)
+    m = tiny_module(prompt={"max_tokens": 60})
+    m.attach(datamodule.data.catalog)
     history = torch.arange(10)[None]  # 10 items, oldest first
     batch = SeqBatch(users=torch.zeros(1, dtype=torch.long), history=history, lengths=torch.tensor([10]), targets=torch.tensor([20]))
     inputs = m.lm_inputs(batch, with_target=False)
@@ -165,9 +167,9 @@ def test_prompt_keeps_the_most_recent_items_within_budget(datamodule):
 def test_history_titles_cut_in_the_prompt_and_targets_whole(datamodule, batch):
     """max_history_title_tokens: every history line carries at most 3 title tokens, so more
     lines fit the prompt; the target (what decoding must produce) keeps the whole title."""
-    full, cut = tiny_module(), tiny_module(max_history_title_tokens=3)
+    full, cut = tiny_module(), tiny_module(prompt={"max_history_title_tokens": 3})
     for m in (full, cut):
-        m.attach_items(datamodule.data.catalog)
+        m.attach(datamodule.data.catalog)
     before, after = cut._line_pieces
     titles = full.target_tokens[:, :-1]  # the whole titles, EOS dropped (padding beyond)
     for item in range(len(datamodule.data.catalog)):
@@ -187,27 +189,27 @@ def test_history_titles_cut_in_the_prompt_and_targets_whole(datamodule, batch):
 def test_max_eval_users_tests_a_seeded_subset_and_counts_it(datamodule):
     """max_eval_users: test on 7 of the 40 users, the same 7 for the same seed (others for
     another), counted as test/users of test/users_total."""
-    m = tiny_module(max_eval_users=7, eval_seed=3)
+    m = tiny_module(evaluation={"max_users": 7, "seed": 3})
     result = quiet_trainer().test(m, datamodule=datamodule, verbose=False)[0]
     assert result["test/users"] == 7 and result["test/users_total"] == 40
     chosen = m.eval_users["test"]
     assert int(chosen.sum()) == 7 and int(m.eval_users["val"].sum()) == 7
-    again = tiny_module(max_eval_users=7, eval_seed=3)
+    again = tiny_module(evaluation={"max_users": 7, "seed": 3})
     again.choose_eval_users(40, {"test": torch.arange(40)})
-    other = tiny_module(max_eval_users=7, eval_seed=4)
+    other = tiny_module(evaluation={"max_users": 7, "seed": 4})
     other.choose_eval_users(40, {"test": torch.arange(40)})
     assert torch.equal(again.eval_users["test"], chosen) and not torch.equal(other.eval_users["test"], chosen)
-    everyone = tiny_module(max_eval_users=100)
+    everyone = tiny_module(evaluation={"max_users": 100})
     everyone.choose_eval_users(40, {"test": torch.arange(40)})
     assert bool(everyone.eval_users["test"].all())
-    with pytest.raises(ValueError, match="max_eval_users must be >= 1"):
-        tiny_module(max_eval_users=0)
+    with pytest.raises(ValueError, match="evaluation.max_users must be >= 1"):
+        tiny_module(evaluation={"max_users": 0})
 
 
 def test_empty_and_repeated_titles_are_disambiguated():
     items = [Item("A1", "Blue Shampoo"), Item("A2", ""), Item("A3", "Blue Shampoo"), Item("A4", "Red Soap"), Item("A5", "Blue Shampoo")]
     m = tiny_module()
-    m.attach_items(ItemCatalog(items))
+    m.attach(ItemCatalog(items))
     assert m.title_fixes == {"empty": 1, "duplicate": 2, "truncated": 0}
     titles = [datamodule_title(m, i) for i in range(5)]
     assert titles == ["Blue Shampoo", "item A2", "Blue Shampoo (item A3)", "Red Soap", "Blue Shampoo (item A5)"]
@@ -216,8 +218,8 @@ def test_empty_and_repeated_titles_are_disambiguated():
 
 def test_long_titles_are_cut_and_stay_unique():
     items = [Item(f"B{i}", "A very long title about a very long product " * 5 + str(i)) for i in range(3)]
-    m = tiny_module(max_title_tokens=8)
-    m.attach_items(ItemCatalog(items))
+    m = tiny_module(prompt={"max_title_tokens": 8})
+    m.attach(ItemCatalog(items))
     assert m.title_fixes["truncated"] == 3 and m.title_fixes["duplicate"] == 2
     assert m.trie().num_items == 3
 
@@ -227,7 +229,7 @@ def test_long_titles_are_cut_and_stay_unique():
 
 def test_recommendations_are_distinct_catalogue_items(module, batch):
     module.eval()
-    result = module.recommend(batch, num_results=7, beam_width=10)
+    result = module.recommend(batch, k=7, beam_width=10)
     assert result.items.shape == (len(batch), 7)
     assert ((result.items >= 0) & (result.items < module.trie().num_items)).all()
     assert all(len(set(row)) == 7 for row in result.items.tolist())
@@ -245,14 +247,14 @@ def test_exhaustive_beam_search_equals_brute_force_and_unpadded_rows(module, bat
     top = brute.topk(10, dim=1)
     for padded in (False, True):
         module.decode_padded = padded
-        result = module.recommend(batch, num_results=10, beam_width=n)
+        result = module.recommend(batch, k=10, beam_width=n)
         assert module._graph_decoder.padded == padded
         assert torch.equal(module.trie().items[top.indices], result.items)
         assert torch.allclose(top.values, result.scores, atol=1e-4)
         for row in (0, len(batch) - 1) if not padded else ():
             width = int(batch.lengths[row])
             alone = SeqBatch(batch.users[row : row + 1], batch.history[row : row + 1, :width], batch.lengths[row : row + 1], batch.targets[row : row + 1])
-            single = module.recommend(alone, num_results=10, beam_width=n)
+            single = module.recommend(alone, k=10, beam_width=n)
             assert torch.equal(single.items[0], result.items[row])
             assert torch.allclose(single.scores[0], result.scores[row], atol=1e-4)
 
@@ -282,8 +284,8 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     from genrec.models.lm_decoding import SlotKV
     from genrec.models.lm_graphs import GraphDecoder
 
-    m = tiny_module(lora=True, lora_r=4)
-    m.attach_items(datamodule.data.catalog)
+    m = tiny_module(lora={"enabled": True, "r": 4})
+    m.attach(datamodule.data.catalog)
     m.static_decoding = static
     m.decode_padded = decoder == "padded"
     torch.manual_seed(1)
@@ -301,8 +303,8 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
         original = SlotKV.compact
         monkeypatch.setattr(SlotKV, "compact", lambda self, active: (compacted.append((self.users.numel(), active.numel())), original(self, active)))
     with nan_filled_empty_tensors():  # columns a beam never wrote must not matter
-        fast = m.recommend(batch, num_results=10, beam_width=12)
-    reference = m.recommend(batch, num_results=10, beam_width=12, reference=True)
+        fast = m.recommend(batch, k=10, beam_width=12)
+    reference = m.recommend(batch, k=10, beam_width=12, reference=True)
     assert torch.equal(fast.items, reference.items)
     torch.testing.assert_close(fast.scores, reference.scores, atol=1e-4, rtol=0)
     if decoder == "padded":  # packed into the next smaller power-of-two bucket of users
@@ -315,12 +317,12 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
         assert m._graph_decoder.padded == (decoder == "padded")
         assert m._graph_decoder.fed == m.decode_counts["beam tokens"] < m.decode_counts["full search beam tokens"]
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
-    unmerged = tiny_module(lora=True, lora_r=4)
+    unmerged = tiny_module(lora={"enabled": True, "r": 4})
     unmerged.load_state_dict(m.state_dict())
-    unmerged.attach_items(datamodule.data.catalog)
+    unmerged.attach(datamodule.data.catalog)
     unmerged.static_decoding = False  # the slot decoder with the adapters unmerged
     monkeypatch.setattr("genrec.models.lm_rec.merged_lora", lambda model: contextlib.nullcontext(False))
-    assert torch.equal(unmerged.eval().recommend(batch, num_results=10, beam_width=12).items, fast.items)
+    assert torch.equal(unmerged.eval().recommend(batch, k=10, beam_width=12).items, fast.items)
 
 
 def test_static_decoder_runs_qwen3_exactly_and_says_which_models_it_leaves_to_the_slot_decoder(datamodule, batch):
@@ -331,14 +333,14 @@ def test_static_decoder_runs_qwen3_exactly_and_says_which_models_it_leaves_to_th
 
     from genrec.models.lm_graphs import unsupported_reason
 
-    m = tiny_module(preset_overrides={**TINY, "arch": "qwen3", "num_heads": 4, "num_kv_heads": 2})
-    m.attach_items(datamodule.data.catalog)
+    m = tiny_module(overrides={**TINY, "arch": "qwen3", "num_heads": 4, "num_kv_heads": 2})
+    m.attach(datamodule.data.catalog)
     m.eval()
     assert unsupported_reason(m.model) is None
     batch = SeqBatch(batch.users[:3], batch.history[:3], batch.lengths[:3], batch.targets[:3])
-    fast = m.recommend(batch, num_results=10, beam_width=12)
+    fast = m.recommend(batch, k=10, beam_width=12)
     assert m._graph_decoder is not None and m._graph_decoder.groups == 2
-    reference = m.recommend(batch, num_results=10, beam_width=12, reference=True)
+    reference = m.recommend(batch, k=10, beam_width=12, reference=True)
     assert torch.equal(fast.items, reference.items)
     torch.testing.assert_close(fast.scores, reference.scores, atol=1e-4, rtol=0)
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16))
@@ -352,8 +354,8 @@ def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, pre
     replayed steps give the eager padded steps' items and scores, are captured once and replayed
     for a second batch (the weights refreshed in place), and in float32 give the reference
     decoder's items."""
-    m = tiny_module(lora=True, lora_r=4)
-    m.attach_items(datamodule.data.catalog)
+    m = tiny_module(lora={"enabled": True, "r": 4})
+    m.attach(datamodule.data.catalog)
     torch.manual_seed(1)
     for name, p in m.named_parameters():
         if "lora_B" in name:
@@ -366,13 +368,13 @@ def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, pre
     for graphs in (False, True):
         m.decode_graphs = graphs
         with autocast:
-            results[graphs] = m.recommend(gpu, num_results=10, beam_width=12)
+            results[graphs] = m.recommend(gpu, k=10, beam_width=12)
     decoder = m._graph_decoder
     assert decoder.graphs and decoder.replays > 0 and len(decoder.graph_cache) > 0
     assert torch.equal(results[True].items, results[False].items)
     torch.testing.assert_close(results[True].scores, results[False].scores, atol=1e-5, rtol=0)
     if precision == "fp32":
-        reference = m.recommend(gpu, num_results=10, beam_width=12, reference=True)
+        reference = m.recommend(gpu, k=10, beam_width=12, reference=True)
         assert torch.equal(results[True].items, reference.items)
         torch.testing.assert_close(results[True].scores, reference.scores, atol=1e-3, rtol=0)
     with torch.no_grad():  # new weights: the captured graphs must read the refreshed copies
@@ -381,11 +383,11 @@ def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, pre
                 p.mul_(-1)
     replays = decoder.replays
     with autocast:
-        replayed = m.recommend(gpu, num_results=10, beam_width=12)
+        replayed = m.recommend(gpu, k=10, beam_width=12)
     assert m._graph_decoder is decoder and decoder.replays > replays  # the same engine, its graphs replayed
     m.decode_graphs = False
     with autocast:
-        eager = m.recommend(gpu, num_results=10, beam_width=12)
+        eager = m.recommend(gpu, k=10, beam_width=12)
     assert torch.equal(replayed.items, eager.items) and not torch.equal(replayed.items, results[True].items)
     torch.testing.assert_close(replayed.scores, eager.scores, atol=1e-5, rtol=0)
 
@@ -396,7 +398,7 @@ def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, pre
 def test_cf_embedding_starts_neutral_and_learns(datamodule, batch):
     plain, cf = tiny_module(), tiny_module(cf_embedding=True)
     for m in (plain, cf):
-        m.attach_items(datamodule.data.catalog)
+        m.attach(datamodule.data.catalog)
     assert cf.cf is not None and cf.cf.weight.shape == (len(datamodule.data.catalog), 32) and not cf.cf.weight.any()
     inputs = cf.lm_inputs(batch)
     loss = cf.loss(inputs)
@@ -416,7 +418,7 @@ def test_cf_embedding_from_the_cf_encoders_file(datamodule, batch, tmp_path):
     path = encode_interactions(datamodule.data, tmp_path / "cf.safetensors", dim=8, window=2)
     plain, cf = tiny_module(), tiny_module(cf_embedding=True, cf_init=str(path))
     for m in (plain, cf):
-        m.attach_items(datamodule.data.catalog)
+        m.attach(datamodule.data.catalog)
     assert torch.equal(cf.cf.weight, load_embeddings(path)) and not cf.cf.weight.requires_grad
     assert cf.cf_proj.weight.shape == (32, 8) and not cf.cf_proj.weight.any()
     inputs = cf.lm_inputs(batch)
@@ -427,18 +429,18 @@ def test_cf_embedding_from_the_cf_encoders_file(datamodule, batch, tmp_path):
     restored = tiny_module(cf_embedding=True, cf_init=str(tmp_path / "gone.safetensors"))  # the file is not read again
     restored.on_load_checkpoint({"state_dict": cf.state_dict()})
     restored.load_state_dict(cf.state_dict())
-    restored.attach_items(datamodule.data.catalog)
+    restored.attach(datamodule.data.catalog)
     assert torch.equal(restored.cf.weight, cf.cf.weight) and restored.cf_proj is not None
     other = ItemCatalog([Item(f"X{i}", f"title {i}") for i in range(len(datamodule.data.catalog))])
     with pytest.raises(ValueError, match="cf.safetensors: catalogue fingerprint"):
-        tiny_module(cf_embedding=True, cf_init=str(path)).attach_items(other)
+        tiny_module(cf_embedding=True, cf_init=str(path)).attach(other)
     with pytest.raises(ValueError, match="needs cf_embedding"):
         tiny_module(cf_init=str(path))
 
 
 def test_lora_trains_only_adapters(datamodule, batch):
-    m = tiny_module(lora=True, lora_r=4)
-    m.attach_items(datamodule.data.catalog)
+    m = tiny_module(lora={"enabled": True, "r": 4})
+    m.attach(datamodule.data.catalog)
     m.loss(m.lm_inputs(batch)).backward()
     grads = [n for n, p in m.named_parameters() if p.grad is not None]
     assert grads and all("lora_" in n for n in grads)
@@ -452,8 +454,9 @@ def test_qlora_nf4_on_cpu_trains_one_step(datamodule, batch, tmp_path):
 
     torch.manual_seed(0)
     LMRecConfig.from_name("1m", **{**TINY, "hidden_size": 64}).build(49_152, 2, 2).save_pretrained(tmp_path)
-    m = LMRecModule(model=str(tmp_path), tokenizer="smollm2", load_in_4bit=True, lora=True, lora_r=4, max_prompt_tokens=96, beam_width=10)
-    m.attach_items(datamodule.data.catalog)
+    m = LMRecModule(model=str(tmp_path), tokenizer="smollm2", lora={"enabled": True, "r": 4, "load_in_4bit": True}, prompt={"max_tokens": 96},
+                    evaluation={"beam_width": 10})
+    m.attach(datamodule.data.catalog)
     assert sum(isinstance(x, bnb.nn.Linear4bit) for x in m.modules()) == 7  # q k v o gate up down
     trainable = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
@@ -471,11 +474,11 @@ def test_qlora_nf4_on_cpu_trains_one_step(datamodule, batch, tmp_path):
 
 def test_bad_settings_are_rejected():
     with pytest.raises(ValueError, match="needs lora"):
-        LMRecModule(preset="1m", preset_overrides=TINY, load_in_4bit=True)
+        LMRecModule(preset="1m", overrides=TINY, lora={"load_in_4bit": True})
     with pytest.raises(ValueError, match="beam_width"):
-        LMRecModule(preset="1m", preset_overrides=TINY, beam_width=5)
+        LMRecModule(preset="1m", overrides=TINY, evaluation={"beam_width": 5})
     with pytest.raises(ValueError, match="{history}"):
-        LMRecModule(preset="1m", preset_overrides=TINY, prompt_template="no history here")
+        LMRecModule(preset="1m", overrides=TINY, prompt={"template": "no history here"})
 
 
 def test_liger_flag_patches_the_model_with_kernels_not_losses(monkeypatch, caplog):
@@ -539,7 +542,7 @@ def test_compiled_training_matches_eager(datamodule):
     losses = []
     for compiled in (False, True):
         counters.clear()
-        m = tiny_module(compile=compiled, lr=3e-3)
+        m = tiny_module(compile=compiled, optimizer={"lr": 3e-3})
         trainer = quiet_trainer(max_steps=3, limit_val_batches=0)
         trainer.fit(m, datamodule=datamodule)
         assert (m._train_forward is not None) == compiled
@@ -558,8 +561,8 @@ def end_to_end(epochs: int, num_users: int) -> tuple[dict[str, float], list[floa
         max_history=5,
         batch_size=32,
     )
-    m = tiny_module(preset_overrides={**TINY, "num_layers": 2, "hidden_size": 64, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128},
-                    lr=3e-3, warmup_steps=10, max_prompt_tokens=128)
+    m = tiny_module(overrides={**TINY, "num_layers": 2, "hidden_size": 64, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128},
+                    optimizer={"lr": 3e-3, "warmup_steps": 10}, prompt={"max_tokens": 128})
     losses: list[float] = []
 
     class Record(L.Callback):

@@ -11,14 +11,22 @@ import torch
 import torch.nn.functional as F
 
 from genrec.data import SeqBatch, SequenceDataModule, SyntheticSource
+from genrec.data.catalog import Item, ItemCatalog
 from genrec.decoding import Recommendations, score_all_items
 from genrec.models import TigerModule
-from genrec.models.tiger import EOS, PAD, fused_adamw, lr_schedule, shift_right, sid_vocab_sizes
+from genrec.models.optim import fused_adamw, lr_schedule
+from genrec.models.tiger import EOS, PAD, shift_right, sid_vocab_sizes
 from genrec.quantize import RQKMeans, SemanticIDs
 from tests.trainer import quiet_trainer
 
+
 # A T5 small enough for 2 CPU cores: one layer each side, d_model 64 (the 336k preset's width).
-TINY = {"preset": "336k", "d_ff": 128, "ff_layers": 1, "num_heads": 2, "d_kv": 32, "dropout": 0.0}
+def tiny(**fields) -> dict:
+    """TigerModule arguments of the 336k preset shrunk (``fields`` change more of its shape)."""
+    return {"preset": "336k", "overrides": {"d_ff": 128, "ff_layers": 1, "num_heads": 2, "d_kv": 32, "dropout": 0.0, **fields}}
+
+
+TINY = tiny()
 
 
 def category_sids(datamodule: SequenceDataModule, levels: int = 2, codebook_size: int = 16, noise: float = 0.3) -> SemanticIDs:
@@ -55,15 +63,16 @@ def small(tmp_path_factory):
 
 @pytest.fixture
 def hand_made(tmp_path):
-    """Three items, codes [[0,1],[0,1],[2,3]] of a 4-code book: SIDs [[0,1,0],[0,1,1],[2,3,0]]."""
-    sids = SemanticIDs.from_codes(torch.tensor([[0, 1], [0, 1], [2, 3]]), codebook_size=4, fingerprint="fp")
+    """Three items (and their catalogue), codes [[0,1],[0,1],[2,3]] of a 4-code book: SIDs [[0,1,0],[0,1,1],[2,3,0]]."""
+    catalog = ItemCatalog([Item("a"), Item("b"), Item("c")])
+    sids = SemanticIDs.from_codes(torch.tensor([[0, 1], [0, 1], [2, 3]]), codebook_size=4, fingerprint=catalog.fingerprint())
     path = tmp_path / "hand.safetensors"
     sids.save(path)
-    return sids, str(path)
+    return sids, str(path), catalog
 
 
 def test_vocabulary_comes_from_the_sid_header(hand_made):
-    sids, path = hand_made
+    sids, path, catalog = hand_made
     assert sid_vocab_sizes(path) == sids.vocab_sizes == [4, 4, 2]
     module = TigerModule(path, **TINY, user_tokens=3)
     assert module.vocab_size == 2 + 4 + 4 + 2 + 3 == 15
@@ -73,9 +82,9 @@ def test_vocabulary_comes_from_the_sid_header(hand_made):
 
 
 def test_item_tokens_are_offset_per_position(hand_made):
-    sids, path = hand_made
+    sids, path, catalog = hand_made
     module = TigerModule(path, **TINY)
-    module.attach_items(sids)
+    module.attach(catalog, sids)
     assert module.item_tokens.tolist() == [[2, 7, 10], [2, 7, 11], [4, 9, 10]]
     assert module.tokens_of(torch.tensor([2, 0])).tolist() == [[4, 9, 10], [2, 7, 10]]
 
@@ -92,9 +101,9 @@ def batch_of(history, users=None, targets=None) -> SeqBatch:
 
 
 def test_encoder_input_layout(hand_made):
-    sids, path = hand_made
+    sids, path, catalog = hand_made
     module = TigerModule(path, **TINY)
-    module.attach_items(sids)
+    module.attach(catalog, sids)
     ids, mask = module.encoder_inputs(batch_of([[0, 2], [1, -1]]))
     assert ids.tolist() == [
         [2, 7, 10, 4, 9, 10, EOS],
@@ -104,9 +113,9 @@ def test_encoder_input_layout(hand_made):
 
 
 def test_encoder_input_with_user_tokens(hand_made):
-    sids, path = hand_made
+    sids, path, catalog = hand_made
     module = TigerModule(path, **TINY, user_tokens=3)
-    module.attach_items(sids)
+    module.attach(catalog, sids)
     ids, mask = module.encoder_inputs(batch_of([[2, -1], [0, 1]], users=[7, 3]))
     assert ids.tolist() == [
         [12 + 7 % 3, 4, 9, 10, EOS, PAD, PAD, PAD],
@@ -116,11 +125,11 @@ def test_encoder_input_with_user_tokens(hand_made):
 
 
 def test_sid_sizes_must_match_the_built_model(hand_made, tmp_path):
-    _, path = hand_made
+    _, path, catalog = hand_made
     module = TigerModule(path, **TINY)
     other = SemanticIDs.from_codes(torch.tensor([[0, 1], [2, 3], [3, 3]]), codebook_size=4)  # dedup size 1, not 2
     with pytest.raises(ValueError, match=r"SID sizes per position \[4, 4, 1\] differ .* \[4, 4, 2\]"):
-        module.attach_items(other)
+        module.attach(catalog, other)
 
 
 def test_missing_sid_file_is_named(tmp_path):
@@ -135,7 +144,7 @@ def test_fingerprint_mismatch_is_an_error_naming_both(small, tmp_path):
     wrong.save(path)
     module = TigerModule(str(path), **TINY)
     expected = datamodule.data.catalog.fingerprint()
-    with pytest.raises(ValueError, match=f"fingerprint 0123abcd.*'small' has catalogue fingerprint {expected}"):
+    with pytest.raises(ValueError, match=f"fingerprint 0123abcd.*data set has catalogue fingerprint {expected}"):
         quiet_trainer(fast_dev_run=True).fit(module, datamodule)
 
 
@@ -164,12 +173,12 @@ def test_beam_search_with_full_beam_is_exact(small, attn):
     the cached step function (score_all_items) and by plain teacher forcing without a cache."""
     datamodule, sids, path = small
     torch.manual_seed(0)
-    module = TigerModule(path, **{**TINY, "num_layers": 2, "num_decoder_layers": 2}, user_tokens=5, attn_implementation=attn).eval()
-    module.attach_items(sids, datamodule.data.train_item_counts())
+    module = TigerModule(path, **tiny(num_layers=2, num_decoder_layers=2), user_tokens=5, attn_implementation=attn).eval()
+    module.attach(datamodule.data.catalog, sids, datamodule.data.train_item_counts())
     batch = datamodule.dataset("test").__getitems__(list(range(6)))
     N, K = sids.num_items, 10
     with torch.no_grad():
-        result = module.recommend(batch, num_results=K, beam_width=N)
+        result = module.recommend(batch, k=K, beam_width=N)
         ids, mask = module.encoder_inputs(batch)
         encoder_out = module.encode(ids, mask)
         cached = score_all_items(module.beam_step, module.trie(), len(batch), state=module.initial_state(encoder_out, mask))
@@ -189,7 +198,7 @@ def test_pad_history_gives_static_shapes_and_the_same_loss(small):
     assert batch.history.shape[1] < 12
     torch.manual_seed(0)
     module = TigerModule(path, **TINY, pad_history=12)
-    module.attach_items(sids)
+    module.attach(datamodule.data.catalog, sids)
     ids, mask = module.encoder_inputs(batch, pad_history=12)
     plain_ids, plain_mask = module.encoder_inputs(batch)
     assert ids.shape == (16, 12 * module.tokens_per_item + 1)
@@ -212,8 +221,8 @@ def test_sdpa_and_eager_agree(small):
     for attn in ("sdpa", "eager"):
         torch.manual_seed(0)
         module = TigerModule(path, **TINY, attn_implementation=attn).eval()
-        module.attach_items(sids)
-        results.append(module.recommend(batch, num_results=10, beam_width=10))
+        module.attach(datamodule.data.catalog, sids)
+        results.append(module.recommend(batch, k=10, beam_width=10))
     assert torch.equal(results[0].items, results[1].items)
     torch.testing.assert_close(results[0].scores, results[1].scores, atol=1e-4, rtol=1e-4)
 
@@ -224,7 +233,7 @@ def test_recommendations_are_real_and_distinct(small):
     with pytest.raises(ValueError, match="beam_width .5. must be at least max.ks. .20."):
         TigerModule(path, **TINY, beam_width=5, ks=(5, 10, 20))
     module = TigerModule(path, **TINY, beam_width=20, ks=(5, 10, 20)).eval()
-    module.attach_items(sids)
+    module.attach(datamodule.data.catalog, sids)
     batch = next(iter(datamodule.test_dataloader()))
     prediction = module.predict_step(batch)
     assert isinstance(prediction, Recommendations)
@@ -239,7 +248,7 @@ def test_recommendations_are_real_and_distinct(small):
 def test_bf16_autocast_search_gives_real_items(small):
     datamodule, sids, path = small
     module = TigerModule(path, **TINY).eval()
-    module.attach_items(sids)
+    module.attach(datamodule.data.catalog, sids)
     batch = datamodule.dataset("test").__getitems__(list(range(8)))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         result = module.recommend(batch)
@@ -353,7 +362,7 @@ def end_to_end(tmp_path, epochs: int, max_history: int) -> tuple[dict[str, float
     sids = category_sids(datamodule, levels=2, codebook_size=16)
     path = tmp_path / "synthetic.safetensors"
     sids.save(path)
-    module = TigerModule(str(path), **{**TINY, "d_ff": 256}, lr=1e-2, warmup_steps=10)
+    module = TigerModule(str(path), **tiny(d_ff=256), lr=1e-2, warmup_steps=10)
     losses = EpochLosses()
     trainer = quiet_trainer(max_epochs=epochs, limit_val_batches=0, callbacks=[losses])
     trainer.fit(module, datamodule)
@@ -389,7 +398,7 @@ def test_training_step_never_reads_back_to_the_host(small, attn):
     datamodule, sids, path = small
     batch = next(iter(datamodule.train_dataloader()))
     module = TigerModule(path, **TINY, attn_implementation=attn)
-    module.attach_items(sids)
+    module.attach(datamodule.data.catalog, sids)
     assert host_reads(lambda: module.training_loss(batch).backward()) == 0
     # the check sees such reads: the same model given the 2-D mask (transformers asks mask.all())
     ids, mask = module.encoder_inputs(batch)
@@ -404,14 +413,14 @@ def test_beam_benchmark_exact_overlap_is_full_at_full_beam_and_partial_below(sma
     datamodule, sids, path = small
     torch.manual_seed(0)
     module = TigerModule(path, **TINY).eval()
-    module.attach_items(sids, datamodule.data.train_item_counts())
+    module.attach(datamodule.data.catalog, sids, datamodule.data.train_item_counts())
     batches = [datamodule.dataset("val").__getitems__(list(range(i, i + 8))) for i in (0, 8)]
     recall, found = exact_overlap(module, batches, [10, sids.num_items])
     assert found[sids.num_items] == 1.0
     assert 0.0 < found[10] < 1.0
     targets = torch.cat([b.targets for b in batches])
     with torch.no_grad():
-        full = torch.cat([module.recommend(b, num_results=10, beam_width=sids.num_items).items for b in batches])
+        full = torch.cat([module.recommend(b, k=10, beam_width=sids.num_items).items for b in batches])
     assert recall == (full == targets[:, None]).any(1).float().mean().item()
 
 
@@ -422,7 +431,7 @@ def test_padding_rows_do_not_count_in_the_loss(small):
     batch = datamodule.dataset("train").__getitems__(list(range(10)))
     torch.manual_seed(0)
     module = TigerModule(path, **TINY)
-    module.attach_items(sids)
+    module.attach(datamodule.data.catalog, sids)
     plain = module.training_loss(batch)
     rows, length = 16, 12
     history = F.pad(batch.history, (0, length - batch.history.shape[1], 0, rows - 10), value=-1)

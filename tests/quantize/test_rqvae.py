@@ -39,9 +39,9 @@ def test_presets_and_overrides():
         RQVAEConfig.from_name("nope")
     with pytest.raises(TypeError, match="latent"):
         RQVAEConfig.from_name("tiger", latent=3)
-    module = RQVAEModule(preset="tiny", input_dim=12, codebook_size=32)
+    module = RQVAEModule(preset="tiny", input_dim=12, overrides={"codebook_size": 32})
     assert module.config.codebook_size == 32 and module.config.latent_dim == 16
-    assert module.hparams["codebook_size"] == 32 and module.hparams["preset"] == "tiny"
+    assert module.hparams["overrides"] == {"codebook_size": 32} and module.hparams["preset"] == "tiny"
 
 
 def test_fast_dev_run_on_the_embedding_datamodule(tmp_path):
@@ -57,7 +57,7 @@ def test_planted_clusters_with_the_trainer(tmp_path):
     L.seed_everything(0, verbose=False)
     x, labels = planted_clusters()
     dm = ItemEmbeddingDataModule(str(write_embeddings(tmp_path / "emb.safetensors", x)), batch_size=64)
-    module = RQVAEModule(preset="tiny", levels=2, codebook_size=8)
+    module = RQVAEModule(preset="tiny", overrides={"levels": 2, "codebook_size": 8})
     trainer = _trainer(max_steps=300, num_sanity_val_steps=0, check_val_every_n_epoch=100, enable_checkpointing=True, default_root_dir=tmp_path)
     trainer.fit(module, dm)
     codes = module.encode_codes(x)
@@ -80,7 +80,7 @@ def test_planted_clusters_with_the_trainer(tmp_path):
 def test_planted_clusters_with_a_plain_loop():
     L.seed_everything(1, verbose=False)
     x, labels = planted_clusters(seed=1)
-    module = _train(RQVAEModule(preset="tiny", input_dim=32, levels=2, codebook_size=8), x, steps=300, batch_size=64)
+    module = _train(RQVAEModule(preset="tiny", input_dim=32, overrides={"levels": 2, "codebook_size": 8}), x, steps=300, batch_size=64)
     within, across = same_code_rates(module.encode_codes(x)[:, 0], labels)
     assert within >= 0.8 and across <= 0.2, (within, across)
 
@@ -88,7 +88,7 @@ def test_planted_clusters_with_a_plain_loop():
 def test_no_collapse_on_gaussian_points():
     L.seed_everything(0, verbose=False)
     x = torch.randn(2000, 32)
-    module = _train(RQVAEModule(preset="tiny", input_dim=32, levels=3, codebook_size=16), x, steps=200, batch_size=256)
+    module = _train(RQVAEModule(preset="tiny", input_dim=32, overrides={"levels": 3, "codebook_size": 16}), x, steps=200, batch_size=256)
     report = quality_report(module.encode_codes(x), 16, module.reconstruction_error(x))
     assert all(level["fraction_used"] >= 0.5 for level in report["per_level"]), report["per_level"]
     assert report["warnings"] == []
@@ -99,7 +99,7 @@ def test_collapse_without_the_remedies_is_reported():
     # the latents move away from a random codebook and every item lands on one code
     L.seed_everything(0, verbose=False)
     x = torch.randn(2000, 32) * 0.05 + 3
-    module = RQVAEModule(preset="tiny", input_dim=32, levels=3, codebook_size=16, kmeans_init=False, threshold_ema_dead_code=0.0)
+    module = RQVAEModule(preset="tiny", input_dim=32, overrides={"levels": 3, "codebook_size": 16, "kmeans_init": False, "threshold_ema_dead_code": 0.0})
     module = _train(module, x, steps=100, batch_size=256)
     report = quality_report(module.encode_codes(x), 16)
     assert report["per_level"][0]["fraction_used"] <= 2 / 16
@@ -108,7 +108,7 @@ def test_collapse_without_the_remedies_is_reported():
 
 
 def test_forward_output_and_inference_helpers():
-    module = RQVAEModule(preset="tiny", input_dim=12, reconstruction="cosine")
+    module = RQVAEModule(preset="tiny", input_dim=12, overrides={"reconstruction": "cosine"})
     x = torch.randn(40, 12)
     module.quantizer.init_from_data(module._encode_latents(x))
     out = module(x)

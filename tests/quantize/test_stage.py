@@ -32,7 +32,7 @@ def test_tokenize_reuses_and_rebuilds_on_change(tmp_path):
 def test_tokenize_rqvae_writes_artifact_and_checkpoint(tmp_path):
     emb = _embeddings(tmp_path)
     config = TokenizeConfig(output=str(tmp_path / "v.safetensors"), accelerator="cpu", max_epochs=2, batch_size=32)
-    module = RQVAEModule(preset="tiny", codebook_size=4)
+    module = RQVAEModule(preset="tiny", overrides={"codebook_size": 4})
     path, sids = tokenize(module, {"class_path": "genrec.quantize.RQVAEModule"}, emb, "fp", config)
     loaded = SemanticIDs.load(path, expected_fingerprint="fp")
     assert torch.equal(loaded.table, sids.table) and loaded.table.shape == (64, loaded.levels + 1)

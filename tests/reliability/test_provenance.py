@@ -41,7 +41,8 @@ def _embeddings(path: Path, rows: int, fingerprint: str, bad_rows: dict[int, flo
 def _tokenize(tmp_path: Path, embeddings: Path, tokenizer: str = "rqkmeans") -> list[str]:
     extra = ["--tokenize.max_epochs", "1", "--tokenize.batch_size", "16"] if tokenizer == "rqvae" else []
     return ["tokenize", "--config", data_yaml(tmp_path), "--config", str(ROOT / f"configs/tokenizer/{tokenizer}.yaml"),
-            "--tokenizer.init_args.codebook_size", "4", "--tokenize.embeddings", str(embeddings),
+            *(["--tokenizer.init_args.overrides", "{codebook_size: 4}"] if tokenizer == "rqvae" else ["--tokenizer.init_args.codebook_size", "4"]),
+            "--tokenize.embeddings", str(embeddings),
             "--tokenize.output", str(tmp_path / "sids.safetensors"), "--tokenize.accelerator", "cpu", *extra]
 
 

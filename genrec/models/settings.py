@@ -1,0 +1,160 @@
+"""Grouped hyperparameters of the recommenders, and the one preset-override convention.
+
+Presets. Every configurable model takes ``preset`` (a name of its shape presets: TIGER's
+:data:`~genrec.models.presets.TIGER_PRESETS`, the LM's :data:`~genrec.models.presets.LM_PRESETS`,
+the RQ-VAE's :data:`~genrec.quantize.rqvae.RQVAE_PRESETS`) and ``overrides``, a mapping of single
+fields of that preset's config dataclass (:class:`~genrec.models.presets.TigerConfig`,
+:class:`~genrec.models.presets.LMRecConfig`, :class:`~genrec.quantize.rqvae.RQVAEConfig`), e.g.::
+
+    model:
+      class_path: genrec.models.TigerModule
+      init_args:
+        preset: 336k
+        overrides: {dropout: 0.0, num_layers: 2}
+
+An unknown field is an error naming it. On the command line: ``--model.init_args.overrides
+'{num_layers: 1}'``.
+
+Groups. Arguments that belong together are one dataclass each, a nested block in YAML
+(``optimizer: {lr: 3e-4, warmup_steps: 100}``) or ``--model.init_args.optimizer.lr 3e-4`` on the
+command line: :class:`~genrec.models.optim.OptimizerConfig` (the LM's defaults:
+:class:`LMOptimizer`), :class:`EvalConfig`, :class:`LoraSettings` and :class:`PromptConfig`. A
+module stores each group in its hyperparameters as a plain dict (what a ``weights_only``
+checkpoint can hold) and :func:`as_settings` turns it back into the dataclass, so the
+hyperparameters a checkpoint stores rebuild the model. Checkpoints written before this layout
+(flat ``lr``, ``lora_r``, ``preset_overrides``, ...) do not load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from typing import Any, TypeVar
+
+from genrec.errors import positive
+from genrec.models.optim import OptimizerConfig
+
+T = TypeVar("T")
+
+DEFAULT_PROMPT = "A user bought these items, oldest first:\n{history}The next item the user buys is:"
+"""Prompt around the history lines (``{history}`` once)."""
+DEFAULT_ITEM_TEMPLATE = "-{title}\n"
+"""One history line; ``{title}`` is the title with a leading space (so ``"- title"``)."""
+
+
+def as_settings(cls: type[T], value: T | dict[str, Any] | None, where: str) -> T:
+    """``value`` as the dataclass ``cls``: itself, a mapping of its fields (as a checkpoint
+    stores it), or ``None`` for the defaults; an unknown field raises naming ``where``."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if is_dataclass(value):
+        value = asdict(value)
+    if not isinstance(value, dict):
+        raise TypeError(f"{where}: expected a mapping of {cls.__name__} fields, got {value!r}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; {cls.__name__} has {sorted(known)}")
+    return cls(**value)
+
+
+def stored(value: Any) -> dict[str, Any]:
+    """A settings dataclass as the plain dict a checkpoint's hyperparameters hold."""
+    return asdict(value)
+
+
+@dataclass(frozen=True)
+class LMOptimizer(OptimizerConfig):
+    """:class:`~genrec.models.optim.OptimizerConfig` with the LM recommender's defaults."""
+
+    lr: float = 1e-4
+    warmup_steps: int = 100
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a recommender is evaluated.
+
+    Attributes:
+        beam_width: beams per user in constrained beam search (at least ``max(ks)``).
+        ks: cut-offs K of Recall@K / NDCG@K; ``max(ks)`` items are recommended.
+        cold_start_max_count: test targets seen at most this often in training form the
+            cold-start slice (``test/cold/...``).
+        max_users: validate and test on at most this many users each, a random subset drawn
+            with ``seed`` (the same users every epoch and run): bounds the CPU time of decoding
+            on large data. The counts are logged as ``val|test/users`` and
+            ``val|test/users_total``, and the pipeline report states the subset.
+        seed: seed of the ``max_users`` subset.
+    """
+
+    beam_width: int = 20
+    ks: tuple[int, ...] = (5, 10)
+    cold_start_max_count: int = 5
+    max_users: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ks", tuple(int(k) for k in self.ks))
+        if not self.ks or min(self.ks) < 1 or self.beam_width < max(self.ks):
+            raise ValueError(f"evaluation: need ks >= 1 and beam_width >= max(ks); got ks={self.ks}, beam_width={self.beam_width}")
+        if self.max_users is not None and self.max_users < 1:
+            raise ValueError(f"evaluation.max_users must be >= 1 (or null for every user), got {self.max_users}")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters (peft) and 4-bit base weights (QLoRA).
+
+    Attributes:
+        enabled: train LoRA adapters instead of every weight.
+        r: LoRA rank.
+        alpha: LoRA scaling numerator (scale ``alpha / r``).
+        dropout: dropout on the LoRA input.
+        target_modules: the linear layers that get adapters (names of modules; default the
+            attention and MLP projections).
+        load_in_4bit: load the pretrained base weights as 4-bit nf4 (bitsandbytes; bf16
+            compute) and prepare them for k-bit training (QLoRA); needs ``enabled``.
+    """
+
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] | None = None
+    load_in_4bit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.load_in_4bit and not self.enabled:
+            raise ValueError("lora.load_in_4bit needs lora.enabled: 4-bit base weights cannot be fine-tuned themselves")
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """The LM recommender's prompt (layout in :mod:`genrec.models.lm_rec`).
+
+    Attributes:
+        template: the prompt, with ``{history}`` once where the history lines go.
+        item_template: one history line, with ``{title}`` once (the title gets a leading space).
+        max_tokens: token budget of the prompt; the oldest history lines are dropped first.
+        max_title_tokens: titles are cut to this many tokens (before disambiguation).
+        max_history_title_tokens: titles in the prompt's history lines are cut to this many
+            tokens (default: as the targets): on data with long titles, more history items fit
+            ``max_tokens``. The target, which decoding produces, stays whole.
+    """
+
+    template: str = DEFAULT_PROMPT
+    item_template: str = DEFAULT_ITEM_TEMPLATE
+    max_tokens: int = 512
+    max_title_tokens: int = 32
+    max_history_title_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        positive("prompt", max_tokens=self.max_tokens, max_title_tokens=self.max_title_tokens)
+        if self.template.count("{history}") != 1 or self.item_template.count("{title}") != 1:
+            raise ValueError("prompt.template needs {history} once and prompt.item_template {title} once")
+        if self.max_history_title_tokens is not None and self.max_history_title_tokens < 1:
+            raise ValueError(f"prompt.max_history_title_tokens must be >= 1 (or null), got {self.max_history_title_tokens}")
+
+
+__all__ = ["DEFAULT_ITEM_TEMPLATE", "DEFAULT_PROMPT", "EvalConfig", "LMOptimizer", "LoraSettings", "PromptConfig", "as_settings", "stored"]
