@@ -154,3 +154,20 @@ def test_no_model_yaml_repeats_the_run_folder_defaults():
     for path in sorted((ROOT / "configs").glob("*/*.yaml")):
         trainer = (yaml.safe_load(path.read_text()) or {}).get("trainer") or {}
         assert "logger" not in trainer and not trainer.get("callbacks"), path
+
+
+def test_tokenize_reads_one_accelerator_for_encoder_and_tokenizer(tmp_path):
+    """``--accelerator`` of the tokenize command sets the encoder's and the tokenizer's training's
+    at once; without it each keeps its own flag."""
+    import yaml
+
+    from genrec.stages.tokenize import read_tokenize
+
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    files = [data, ROOT / "configs/encode/minilm.yaml", ROOT / "configs/tokenizer/rqkmeans.yaml"]
+    inputs = read_tokenize(files, ["--accelerator", "cpu"])
+    assert inputs.encode["accelerator"] == inputs.settings.accelerator == "cpu"
+    own = read_tokenize(files, ["--encode.accelerator", "cpu"])
+    assert (own.encode["accelerator"], own.settings.accelerator) == ("cpu", "auto")
+    assert own.recorded["class_path"] == "genrec.quantize.RQKMeans" and own.datamodule.name == "tiny"

@@ -27,6 +27,8 @@ def tokenize_parser() -> ArgumentParser:
     parser.description = "Train an RQ-VAE / RQ-KMeans tokenizer on item embeddings and write semantic IDs."
     parser.add_argument("--tokenizer", type=RQVAEModule | RQKMeans, required=True, help="The quantizer (class_path/init_args).")
     parser.add_class_arguments(TokenizeConfig, "tokenize", help="Training settings and output.")
+    parser.add_argument("--accelerator", type=str | None, default=None,
+                        help="the encoder's and the tokenizer's accelerator at once (cpu, gpu, auto); unset: --encode.accelerator and --tokenize.accelerator")
     return parser
 
 
@@ -59,13 +61,15 @@ class TokenizeInputs:
 
 def read_tokenize(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> TokenizeInputs:
     """The tokenize stage's inputs from YAML ``files`` (``data:``, ``encoder:``/``encode:``,
-    ``tokenizer:``/``tokenize:`` blocks) and the user's command-line ``overrides``."""
+    ``tokenizer:``/``tokenize:`` blocks, an optional top-level ``accelerator``) and the user's
+    command-line ``overrides``."""
     parser = tokenize_parser()
     config = read_config(parser, files, overrides)
     recorded = json.loads(parser.dump(config, format="json_indented", skip_validation=True))["tokenizer"]
     init = instantiate(lambda: parser.instantiate_classes(config))
-    return TokenizeInputs(datamodule=init.data, encoder=init.encoder, encode=encode_options(config, init.data),
-                          tokenizer=init.tokenizer, recorded=recorded, settings=init.tokenize)
+    inputs = TokenizeInputs(datamodule=init.data, encoder=init.encoder, encode=encode_options(config, init.data),
+                            tokenizer=init.tokenizer, recorded=recorded, settings=init.tokenize)
+    return inputs.on(config.accelerator)
 
 
 def tokenize_stage(inputs: TokenizeInputs) -> Path:
