@@ -271,12 +271,13 @@ def cold_test_users(data: Any, max_count: int) -> int:
     return int((data.train_item_counts()[targets] <= max_count).sum())
 
 
-def write_report(config: PipelineConfig, stats: dict[str, Any], sids: Path | None, results: dict[str, dict[str, Any]], command: str,
+def write_report(config: PipelineConfig, stats: dict[str, Any], sids_path: Path | None, results: dict[str, dict[str, Any]], command: str,
                  stage_seconds: dict[str, float] | None = None, stage_notes: dict[str, str] | None = None) -> Path:
     """``report.md`` (every number, with the command, device and stage times), the Recall@10
     plot and the SID code-usage plot.
 
     Args:
+        sids_path: the SID artifact (a path; the loaded object is a ``SemanticIDs``, named ``sids``), if any.
         stage_seconds: stage name -> wall seconds in this invocation (the stage times table).
         stage_notes: stage name -> a note for that table (e.g. a reused result).
     """
@@ -305,11 +306,11 @@ def write_report(config: PipelineConfig, stats: dict[str, Any], sids: Path | Non
         f"leave-one-out samples train / val / test {stats['split']['train']:,} / {stats['split']['val']:,} / {stats['split']['test']:,}.",
         "",
     ]
-    if sids is not None:
-        semantic_ids = SemanticIDs.load(sids)
+    if sids_path is not None:
+        semantic_ids = SemanticIDs.load(sids_path)
         q = semantic_ids.quality
         match = {m["level"]: m for m in q.get("next_item_prefix_match", [])}
-        lines += ["## Semantic IDs", "", f"`{sids}`", "",
+        lines += ["## Semantic IDs", "", f"`{sids_path}`", "",
                   "| level | codes used | perplexity | next item shares the prefix (chance) |", "|---|---|---|---|"]
         lines += [f"| {lv['level']} | {lv['codes_used']}/{q['codebook_size']} ({lv['fraction_used']:.1%}) | {lv['perplexity']:.1f} | "
                   + (f"{match[lv['level']]['share']:.2%} ({match[lv['level']]['chance']:.2%})" if lv["level"] in match else "n/a") + " |"

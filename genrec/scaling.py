@@ -154,13 +154,13 @@ def count_encoder_parameters(encoder_yaml: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_tokenizer_parameters(sids: Path) -> int:
+def count_tokenizer_parameters(sids_path: Path) -> int:
     """Parameters of the tokenizer saved next to a SID artifact (``<sids stem>.tokenizer.*``): the
     RQ-VAE's weights and codebooks, or RQ-KMeans' centroids; 0 when none is found."""
     import torch
     from safetensors import safe_open
 
-    stem = sids.with_suffix("")
+    stem = sids_path.with_suffix("")
     tensors = stem.with_name(stem.name + ".tokenizer.safetensors")
     if tensors.is_file():
         with safe_open(str(tensors), "pt") as f:
@@ -169,7 +169,7 @@ def count_tokenizer_parameters(sids: Path) -> int:
     if ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=True).get("state_dict", {})
         return sum(v.numel() for v in state.values() if hasattr(v, "numel") and v.is_floating_point())
-    log.warning("no tokenizer next to %s: N_QT taken as 0", sids)
+    log.warning("no tokenizer next to %s: N_QT taken as 0", sids_path)
     return 0
 
 
@@ -224,7 +224,7 @@ def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int]
     return write_scaling_report(config, sids, command)
 
 
-def collect_points(config: ScalingConfig, sids: Path | None) -> dict[str, list[tuple[str, int, ScalingPoint, dict[str, Any]]]]:
+def collect_points(config: ScalingConfig, sids_path: Path | None) -> dict[str, list[tuple[str, int, ScalingPoint, dict[str, Any]]]]:
     """Per sweep, ``(preset, seed, point, result)`` of every finished run (missing ones are
     reported in the log and the report, not fitted)."""
     key = f"test/{config.metric}"
@@ -239,7 +239,7 @@ def collect_points(config: ScalingConfig, sids: Path | None) -> dict[str, list[t
                 log.error("cannot count the parameters of the encoder of %s (%s): the SID law is not fitted; "
                           "set encoder_parameters in the scaling config", config.encoder, error)
                 n_llm_sid = float("nan")
-        n_qt = float(config.tokenizer_parameters if config.tokenizer_parameters is not None else (count_tokenizer_parameters(sids) if sids else 0))
+        n_qt = float(config.tokenizer_parameters if config.tokenizer_parameters is not None else (count_tokenizer_parameters(sids_path) if sids_path else 0))
     out: dict[str, list[tuple[str, int, ScalingPoint, dict[str, Any]]]] = {name: [] for name in config.sweeps}
     for run, sweep_name, preset, seed in config.runs():
         path = config.run_dir / run / "result.json"
@@ -258,11 +258,11 @@ def collect_points(config: ScalingConfig, sids: Path | None) -> dict[str, list[t
     return out
 
 
-def write_scaling_report(config: ScalingConfig, sids: Path | None, command: str) -> Path:
+def write_scaling_report(config: ScalingConfig, sids_path: Path | None, command: str) -> Path:
     """Fit every sweep with enough points; write ``scaling.json``, ``scaling.md`` and ``scaling.png``."""
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    collected = collect_points(config, sids)
+    collected = collect_points(config, sids_path)
     metric = config.metric
     # The runs may have trained elsewhere (a GPU machine) than where the report is written.
     trained_on = Counter(e[3].get("device", "unknown") for entries in collected.values() for e in entries)
