@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from bench.record import record
-from genrec.cli import encode_options, encode_parser
 from genrec.encode import embedding_metadata, encode_catalog
+from genrec.stages.encode import encode_options, encode_parser
 
 
 def main() -> None:

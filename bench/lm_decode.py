@@ -45,12 +45,12 @@ from collections.abc import Callable, Iterator
 import torch
 
 from bench.record import record, set_flags
-from genrec.cli import GenRecCLI
 from genrec.data.datamodule import SeqBatch
 from genrec.decoding import BeamResult
 from genrec.metrics import RecEvaluation, cold_exposure
 from genrec.models import LMRecModule
 from genrec.models.lm_graphs import unsupported_reason
+from genrec.stages.fit import GenRecCLI
 
 TIE = 1e-3
 """Score difference (summed log-probs, float32) within which two decoders' items count as tied."""

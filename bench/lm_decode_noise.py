@@ -22,7 +22,7 @@ import torch
 
 from bench.lm_decode import take_users
 from bench.record import set_flags
-from genrec.cli import GenRecCLI
+from genrec.stages.fit import GenRecCLI
 from genrec.data.datamodule import SeqBatch
 from genrec.decoding import LiveBeams
 from genrec.models import LMRecModule

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from bench.record import record, set_flags
-from genrec.cli import GenRecCLI
+from genrec.stages.fit import GenRecCLI
 
 
 def padding_efficiency(data: str, model: str, bucket: bool, overrides: list[str]) -> dict[str, object]:

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from bench.common import peak_flops
 from bench.record import record
-from bench.tiger_train import peak_flops
 from genrec.models.lm_rec import apply_liger
 from genrec.models.presets import LMRecConfig, count_lm_parameters
 

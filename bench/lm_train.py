@@ -20,14 +20,14 @@ import time
 
 import torch
 
+from bench.common import Timeline, batch_cell, run_info, sync
 from bench.record import metric_columns, record, set_flags
-from bench.tiger_train import Timeline, _sync, batch_cell, run_info
 from genrec.artifacts import write_json
-from genrec.cli import GenRecCLI
+from genrec.stages.fit import GenRecCLI
 
 
 class TokenTimeline(Timeline):
-    """:class:`bench.tiger_train.Timeline` counting the LM's real prompt + target tokens (on the device)."""
+    """:class:`bench.common.Timeline` counting the LM's real prompt + target tokens (on the device)."""
 
     count_names = ("samples", "tokens")
 
@@ -59,7 +59,7 @@ def main() -> None:
     total = sum(p.numel() for p in cli.model.parameters())
     trainable = sum(p.numel() for p in cli.model.parameters() if p.requires_grad)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    _sync()
+    sync()
     train_s = timeline.train_seconds()
     # Written before the test pass (minutes for a large LM), so a run stopped during it keeps
     # its training measurement; the full JSON below replaces this one.
@@ -75,7 +75,7 @@ def main() -> None:
         return
     started = time.perf_counter()
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=checkpoint or None)[0]
-    _sync()
+    sync()
     test_s = time.perf_counter() - started
     if not cli.trainer.is_global_zero:
         return

@@ -22,9 +22,9 @@ import time
 import torch
 
 from bench.record import record, set_flags
-from genrec.cli import GenRecCLI
 from genrec.decoding import score_all_items
 from genrec.models import TigerModule
+from genrec.stages.fit import GenRecCLI
 
 
 def _sync() -> None:

@@ -25,8 +25,8 @@ import time
 import torch
 
 from bench.record import record, set_flags
-from genrec.cli import GenRecCLI
 from genrec.quantize.semantic_ids import SemanticIDs
+from genrec.stages.fit import GenRecCLI
 
 
 def main() -> None:

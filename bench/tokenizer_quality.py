@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 
 from bench.record import record
-from genrec.cli import run_tokenize
 from genrec.encode import embedding_label
 from genrec.quantize.semantic_ids import SemanticIDs
+from genrec.stages.tokenize import read_tokenize, tokenize_stage
 
-VARIANTS = {
-    "rqvae": ["--config", "configs/tokenizer/rqvae.yaml"],
-    "rqkmeans": ["--config", "configs/tokenizer/rqkmeans.yaml"],
-    "rvq (rqkmeans, no normalisation)": ["--config", "configs/tokenizer/rqkmeans.yaml", "--tokenizer.init_args.normalize", "none"],
+VARIANTS = {  # name -> (tokenizer YAML, its overrides)
+    "rqvae": ("configs/tokenizer/rqvae.yaml", []),
+    "rqkmeans": ("configs/tokenizer/rqkmeans.yaml", []),
+    "rvq (rqkmeans, no normalisation)": ("configs/tokenizer/rqkmeans.yaml", ["--tokenizer.init_args.normalize", "none"]),
 }
 
 
@@ -46,9 +46,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants:
             output = Path(tmp) / f"{len(rows)}.safetensors"
-            extra = ["--tokenize.max_epochs", str(args.max_epochs)] if args.max_epochs and "rqvae" in name else []
-            run_tokenize(["--config", args.data, "--config", args.encoder, *VARIANTS[name], *extra,
-                          "--tokenize.embeddings", args.embeddings, "--tokenize.output", str(output)])
+            tokenizer, overrides = VARIANTS[name]
+            inputs = read_tokenize([args.data, args.encoder, tokenizer], overrides)
+            inputs.settings.embeddings, inputs.settings.output = args.embeddings, str(output)
+            if args.max_epochs and "rqvae" in name:
+                inputs.settings.max_epochs = args.max_epochs
+            tokenize_stage(inputs)
             sids = SemanticIDs.load(output)
             q = sids.quality
             match = q.get("next_item_prefix_match", [])

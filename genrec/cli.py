@@ -1,10 +1,14 @@
-"""The command line: ``python train.py <command> --config <yaml> [--key value ...]``.
+"""The command line: ``python train.py <command> --config <yaml> [--key value ...]``, a thin
+dispatcher that nothing in genrec imports: each command parses its YAMLs and flags and calls a
+stage function (:mod:`genrec.stages`, :mod:`genrec.pipeline`, :mod:`genrec.scaling`,
+:class:`genrec.recommender.Recommender`).
 
-Model commands (``fit``, ``validate``, ``test``, ``predict``) are Lightning's ``LightningCLI``;
-stage commands (``data``, ...) are jsonargparse parsers over the same classes, so one YAML
-syntax (``class_path`` / ``init_args``) and the same ``--print_config`` work everywhere, and a
-data preset (``configs/data/*.yaml``, a top-level ``data:`` block) composes with any model
-config: ``--config configs/data/amazon-beauty.yaml --config configs/tiger/base.yaml``.
+Model commands (``fit``, ``validate``, ``test``, ``predict``) are Lightning's ``LightningCLI``
+(:class:`genrec.stages.fit.GenRecCLI`); stage commands (``data``, ...) are jsonargparse parsers
+over the same classes, so one YAML syntax (``class_path`` / ``init_args``) and the same
+``--print_config`` work everywhere, and a data preset (``configs/data/*.yaml``, a top-level
+``data:`` block) composes with any model config:
+``--config configs/data/amazon-beauty.yaml --config configs/tiger/amazon-beauty.yaml``.
 
 An error the user can cause (a bad value, an unknown key, a missing or damaged file) ends the
 command with one line on stderr naming the key, flag or file and the value (exit 2 for a command
@@ -14,216 +18,41 @@ traceback instead. Options are never abbreviated (``--trainer.max_epoch`` is an 
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-import lightning as L
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from genrec.artifacts import atomic_path, read_checkpoint, write_json
-from genrec.data.catalog import DEFAULT_TEMPLATE, NoItemTextError
-from genrec.data.datamodule import SequenceDataModule
-from genrec.data.formats.base import DataFormatError, MissingItemError
-from genrec.encode import EncoderConfig, encode_catalog, encode_items
-from genrec.errors import (
-    ArtifactError,
-    ConfigError,
-    UsageError,
-    one_line,
-    parse_error_line,
-    user_error,
-)
+from genrec.artifacts import write_json
+from genrec.errors import UsageError, one_line, user_error
 from genrec.models import presets
 from genrec.noise import quiet_third_party
-from genrec.progress import progress_callbacks
-from genrec.quantize.protocol import Tokenizer
-from genrec.quantize.stage import TokenizeConfig, format_quality, tokenize
-from genrec.recommender import QueryError
-from genrec.resume import RNGStateCheckpoint
+from genrec.pipeline import PipelineConfig, run_pipeline
+from genrec.recommender import QueryError, Recommender
+from genrec.scaling import ScalingConfig, run_scaling
+from genrec.stages.data import data_parser, describe_data
+from genrec.stages.encode import encode_options, encode_parser, encode_stage
+from genrec.stages.fit import LIGHTNING_COMMANDS, GenRecCLI
+from genrec.stages.parsing import PARSER_OPTIONS, instantiate, parse
+from genrec.stages.parsing import USER_ERRORS as STAGE_ERRORS
+from genrec.stages.tokenize import read_tokenize, tokenize_parser, tokenize_stage
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-
-PARSER_OPTIONS = {"exit_on_error": False, "allow_abbrev": False}
-"""Every parser raises (so :func:`main` reports one line) and matches options exactly."""
-
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
-    DataFormatError, MissingItemError, NoItemTextError, QueryError, MisconfigurationException,
-)
+USER_ERRORS: tuple[type[BaseException], ...] = (*STAGE_ERRORS, QueryError)
 """Errors besides :class:`~genrec.errors.UserError` that the user causes and fixes."""
-
-
-class GenRecCLI(LightningCLI):
-    """LightningCLI over every genrec model and data module (subclass mode for both).
-
-    ``fit`` ends with ``test`` on the best checkpoint (by the ModelCheckpoint's monitor, or the
-    final weights when there is none), so one command trains, validates and tests.
-    """
-
-    def __init__(self, args: Sequence[str] | None = None, run: bool = True) -> None:
-        super().__init__(
-            model_class=L.LightningModule,
-            datamodule_class=L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_callback=RunConfigSaver,
-            save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [RNGStateCheckpoint()]},
-            parser_kwargs={**PARSER_OPTIONS, **{command: dict(PARSER_OPTIONS) for command in LIGHTNING_COMMANDS}},
-            seed_everything_default=0,  # the seed Lightning falls back to, said explicitly (no "No seed found" warning)
-            args=list(args) if args is not None else None,
-            run=run,
-        )
-
-    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        if "weights_only" in self._subcommand_method_arguments[subcommand]:
-            parser.set_defaults(weights_only=True)  # --ckpt_path files load without unpickling
-        return parser
-
-    def parse_arguments(self, parser: Any, args: Any) -> None:
-        """Parse ``args`` when given (the pipeline and tests pass them), else ``sys.argv``; a
-        parse error becomes one :class:`UsageError` line.
-
-        LightningCLI warns when both are set, as they are when the ``pipeline`` command builds
-        a model's CLI from its own arguments; those are not meant for this parser."""
-        try:
-            if args is None:
-                super().parse_arguments(parser, args)
-            elif isinstance(args, (dict, Namespace)):
-                self.config = parser.parse_object(args)
-            else:
-                self.config = parser.parse_args(args)
-        except argparse.ArgumentError as error:
-            given = sys.argv[1:] if args is None else list(args) if isinstance(args, (list, tuple)) else []
-            raise UsageError(parse_error_line(error, parser, given)) from error
-
-    def _parse_ckpt_path(self) -> None:
-        """Check a ``--ckpt_path`` file before LightningCLI reads its hyperparameters: it must load
-        with ``weights_only=True`` and name a genrec model, if any."""
-        subcommand = self.config.get("subcommand")
-        path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path and Path(path).is_file():
-            checkpoint = read_checkpoint(Path(path))
-            class_path = str((checkpoint.get("hyper_parameters") or {}).get("_class_path", "genrec."))
-            if not class_path.startswith("genrec."):
-                raise ArtifactError(f"{path}: the checkpoint names the class {class_path!r}, not a genrec model; refusing to import it")
-        super()._parse_ckpt_path()
-
-    def instantiate_classes(self) -> None:
-        instantiate(super().instantiate_classes)
-
-    def before_fit(self) -> None:
-        """``--ckpt_path last``: the ModelCheckpoint's ``last.ckpt`` must load (weights only)
-        before training starts, or the command ends with one line naming it."""
-        dirpath = getattr(self.trainer.checkpoint_callback, "dirpath", None)
-        if self.config["fit"].get("ckpt_path") == "last" and dirpath and (Path(dirpath) / "last.ckpt").is_file():
-            read_checkpoint(Path(dirpath) / "last.ckpt")
-
-
-    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        """The trainer, with plain progress lines instead of Rich's bar when stdout is not a
-        terminal (see :mod:`genrec.progress`) and no progress bar was configured."""
-        config = self._get(self.config_init, "trainer", default={})
-        callbacks = config.get("callbacks") or []
-        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            kwargs.setdefault("callbacks", [*callbacks, *progress_callbacks()])
-        return super().instantiate_trainer(**kwargs)
-
-    def after_fit(self) -> None:
-        if not callable(getattr(self.model, "test_step", None)) or self.trainer.interrupted:
-            return
-        callback = self.trainer.checkpoint_callback
-        best = getattr(callback, "best_model_path", "") if callback is not None else ""
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
-
-
-class RunConfigSaver(SaveConfigCallback):
-    """LightningCLI's config saver (``config.yaml`` in the log folder) that, when fitting, also
-    writes the resolved config beside the checkpoints: ``<folder>/config.yaml`` next to
-    ``<folder>/checkpoints/`` (the ModelCheckpoint's ``dirpath``, else the log folder's). That one
-    file is what :class:`~genrec.recommender.Recommender` reads; in a pipeline run it replaces the
-    relocated config the pipeline wrote there."""
-
-    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        callback = trainer.checkpoint_callback
-        dirpath = getattr(callback, "dirpath", None)
-        folder = Path(dirpath).parent if dirpath else Path(trainer.log_dir or trainer.default_root_dir)
-        text = self.parser.dump(self.config, skip_none=False)
-        with atomic_path(folder / "config.yaml") as tmp:
-            tmp.write_text(text)
-
-
-def parse(parser: ArgumentParser, args: Sequence[str]) -> Any:
-    """``parser.parse_args(args)``; a parse error becomes a one-line :class:`UsageError`."""
-    try:
-        return parser.parse_args(list(args))
-    except argparse.ArgumentError as error:
-        raise UsageError(parse_error_line(error, parser, list(args))) from error
-
-
-def instantiate(build: Callable[[], Any]) -> Any:
-    """``build()`` (jsonargparse's instantiation of the configured classes); a ``ValueError`` or
-    ``TypeError`` an ``__init__`` raises for a bad setting becomes a one-line :class:`ConfigError`
-    (errors the user causes, e.g. :class:`ConfigError` itself, pass unchanged)."""
-    try:
-        return build()
-    except (ValueError, TypeError) as error:
-        if user_error(error, USER_ERRORS) is not None:
-            raise
-        inner: BaseException = error
-        while inner.__cause__ or inner.__context__:
-            inner = inner.__cause__ or inner.__context__  # type: ignore[assignment]
-        raise ConfigError(f"invalid setting: {one_line(inner)}") from error
-
-
-def data_parser() -> ArgumentParser:
-    """Parser of the ``data`` command."""
-    parser = ArgumentParser(prog="train.py data", description="Read a data set, filter, split, and print its statistics.", **PARSER_OPTIONS)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML with a top-level data: block (configs/data/*.yaml)")
-    parser.add_subclass_arguments(SequenceDataModule, "data", required=True, help="The data module and its reader.")
-    parser.add_argument("--output", type=str | None, default=None, help="Also write the statistics as JSON here.")
-    return parser
 
 
 def run_data(args: Sequence[str]) -> dict[str, object]:
     """``data`` command: statistics and split sizes of a data preset; returns them as a dict."""
     parser = data_parser()
     config = parse(parser, args)
-    datamodule: SequenceDataModule = instantiate(lambda: parser.instantiate_classes(config)).data
-    data = datamodule.data
-    split = {stage: len(data.samples(stage)[0]) for stage in ("train", "val", "test")}
-    print(f"data set: {datamodule.name}  ({type(datamodule.source).__name__})")
-    print(data.stats.format())
-    print(f"{'leave-one-out samples train / val / test':<46} {split['train']:,} / {split['val']:,} / {split['test']:,}")
-    result = {"data": datamodule.describe(), "stats": data.stats.as_dict(), "split": split}
-    if config.output:
-        write_json(Path(config.output), result)
-        print(f"wrote {config.output}")
-    return result
-
-
-def encode_parser() -> ArgumentParser:
-    """Parser of the ``encode`` command."""
-    parser = ArgumentParser(prog="train.py encode", description="Embed every item's text with a modality encoder.", **PARSER_OPTIONS)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML(s): a data: block and encoder:/encode: blocks")
-    parser.add_subclass_arguments(SequenceDataModule, "data", required=True, help="The data set whose items are encoded.")
-    parser.add_class_arguments(EncoderConfig, "encoder", help="The modality encoder.")
-    parser.add_function_arguments(encode_catalog, "encode", skip={"catalog", "encoder", "data_name"})
-    return parser
+    datamodule = instantiate(lambda: parser.instantiate_classes(config)).data
+    return describe_data(datamodule, Path(config.output) if config.output else None)
 
 
 def run_encode(args: Sequence[str]) -> Path:
@@ -231,49 +60,14 @@ def run_encode(args: Sequence[str]) -> Path:
     parser = encode_parser()
     config = parse(parser, args)
     init = instantiate(lambda: parser.instantiate_classes(config))
-    datamodule: SequenceDataModule = init.data
-    path = encode_items(datamodule.data, encoder=init.encoder, data_name=datamodule.name, **encode_options(config, datamodule))
+    path = encode_stage(init.data, init.encoder, encode_options(config, init.data))
     print(f"embeddings: {path}")
     return path
 
 
-def encode_options(config: object, datamodule: SequenceDataModule) -> dict[str, object]:
-    """The ``encode`` options of a parsed config, the template defaulting to the data preset's
-    ``text_template`` (then :data:`~genrec.data.catalog.DEFAULT_TEMPLATE`) when none is given."""
-    options = dict(vars(config.encode))  # type: ignore[attr-defined]
-    options["template"] = options.get("template") or datamodule.text_template or DEFAULT_TEMPLATE
-    return options
-
-
-def tokenize_parser() -> ArgumentParser:
-    """Parser of the ``tokenize`` command: the encode parser plus the tokenizer and its training."""
-    parser = encode_parser()
-    parser.prog = "train.py tokenize"
-    parser.description = "Train an RQ-VAE / RQ-KMeans tokenizer on item embeddings and write semantic IDs."
-    parser.add_argument("--tokenizer", type=Tokenizer, required=True, help="The quantizer (class_path/init_args): any class of the Tokenizer protocol.")
-    parser.add_class_arguments(TokenizeConfig, "tokenize", help="Training settings and output.")
-    return parser
-
-
 def run_tokenize(args: Sequence[str]) -> Path:
     """``tokenize`` command: (encode if needed,) train the tokenizer, write the SID artifact."""
-    parser = tokenize_parser()
-    config = parse(parser, args)
-    tokenizer_config = parser.dump(config, format="json_indented", skip_check=True)
-    init = instantiate(lambda: parser.instantiate_classes(config))
-    datamodule: SequenceDataModule = init.data
-    catalog = datamodule.data.catalog
-    settings: TokenizeConfig = init.tokenize
-    if settings.embeddings:
-        embeddings = Path(settings.embeddings)
-    else:
-        embeddings = encode_items(datamodule.data, encoder=init.encoder, data_name=datamodule.name, **encode_options(config, datamodule))
-    recorded = json.loads(tokenizer_config)["tokenizer"]
-    path, sids = tokenize(init.tokenizer, recorded, embeddings, catalog.fingerprint(), settings, data_name=datamodule.name,
-                          transitions=datamodule.data.training_pairs(1), num_items=len(catalog))
-    print(f"semantic IDs: {path}")
-    print(format_quality(sids.quality))
-    return path
+    return tokenize_stage(read_tokenize([], args))
 
 
 def run_presets(args: Sequence[str]) -> list[dict[str, object]]:
@@ -300,8 +94,6 @@ def run_presets(args: Sequence[str]) -> list[dict[str, object]]:
 
 def run_pipeline_command(args: Sequence[str]) -> Path:
     """``pipeline`` command: every stage of a pipeline config, then its report."""
-    from genrec.pipeline import PipelineConfig, run_pipeline
-
     parser = ArgumentParser(prog="train.py pipeline", description="data -> encode -> tokenize -> models -> report, skipping finished stages.", **PARSER_OPTIONS)
     parser.add_argument("--config", action=ActionConfigFile, help="a pipeline YAML (configs/pipeline/*.yaml)")
     parser.add_class_arguments(PipelineConfig, as_group=False)
@@ -314,8 +106,6 @@ def run_pipeline_command(args: Sequence[str]) -> Path:
 
 def run_scaling_command(args: Sequence[str]) -> Path:
     """``scaling`` command: train every (sweep, preset, seed) of a scaling config, fit the law, report."""
-    from genrec.sweep import ScalingConfig, run_scaling
-
     parser = ArgumentParser(prog="train.py scaling", description="size presets x seeds per paradigm -> scaling-law fit, table and plot.", **PARSER_OPTIONS)
     parser.add_argument("--config", action=ActionConfigFile, help="a scaling YAML (configs/scaling/*.yaml)")
     parser.add_class_arguments(ScalingConfig, as_group=False)
@@ -338,10 +128,6 @@ def run_scaling_command(args: Sequence[str]) -> Path:
 def run_recommend(args: Sequence[str]) -> list[dict[str, object]]:
     """``recommend`` command: the top-k items of a trained model for one history (see
     :class:`genrec.recommender.Recommender`); prints them and returns them as dicts."""
-    from dataclasses import asdict
-
-    from genrec.recommender import Recommender
-
     parser = ArgumentParser(prog="train.py recommend", description="the top-k items a trained model recommends after a history.", **PARSER_OPTIONS)
     parser.add_argument("--run", required=True, help="a pipeline run folder (with --model) or a model folder")
     parser.add_argument("--model", default=None, help="the model's name in the pipeline run, e.g. tiger")
@@ -355,7 +141,7 @@ def run_recommend(args: Sequence[str]) -> list[dict[str, object]]:
     recommender = Recommender.load(config.run, model=config.model, checkpoint=config.checkpoint)
     history = list(config.history)
     recs = recommender.recommend(history, k=config.k, exclude_history=not config.keep_history, distinct_titles=not config.all_titles)
-    rows = [asdict(r) for r in recs]
+    rows = [dataclasses.asdict(r) for r in recs]
     name = f"{config.model} ({type(recommender.module).__name__})" if config.model else type(recommender.module).__name__
     kept = "included" if config.keep_history else "left out"
     print(f"top {len(rows)} of {name} after {len(history)} history items (history items {kept}):")
@@ -428,4 +214,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(2 if isinstance(found, UsageError) else 1) from None
 
 
-__all__ = ["GenRecCLI", "main", "run_data"]
+__all__ = ["GenRecCLI", "data_parser", "encode_options", "encode_parser", "main", "run_data", "run_encode", "run_tokenize", "tokenize_parser"]

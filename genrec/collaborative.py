@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 
 from genrec.artifacts import atomic_path
 from genrec.data.sequences import SequenceData
-from genrec.encode import CF_MODEL
+from genrec.encode.config import CF_MODEL
 
 log = logging.getLogger(__name__)
 

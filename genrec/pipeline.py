@@ -8,11 +8,14 @@ per stage. Everything goes under ``checkpoints/<name>/``:
 * ``embeddings/<encoder>.safetensors`` — the item embeddings;
 * ``sids/<tokenizer>.safetensors`` — the semantic IDs (the tokenize stage reuses it, and the
   embeddings, when their settings are unchanged);
-* ``<model>/config.yaml`` — the model's config with its checkpoint and log folders moved under
-  the run (the command-line overrides come on top; the fully resolved config, overrides
-  included, is the ``logs/version_N/config.yaml`` LightningCLI writes), ``<model>/checkpoints/``, ``<model>/result.json`` — test metrics,
+* ``<model>/`` — the model's run folder (its ``trainer.default_root_dir``, from which the
+  trainer's defaults put ``logs/`` and ``checkpoints/`` there: :mod:`genrec.stages.fit`):
+  ``config.yaml`` (the fully resolved config, overrides included), ``result.json`` — test metrics,
   parameter count, training time (summed over the segments of a resumed run), device, and a digest of everything that made them;
 * ``report.md``, ``recall_vs_params.png`` and (with SIDs) ``sid_usage.png``.
+
+Every stage is a function of :mod:`genrec.stages` called with typed inputs; ``accelerator``
+reaches the encoder, the tokenizer's training and every model's trainer.
 
 A model whose ``result.json`` carries the same digest is skipped; one killed mid-training
 resumes from its ``last.ckpt``; a changed config or override re-runs it. Each stage starts with a
@@ -36,7 +39,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 
-from genrec.artifacts import atomic_path, config_digest, file_digest, read_json, write_json
+from genrec.artifacts import (
+    atomic_path,
+    config_digest,
+    file_digest,
+    read_checkpoint,
+    read_json,
+    write_json,
+)
+from genrec.errors import ArtifactError
+from genrec.stages.data import describe_data, load_data
+from genrec.stages.fit import build_model_run
+from genrec.stages.tokenize import read_tokenize, tokenize_stage
 
 if TYPE_CHECKING:
     from genrec.quantize.semantic_ids import SemanticIDs
@@ -56,6 +70,9 @@ class PipelineConfig:
         models: model name -> its YAML (``model:``/``trainer:`` blocks), run in this order.
         overrides: stage name (``data``, ``tokenize`` or a model name) -> extra command-line
             arguments, e.g. ``{"tiger": ["--trainer.max_epochs", "3"]}``.
+        accelerator: the Lightning accelerator of every stage (``cpu``, ``gpu``, ``auto``): the
+            encoder, the tokenizer's training and each model's trainer; ``None``: each stage's
+            YAML (or override) says.
         root: the folder of all runs.
         notes: lines the report prints under "Notes" (e.g. why a model is sized as it is).
     """
@@ -66,6 +83,7 @@ class PipelineConfig:
     tokenizer: str = "configs/tokenizer/rqvae.yaml"
     models: dict[str, str] = field(default_factory=dict)
     overrides: dict[str, list[str]] = field(default_factory=dict)
+    accelerator: str | None = None
     root: str = "checkpoints"
     notes: list[str] = field(default_factory=list)
 
@@ -109,8 +127,6 @@ def run_pipeline(config: PipelineConfig, command: str = "") -> Path:
     Returns:
         the path of ``report.md``.
     """
-    from genrec.cli import run_data
-
     run = config.run_dir
     run.mkdir(parents=True, exist_ok=True)
     ignored = unused_overrides(config)
@@ -120,7 +136,7 @@ def run_pipeline(config: PipelineConfig, command: str = "") -> Path:
     needs_sids = any(model_needs_sids(path) for path in config.models.values())
     clock = StageClock(1 + needs_sids + len(config.models) + 1)
     with clock.stage("data", config.data):
-        stats = run_data(["--config", config.data, *config.overrides.get("data", []), "--output", str(run / "data.json")])
+        stats = describe_data(load_data([config.data], config.overrides.get("data", [])), output=run / "data.json")
     sids_path = None
     if needs_sids:
         with clock.stage("tokenize", f"encode {Path(config.encoder).name} + tokenize {Path(config.tokenizer).name}"):
@@ -150,15 +166,12 @@ def unused_overrides(config: PipelineConfig) -> list[str]:
 def run_sid_stages(config: PipelineConfig) -> Path:
     """encode + tokenize into ``<run>/embeddings/`` and ``<run>/sids/`` (each reused when its
     settings are unchanged); the path of the SID artifact."""
-    from genrec.cli import run_tokenize
-
     run = config.run_dir
     sids_path = run / "sids" / f"{Path(config.tokenizer).stem}.safetensors"
-    run_tokenize(
-        ["--config", config.data, "--config", config.encoder, "--config", config.tokenizer,
-         "--encode.output", str(run / "embeddings" / f"{Path(config.encoder).stem}.safetensors"),
-         "--tokenize.output", str(sids_path), *config.overrides.get("tokenize", [])]
-    )
+    inputs = read_tokenize([config.data, config.encoder, config.tokenizer], config.overrides.get("tokenize", []))
+    inputs.encode["output"] = str(run / "embeddings" / f"{Path(config.encoder).stem}.safetensors")
+    inputs.settings.output = str(sids_path)
+    tokenize_stage(inputs.on(config.accelerator))
     return sids_path
 
 
@@ -177,20 +190,25 @@ def model_needs_sids(path: str) -> bool:
     return recommender_class(class_path, trusted=[class_path.rpartition(".")[0]], source=f"{path}: model.class_path").needs_sids
 
 
-def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None) -> dict[str, Any]:
-    """Fit and test one model under ``<run>/<name>/`` unless its result is up to date."""
-    from lightning.pytorch.callbacks import Timer
+def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit and test one model under ``<run>/<name>/`` unless its result is up to date.
 
-    from genrec.cli import GenRecCLI
+    Args:
+        values: settings put on the model's parsed config after its overrides (dotted keys,
+            e.g. ``{"model.init_args.preset": "1m", "seed_everything": 1}``; the scaling command's).
+    """
+    from lightning.pytorch.callbacks import Timer
 
     folder = config.run_dir / name
     overrides = list(config.overrides.get(name, []))
+    values = {**(values or {}), **({"trainer.accelerator": config.accelerator} if config.accelerator else {})}
     digest = config_digest(
         {
             "data": Path(config.data).read_text(),
             "model": Path(path).read_text(),
             "overrides": [*config.overrides.get("data", []), *overrides],
             "sids": None if sids is None else file_digest(sids),  # content: a copy elsewhere still matches
+            **({"values": values} if values else {}),
         }
     )
     result_path = folder / "result.json"
@@ -198,13 +216,10 @@ def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None) -
         log.info("%s: result up to date, skipped", name)
         return {**read_json(result_path), "skipped": True}
     folder.mkdir(parents=True, exist_ok=True)
-    model_config = _relocate(yaml.safe_load(Path(path).read_text()), folder)
-    with atomic_path(folder / "config.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(model_config, sort_keys=False))
-    args = ["--config", config.data, "--config", str(folder / "config.yaml"), *config.overrides.get("data", []), *overrides]
+    args = [*config.overrides.get("data", []), *overrides]
     if sids is not None:
         args += ["--model.init_args.sids", str(sids)]
-    cli = GenRecCLI(args=args, run=False)
+    cli = build_model_run([config.data, path], args, values={**values, "trainer.default_root_dir": str(folder)})
     last = folder / "checkpoints" / "last.ckpt"
     resume = last if last.is_file() and (folder / "digest").is_file() and (folder / "digest").read_text() == digest else None
     if resume is not None and not _readable_checkpoint(resume):
@@ -247,9 +262,6 @@ def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None) -
 
 def _readable_checkpoint(path: Path) -> bool:
     """Whether ``path`` loads (weights only); a damaged one is logged."""
-    from genrec.artifacts import read_checkpoint
-    from genrec.errors import ArtifactError
-
     try:
         read_checkpoint(path)
     except ArtifactError as error:
@@ -266,25 +278,13 @@ def cold_test_users(data: Any, max_count: int) -> int:
     return int((data.train_item_counts()[targets] <= max_count).sum())
 
 
-def _relocate(model_config: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """The model config with its trainer's root, logger and checkpoint folders under ``folder``."""
-    trainer = model_config.setdefault("trainer", {})
-    trainer["default_root_dir"] = str(folder)
-    logger = trainer.get("logger")
-    if isinstance(logger, dict):
-        logger.setdefault("init_args", {})["save_dir"] = str(folder)
-    for callback in trainer.get("callbacks") or []:
-        if isinstance(callback, dict) and str(callback.get("class_path", "")).endswith("ModelCheckpoint"):
-            callback.setdefault("init_args", {})["dirpath"] = str(folder / "checkpoints")
-    return model_config
-
-
-def write_report(config: PipelineConfig, stats: dict[str, Any], sids: Path | None, results: dict[str, dict[str, Any]], command: str,
+def write_report(config: PipelineConfig, stats: dict[str, Any], sids_path: Path | None, results: dict[str, dict[str, Any]], command: str,
                  stage_seconds: dict[str, float] | None = None, stage_notes: dict[str, str] | None = None) -> Path:
     """``report.md`` (every number, with the command, device and stage times), the Recall@10
     plot and the SID code-usage plot.
 
     Args:
+        sids_path: the SID artifact (a path; the loaded object is a ``SemanticIDs``, named ``sids``), if any.
         stage_seconds: stage name -> wall seconds in this invocation (the stage times table).
         stage_notes: stage name -> a note for that table (e.g. a reused result).
     """
@@ -296,6 +296,8 @@ def write_report(config: PipelineConfig, stats: dict[str, Any], sids: Path | Non
     ignored = unused_overrides(config)
     shown["overrides"] = {k: v for k, v in config.overrides.items() if k not in ignored}
     shown.pop("notes")
+    if shown["accelerator"] is None:
+        shown.pop("accelerator")
     lines = [
         f"# genrec pipeline report: {config.name}",
         "",
@@ -311,11 +313,11 @@ def write_report(config: PipelineConfig, stats: dict[str, Any], sids: Path | Non
         f"leave-one-out samples train / val / test {stats['split']['train']:,} / {stats['split']['val']:,} / {stats['split']['test']:,}.",
         "",
     ]
-    if sids is not None:
-        semantic_ids = SemanticIDs.load(sids)
+    if sids_path is not None:
+        semantic_ids = SemanticIDs.load(sids_path)
         q = semantic_ids.quality
         match = {m["level"]: m for m in q.get("next_item_prefix_match", [])}
-        lines += ["## Semantic IDs", "", f"`{sids}`", "",
+        lines += ["## Semantic IDs", "", f"`{sids_path}`", "",
                   "| level | codes used | perplexity | next item shares the prefix (chance) |", "|---|---|---|---|"]
         lines += [f"| {lv['level']} | {lv['codes_used']}/{q['codebook_size']} ({lv['fraction_used']:.1%}) | {lv['perplexity']:.1f} | "
                   + (f"{match[lv['level']]['share']:.2%} ({match[lv['level']]['chance']:.2%})" if lv["level"] in match else "n/a") + " |"

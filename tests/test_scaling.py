@@ -1,142 +1,185 @@
-"""Scaling-law fit: recovery of known constants, Huber robustness, held-out error, plot."""
-
-from __future__ import annotations
-
-import dataclasses
+"""The ``scaling`` command's orchestration: shards, skipping, collection of the points with the
+right parameter counts per paradigm, the law fit, held-out check, table and plot. Training is
+replaced by a stand-in that writes each run's ``result.json`` from a known law (the real training
+path is ``genrec.pipeline.run_model``, tested in test_pipeline.py and by test_configs.py's sweep
+of every scaling config)."""
 
 import numpy as np
 import pytest
 
-from genrec.scaling import ScalingPoint, fit_scaling_law, held_out_error, plot_scaling
+from genrec.artifacts import read_json, write_json
+from genrec.cli import main
+from genrec.models.presets import nominal_size
+from genrec.scaling import ScalingConfig, run_scaling
 
-SID_TRUE = dict(r0=0.08, a=0.03, alpha=0.5, b=0.02, beta_exp=0.7, gamma1=0.1, gamma2=0.05)
-LLM_TRUE = dict(r0=0.12, a=0.05, alpha=0.4, b=0.03, beta_exp=0.6, gamma=0.05, beta=0.005)
-STARTS = 16
-
-
-def _log_uniform(rng: np.random.Generator, lo: float, hi: float, n: int) -> np.ndarray:
-    return 10 ** rng.uniform(np.log10(lo), np.log10(hi), n)
+TRUTH = {"r0": 0.08, "a": 0.02, "alpha": 0.5}  # Recall = R0 - A / N^a, N in millions (both terms share N here)
+ENCODER, TOKENIZER = 22_713_216, 200_000
 
 
-def sid_points(n: int = 25, noise: float = 2e-4, seed: int = 0) -> list[ScalingPoint]:
-    """SID law with N_RS, N_LLM, N_QT (millions) drawn independently, log-uniform."""
-    t = SID_TRUE
-    rng = np.random.default_rng(seed)
-    rs, llm, qt = _log_uniform(rng, 0.3, 200, n), _log_uniform(rng, 50, 1e4, n), _log_uniform(rng, 1, 100, n)
-    n_si = rs + t["gamma1"] * llm + t["gamma2"] * qt
-    y = t["r0"] - t["a"] / n_si ** t["alpha"] - t["b"] / rs ** t["beta_exp"] + noise * rng.standard_normal(n)
-    return [ScalingPoint(recall=float(v), n_rs=r * 1e6, n_llm=m * 1e6, n_qt=q * 1e6, seed=0)
-            for v, r, m, q in zip(y, rs, llm, qt, strict=True)]
+def _config(tmp_path, seeds=(0, 1, 2)) -> ScalingConfig:
+    return ScalingConfig(
+        name="study",
+        data="configs/data/synthetic.yaml",
+        sids=str(tmp_path / "sids.safetensors"),
+        encoder_parameters=ENCODER,
+        tokenizer_parameters=TOKENIZER,
+        seeds=list(seeds),
+        root=str(tmp_path / "runs"),
+        sweeps={
+            "tiger": {"model": "configs/tiger/synthetic.yaml", "paradigm": "sid", "presets": ["336k", "6.7m", "13m", "21m", "43m"]},
+            "lm": {"model": "configs/lm/tiny-scratch.yaml", "paradigm": "llm", "presets": ["1m", "10m"]},
+        },
+    )
 
 
-def llm_points(n: int = 25, noise: float = 2e-4, seed: int = 0) -> list[ScalingPoint]:
-    """LLM-as-RS law with N_LoRA and N_LLM (millions) drawn independently, log-uniform."""
-    t = LLM_TRUE
-    rng = np.random.default_rng(seed)
-    lora, llm = _log_uniform(rng, 0.5, 200, n), _log_uniform(rng, 600, 14000, n)
-    y = (t["r0"] - t["a"] / (lora + t["gamma"] * llm) ** t["alpha"]
-         - t["b"] / (lora + t["beta"] * llm) ** t["beta_exp"] + noise * rng.standard_normal(n))
-    return [ScalingPoint(recall=float(v), n_lora=lo * 1e6, n_llm=m * 1e6)
-            for v, lo, m in zip(y, lora, llm, strict=True)]
+class _Calls(list):
+    """The runs trained, in order; ``overrides``: run -> its command-line overrides; ``values``:
+    run -> the settings put on its parsed config (preset, seed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.overrides: dict[str, list[str]] = {}
+        self.values: dict[str, dict] = {}
 
 
-def test_sid_noisy_recovery():
-    # Noise 2e-4 on a recall range of ~0.05; tolerances hold over 12 data seeds (worst seen:
-    # R0 9e-4, a 0.13, b 0.016).
-    fit = fit_scaling_law(sid_points(), "sid", starts=STARTS)
-    assert fit.r2 > 0.95
-    assert abs(fit.r0 - SID_TRUE["r0"]) < 2e-3
-    assert abs(fit.alpha - SID_TRUE["alpha"]) < 0.2
-    assert abs(fit.beta_exp - SID_TRUE["beta_exp"]) < 0.05
-    assert abs(fit.gamma1 - SID_TRUE["gamma1"]) < 0.05
-    assert fit.gamma is None and fit.beta is None
-    assert fit.n_converged >= 1
+@pytest.fixture
+def fake_training(tmp_path, monkeypatch):
+    """Replace training by a result.json whose recall follows TRUTH (plus seeded noise); record the calls."""
+    (tmp_path / "sids.safetensors").write_bytes(b"")
+    calls = _Calls()
+    overrides = calls.overrides
+
+    def run_model(pipeline, name, path, sids, values):
+        calls.append(name)
+        overrides[name] = pipeline.overrides[name]
+        calls.values[name] = values
+        preset, seed = name.split("-")[1], int(name.rsplit("-s", 1)[1])
+        params = nominal_size(preset) if name.startswith("tiger") else {"1m": 7.3e6, "10m": 25.6e6}[preset]
+        recall = TRUTH["r0"] - TRUTH["a"] / (params / 1e6) ** TRUTH["alpha"] + np.random.default_rng(seed).normal(0, 2e-4)
+        result = {"parameters": int(params), "trainable_parameters": int(params),
+                  "metrics": {"test/recall@10": recall, "test/ndcg@10": recall / 2}, "train_seconds": 1.0, "device": "FakeGPU"}
+        write_json(pipeline.run_dir / name / "result.json", result)
+        return result
+
+    monkeypatch.setattr("genrec.scaling.run_model", run_model)
+    return calls
 
 
-def test_llm_noisy_recovery():
-    fit = fit_scaling_law(llm_points(), "llm", starts=STARTS)
-    assert fit.r2 > 0.95
-    assert abs(fit.r0 - LLM_TRUE["r0"]) < 3e-3
-    assert abs(fit.alpha - LLM_TRUE["alpha"]) < 0.2
-    assert abs(fit.beta_exp - LLM_TRUE["beta_exp"]) < 0.1
-    assert 0.5 * LLM_TRUE["gamma"] < fit.gamma < 2 * LLM_TRUE["gamma"]
-    assert 0.5 * LLM_TRUE["beta"] < fit.beta < 2 * LLM_TRUE["beta"]
-    assert fit.gamma1 is None and fit.gamma2 is None
+def test_shards_then_fit_and_report(tmp_path, fake_training):
+    config = _config(tmp_path)
+    runs = [r[0] for r in config.runs()]
+    assert len(runs) == 7 * 3 and runs[0] == "tiger-336k-s0" and runs[-1] == "lm-10m-s2"
+
+    report = run_scaling(config, shard=(0, 2)).read_text()
+    assert fake_training == runs[0::2]
+    assert "Not run yet (10)" in report and runs[1] in report
+
+    fake_training.clear()
+    report = run_scaling(config, shard=(1, 2)).read_text()
+    assert fake_training == runs[1::2]
+    assert "Not run yet" not in report
+    assert "trained on FakeGPU (21 runs); report written on" in report  # the runs' device, not the reporting machine's
+    assert "| tiger | sid | 13m |" in report and "3/3" in report
+
+    summary = read_json(tmp_path / "runs" / "study" / "scaling.json")
+    tiger = summary["sweeps"]["tiger"]
+    assert len(tiger["points"]) == 15
+    assert all(p["n_llm"] == ENCODER and p["n_qt"] == TOKENIZER and p["n_lora"] == 0 for p in tiger["points"])
+    assert tiger["fit"]["r2"] > 0.95 and abs(tiger["fit"]["r0"] - TRUTH["r0"]) < 0.01
+    assert tiger["held_out"]["abs_error"] < 0.005  # extrapolation to 43m from the four smaller sizes
+    lm = summary["sweeps"]["lm"]
+    assert len(lm["points"]) == 6 and all(p["n_lora"] > 0 and p["n_llm"] == 0 for p in lm["points"])
+    assert "fit" not in lm and "lm: 6 points, fewer than the 7" in report
+    assert (tmp_path / "runs" / "study" / "scaling.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize(("paradigm", "make", "truth"), [("sid", sid_points, SID_TRUE), ("llm", llm_points, LLM_TRUE)])
-def test_noise_free_exact(paradigm, make, truth):
-    points = make(n=20, noise=0.0)
-    fit = fit_scaling_law(points, paradigm, starts=STARTS)
-    assert fit.r2 > 0.999
-    for name, value in truth.items():
-        assert getattr(fit, name) == pytest.approx(value, rel=1e-4), name
-    np.testing.assert_allclose(fit.predict(points), [p.recall for p in points], atol=1e-8)
+def test_collect_only_trains_nothing(tmp_path, fake_training):
+    config = _config(tmp_path, seeds=(0,))
+    (tmp_path / "runs" / "study" / "tiger-13m-s0").mkdir(parents=True)  # killed before its result.json
+    run_scaling(config, collect_only=True)
+    assert fake_training == []
+    report = (tmp_path / "runs" / "study" / "scaling.md").read_text()
+    assert "Not run yet (7)" in report and "trained on no runs yet" in report
+    assert "tiger-13m-s0 started without finishing and resume from their last.ckpt" in report
 
 
-def test_huber_resists_outlier():
-    # A gross outlier (+0.03 recall) at the largest recommender, the point that pins R0.
-    points = sid_points()
-    i = int(np.argmax([p.n_rs for p in points]))
-    bad = list(points)
-    bad[i] = dataclasses.replace(bad[i], recall=bad[i].recall + 0.03)
-    clean = fit_scaling_law(points, "sid", starts=STARTS)
-    huber = fit_scaling_law(bad, "sid", starts=STARTS)
-    l2 = fit_scaling_law(bad, "sid", huber_delta=1.0, starts=STARTS)  # delta >> residuals: least squares
-    huber_shift, l2_shift = abs(huber.r0 - clean.r0), abs(l2.r0 - clean.r0)
-    assert huber_shift < 1e-3
-    assert l2_shift > 5e-3 and l2_shift > 10 * huber_shift
+def test_only_trains_the_named_sweeps_split_over_shards(tmp_path, fake_training):
+    config = _config(tmp_path, seeds=(0,))
+    report = run_scaling(config, shard=(1, 2), only=["lm"]).read_text()
+    assert fake_training == ["lm-10m-s0"]  # the lm runs are lm-1m-s0, lm-10m-s0; shard 1/2 takes the second
+    assert "Not run yet (6)" in report and "tiger-336k-s0" in report
+    fake_training.clear()
+    with pytest.raises(ValueError, match=r"--only names no sweep of 'study': \['gpt'\]"):
+        run_scaling(config, only=["gpt"])
+    with pytest.raises(ValueError, match=r"--only names no sweep of 'scaling-synthetic': \['gpt'\]"):
+        main(["scaling", "--config", "configs/scaling/synthetic.yaml", "--root", str(tmp_path / "cli"), "--only", "[gpt]"])
+    assert fake_training == []
 
 
-def test_held_out_error_small():
-    result = held_out_error(sid_points(), "sid", starts=STARTS)
-    points = sid_points()
-    assert result.size == max(p.total_params for p in points)
-    assert result.n_held_out == 1 and result.fit.n_points == len(points) - 1
-    assert result.abs_error < 2e-3
+def test_preset_overrides_reach_only_their_preset_after_the_sweep_overrides(tmp_path, fake_training):
+    config = _config(tmp_path, seeds=(0,))
+    config.sweeps["tiger"].overrides = ["--model.init_args.lr", "0.004"]
+    config.sweeps["tiger"].preset_overrides = {"43m": ["--model.init_args.lr", "0.002"]}
+    run_scaling(config, only=["tiger"])
+    big, small = fake_training.overrides["tiger-43m-s0"], fake_training.overrides["tiger-13m-s0"]
+    assert big[:4] == ["--model.init_args.lr", "0.004", "--model.init_args.lr", "0.002"]  # the later value wins
+    assert "0.002" not in small and small == ["--model.init_args.lr", "0.004"]
+    # preset and seed are typed settings on the parsed config, set after every override
+    assert fake_training.values["tiger-13m-s0"] == {"model.init_args.preset": "13m", "seed_everything": 0}
+    with pytest.raises(ValueError, match=r"sweep 't': preset_overrides for presets it does not sweep: \['88m'\]"):
+        ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": ["43m"], "preset_overrides": {"88m": []}}})
 
 
-def test_held_out_groups_seeds():
-    base = sid_points(n=12, noise=0.0)
-    largest = max(base, key=lambda p: p.total_params)
-    points = base + [dataclasses.replace(largest, recall=largest.recall + 1e-4, seed=1)]
-    result = held_out_error(points, "sid", starts=4)
-    assert result.n_held_out == 2
-    assert result.observed == pytest.approx(largest.recall + 5e-5)
+def test_bad_settings(tmp_path, fake_training, capsys):
+    with pytest.raises(ValueError, match="paradigm must be 'sid' or 'llm'"):
+        ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": ["1m"], "paradigm": "other"}})
+    with pytest.raises(ValueError, match="lists no presets"):
+        ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": []}})
+    with pytest.raises(ValueError, match="shard 2/2"):
+        run_scaling(_config(tmp_path), shard=(2, 2))
+    with pytest.raises(SystemExit) as exit_:  # a bad flag: one line, exit 2
+        main(["scaling", "--config", "configs/scaling/synthetic.yaml", "--shard", "half"])
+    assert exit_.value.code == 2 and capsys.readouterr().err.strip() == "error: --shard must look like i/n, got 'half'"
 
 
-def test_plot_written(tmp_path):
-    sid = sid_points(n=12)
-    sid += [dataclasses.replace(p, recall=p.recall + 3e-4, seed=1) for p in sid[:4]]  # error bars
-    llm = llm_points(n=12)
-    fits = {"SID-based GR": (fit_scaling_law(sid, "sid", starts=4), sid),
-            "LLM-as-RS": (fit_scaling_law(llm, "llm", starts=4), llm)}
-    out = plot_scaling(fits, tmp_path / "plots" / "scaling.png")
-    assert out == tmp_path / "plots" / "scaling.png"
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in out.parent.iterdir()) == ["scaling.png"]
+def test_unknown_encoder_size_skips_the_sid_fit_with_a_reason(tmp_path, fake_training, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    encoder = tmp_path / "encoder.yaml"
+    encoder.write_text("encoder:\n  model: no-such-org/no-such-encoder\n")
+    config = _config(tmp_path, seeds=(0, 1))
+    config.encoder, config.encoder_parameters = str(encoder), None
+    report = run_scaling(config).read_text()
+    assert "tiger: not fitted: encoder parameter count unknown (set encoder_parameters)" in report
+    summary = read_json(tmp_path / "runs" / "study" / "scaling.json")
+    assert summary["sweeps"]["tiger"]["points"][0]["n_llm"] is None and "fit" not in summary["sweeps"]["tiger"]
 
 
-def test_plot_draws_a_series_without_a_fit_as_points(tmp_path):
-    sid = sid_points(n=12)
-    fit = fit_scaling_law(sid, "sid", starts=4)
-    alone = plot_scaling({"SID-based GR": (fit, sid)}, tmp_path / "alone.png").read_bytes()
-    both = plot_scaling({"SID-based GR": (fit, sid), "LLM-as-RS": (None, llm_points(n=3))}, tmp_path / "both.png").read_bytes()
-    assert both[:8] == b"\x89PNG\r\n\x1a\n" and both != alone  # the unfitted series is drawn, not dropped
+def test_shards_started_together_make_the_sids_one_at_a_time(tmp_path, fake_training, monkeypatch):
+    """Shards launched at once (one per GPU) would both run the encode/tokenize stages into the
+    same files: the SID stages run under a lock on the study folder."""
+    from filelock import FileLock, Timeout
+
+    import genrec.scaling as sweep
+
+    config = _config(tmp_path)
+    original, held = sweep._sids, []
+
+    def sids_under_lock(cfg, pipeline):
+        try:
+            FileLock(str(cfg.run_dir / ".sid-stages.lock")).acquire(timeout=0)  # another holder: us
+            held.append(False)
+        except Timeout:
+            held.append(True)
+        return original(cfg, pipeline)
+
+    monkeypatch.setattr(sweep, "_sids", sids_under_lock)
+    run_scaling(config, shard=(0, 2))
+    assert held == [True]
 
 
-def test_too_few_points():
-    with pytest.raises(ValueError, match="need at least 7 points"):
-        fit_scaling_law(sid_points(n=6), "sid")
+def test_encoder_parameters_of_the_cf_encoder_are_zero_and_minilm_is_counted():
+    from genrec.scaling import count_encoder_parameters
+    from tests.test_configs import ROOT
 
-
-def test_unknown_paradigm():
-    with pytest.raises(ValueError, match="unknown paradigm"):
-        fit_scaling_law(sid_points(), "moe")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="unknown paradigm"):
-        held_out_error(sid_points(), "moe")  # type: ignore[arg-type]
-
-
-def test_base_count_required():
-    with pytest.raises(ValueError, match="n_lora must be > 0"):
-        fit_scaling_law(sid_points(), "llm")
+    assert count_encoder_parameters(str(ROOT / "configs/encode/cf.yaml")) == 0
+    assert count_encoder_parameters(str(ROOT / "configs/encode/minilm.yaml")) == 22_713_216

@@ -23,8 +23,7 @@ SASREC = str(ROOT / "configs/sasrec/synthetic.yaml")
 
 def _fit(tmp_path, *extra: str) -> list[str]:
     return ["fit", "--config", data_yaml(tmp_path), "--config", SASREC, "--trainer.accelerator", "cpu",
-            "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger", "false",
-            "--trainer.callbacks.init_args.dirpath", str(tmp_path / "run" / "checkpoints"), *extra]
+            "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.logger", "false", *extra]  # checkpoints: <root>/checkpoints
 
 
 def test_empty_data_file_names_the_file(tmp_path, capsys):

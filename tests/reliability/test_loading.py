@@ -33,9 +33,7 @@ def model_folder(tmp_path_factory) -> Path:
         main(["fit", "--config", data_yaml(tmp), "--config", str(ROOT / "configs/sasrec/synthetic.yaml"),
               "--model.init_args.hidden_size", "16", "--model.init_args.num_layers", "1",
               "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1", "--trainer.accelerator", "cpu",
-              "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp / "sasrec"),
-              "--trainer.logger.init_args.save_dir", str(tmp / "sasrec"),
-              "--trainer.callbacks.init_args.dirpath", str(tmp / "sasrec" / "checkpoints")])
+              "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp / "sasrec")])  # logs, checkpoints under it
     finally:
         torch.set_num_threads(threads)
     return tmp / "sasrec"

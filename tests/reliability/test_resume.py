@@ -70,8 +70,7 @@ def _assert_same_run(resumed: Path, uninterrupted: Path) -> None:
 
 def _fit(folder: Path, data: str, extra: list[str] = ()) -> None:
     main(["fit", "--config", data, "--config", str(ROOT / "configs/sasrec/synthetic.yaml"), *SASREC,
-          "--trainer.default_root_dir", str(folder), "--trainer.logger.init_args.save_dir", str(folder),
-          "--trainer.callbacks.init_args.dirpath", str(folder / "checkpoints"), *extra])
+          "--trainer.default_root_dir", str(folder), *extra])  # logs and checkpoints go under the run folder
 
 
 def test_fit_ckpt_path_last_resumes_bit_exact(tmp_path, kill_after):
