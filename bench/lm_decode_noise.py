@@ -22,11 +22,11 @@ import torch
 
 from bench.lm_decode import take_users
 from bench.record import set_flags
-from genrec.stages.fit import GenRecCLI
 from genrec.data.datamodule import SeqBatch
 from genrec.decoding import LiveBeams
 from genrec.models import LMRecModule
 from genrec.models.lm_graphs import decoder_for
+from genrec.stages.fit import GenRecCLI
 
 
 def plain_scores(module: LMRecModule, batch: SeqBatch) -> torch.Tensor:

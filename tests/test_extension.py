@@ -251,9 +251,7 @@ def test_new_recommender_tokenizer_and_reader_run_through_the_pipeline(tmp_path,
         "name": "tsv", "kcore": 0, "batch_size": 32, "source": {"class_path": f"{HERE}.TsvSource", "init_args": {"path": str(folder)}}}}}
     tokenizer = {"tokenizer": {"class_path": f"{HERE}.HashTokenizer", "init_args": {"levels": 2, "bits": 3}}, "tokenize": {"name": "hash"}}
     model = {"model": {"class_path": f"{HERE}.SidGRU", "init_args": {"hidden_size": 16}},
-             "trainer": {"max_epochs": 2, "accelerator": "cpu", "check_val_every_n_epoch": 1, "enable_progress_bar": False,
-                         "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                        "init_args": {"monitor": "val/ndcg@10", "mode": "max", "save_last": True}}]}}
+             "trainer": {"max_epochs": 2, "accelerator": "cpu", "check_val_every_n_epoch": 1, "enable_progress_bar": False}}
     paths = {}
     for name, content in {"data": data, "tokenizer": tokenizer, "gru": model}.items():
         paths[name] = tmp_path / f"{name}.yaml"
