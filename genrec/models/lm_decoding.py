@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genrec.decoding import LiveBeams
+from genrec.decoding import BeamResult, LiveBeams, pruned_beam_search
 
 if TYPE_CHECKING:
     from genrec.models.lm_rec import LMInputs, LMRecModule
@@ -345,6 +346,18 @@ def slot_step(module: LMRecModule, beams: LiveBeams | None, state: BeamState) ->
         kv.advance(beams)
         positions = (kv.lengths[kv.user] + kv.step - 1)[:, None]
         return _log_probs(module.model(input_ids=beams.tokens[:, None], position_ids=positions, use_cache=False).logits), state
+
+
+def slot_decode(module: LMRecModule, inputs: LMInputs, width: int, num_results: int) -> tuple[BeamResult, int, int]:
+    """Title-constrained beam search of ``inputs`` (``[B, S]`` prompts) by slot decoding, LoRA
+    merged for its duration: the :class:`~genrec.decoding.BeamResult` (``[B, K]``), the decoding
+    steps and the beam tokens fed."""
+    trie = module.trie()
+    state = BeamState(inputs=inputs, kv=SlotKV(inputs.attention_mask, width, trie.max_depth))
+    with merged_lora(module.model):
+        result = pruned_beam_search(functools.partial(slot_step, module), trie, batch_size=inputs.input_ids.shape[0],
+                                    beam_width=width, num_results=num_results, state=state)
+    return result, state.kv.step, state.kv.fed
 
 
 @contextlib.contextmanager

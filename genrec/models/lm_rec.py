@@ -50,17 +50,15 @@ from torch import Tensor, nn
 
 from genrec.data.catalog import ItemCatalog
 from genrec.data.datamodule import SeqBatch
-from genrec.decoding import BeamResult, PrefixTrie, constrained_beam_search, pruned_beam_search
+from genrec.decoding import BeamResult, PrefixTrie, constrained_beam_search
 from genrec.metrics import RecEvaluation
 from genrec.models.base import RecommenderModule, Stage
 from genrec.models.lm_decoding import (
     ACTIVE_KV,
     BeamState,
     PrefixKV,
-    SlotKV,
-    merged_lora,
     reference_step,
-    slot_step,
+    slot_decode,
 )
 from genrec.models.lm_graphs import graph_decode  # issue 20 (decode)
 from genrec.models.lm_loading import (
@@ -454,7 +452,6 @@ class LMRecModule(RecommenderModule):
         W = beam_width or max(K, self.eval_config.beam_width)
         if reference:
             return constrained_beam_search(self.beam_step, self.trie(), batch_size=B, beam_width=W, num_results=K, state=self.initial_state(batch))
-        trie = self.trie()
         inputs = self.lm_inputs(batch, with_target=False)
         # issue 20 (decode): the static-shape, CUDA-graphed decoder (genrec.models.lm_graphs) when
         # the model is one it runs and ``self.static_decoding`` is on; else the slot decoder.
@@ -463,10 +460,7 @@ class LMRecModule(RecommenderModule):
             result, decoder = graphed
             steps, fed = decoder.step_index, decoder.fed
         else:
-            state = BeamState(inputs=inputs, kv=SlotKV(inputs.attention_mask, W, trie.max_depth))
-            with merged_lora(self.model):
-                result = pruned_beam_search(functools.partial(slot_step, self), trie, batch_size=B, beam_width=W, num_results=K, state=state)
-            steps, fed = state.kv.step, state.kv.fed
+            result, steps, fed = slot_decode(self, inputs, W, K)
         counts = {"users": B, "steps": steps, "beam tokens": fed, "full search beam tokens": B * W * steps}
         self.decode_counts = {key: self.decode_counts.get(key, 0) + value for key, value in counts.items()}
         return result

@@ -321,7 +321,7 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     unmerged.load_state_dict(m.state_dict())
     unmerged.attach(datamodule.data.catalog)
     unmerged.static_decoding = False  # the slot decoder with the adapters unmerged
-    monkeypatch.setattr("genrec.models.lm_rec.merged_lora", lambda model: contextlib.nullcontext(False))
+    monkeypatch.setattr("genrec.models.lm_decoding.merged_lora", lambda model: contextlib.nullcontext(False))
     assert torch.equal(unmerged.eval().recommend(batch, k=10, beam_width=12).items, fast.items)
 
 
