@@ -84,3 +84,24 @@ def title_token_ids(catalog: ItemCatalog, encode: Callable[[list[str]], Any], li
 
 
 __all__ = ["ROLE_PAD", "ROLE_PROMPT", "ROLE_TARGET", "LMInputs", "padded", "title_token_ids"]
+
+
+def detail_token_ids(catalog: ItemCatalog, encode: Callable[[list[str]], Any], template: str, max_tokens: int) -> list[list[int]]:
+    """Every item's history-line details (``template`` rendered over its fields, see
+    :func:`genrec.data.catalog.render`) as at most ``max_tokens`` token ids; ``[]`` for every item
+    when ``template`` is empty, and for an item whose fields render empty.
+
+    Raises:
+        ValueError: the template names a field the catalogue does not have (one line).
+        NoItemTextError: no item has text in the fields it names.
+    """
+    if not template:
+        return [[] for _ in range(len(catalog))]
+    try:
+        texts = catalog.texts(template)
+    except KeyError as error:
+        raise ValueError(f"prompt.item_details: {error.args[0]}") from None
+    if not any(texts):
+        catalog.require_text(template, "prompt.item_details")  # raises: no item has these fields
+    ids = encode(texts).input_ids
+    return [list(t[:max_tokens]) for t in ids]

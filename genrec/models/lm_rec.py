@@ -73,6 +73,7 @@ from genrec.models.lm_prompt import (
     ROLE_PROMPT,
     ROLE_TARGET,
     LMInputs,
+    detail_token_ids,
     padded,
     title_token_ids,
 )
@@ -236,11 +237,11 @@ class LMRecModule(RecommenderModule):
     def title_token_ids(self, catalog: ItemCatalog) -> list[list[int]]:
         """Each item's unique title tokens (:func:`~genrec.models.lm_prompt.title_token_ids`, cut to
         ``max_title_tokens``); the counts of fixed titles go to :attr:`title_fixes`."""
-        def encode(texts: list[str]) -> Any:
-            return self.tokenizer(texts, add_special_tokens=False)
-
-        ids, self.title_fixes = title_token_ids(catalog, encode, self.prompt.max_title_tokens)
+        ids, self.title_fixes = title_token_ids(catalog, self._encode, self.prompt.max_title_tokens)
         return ids
+
+    def _encode(self, texts: list[str]) -> Any:
+        return self.tokenizer(texts, add_special_tokens=False)
 
     def attach(self, catalog: ItemCatalog, sids: SemanticIDs | None = None, train_counts: Tensor | None = None) -> None:
         """Pre-tokenize every item's target and history line, and build the prefix trie.
@@ -256,7 +257,8 @@ class LMRecModule(RecommenderModule):
         device = self.prompt_prefix.device
         target, target_len = padded([t + [self.eos_id] for t in titles], self.pad_id)
         cut = self.prompt.max_history_title_tokens or len(max(titles, key=len))
-        line, line_len = padded([before + t[:cut] + after for t in titles], self.pad_id)
+        details = detail_token_ids(catalog, self._encode, self.prompt.item_details, self.prompt.max_detail_tokens)
+        line, line_len = padded([before + t[:cut] + d + after for t, d in zip(titles, details, strict=True)], self.pad_id)
         self.target_tokens, self.target_lengths = target.to(device), target_len.to(device)
         self.line_tokens, self.line_lengths = line.to(device), line_len.to(device)
         n = len(catalog)

@@ -141,6 +141,11 @@ class PromptConfig:
         max_history_title_tokens: titles in the prompt's history lines are cut to this many
             tokens (default: as the targets): on data with long titles, more history items fit
             ``max_tokens``. The target, which decoding produces, stays whole.
+        item_details: more item text after the (cut) title in the history lines only, an item
+            text template over the catalogue's fields with ``[...]`` optional parts, e.g.
+            ``"[ (brand: {brand})][. Categories: {categories}][. Price: ${price}]"``; empty: none.
+            Targets stay titles, so decoding and the trie are unchanged.
+        max_detail_tokens: the details of one history line are cut to this many tokens.
     """
 
     template: str = DEFAULT_PROMPT
@@ -148,9 +153,11 @@ class PromptConfig:
     max_tokens: int = 512
     max_title_tokens: int = 32
     max_history_title_tokens: int | None = None
+    item_details: str = ""
+    max_detail_tokens: int = 32
 
     def __post_init__(self) -> None:
-        positive("prompt", max_tokens=self.max_tokens, max_title_tokens=self.max_title_tokens)
+        positive("prompt", max_tokens=self.max_tokens, max_title_tokens=self.max_title_tokens, max_detail_tokens=self.max_detail_tokens)
         if self.template.count("{history}") != 1 or self.item_template.count("{title}") != 1:
             raise ValueError("prompt.template needs {history} once and prompt.item_template {title} once")
         if self.max_history_title_tokens is not None and self.max_history_title_tokens < 1:

@@ -186,6 +186,28 @@ def test_history_titles_cut_in_the_prompt_and_targets_whole(datamodule, batch):
     assert text.endswith(f"The next item the user buys is: {datamodule_title(full, target)}{cut.tokenizer.eos_token}")
 
 
+
+def test_item_details_enrich_history_lines_only(datamodule, batch):
+    """prompt.item_details: each history line carries its item's brand and categories after the
+    title (cut to max_detail_tokens); targets, the trie and so decoding stay titles only; a
+    field the catalogue lacks is one clear error."""
+    plain = tiny_module()
+    rich = tiny_module(prompt={"item_details": "[ (brand: {brand})][. {categories}]", "max_detail_tokens": 6})
+    for m in (plain, rich):
+        m.attach(datamodule.data.catalog)
+    catalog = datamodule.data.catalog
+    before, after = rich._line_pieces
+    for item in (0, 7, 31):
+        title = plain.line_tokens[item, len(before) : int(plain.line_lengths[item]) - len(after)].tolist()
+        details = rich._encode([catalog.text(item, "[ (brand: {brand})][. {categories}]")]).input_ids[0][:6]
+        assert 0 < len(details) <= 6
+        assert rich.line_tokens[item, : int(rich.line_lengths[item])].tolist() == before + title + details + after
+    assert torch.equal(rich.target_tokens, plain.target_tokens) and rich.trie().num_items == plain.trie().num_items
+    text = rich.tokenizer.decode(rich.lm_inputs(batch, with_target=False).input_ids[0].tolist())
+    assert "(brand: " in text
+    with pytest.raises(ValueError, match=r"prompt.item_details: .*\{colour\}"):
+        tiny_module(prompt={"item_details": " {colour}"}).attach(catalog)
+
 def test_max_eval_users_tests_a_seeded_subset_and_counts_it(datamodule):
     """max_eval_users: test on 7 of the 40 users, the same 7 for the same seed (others for
     another), counted as test/users of test/users_total."""
