@@ -117,7 +117,8 @@ def main() -> None:
         "MFU = 6 x params x real tokens / train time / dense bf16 peak.",
     )
     if args.out:
-        write_json(args.out, {"row": row, "run": run_info(cli), "timeline": timeline.points, "test": results, "state": timeline.state()})
+        run = {**run_info(cli), "checkpoint": checkpoint}  # the best by val NDCG@10, what the test used
+        write_json(args.out, {"row": row, "run": run, "timeline": timeline.points, "test": results, "state": timeline.state()})
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def test_tiger_benchmark_in_two_segments_adds_up_and_records_one_row(tmp_path, m
     import functools
     import json
     import sys
+    from pathlib import Path
 
     import yaml
 
@@ -99,6 +100,7 @@ def test_tiger_benchmark_in_two_segments_adds_up_and_records_one_row(tmp_path, m
     assert 0.0 <= tested["test/recall@10"] <= 1.0 and 0.0 <= tested["test/warm/recall@10"] <= 1.0
     assert tested["test/ndcg@10"] <= tested["test/recall@10"] and done["state"]["test_reached"] is not None
     assert "test/recall@10" not in done["timeline"][0]  # the first segment ran without it
+    assert Path(done["run"]["checkpoint"]).is_file()  # the best-val checkpoint the test used (for bench.tiger_beams)
     state2 = done["state"]
     assert state2["samples"] == 2 * state1["samples"]  # the same epoch again: counts add up
     assert state2["train_s"] > state1["train_s"] and state2["wall_s"] > state1["wall_s"]
