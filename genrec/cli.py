@@ -137,8 +137,10 @@ def run_recommend(args: Sequence[str]) -> list[dict[str, object]]:
     parser.add_argument("--all_titles", type=bool, default=False, help="list items that share a title separately (listed once by default)")
     parser.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint file")
     parser.add_argument("--output", default=None, help="also write the list as JSON here")
+    parser.add_argument("--trusted", type=list[str], default=[],
+                        help='modules outside genrec whose model or data-reader classes the run may import, e.g. ["my_ext"]')
     config = parse(parser, args)
-    recommender = Recommender.load(config.run, model=config.model, checkpoint=config.checkpoint)
+    recommender = Recommender.load(config.run, model=config.model, checkpoint=config.checkpoint, trusted=config.trusted)
     history = list(config.history)
     recs = recommender.recommend(history, k=config.k, exclude_history=not config.keep_history, distinct_titles=not config.all_titles)
     rows = [dataclasses.asdict(r) for r in recs]

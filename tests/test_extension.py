@@ -282,3 +282,18 @@ def test_new_recommender_tokenizer_and_reader_run_through_the_pipeline(tmp_path,
     batch = recommender.batch([history])
     expected = recommender.module.scores(batch)[0]
     assert all(abs(expected[r.item].item() - r.score) < 1e-4 for r in recs)
+
+    # `train.py test --ckpt_path` on the user's own model: the checkpoint may name the class the
+    # user's config names (and no other outside genrec)
+    from genrec.cli import main
+
+    best = next((run / "gru" / "checkpoints").glob("epoch=*.ckpt"))
+    sids_flag = f"--model.init_args.sids={run / 'sids' / 'tokenizer.safetensors'}"
+    assert main(["test", "--config", str(paths["data"]), "--config", str(paths["gru"]), sids_flag, "--ckpt_path", str(best),
+                 "--trainer.default_root_dir", str(tmp_path / "retest")]) in (0, None)
+    with pytest.raises(SystemExit) as refused:  # one error line, exit 1: the model's module is not trusted
+        main(["recommend", "--run", str(run), "--model", "gru", "--history", json.dumps(history), "--k", "3"])
+    assert refused.value.code == 1
+    assert main(["recommend", "--run", str(run), "--model", "gru", "--history", json.dumps(history), "--k", "3",
+                 "--trusted", json.dumps([HERE]), "--output", str(tmp_path / "recs.json")]) in (0, None)
+    assert [r["external_id"] for r in read_json(tmp_path / "recs.json")["recommendations"]] == [r.external_id for r in recs[:3]]

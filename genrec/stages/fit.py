@@ -116,14 +116,18 @@ class GenRecCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Check a ``--ckpt_path`` file before LightningCLI reads its hyperparameters: it must load
-        with ``weights_only=True`` and name a genrec model, if any."""
+        with ``weights_only=True`` and name a genrec model or the model class the user's own
+        config names (a researcher's subclass), if any."""
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and Path(path).is_file():
             checkpoint = read_checkpoint(Path(path))
             class_path = str((checkpoint.get("hyper_parameters") or {}).get("_class_path", "genrec."))
-            if not class_path.startswith("genrec."):
-                raise ArtifactError(f"{path}: the checkpoint names the class {class_path!r}, not a genrec model; refusing to import it")
+            model = self.config[subcommand].get("model")
+            configured = str(model.get("class_path", "")) if hasattr(model, "get") else ""
+            if not class_path.startswith("genrec.") and class_path != configured:
+                raise ArtifactError(f"{path}: the checkpoint names the class {class_path!r}, neither a genrec model nor the "
+                                    f"configured model {configured or '(none)'!r}; refusing to import it")
         super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:
