@@ -329,7 +329,7 @@ def test_lm_recommender_on_a_catalogue_without_titles_stops_with_the_message():
     module loads a tokenizer, tens of seconds on a busy CPU)."""
     from genrec.models.lm_rec import LMRecModule
 
-    module = SimpleNamespace(prompt=SimpleNamespace(max_title_tokens=8))
+    module = SimpleNamespace(prompt=SimpleNamespace(max_title_tokens=8), _encode=lambda texts: pytest.fail("encoded before the check"))
     catalog = ItemCatalog([Item("A", brand="x"), Item("B"), Item("C")], name="sports-like")
     with pytest.raises(NoItemTextError, match=r"data set 'sports-like': 0 of 3 items have text in \{title\}, and the LM recommender"):
         LMRecModule.title_token_ids(module, catalog)  # type: ignore[arg-type]
