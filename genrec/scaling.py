@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,12 @@ class Sweep:
     Args:
         model: the model YAML (``model:``/``trainer:`` blocks), e.g. ``configs/tiger/amazon-beauty.yaml``.
         presets: size preset names (``python train.py presets``), smallest first.
+        models: instead of ``presets``, pretrained models by label, smallest first: label ->
+            an offline alias, a local folder or a hub name, each run with
+            ``model.init_args.model`` set to it (and no preset), e.g. ``{135m: smollm2,
+            360m: /models/SmolLM2-360M, 1.7b: HuggingFaceTB/SmolLM2-1.7B}``: the paper's
+            LLM-as-RS curve for whoever has the weights. Labels name the runs (letters,
+            digits, ``.``, ``_``, ``-``).
         paradigm: ``sid`` (SID-based GR) or ``llm`` (LLM-as-RS): which law is fitted.
         overrides: extra command-line arguments of every run of this sweep.
         preset_overrides: preset -> extra arguments of that preset's runs, after ``overrides``
@@ -69,10 +76,22 @@ class Sweep:
     """
 
     model: str
-    presets: list[str]
+    presets: list[str] = field(default_factory=list)
     paradigm: Literal["sid", "llm"] = "sid"
     overrides: list[str] = field(default_factory=list)
     preset_overrides: dict[str, list[str]] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        """The sizes of the ladder: preset names, or the labels of ``models``."""
+        return list(self.models) if self.models else list(self.presets)
+
+    def values(self, label: str, seed: int) -> dict[str, Any]:
+        """The settings one run of ``label`` puts on its parsed model config."""
+        if self.models:
+            return {"model.init_args.model": self.models[label], "model.init_args.preset": None, "seed_everything": seed}
+        return {"model.init_args.preset": label, "seed_everything": seed}
 
 
 @dataclass
@@ -116,9 +135,12 @@ class ScalingConfig:
         for name, sweep in self.sweeps.items():
             if sweep.paradigm not in ("sid", "llm"):
                 raise ValueError(f"sweep {name!r}: paradigm must be 'sid' or 'llm', got {sweep.paradigm!r}")
-            if not sweep.presets:
-                raise ValueError(f"sweep {name!r} lists no presets")
-            stray = sorted(set(sweep.preset_overrides) - set(sweep.presets))
+            if bool(sweep.presets) == bool(sweep.models):
+                raise ValueError(f"sweep {name!r}: give either presets or models (pretrained, by label), not {'both' if sweep.presets else 'neither'}")
+            bad = [label for label in sweep.models if not re.fullmatch(r"[A-Za-z0-9._-]+", label)]
+            if bad:
+                raise ValueError(f"sweep {name!r}: model labels name run folders (letters, digits, '.', '_', '-'): {bad}")
+            stray = sorted(set(sweep.preset_overrides) - set(sweep.labels))
             if stray:
                 raise ValueError(f"sweep {name!r}: preset_overrides for presets it does not sweep: {stray}")
         if not self.seeds:
@@ -130,7 +152,7 @@ class ScalingConfig:
 
     def runs(self) -> list[tuple[str, str, str, int]]:
         """``(run name, sweep name, preset, seed)`` of every run, sweep by sweep, small to large."""
-        return [(f"{s}-{p}-s{seed}", s, p, seed) for s, sweep in self.sweeps.items() for p in sweep.presets for seed in self.seeds]
+        return [(f"{s}-{p}-s{seed}", s, p, seed) for s, sweep in self.sweeps.items() for p in sweep.labels for seed in self.seeds]
 
 
 def count_encoder_parameters(encoder_yaml: str) -> int:
@@ -218,8 +240,7 @@ def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int]
             pipeline.models = {run: sweep.model}
             pipeline.overrides[run] = [*sweep.overrides, *sweep.preset_overrides.get(preset, [])]
             log.info("scaling run %d/%d: %s", k + 1, len(runs), run)
-            run_model(pipeline, run, sweep.model, sids if model_needs_sids(sweep.model) else None,
-                      values={"model.init_args.preset": preset, "seed_everything": seed})
+            run_model(pipeline, run, sweep.model, sids if model_needs_sids(sweep.model) else None, values=sweep.values(preset, seed))
     return write_scaling_report(config, sids, command)
 
 
@@ -277,7 +298,7 @@ def write_scaling_report(config: ScalingConfig, sids_path: Path | None, command:
     missing = [run for run, *_ in config.runs() if not (run_dir / run / "result.json").is_file()]
     for sweep_name, sweep in config.sweeps.items():
         entries = collected[sweep_name]
-        for preset in sweep.presets:
+        for preset in sweep.labels:
             rows = [e for e in entries if e[0] == preset]
             if not rows:
                 lines.append(f"| {sweep_name} | {sweep.paradigm} | {preset} | — | 0/{len(config.seeds)} | — | — | — | — |")

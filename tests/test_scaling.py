@@ -130,11 +130,41 @@ def test_preset_overrides_reach_only_their_preset_after_the_sweep_overrides(tmp_
         ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": ["43m"], "preset_overrides": {"88m": []}}})
 
 
+
+def test_pretrained_models_by_label_are_the_llm_ladder(tmp_path, monkeypatch):
+    """A sweep of pretrained checkpoints (``models``: label -> alias, folder or hub name) runs
+    each with ``model.init_args.model`` set and no preset; the LLM law's points take the frozen
+    size from parameters - trainable (LoRA)."""
+    calls = {}
+
+    def run_model(pipeline, name, path, sids, values):
+        calls[name] = values
+        size = {"small": 135e6, "large": 1.7e9}[name.split("-")[1]]
+        result = {"parameters": int(size), "trainable_parameters": int(size / 100), "device": "FakeGPU", "train_seconds": 1.0,
+                  "metrics": {"test/recall@10": 0.03 + 0.01 * (size > 1e9), "test/ndcg@10": 0.015}}
+        write_json(pipeline.run_dir / name / "result.json", result)
+        return result
+
+    monkeypatch.setattr("genrec.scaling.run_model", run_model)
+    config = ScalingConfig(name="pre", data="configs/data/synthetic.yaml", seeds=[0], root=str(tmp_path / "runs"),
+                           sweeps={"lm": {"model": "configs/lm/smollm2-lora.yaml", "paradigm": "llm",
+                                          "models": {"small": "smollm2", "large": "/models/SmolLM2-1.7B"}}})
+    run_scaling(config)
+    assert calls == {"lm-small-s0": {"model.init_args.model": "smollm2", "model.init_args.preset": None, "seed_everything": 0},
+                     "lm-large-s0": {"model.init_args.model": "/models/SmolLM2-1.7B", "model.init_args.preset": None, "seed_everything": 0}}
+    points = read_json(tmp_path / "runs" / "pre" / "scaling.json")["sweeps"]["lm"]["points"]
+    assert [(p["preset"], p["n_lora"], p["n_llm"]) for p in points] == [("small", 1.35e6, 135e6 - 1.35e6), ("large", 1.7e7, 1.7e9 - 1.7e7)]
+    assert "| lm | llm | large |" in (tmp_path / "runs" / "pre" / "scaling.md").read_text()
+
 def test_bad_settings(tmp_path, fake_training, capsys):
     with pytest.raises(ValueError, match="paradigm must be 'sid' or 'llm'"):
         ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": ["1m"], "paradigm": "other"}})
-    with pytest.raises(ValueError, match="lists no presets"):
+    with pytest.raises(ValueError, match="give either presets or models .*not neither"):
         ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": []}})
+    with pytest.raises(ValueError, match="not both"):
+        ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": ["1m"], "models": {"a": "smollm2"}}})
+    with pytest.raises(ValueError, match=r"model labels name run folders .*\['a/b'\]"):
+        ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "models": {"a/b": "smollm2"}}})
     with pytest.raises(ValueError, match="shard 2/2"):
         run_scaling(_config(tmp_path), shard=(2, 2))
     with pytest.raises(SystemExit) as exit_:  # a bad flag: one line, exit 2
@@ -183,3 +213,32 @@ def test_encoder_parameters_of_the_cf_encoder_are_zero_and_minilm_is_counted():
 
     assert count_encoder_parameters(str(ROOT / "configs/encode/cf.yaml")) == 0
     assert count_encoder_parameters(str(ROOT / "configs/encode/minilm.yaml")) == 22_713_216
+
+
+def test_pretrained_local_folders_train_for_real(tmp_path):
+    """Two tiny causal LMs saved as local folders (a stand-in for pretrained sizes a user has)
+    run as one LLM ladder through the real training path; each run's result counts its folder's
+    parameters."""
+    import yaml
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.test_configs import ROOT, TINY_DATA
+
+    folders = {}
+    for label, hidden in (("h16", 16), ("h32", 32)):
+        config = LlamaConfig(vocab_size=49152, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256, tie_word_embeddings=True)
+        folders[label] = str(tmp_path / label)
+        LlamaForCausalLM(config).save_pretrained(folders[label])
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    config = ScalingConfig(name="local", data=str(data), seeds=[0], root=str(tmp_path / "runs"), accelerator="cpu",
+                           sweeps={"lm": {"model": str(ROOT / "configs/lm/tiny-scratch.yaml"), "paradigm": "llm", "models": folders,
+                                          "overrides": ["--model.init_args.prompt.max_tokens", "96", "--trainer.max_epochs", "1",
+                                                        "--trainer.limit_train_batches", "2", "--trainer.check_val_every_n_epoch", "1",
+                                                        "--trainer.limit_val_batches", "1", "--data.init_args.batch_size", "8"]}})
+    run_scaling(config)
+    results = {label: read_json(tmp_path / "runs" / "local" / f"lm-{label}-s0" / "result.json") for label in folders}
+    expected = {label: sum(p.numel() for p in LlamaForCausalLM.from_pretrained(folder).parameters()) for label, folder in folders.items()}
+    assert {label: r["parameters"] for label, r in results.items()} == expected
+    assert all(0.0 <= r["metrics"]["test/recall@10"] <= 1.0 for r in results.values())
