@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 from genrec.artifacts import (
     atomic_path,
@@ -234,9 +235,12 @@ def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None, v
     if timer is None:
         timer = Timer(verbose=False)
         cli.trainer.callbacks.append(timer)
+    callback = cli.trainer.checkpoint_callback
+    monitor = getattr(callback, "monitor", None) or "val/ndcg@10"
+    curve: list[list[float]] = []  # [epoch, monitored value] of every validation of this process
+    cli.trainer.callbacks.append(_ValCurve(monitor, curve))
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(resume) if resume else None)
     train_seconds = timer.time_elapsed("train")
-    callback = cli.trainer.checkpoint_callback
     best = getattr(callback, "best_model_path", "") if callback is not None else ""
     metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)[0]
     cold_max = getattr(getattr(cli.model, "evaluation", None), "cold_start_max_count", None)
@@ -251,6 +255,10 @@ def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None, v
         "test_users": cli.datamodule.data.num_users,
         "train_seconds": round(train_seconds, 1),
         "epochs": cli.trainer.current_epoch,
+        # the val curve (of this process; a resumed run's starts at the resume) and its best
+        # epoch, so a reader sees whether the run reached its plateau
+        "val_curve": {"monitor": monitor, "points": curve},
+        "best_epoch": int(max(curve, key=lambda point: point[1])[0]) if curve else None,
         "resumed": resume is not None,
         "checkpoint": best,
         "device": device_name(),
@@ -258,6 +266,18 @@ def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None, v
     }
     write_json(result_path, result)
     return result
+
+
+class _ValCurve(Callback):
+    """Appends ``[epoch, value of monitor]`` to ``points`` after every validation (sanity checks excluded)."""
+
+    def __init__(self, monitor: str, points: list[list[float]]) -> None:
+        self.monitor, self.points = monitor, points
+
+    def on_validation_epoch_end(self, trainer: Any, module: Any) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and not trainer.sanity_checking:
+            self.points.append([trainer.current_epoch, round(float(value), 6)])
 
 
 def _readable_checkpoint(path: Path) -> bool:

@@ -278,6 +278,12 @@ def collect_points(config: ScalingConfig, sids_path: Path | None) -> dict[str, l
     return out
 
 
+
+def _epochs(rows: list[tuple[str, int, ScalingPoint, dict[str, Any]]]) -> str:
+    """``best / last`` epoch of each seed's run (best by the val curve its result records; ``?``
+    for a result without one): a best epoch well before the last shows the run reached its plateau."""
+    return ", ".join(f"{'?' if e[3].get('best_epoch') is None else e[3]['best_epoch']} / {e[3].get('epochs', '?')}" for e in rows)
+
 def write_scaling_report(config: ScalingConfig, sids_path: Path | None, command: str) -> Path:
     """Fit every sweep with enough points; write ``scaling.json``, ``scaling.md`` and ``scaling.png``."""
     run_dir = config.run_dir
@@ -291,7 +297,7 @@ def write_scaling_report(config: ScalingConfig, sids_path: Path | None, command:
              f"Data: `{config.data}`; seeds {config.seeds}; metric test {metric}; trained on {trained}; "
              f"report written on {device_name()}.", ""]
     lines += ["| sweep | paradigm | preset | parameters (trained) | seeds done | "
-              f"test {metric} mean ± std | test ndcg@10 mean | cold {metric} mean | train s mean |", "|---|---|---|---|---|---|---|---|---|"]
+              f"test {metric} mean ± std | test ndcg@10 mean | cold {metric} mean | train s mean | best / last epoch |", "|---|---|---|---|---|---|---|---|---|---|"]
     summary: dict[str, Any] = {"name": config.name, "metric": metric, "command": command, "device": device_name(),
                                "trained_on": dict(trained_on), "sweeps": {}}
     plotted = {}
@@ -301,7 +307,7 @@ def write_scaling_report(config: ScalingConfig, sids_path: Path | None, command:
         for preset in sweep.labels:
             rows = [e for e in entries if e[0] == preset]
             if not rows:
-                lines.append(f"| {sweep_name} | {sweep.paradigm} | {preset} | — | 0/{len(config.seeds)} | — | — | — | — |")
+                lines.append(f"| {sweep_name} | {sweep.paradigm} | {preset} | — | 0/{len(config.seeds)} | — | — | — | — | — |")
                 continue
             recall = np.array([e[2].recall for e in rows])
             ndcg = np.mean([e[3]["metrics"].get("test/ndcg@10", float("nan")) for e in rows])
@@ -311,7 +317,7 @@ def write_scaling_report(config: ScalingConfig, sids_path: Path | None, command:
             params = rows[0][3]["parameters"]
             trained = rows[0][3].get("trainable_parameters", params)
             lines.append(f"| {sweep_name} | {sweep.paradigm} | {preset} | {params:,} ({trained:,}) | {len(rows)}/{len(config.seeds)} | "
-                         f"{recall.mean():.4f} ± {std:.4f} | {ndcg:.4f} | {cold:.4f} | {seconds:.0f} |")
+                         f"{recall.mean():.4f} ± {std:.4f} | {ndcg:.4f} | {cold:.4f} | {seconds:.0f} | {_epochs(rows)} |")
         points = [e[2] for e in entries]
         record: dict[str, Any] = {
             "paradigm": sweep.paradigm,

@@ -154,6 +154,11 @@ def test_pipeline_output_without_a_terminal(tiny_run):
     cold = re.search(r"Cold start: test users whose target item occurs at most 5 times in training: (\d+) of (\d+) test users", report)
     assert cold and int(cold.group(2)) == read_json(run / "data.json")["split"]["test"]
     assert int(cold.group(1)) == read_json(run / "tiger" / "result.json")["cold_test_users"]
+    for name in stages[2:5]:  # each result records its val curve (one validation per epoch here) and its best epoch
+        result = read_json(run / name / "result.json")
+        curve = result["val_curve"]
+        assert curve["monitor"] == "val/ndcg@10" and [epoch for epoch, _ in curve["points"]] == list(range(result["epochs"]))
+        assert result["best_epoch"] == max(curve["points"], key=lambda point: point[1])[0]
 
 
 def test_report_lists_only_the_runs_overrides(tiny_run, tmp_path, monkeypatch, caplog):

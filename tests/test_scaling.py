@@ -56,7 +56,7 @@ def fake_training(tmp_path, monkeypatch):
         preset, seed = name.split("-")[1], int(name.rsplit("-s", 1)[1])
         params = nominal_size(preset) if name.startswith("tiger") else {"1m": 7.3e6, "10m": 25.6e6}[preset]
         recall = TRUTH["r0"] - TRUTH["a"] / (params / 1e6) ** TRUTH["alpha"] + np.random.default_rng(seed).normal(0, 2e-4)
-        result = {"parameters": int(params), "trainable_parameters": int(params),
+        result = {"parameters": int(params), "trainable_parameters": int(params), "epochs": 30, "best_epoch": 20 + seed,
                   "metrics": {"test/recall@10": recall, "test/ndcg@10": recall / 2}, "train_seconds": 1.0, "device": "FakeGPU"}
         write_json(pipeline.run_dir / name / "result.json", result)
         return result
@@ -80,6 +80,7 @@ def test_shards_then_fit_and_report(tmp_path, fake_training):
     assert "Not run yet" not in report
     assert "trained on FakeGPU (21 runs); report written on" in report  # the runs' device, not the reporting machine's
     assert "| tiger | sid | 13m |" in report and "3/3" in report
+    assert "| best / last epoch |" in report and "| 20 / 30, 21 / 30, 22 / 30 |" in report  # each seed's plateau check
 
     summary = read_json(tmp_path / "runs" / "study" / "scaling.json")
     tiger = summary["sweeps"]["tiger"]
