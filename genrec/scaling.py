@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import yaml
@@ -68,6 +68,11 @@ class Sweep:
             360m: /models/SmolLM2-360M, 1.7b: HuggingFaceTB/SmolLM2-1.7B}``: the paper's
             LLM-as-RS curve for whoever has the weights. Labels name the runs (letters,
             digits, ``.``, ``_``, ``-``).
+        lrs: learning rates to try at every size (every seed each); the report and the law use,
+            per size, the one with the best mean val metric (the peak of each run's val curve),
+            and show the whole selection. Empty: the model YAML's lr only.
+        lr_key: the dotted config key of the learning rate (``model.init_args.lr`` for TIGER
+            and SASRec, ``model.init_args.optimizer.lr`` for the LM recommender).
         paradigm: ``sid`` (SID-based GR) or ``llm`` (LLM-as-RS): which law is fitted.
         overrides: extra command-line arguments of every run of this sweep.
         preset_overrides: preset -> extra arguments of that preset's runs, after ``overrides``
@@ -81,17 +86,28 @@ class Sweep:
     overrides: list[str] = field(default_factory=list)
     preset_overrides: dict[str, list[str]] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
+    lrs: list[float] = field(default_factory=list)
+    lr_key: str = "model.init_args.lr"
 
     @property
     def labels(self) -> list[str]:
         """The sizes of the ladder: preset names, or the labels of ``models``."""
         return list(self.models) if self.models else list(self.presets)
 
-    def values(self, label: str, seed: int) -> dict[str, Any]:
-        """The settings one run of ``label`` puts on its parsed model config."""
-        if self.models:
-            return {"model.init_args.model": self.models[label], "model.init_args.preset": None, "seed_everything": seed}
-        return {"model.init_args.preset": label, "seed_everything": seed}
+    def values(self, label: str, seed: int, lr: float | None = None) -> dict[str, Any]:
+        """The settings one run of ``label`` (and ``lr``) puts on its parsed model config."""
+        size = {"model.init_args.model": self.models[label], "model.init_args.preset": None} if self.models else {"model.init_args.preset": label}
+        return {**size, "seed_everything": seed, **({} if lr is None else {self.lr_key: lr})}
+
+
+class ScalingRun(NamedTuple):
+    """One run of a study: its folder name, sweep, size label, seed and learning rate (``None``: the YAML's)."""
+
+    name: str
+    sweep: str
+    label: str
+    seed: int
+    lr: float | None
 
 
 @dataclass
@@ -140,6 +156,8 @@ class ScalingConfig:
             bad = [label for label in sweep.models if not re.fullmatch(r"[A-Za-z0-9._-]+", label)]
             if bad:
                 raise ValueError(f"sweep {name!r}: model labels name run folders (letters, digits, '.', '_', '-'): {bad}")
+            if any(lr <= 0 for lr in sweep.lrs) or len(set(sweep.lrs)) != len(sweep.lrs):
+                raise ValueError(f"sweep {name!r}: lrs must be distinct and > 0, got {sweep.lrs}")
             stray = sorted(set(sweep.preset_overrides) - set(sweep.labels))
             if stray:
                 raise ValueError(f"sweep {name!r}: preset_overrides for presets it does not sweep: {stray}")
@@ -150,9 +168,10 @@ class ScalingConfig:
     def run_dir(self) -> Path:
         return Path(self.root) / self.name
 
-    def runs(self) -> list[tuple[str, str, str, int]]:
-        """``(run name, sweep name, preset, seed)`` of every run, sweep by sweep, small to large."""
-        return [(f"{s}-{p}-s{seed}", s, p, seed) for s, sweep in self.sweeps.items() for p in sweep.labels for seed in self.seeds]
+    def runs(self) -> list[ScalingRun]:
+        """Every run, sweep by sweep, small to large (and lr by lr within a size)."""
+        return [ScalingRun(f"{s}-{p}{'' if lr is None else f'-lr{lr:g}'}-s{seed}", s, p, seed, lr)
+                for s, sweep in self.sweeps.items() for p in sweep.labels for lr in (sweep.lrs or [None]) for seed in self.seeds]
 
 
 def count_encoder_parameters(encoder_yaml: str) -> int:
@@ -233,16 +252,36 @@ def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int]
     with FileLock(str(config.run_dir / ".sid-stages.lock")):
         sids = _sids(config, pipeline)
     if not collect_only:
-        for k, (run, sweep_name, preset, seed) in enumerate(runs):
+        for k, (run, sweep_name, preset, seed, lr) in enumerate(runs):
             if k % count != index:
                 continue
             sweep = config.sweeps[sweep_name]
             pipeline.models = {run: sweep.model}
             pipeline.overrides[run] = [*sweep.overrides, *sweep.preset_overrides.get(preset, [])]
             log.info("scaling run %d/%d: %s", k + 1, len(runs), run)
-            run_model(pipeline, run, sweep.model, sids if model_needs_sids(sweep.model) else None, values=sweep.values(preset, seed))
+            run_model(pipeline, run, sweep.model, sids if model_needs_sids(sweep.model) else None, values=sweep.values(preset, seed, lr))
     return write_scaling_report(config, sids, command)
 
+
+
+def select_lrs(config: ScalingConfig) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per sweep with ``lrs``, per size label: every lr's mean best val value over its finished
+    seeds (``{"lrs": {lr: [mean, seeds]}, "chosen": lr}``), the chosen lr the one with the
+    highest mean; a size with no val curve yet has no choice (``chosen`` None)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for run, sweep_name, label, _seed, lr in config.runs():
+        if lr is None:
+            continue
+        path = config.run_dir / run / "result.json"
+        points = (read_json(path).get("val_curve") or {}).get("points") if path.is_file() else None
+        entry = out.setdefault(sweep_name, {}).setdefault(label, {"lrs": {}, "chosen": None})
+        if points:
+            entry["lrs"].setdefault(lr, []).append(max(value for _, value in points))
+    for picks in out.values():
+        for entry in picks.values():
+            entry["lrs"] = {lr: [float(np.mean(values)), len(values)] for lr, values in entry["lrs"].items()}
+            entry["chosen"] = max(entry["lrs"], key=lambda lr: entry["lrs"][lr][0]) if entry["lrs"] else None
+    return out
 
 def collect_points(config: ScalingConfig, sids_path: Path | None) -> dict[str, list[tuple[str, int, ScalingPoint, dict[str, Any]]]]:
     """Per sweep, ``(preset, seed, point, result)`` of every finished run (missing ones are
@@ -261,9 +300,10 @@ def collect_points(config: ScalingConfig, sids_path: Path | None) -> dict[str, l
                 n_llm_sid = float("nan")
         n_qt = float(config.tokenizer_parameters if config.tokenizer_parameters is not None else (count_tokenizer_parameters(sids_path) if sids_path else 0))
     out: dict[str, list[tuple[str, int, ScalingPoint, dict[str, Any]]]] = {name: [] for name in config.sweeps}
-    for run, sweep_name, preset, seed in config.runs():
+    chosen = {(name, label): pick["chosen"] for name, picks in select_lrs(config).items() for label, pick in picks.items()}
+    for run, sweep_name, preset, seed, lr in config.runs():
         path = config.run_dir / run / "result.json"
-        if not path.is_file():
+        if not path.is_file() or (lr is not None and chosen.get((sweep_name, preset)) != lr):
             continue
         result = read_json(path)
         if key not in result["metrics"]:
@@ -302,6 +342,10 @@ def write_scaling_report(config: ScalingConfig, sids_path: Path | None, command:
                                "trained_on": dict(trained_on), "sweeps": {}}
     plotted = {}
     missing = [run for run, *_ in config.runs() if not (run_dir / run / "result.json").is_file()]
+    selection = select_lrs(config)
+    if selection:
+        summary["lr_selection"] = {name: {label: {"chosen": e["chosen"], "lrs": {f"{lr:g}": v for lr, v in e["lrs"].items()}}
+                                          for label, e in picks.items()} for name, picks in selection.items()}
     for sweep_name, sweep in config.sweeps.items():
         entries = collected[sweep_name]
         for preset in sweep.labels:
@@ -337,6 +381,13 @@ def write_scaling_report(config: ScalingConfig, sids_path: Path | None, command:
         elif points:
             plotted[f"{sweep_name} ({sweep.paradigm})"] = (None, points)
         summary["sweeps"][sweep_name] = record
+    if selection:
+        lines += ["", "## Learning rate per size (chosen on val; the table above and the law use the chosen one)", "",
+                  "| sweep | size | lr | mean best val | seeds | chosen |", "|---|---|---|---|---|---|"]
+        for name, picks in selection.items():
+            for label, entry in picks.items():
+                for lr, (value, seeds) in entry["lrs"].items():
+                    lines.append(f"| {name} | {label} | {lr:g} | {value:.4f} | {seeds} | {'yes' if lr == entry['chosen'] else ''} |")
     lines += ["", "## Fitted laws", "",
               "`Recall = R0 - A / N_SI^a - B / N_CF^b`, counts in millions (genrec/scaling_law.py has both paradigms' forms).", ""]
     for sweep_name, record in summary["sweeps"].items():

@@ -157,6 +157,40 @@ def test_pretrained_models_by_label_are_the_llm_ladder(tmp_path, monkeypatch):
     assert [(p["preset"], p["n_lora"], p["n_llm"]) for p in points] == [("small", 1.35e6, 135e6 - 1.35e6), ("large", 1.7e7, 1.7e9 - 1.7e7)]
     assert "| lm | llm | large |" in (tmp_path / "runs" / "pre" / "scaling.md").read_text()
 
+
+def test_lr_sweep_per_size_is_chosen_on_val_and_shown(tmp_path, monkeypatch):
+    """``lrs``: every size runs every lr (every seed); per size the lr with the best mean peak of
+    the val curve is chosen, only its runs make the points, and the report shows the selection."""
+    best = {"336k": 0.004, "13m": 0.001}  # the lr each size does best with
+    calls = {}
+
+    def run_model(pipeline, name, path, sids, values):
+        calls[name] = values
+        label, lr, seed = name.split("-")[1], values["model.init_args.lr"], values["seed_everything"]
+        quality = 0.06 - 0.01 * abs(np.log2(lr / best[label])) + 0.0005 * seed
+        result = {"parameters": int(nominal_size(label)), "epochs": 10, "best_epoch": 6,
+                  "val_curve": {"monitor": "val/ndcg@10", "points": [[e, quality * min(e, 6) / 6] for e in range(10)]},
+                  "metrics": {"test/recall@10": quality * 0.8, "test/ndcg@10": quality * 0.4}, "train_seconds": 1.0, "device": "FakeGPU"}
+        write_json(pipeline.run_dir / name / "result.json", result)
+        return result
+
+    monkeypatch.setattr("genrec.scaling.run_model", run_model)
+    (tmp_path / "sids.safetensors").write_bytes(b"")
+    config = ScalingConfig(name="lr", data="configs/data/synthetic.yaml", sids=str(tmp_path / "sids.safetensors"), seeds=[0, 1],
+                           encoder_parameters=ENCODER, tokenizer_parameters=TOKENIZER, root=str(tmp_path / "runs"),
+                           sweeps={"tiger": {"model": "configs/tiger/synthetic.yaml", "presets": ["336k", "13m"], "lrs": [0.001, 0.002, 0.004]}})
+    assert len(config.runs()) == 2 * 3 * 2 and config.runs()[0].name == "tiger-336k-lr0.001-s0"
+    report = run_scaling(config).read_text()
+    assert calls["tiger-13m-lr0.002-s1"] == {"model.init_args.preset": "13m", "seed_everything": 1, "model.init_args.lr": 0.002}
+    assert "| tiger | 336k | 0.004 | 0.0602 | 2 | yes |" in report and "| tiger | 13m | 0.001 | 0.0602 | 2 | yes |" in report
+    assert "| tiger | 13m | 0.004 | 0.0402 | 2 |  |" in report
+    summary = read_json(tmp_path / "runs" / "lr" / "scaling.json")
+    assert summary["lr_selection"]["tiger"]["336k"]["chosen"] == 0.004
+    points = summary["sweeps"]["tiger"]["points"]
+    assert len(points) == 4 and all(abs(p["recall"] - 0.8 * (0.06 + 0.0005 * p["seed"])) < 1e-9 for p in points)
+    with pytest.raises(ValueError, match="lrs must be distinct and > 0"):
+        ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": ["1m"], "lrs": [0.001, 0.001]}})
+
 def test_bad_settings(tmp_path, fake_training, capsys):
     with pytest.raises(ValueError, match="paradigm must be 'sid' or 'llm'"):
         ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": ["1m"], "paradigm": "other"}})
