@@ -271,7 +271,7 @@ def main() -> None:
     first = batches[0]
     warm = take_users(iter(batches), args.warmup or len(first))
     warm_s = decode_all(module, warm, device, args.beams, precision)[1]
-    engine = getattr(module, "_graph_decoder", None)
+    engine = module._graph_decoder
     capture_s = engine.capture_seconds if engine is not None else 0.0
     outside, inside, steps = host_ops_per_step(module, first, device, args.beams, precision)
     ops = f"{outside:.0f}" + (f" + {inside:.0f} in the step body" + (" (one graph replay)" if device.type == "cuda" else " (eager)") if inside else "")
@@ -283,7 +283,7 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
     module.decode_counts = {}
     results, seconds = decode_all(module, batches, device, args.beams, precision)
-    engine = getattr(module, "_graph_decoder", None)
+    engine = module._graph_decoder
     timed_capture_s = (engine.capture_seconds - capture_s) if engine is not None else 0.0
 
     ranked = torch.cat([r.items for r in results])

@@ -283,9 +283,11 @@ def select_lrs(config: ScalingConfig) -> dict[str, dict[str, dict[str, Any]]]:
             entry["chosen"] = max(entry["lrs"], key=lambda lr: entry["lrs"][lr][0]) if entry["lrs"] else None
     return out
 
-def collect_points(config: ScalingConfig, sids_path: Path | None) -> dict[str, list[tuple[str, int, ScalingPoint, dict[str, Any]]]]:
+def collect_points(config: ScalingConfig, sids_path: Path | None,
+                   selection: dict[str, dict[str, dict[str, Any]]]) -> dict[str, list[tuple[str, int, ScalingPoint, dict[str, Any]]]]:
     """Per sweep, ``(preset, seed, point, result)`` of every finished run (missing ones are
-    reported in the log and the report, not fitted)."""
+    reported in the log and the report, not fitted); of a sweep with ``lrs``, only the runs of
+    each size's lr chosen in ``selection`` (:func:`select_lrs`)."""
     key = f"test/{config.metric}"
     n_llm_sid = n_qt = 0.0
     if any(s.paradigm == "sid" for s in config.sweeps.values()):
@@ -300,7 +302,7 @@ def collect_points(config: ScalingConfig, sids_path: Path | None) -> dict[str, l
                 n_llm_sid = float("nan")
         n_qt = float(config.tokenizer_parameters if config.tokenizer_parameters is not None else (count_tokenizer_parameters(sids_path) if sids_path else 0))
     out: dict[str, list[tuple[str, int, ScalingPoint, dict[str, Any]]]] = {name: [] for name in config.sweeps}
-    chosen = {(name, label): pick["chosen"] for name, picks in select_lrs(config).items() for label, pick in picks.items()}
+    chosen = {(name, label): pick["chosen"] for name, picks in selection.items() for label, pick in picks.items()}
     for run, sweep_name, preset, seed, lr in config.runs():
         path = config.run_dir / run / "result.json"
         if not path.is_file() or (lr is not None and chosen.get((sweep_name, preset)) != lr):
@@ -328,7 +330,8 @@ def write_scaling_report(config: ScalingConfig, sids_path: Path | None, command:
     """Fit every sweep with enough points; write ``scaling.json``, ``scaling.md`` and ``scaling.png``."""
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    collected = collect_points(config, sids_path)
+    selection = select_lrs(config)
+    collected = collect_points(config, sids_path, selection)
     metric = config.metric
     # The runs may have trained elsewhere (a GPU machine) than where the report is written.
     trained_on = Counter(e[3].get("device", "unknown") for entries in collected.values() for e in entries)
@@ -342,7 +345,6 @@ def write_scaling_report(config: ScalingConfig, sids_path: Path | None, command:
                                "trained_on": dict(trained_on), "sweeps": {}}
     plotted = {}
     missing = [run for run, *_ in config.runs() if not (run_dir / run / "result.json").is_file()]
-    selection = select_lrs(config)
     if selection:
         summary["lr_selection"] = {name: {label: {"chosen": e["chosen"], "lrs": {f"{lr:g}": v for lr, v in e["lrs"].items()}}
                                           for label, e in picks.items()} for name, picks in selection.items()}

@@ -440,10 +440,9 @@ def decoder_for(module: LMRecModule, batch_size: int, width: int, steps: int, pr
     old one is dropped first: one engine's buffers at a time). Weights are refreshed."""
     device = module.prompt_prefix.device
     dtype = _compute_dtype(module, device)
-    cached: GraphDecoder | None = getattr(module, "_graph_decoder", None)
-    graphs = getattr(module, "decode_graphs", True)
-    padded = getattr(module, "decode_padded", None)
-    padded = (graphs and device.type == "cuda") if padded is None else padded
+    cached: GraphDecoder | None = module._graph_decoder
+    graphs = module.decode_graphs
+    padded = (graphs and device.type == "cuda") if module.decode_padded is None else module.decode_padded
     if (cached is None or cached.capacity < batch_size or (cached.width, cached.steps, cached.prompt_width) != (width, max(steps, 1), prompt_width)
             or cached.w.dtype != dtype or cached.device != device or cached.graphs != (graphs and device.type == "cuda")
             or cached.padded != (padded or cached.graphs)):

@@ -140,6 +140,11 @@ class LMRecModule(RecommenderModule):
     """
 
     score_meaning: ClassVar[str] = "log-probability of the item's title (summed over its title tokens, beam search); 0 is certain"
+    # Decoding switches and the cached engine of one stage (meanings: the genrec.models.lm_graphs docstring)
+    static_decoding: bool = True
+    decode_graphs: bool = True
+    decode_padded: bool | None = None
+    _graph_decoder: Any = None
 
     def __init__(
         self,
@@ -455,9 +460,7 @@ class LMRecModule(RecommenderModule):
         if reference:
             return constrained_beam_search(self.beam_step, self.trie(), batch_size=B, beam_width=W, num_results=K, state=self.initial_state(batch))
         inputs = self.lm_inputs(batch, with_target=False)
-        # issue 20 (decode): the static-shape, CUDA-graphed decoder (genrec.models.lm_graphs) when
-        # the model is one it runs and ``self.static_decoding`` is on; else the slot decoder.
-        graphed = graph_decode(self, inputs, W, K) if getattr(self, "static_decoding", True) else None
+        graphed = graph_decode(self, inputs, W, K) if self.static_decoding else None
         if graphed is not None:
             result, decoder = graphed
             steps, fed = decoder.step_index, decoder.fed
@@ -467,9 +470,7 @@ class LMRecModule(RecommenderModule):
         self.decode_counts = {key: self.decode_counts.get(key, 0) + value for key, value in counts.items()}
         return result
 
-    # issue 20 (decode): the static decoder's buffers (lm_graphs.GraphDecoder, GBs on a GPU) are
-    # kept from batch to batch of a stage and released at its end, before training resumes.
-    def on_validation_epoch_end(self) -> None:
+    def on_validation_epoch_end(self) -> None:  # the static decoder's buffers (GBs on a GPU) go before training resumes
         self._graph_decoder = None
 
     on_test_epoch_end = on_predict_epoch_end = on_validation_epoch_end
