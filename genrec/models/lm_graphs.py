@@ -34,8 +34,12 @@ decoder), ``decode_graphs`` (default on: CUDA graphs on a GPU) and ``decode_padd
 as ``decode_graphs`` on the module's device).
 
 Attention is one fused ``scaled_dot_product_attention`` per layer over ``[U_b + 1, kv_heads,
-W * g, C]`` with the additive mask (the memory-efficient kernel on CUDA; the flash kernel takes no
-mask). Prompt and beam columns share the call.
+W * g, hi - lo]`` with the additive mask (the memory-efficient kernel on CUDA; the flash kernel
+takes no mask). Prompt and beam columns share the call. Only the columns in use are attended
+(:meth:`GraphDecoder.span`): from the batch's widest prompt (length-sorted batches are much
+narrower than ``P``) to the beam columns written so far, in buckets when graphed (the graphs are
+keyed by ``(U_b, R_b, lo, hi)``). Over all ``C`` columns, attention was a third of the GPU time
+of a step (H200 profile, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -263,6 +267,9 @@ class GraphDecoder:
         padded: pad to the buckets (always with graphs); else exact sizes (module docstring).
     """
 
+    PROMPT_BUCKET = 128
+    """Padded (graphed) steps start attending at a multiple of this many prompt columns."""
+
     def __init__(self, weights: DecoderWeights, capacity: int, width: int, steps: int, prompt_width: int, device: torch.device,
                  graphs: bool = True, padded: bool | None = None) -> None:
         self.w, self.capacity, self.width, self.steps, self.prompt_width = weights, capacity, width, max(steps, 1), prompt_width
@@ -290,6 +297,7 @@ class GraphDecoder:
         self.cos, self.sin = weights.rotary_table(prompt_width + self.steps + 1, device)
         self.held: Tensor = torch.zeros(0, dtype=torch.long, device=device)  # batch rows of the packed users
         self.bucket = 0  # U_b
+        self.prompt_lo = 0  # the batch's first prompt column (prefill)
         self.step_index = 0
         self.fed = 0
         self.graph_cache: dict[tuple[int, int], Any] = {}
@@ -313,6 +321,8 @@ class GraphDecoder:
         self.beam_seen.zero_()
         self.lengths.zero_()
         self.lengths[:B] = mask.sum(1)
+        granule = self.PROMPT_BUCKET if self.padded else 8
+        self.prompt_lo = (P - S) // granule * granule  # the batch's first prompt column, rounded down
         self.held = torch.arange(B, device=self.device)
         self.bucket = min(_next_pow2(B), self.capacity) if self.padded else B
         self.step_index = self.fed = 0
@@ -335,18 +345,20 @@ class GraphDecoder:
 
     # ---- one step ------------------------------------------------------------------------------
 
-    def _run(self, users: int, rows: int, columns: int) -> Tensor:
+    def _run(self, users: int, rows: int, lo: int, hi: int) -> Tensor:
         """The step on the static buffers (the graph body): ``users`` = ``U_b``, ``rows`` = ``R_b``,
-        attending over the first ``columns`` columns; ``[rows, V]`` float32 log-probs (with
-        graphs: a view of the static output)."""
-        w, W, g, kvh, d = self.w, self.width, self.groups, self.w.kv_heads, self.w.head_dim
+        attending over columns ``lo .. hi - 1`` (the batch's prompt columns and the beams' so
+        far, :meth:`span`); ``[rows, V]`` float32 log-probs (with graphs: a view of the static
+        output)."""
+        w, W, g, kvh, d, P = self.w, self.width, self.groups, self.w.kv_heads, self.w.head_dim, self.prompt_width
         token, position, user, slot, column = self.inputs[:, :rows]
         U = users + 1  # the packed users and the padding rows' row
-        seen = torch.cat([self.prompt_seen[:U, None, :].expand(U, W, -1), self.beam_seen[:U, :, : columns - self.prompt_width]], dim=2)
+        seen = torch.cat([self.prompt_seen[:U, None, lo:].expand(U, W, -1), self.beam_seen[:U, :, : hi - P]], dim=2)
         zero = torch.zeros((), dtype=self.bias.dtype, device=self.device)
-        self.bias[:U, :, :, :columns] = torch.where(seen, zero, float("-inf"))[:, :, None, :]  # [U, W, g, columns]
-        # Sliced from rows of the full aligned width: the fused kernel wants an aligned stride.
-        bias = self.bias[:U].view(U, 1, W * g, self.columns)[..., :columns]
+        self.bias[:U, :, :, lo:hi] = torch.where(seen, zero, float("-inf"))[:, :, None, :]  # [U, W, g, hi - lo]
+        # Sliced from rows of the full aligned width (and lo a multiple of 8): the fused kernel
+        # wants aligned strides and an aligned start.
+        bias = self.bias[:U].view(U, 1, W * g, self.columns)[..., lo:hi]
         queries = self.queries[:U]
         slots = queries.view(U, kvh, W, g, d)
         x = w.embed[token]  # [R, h]
@@ -357,7 +369,7 @@ class GraphDecoder:
             values[user, :, column] = v
             slots[user, :, slot] = q.view(rows, kvh, g, d)
             with _attention_kernels(self.device):
-                out = F.scaled_dot_product_attention(queries, keys[:U, :, :columns], values[:U, :, :columns], attn_mask=bias, scale=w.scaling)
+                out = F.scaled_dot_product_attention(queries, keys[:U, :, lo:hi], values[:U, :, lo:hi], attn_mask=bias, scale=w.scaling)
             attended = out.view(U, kvh, W, g, d)[user, :, slot]  # [R, kvh, g, d]
             x = w.finish_layer(layer, x, attended.reshape(rows, -1))
         if not self.graphs:
@@ -365,21 +377,21 @@ class GraphDecoder:
         # Straight into the static output (no [R, V] float32 temporary copied over).
         return torch.ops.aten._log_softmax.out(w.logits(x).float(), -1, False, out=self.out[:rows])
 
-    def _replay(self, users: int, rows: int, columns: int) -> Tensor:
+    def _replay(self, users: int, rows: int, lo: int, hi: int) -> Tensor:
         if not self.graphs:
-            return self._run(users, rows, columns)
-        graph = self.graph_cache.get((users, rows))
+            return self._run(users, rows, lo, hi)
+        graph = self.graph_cache.get((users, rows, lo, hi))
         if graph is None:
             started = time.perf_counter()
             stream = torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
-                self._run(users, rows, columns)  # warm-up (the step is idempotent on its inputs)
+                self._run(users, rows, lo, hi)  # warm-up (the step is idempotent on its inputs)
             torch.cuda.current_stream(self.device).wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                self._run(users, rows, columns)
-            self.graph_cache[(users, rows)] = graph
+                self._run(users, rows, lo, hi)
+            self.graph_cache[(users, rows, lo, hi)] = graph
             torch.cuda.synchronize(self.device)
             self.capture_seconds += time.perf_counter() - started
         graph.replay()
@@ -398,6 +410,18 @@ class GraphDecoder:
             buffer[:A] = buffer.index_select(0, keep)
         self.held, self.bucket = active, bucket
 
+    def span(self, t: int) -> tuple[int, int]:
+        """The columns ``lo .. hi - 1`` step ``t`` attends over: the batch's prompt columns
+        (``P - S`` on, ``S`` the batch's prompt width, ``lo`` rounded down to a multiple of 8,
+        the fused kernel's alignment) and the ``t * W`` beam columns written so far. Padded
+        (graphed), ``lo`` is rounded down to a multiple of :attr:`PROMPT_BUCKET` and the beam
+        columns up to a power of two (at least 64), so that few graphs cover every step; the
+        columns added are masked for every beam."""
+        P, W = self.prompt_width, self.width
+        if not self.padded:
+            return self.prompt_lo, min(P + -(-(t * W) // 8) * 8, self.columns)
+        return self.prompt_lo, min(P + max(64, _next_pow2(t * W)), self.columns)
+
     def step(self, beams: LiveBeams) -> Tensor:
         """Feed the live beams (:class:`~genrec.decoding.LiveBeams`, ``R`` of them); ``[R, V]``
         float32 log-probs (a view of a static buffer, valid until the next step)."""
@@ -412,7 +436,7 @@ class GraphDecoder:
         t, W, P = self.step_index, self.width, self.prompt_width
         R = beams.rows.numel()
         rows = min(_next_pow2(max(R, 8)), self.bucket * W) if self.padded else R
-        columns = self.columns if self.padded else min(-(-(P + t * W) // 8) * 8, self.columns)
+        lo, hi = self.span(t)
         user = torch.searchsorted(self.held, beams.rows // W)
         slot = beams.rows % W
         column = P + (t - 1) * W + slot
@@ -423,7 +447,7 @@ class GraphDecoder:
         self.inputs[:, :R] = torch.stack([beams.tokens, self.lengths[user] + t - 1, user, slot, column])
         if rows > R:  # padding rows: token 0 at position 0, into the spare row's spare column
             self.inputs[:, R:rows] = torch.tensor([0, 0, self.bucket, 0, self.trash], dtype=torch.long, device=self.device)[:, None]
-        log_probs = self._replay(self.bucket, rows, columns)
+        log_probs = self._replay(self.bucket, rows, lo, hi)
         self.fed += R
         return log_probs[:R]
 

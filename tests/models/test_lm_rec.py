@@ -316,11 +316,14 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
             p.data.normal_(0, 0.5)
     m.eval()
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    compacted = []
+    compacted, spans = [], []
     if static:
         original = GraphDecoder.compact
         monkeypatch.setattr(GraphDecoder, "compact", lambda self, active, bucket: (
             compacted.append((self.bucket, active.numel(), bucket)), original(self, active, bucket)))
+        monkeypatch.setattr(GraphDecoder, "PROMPT_BUCKET", 16)  # (128 on a GPU) so that these short prompts skip columns
+        span = GraphDecoder.span
+        monkeypatch.setattr(GraphDecoder, "span", lambda self, t: spans.append((*span(self, t), self.columns)) or spans[-1][:2])
     else:
         original = SlotKV.compact
         monkeypatch.setattr(SlotKV, "compact", lambda self, active: (compacted.append((self.users.numel(), active.numel())), original(self, active)))
@@ -335,7 +338,9 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
         assert compacted and all(kept == bucket <= 0.75 * held for held, kept, bucket in compacted)
     else:
         assert compacted and all(kept <= 0.75 * held for held, kept in compacted)
-    if static:
+    if static:  # attention skipped the unused prompt columns and the beam columns not yet written
+        assert spans and all(0 < lo and lo % 8 == 0 and lo < hi <= columns for lo, hi, columns in spans)
+        assert spans[0][1] < spans[0][2] and [hi for _, hi, _ in spans] == sorted(hi for _, hi, _ in spans)
         assert m._graph_decoder.padded == (decoder == "padded")
         assert m._graph_decoder.fed == m.decode_counts["beam tokens"] < m.decode_counts["full search beam tokens"]
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
