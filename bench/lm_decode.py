@@ -232,6 +232,8 @@ def main() -> None:
     parser.add_argument("--decoder", choices=["static", "static-eager", "slot"], default="static",
                         help="static: static shapes, CUDA graphs on a GPU (genrec.models.lm_graphs); static-eager: the same "
                         "decoder without graphs, at exact sizes; slot: the eager slot decoder (genrec.models.lm_decoding)")
+    parser.add_argument("--compile", action="store_true",
+                        help="static decoders: fuse each layer's elementwise work with torch.compile (LMRecModule.decode_compile)")
     parser.add_argument("--order", choices=["loader", "length"], default="loader",
                         help="decode the users in the test loader's order, or re-batched by prompt length (less padding)")
     parser.add_argument("--warmup", type=int, default=None, metavar="N", help="users decoded before the timed pass (default: one batch)")
@@ -256,6 +258,7 @@ def main() -> None:
     module.to(device).eval()
     module.static_decoding = args.decoder != "slot"
     module.decode_graphs = args.decoder == "static"
+    module.decode_compile = args.compile
     unsupported = unsupported_reason(module.model) if module.static_decoding else None
     if unsupported:
         print(f"the static decoder does not run this model ({unsupported}): decoding with the slot decoder", flush=True)
@@ -302,7 +305,8 @@ def main() -> None:
         "data": dm.name,
         "model": f"{hp.preset or hp.model} ({sum(p.numel() for p in module.parameters()) / 1e6:.1f}M)" + (" ckpt" if args.ckpt else ""),
         "decoder": {"static": "static (pruned, CUDA graphs)" if device.type == "cuda" else "static (pruned)",
-                    "static-eager": "static (pruned, eager)", "slot": "slot (pruned)"}[args.decoder if not unsupported else "slot"],
+                    "static-eager": "static (pruned, eager)", "slot": "slot (pruned)"}[args.decoder if not unsupported else "slot"]
+                   + (", compiled" if args.compile and module.static_decoding and not unsupported else ""),
         "precision": precision,
         "users": f"{users:,} of {total:,}",
         "batch": batch_size if args.order == "loader" else f"{batch_size} by prompt length",

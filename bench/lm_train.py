@@ -30,12 +30,21 @@ class TokenTimeline(Timeline):
     """:class:`bench.common.Timeline` counting the LM's real prompt + target tokens (on the device)."""
 
     count_names = ("samples", "tokens")
+    train_peak_bytes = 0
+    """The most GPU memory a training step allocated (validation excluded; 0 off CUDA)."""
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:  # noqa: ANN001
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         self.count("samples", len(batch))
         _, lines, keep = module.history_lines(batch.history)
         fixed = len(batch) * (module.prompt_prefix.numel() + module.prompt_suffix.numel())
         self.count("tokens", (lines * keep).sum() + module.target_lengths[batch.targets].sum() + fixed)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+        if torch.cuda.is_available():
+            self.train_peak_bytes = max(self.train_peak_bytes, torch.cuda.max_memory_allocated())
 
 
 def main() -> None:
@@ -63,7 +72,7 @@ def main() -> None:
     train_s = timeline.train_seconds()
     # Written before the test pass (minutes for a large LM), so a run stopped during it keeps
     # its training measurement; the full JSON below replaces this one.
-    run = {**run_info(cli), "parameters": total}
+    run = {**run_info(cli), "parameters": total, "train peak GiB": round(timeline.train_peak_bytes / 2**30, 1)}
     checkpoint = cli.trainer.checkpoint_callback.best_model_path if cli.trainer.checkpoint_callback else ""
     run["checkpoint"] = checkpoint  # the best by val NDCG@10, what the test uses ("" without one)
     if args.out and cli.trainer.is_global_zero:
@@ -101,6 +110,7 @@ def main() -> None:
         "samples/s": f"{timeline.samples / train_s:.0f}",
         f"test pass s ({users:,} users, beam {hp.evaluation['beam_width']})": f"{test_s:.1f}",
         "decode users/s": f"{users / test_s:.0f}",
+        "train peak GiB": f"{run['train peak GiB']:.1f}" if torch.cuda.is_available() else "n/a",
     }
     record(
         "LM recommender (LLM-as-RS)",

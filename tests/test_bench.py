@@ -225,6 +225,7 @@ def test_lm_benchmark_records_one_row_and_keeps_the_training_measurement_if_the_
     assert done["state"]["samples"] == 16 and set(done["test"]) >= {"test/recall@10", "test/ndcg@10", "test/cold/recall@10"}
     assert done["row"]["test pass s (4 users, beam 20)"] and int(done["row"]["train tokens/s"].replace(",", "")) > 0
     assert bench_file.read_text().count("| tiny |") == 1
+    assert done["row"]["train peak GiB"] == "n/a" and done["run"]["train peak GiB"] == 0  # no GPU here
 
 
 def test_lm_fit_only_prints_training_throughput(tmp_path, monkeypatch, capsys):

@@ -144,6 +144,7 @@ class LMRecModule(RecommenderModule):
     static_decoding: bool = True
     decode_graphs: bool = True
     decode_padded: bool | None = None
+    decode_compile: bool = False
     _graph_decoder: Any = None
 
     def __init__(
@@ -472,7 +473,6 @@ class LMRecModule(RecommenderModule):
 
     def on_validation_epoch_end(self) -> None:  # the static decoder's buffers (GBs on a GPU) go before training resumes
         self._graph_decoder = None
-
     on_test_epoch_end = on_predict_epoch_end = on_validation_epoch_end
 
     def initial_state(self, batch: SeqBatch) -> BeamState:

@@ -30,8 +30,7 @@ def tiny_module(**kwargs) -> LMRecModule:
     return LMRecModule(**{**args, **kwargs})
 
 
-@pytest.fixture(scope="module")
-def datamodule() -> SequenceDataModule:
+def tiny_datamodule() -> SequenceDataModule:
     dm = SequenceDataModule(
         SyntheticSource(num_users=40, num_items=60, num_categories=4, num_brands=8, max_length=10, seed=1),
         name="tiny",
@@ -40,6 +39,11 @@ def datamodule() -> SequenceDataModule:
     )
     dm.setup("fit")
     return dm
+
+
+@pytest.fixture(scope="module")
+def datamodule() -> SequenceDataModule:
+    return tiny_datamodule()
 
 
 @pytest.fixture
@@ -339,7 +343,7 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     else:
         assert compacted and all(kept <= 0.75 * held for held, kept in compacted)
     if static:  # attention skipped the unused prompt columns and the beam columns not yet written
-        assert spans and all(0 < lo and lo % 8 == 0 and lo < hi <= columns for lo, hi, columns in spans)
+        assert spans and all(lo > 0 and lo % 8 == 0 and lo < hi <= columns for lo, hi, columns in spans)
         assert spans[0][1] < spans[0][2] and [hi for _, hi, _ in spans] == sorted(hi for _, hi, _ in spans)
         assert m._graph_decoder.padded == (decoder == "padded")
         assert m._graph_decoder.fed == m.decode_counts["beam tokens"] < m.decode_counts["full search beam tokens"]
@@ -417,6 +421,48 @@ def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, pre
         eager = m.recommend(gpu, k=10, beam_width=12)
     assert torch.equal(replayed.items, eager.items) and not torch.equal(replayed.items, results[True].items)
     torch.testing.assert_close(replayed.scores, eager.scores, atol=1e-5, rtol=0)
+
+
+def _lora_module(datamodule) -> LMRecModule:
+    m = tiny_module(lora={"enabled": True, "r": 4})
+    m.attach(datamodule.data.catalog)
+    torch.manual_seed(1)
+    for name, p in m.named_parameters():
+        if "lora_B" in name:  # B starts at zero: make the adapter change the model
+            p.data.normal_(0, 0.5)
+    return m.eval()
+
+
+@pytest.mark.slow  # the first compilation takes about a minute on 2 CPU cores
+def test_compiled_static_decoder_gives_the_same_lists(datamodule, batch):
+    """``decode_compile``: each layer's halves through torch.compile (dynamic shapes) decode the
+    same items as the uncompiled static decoder, exact sizes and padded, one compiled engine each."""
+    m = _lora_module(datamodule)
+    for padded in (False, True):
+        m.decode_padded = padded
+        m.decode_compile = False
+        plain = m.recommend(batch, k=10, beam_width=12)
+        assert not m._graph_decoder.w.compiled
+        m.decode_compile = True
+        compiled = m.recommend(batch, k=10, beam_width=12)
+        assert m._graph_decoder.w.compiled and m._graph_decoder.padded == padded
+        assert torch.equal(plain.items, compiled.items)
+        torch.testing.assert_close(plain.scores, compiled.scores, atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_compiled_decoder_inside_cuda_graphs_equals_the_reference(datamodule, batch):
+    """On a GPU the compiled layer halves are compiled in the graphs' warm-up run and replayed
+    inside the captured graphs: float32 lists equal the reference decoder's."""
+    m = _lora_module(datamodule).cuda()
+    m.decode_compile = True
+    gpu = batch.to("cuda")
+    fast = m.recommend(gpu, k=10, beam_width=12)
+    decoder = m._graph_decoder
+    assert decoder.graphs and decoder.w.compiled and decoder.replays > 0
+    reference = m.recommend(gpu, k=10, beam_width=12, reference=True)
+    assert torch.equal(fast.items, reference.items)
+    torch.testing.assert_close(fast.scores, reference.scores, atol=1e-3, rtol=0)
 
 
 # ---- options ------------------------------------------------------------------------------------
@@ -561,7 +607,7 @@ def test_fit_validate_test_predict(datamodule):
 
 
 @pytest.mark.slow  # torch.compile takes tens of seconds on a CPU
-def test_compiled_training_matches_eager(datamodule):
+def test_compiled_training_matches_eager():
     """compile=True trains through the compiled model (prompt lengths vary by batch: dynamic
     shapes) to the same losses as the eager module; decoding stays eager."""
     from torch._dynamo.utils import counters
@@ -569,6 +615,7 @@ def test_compiled_training_matches_eager(datamodule):
     losses = []
     for compiled in (False, True):
         counters.clear()
+        datamodule = tiny_datamodule()  # a fresh shuffle generator: both runs see the same batches
         m = tiny_module(compile=compiled, optimizer={"lr": 3e-3})
         trainer = quiet_trainer(max_steps=3, limit_val_batches=0)
         trainer.fit(m, datamodule=datamodule)
