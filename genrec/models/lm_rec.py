@@ -45,7 +45,6 @@ import logging
 from typing import Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genrec.data.catalog import ItemCatalog
@@ -68,6 +67,7 @@ from genrec.models.lm_loading import (
     decoder_layer_classes,
     load_tokenizer,
 )
+from genrec.models.lm_loss import popularity_weights, target_cross_entropy
 from genrec.models.lm_prompt import (
     ROLE_PAD,
     ROLE_PROMPT,
@@ -90,9 +90,6 @@ from genrec.models.settings import (
 from genrec.quantize.semantic_ids import SemanticIDs
 
 log = logging.getLogger(__name__)
-
-LOSS_CHUNK_ROWS = 4096
-"""Target tokens per float32 chunk of the LM loss (4,096 x 49,152 logits = 0.8 GB)."""
 
 
 
@@ -133,6 +130,9 @@ class LMRecModule(RecommenderModule):
             safetensors whose catalogue fingerprint must match the data's), kept frozen, and a
             zero-initialised linear map ``dim -> hidden`` (trained) adds it to the tokens, so
             training starts from the plain LM and learns how to use the collaborative vectors.
+        popularity_alpha: weight each training row by ``(1 + training count of its target)^-alpha``
+            (normalised over the batch's target tokens; :mod:`genrec.models.lm_loss`): against the
+            popularity bias fine-tuning learns; 0 (default) is the plain loss.
         optimizer: AdamW and its schedule (:class:`~genrec.models.settings.LMOptimizer`: lr 1e-4,
             100 warmup steps, cosine).
         evaluation: beam width, cut-offs, cold-start slice and the evaluated user subset
@@ -163,6 +163,7 @@ class LMRecModule(RecommenderModule):
         liger: bool = False,
         cf_embedding: bool = False,
         cf_init: str | None = None,
+        popularity_alpha: float = 0.0,
         optimizer: LMOptimizer | None = None,
         evaluation: EvalConfig | None = None,
     ) -> None:
@@ -181,6 +182,8 @@ class LMRecModule(RecommenderModule):
         if liger and compile:
             log.warning("liger with compile: Liger's kernels break torch.compile's graph, which makes training slower "
                         "than Liger alone (LM training throughput in docs/benchmarks.md)")
+        if popularity_alpha < 0:
+            raise ValueError(f"popularity_alpha must be >= 0, got {popularity_alpha}")
         if cf_init is not None and not cf_embedding:
             raise ValueError(f"cf_init={cf_init!r} needs cf_embedding=true")
         if lora.load_in_4bit and preset is not None:
@@ -384,8 +387,9 @@ class LMRecModule(RecommenderModule):
         )
         return out.logits
 
-    def loss(self, inputs: LMInputs) -> Tensor:
-        """Mean cross-entropy over the target tokens (``[B, S]`` inputs with targets; float32 scalar).
+    def loss(self, inputs: LMInputs, row_weights: Tensor | None = None) -> Tensor:
+        """Mean cross-entropy over the target tokens (``[B, S]`` inputs with targets; float32 scalar),
+        each row's tokens weighted by ``row_weights [B]`` if given (:func:`~genrec.models.lm_loss.target_cross_entropy`).
 
         Only the last ``target_width + 1`` logits are computed: with left padding they cover every
         target token of every row."""
@@ -393,14 +397,7 @@ class LMRecModule(RecommenderModule):
         if width < 1:
             raise ValueError("loss() needs inputs built with with_target=True")
         logits = self(inputs, logits_to_keep=width + 1)[:, :-1]  # position t predicts token t + 1
-        labels = inputs.labels[:, -width:]
-        keep = labels != -100
-        picked, targets = logits[keep], labels[keep]  # [T, V], [T]: padding positions never reach float32
-        # The float32 copy is made a chunk at a time: without a backward pass (val/test, whose
-        # batches are large) only one chunk is alive at once.
-        total = sum(F.cross_entropy(picked[i : i + LOSS_CHUNK_ROWS].float(), targets[i : i + LOSS_CHUNK_ROWS], reduction="sum")
-                    for i in range(0, len(targets), LOSS_CHUNK_ROWS))
-        return total / len(targets)
+        return target_cross_entropy(logits, inputs.labels[:, -width:], row_weights)
 
     def choose_eval_users(self, num_users: int, users: dict[str, Tensor]) -> None:
         """Draw the ``evaluation.max_users`` subset of each stage (nothing without the cap).
@@ -436,8 +433,11 @@ class LMRecModule(RecommenderModule):
         return SeqBatch(batch.users[keep], batch.history[keep], batch.lengths[keep], batch.targets[keep])
 
     def step_loss(self, batch: SeqBatch) -> Tensor:
-        """Mean cross-entropy over the target title tokens (teacher forcing)."""
-        return self.loss(self.lm_inputs(batch, with_target=True))
+        """Mean cross-entropy over the target title tokens (teacher forcing); in training with
+        ``popularity_alpha``, each row weighted against its target's popularity (val stays plain)."""
+        alpha = self.hparams.popularity_alpha
+        weights = popularity_weights(self.evaluation.train_counts, batch.targets, alpha) if alpha and self.training else None
+        return self.loss(self.lm_inputs(batch, with_target=True), weights)
 
     # ---- generation ---------------------------------------------------------------------------
 

@@ -144,11 +144,44 @@ def test_loss_is_cross_entropy_of_target_tokens_only(module, batch):
 def test_eval_loss_in_float32_chunks_equals_the_training_loss(module, batch, monkeypatch):
     inputs = module.lm_inputs(batch)
     whole = module.loss(inputs)  # grad enabled: one float32 cross-entropy over every target token
-    monkeypatch.setattr("genrec.models.lm_rec.LOSS_CHUNK_ROWS", 7)  # several chunks, the last one short
+    monkeypatch.setattr("genrec.models.lm_loss.LOSS_CHUNK_ROWS", 7)  # several chunks, the last one short
     assert int((inputs.labels != -100).sum()) % 7 != 0
     with torch.no_grad():
         chunked = module.loss(inputs)
     assert torch.allclose(chunked, whole.detach(), atol=1e-6)
+
+
+def test_popularity_alpha_weights_training_rows_against_their_targets_popularity(datamodule, batch):
+    """``popularity_alpha``: in training each row's target tokens weigh ``(1 + count)^-alpha``,
+    the loss their weighted mean (computed here by hand from per-token cross-entropies); alpha 0
+    and validation give the plain mean."""
+    counts = torch.zeros(datamodule.data.catalog.__len__(), dtype=torch.long)
+    counts[batch.targets[0]] = 99  # the first row's target is popular: its tokens weigh 1/100 ** alpha
+    plain, weighted = tiny_module(), tiny_module(popularity_alpha=0.5)
+    for m in (plain, weighted):
+        m.attach(datamodule.data.catalog, train_counts=counts)
+    with torch.no_grad():  # a fresh model's token losses are all about log V: spread them
+        torch.manual_seed(3)
+        plain.model.get_output_embeddings().weight.normal_(0, 1.0)
+    weighted.load_state_dict(plain.state_dict())
+    inputs = plain.lm_inputs(batch, with_target=True)
+    width = inputs.target_width
+    with torch.no_grad():
+        logits = plain(inputs, logits_to_keep=width + 1)[:, :-1]
+        labels = inputs.labels[:, -width:]
+        token_ce = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none", ignore_index=-100).view_as(labels)
+        w = (1.0 + counts[batch.targets].float()) ** -0.5  # [B]
+        mask = (labels != -100).float()
+        expected = (token_ce * mask * w[:, None]).sum() / (mask * w[:, None]).sum()
+        plain_mean = (token_ce * mask).sum() / mask.sum()
+        plain.train(), weighted.train()
+        assert torch.allclose(plain.step_loss(batch), plain_mean, atol=1e-5)
+        assert torch.allclose(weighted.step_loss(batch), expected, atol=1e-5)
+        assert not torch.allclose(expected, plain_mean, atol=1e-3)  # the weighting changed the loss
+        weighted.eval()
+        assert torch.allclose(weighted.step_loss(batch), plain_mean, atol=1e-5)  # val: the plain loss
+    with pytest.raises(ValueError, match="popularity_alpha"):
+        tiny_module(popularity_alpha=-1)
 
 
 def test_prompt_keeps_the_most_recent_items_within_budget(datamodule):
