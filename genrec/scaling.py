@@ -326,25 +326,14 @@ def _sids(config: ScalingConfig, pipeline: PipelineConfig, collect_only: bool = 
     return path if collect_only and path.is_file() else run_sid_stages(pipeline)
 
 
-def _sweep_sids(config: ScalingConfig, sweep_name: str, source: SidSource, collect_only: bool = False) -> Path:
-    """The SID artifact of a sweep with its own SIDs: ``source.sids``, or its encode + tokenize
-    stages into ``<run>/sids/<sweep>.safetensors`` (embeddings in ``<run>/embeddings/``, one file
-    per encoder setting, so sweeps that differ only in the tokenizer share them); reused when
-    unchanged, and taken as it is with ``collect_only``. A bad setting raises one line naming the sweep."""
-    if source.sids:
-        path = Path(source.sids)
-        if not path.is_file():
-            raise FileNotFoundError(f"scaling config: sweep {sweep_name!r}: sids file {path} does not exist")
-        return path
-    from genrec.encode import default_output
+def _read_source(config: ScalingConfig, sweep_name: str, source: SidSource) -> Any:
+    """The tokenize stage's inputs of a sweep's own SIDs (:func:`~genrec.stages.tokenize.read_tokenize`);
+    a bad setting raises one line naming the sweep."""
     from genrec.stages.parsing import USER_ERRORS
-    from genrec.stages.tokenize import read_tokenize, tokenize_stage
+    from genrec.stages.tokenize import read_tokenize
 
-    path = config.run_dir / "sids" / f"{sweep_name}.safetensors"
-    if collect_only and path.is_file():
-        return path
     try:
-        inputs = read_tokenize([config.data, source.encoder, source.tokenizer], source.overrides)
+        return read_tokenize([config.data, source.encoder, source.tokenizer], source.overrides)
     except Exception as error:
         found = user_error(error, USER_ERRORS)
         if found is None:
@@ -352,6 +341,16 @@ def _sweep_sids(config: ScalingConfig, sweep_name: str, source: SidSource, colle
         kind = UsageError if isinstance(found, UsageError) else ConfigError
         raise kind(f"scaling config: sweep {sweep_name!r} (its SIDs: {source.encoder}, {source.tokenizer}, "
                    f"{list(source.overrides)}): {one_line(found)}") from error
+
+
+def _sweep_sids(config: ScalingConfig, sweep_name: str, inputs: Any) -> Path:
+    """The encode + tokenize stages of a sweep's own SIDs (``inputs`` from :func:`_read_source`)
+    into ``<run>/sids/<sweep>.safetensors``, the embeddings in ``<run>/embeddings/``, one file per
+    encoder setting (so sweeps that differ only in the tokenizer share them); each reused when unchanged."""
+    from genrec.encode import default_output
+    from genrec.stages.tokenize import tokenize_stage
+
+    path = config.run_dir / "sids" / f"{sweep_name}.safetensors"
     embeddings = default_output(inputs.datamodule.name, inputs.encoder, inputs.encode["template"]).name
     inputs.encode["output"] = str(config.run_dir / "embeddings" / embeddings)
     inputs.settings.output = str(path)
@@ -362,24 +361,33 @@ def _sweep_sids(config: ScalingConfig, sweep_name: str, source: SidSource, colle
 
 def sid_paths(config: ScalingConfig, pipeline: PipelineConfig, collect_only: bool = False) -> dict[str, Path | None]:
     """Sweep name -> the SID artifact its runs read (``None`` for a model without SIDs): the
-    study's for sweeps without their own, else each distinct source's, made once."""
+    study's for sweeps without their own, else each distinct source's (its ``sids``, or its
+    stages, made once; with ``collect_only`` an existing artifact is taken as it is). Every
+    sweep's settings are read before any stage runs, so a bad one fails at once, in one line."""
     needs = {name: model_needs_sids(sweep.model) for name, sweep in config.sweeps.items()}
+    owners: dict[SidSource, str] = {}  # each distinct source, by the first sweep that has it
     for name, sweep in config.sweeps.items():
         if sweep.own_sids and not needs[name]:
             raise ConfigError(f"scaling config: sweep {name!r}: its model {sweep.model} reads no semantic IDs, so its "
                               "encoder / tokenizer / tokenize_overrides / sids would not be used")
-    study = _sids(config, pipeline, collect_only)
+        if sweep.own_sids:
+            owners.setdefault(config.source(name), name)
     made: dict[SidSource, Path] = {}
-    paths: dict[str, Path | None] = {}
-    for name, sweep in config.sweeps.items():
-        if not needs[name] or not sweep.own_sids:
-            paths[name] = study if needs[name] else None
-            continue
-        source = config.source(name)
-        if source not in made:
-            made[source] = _sweep_sids(config, name, source, collect_only)
-        paths[name] = made[source]
-    return paths
+    pending = {}
+    for source, name in owners.items():
+        if source.sids:
+            made[source] = Path(source.sids)
+            if not made[source].is_file():
+                raise FileNotFoundError(f"scaling config: sweep {name!r}: sids file {source.sids} does not exist")
+        elif collect_only and (config.run_dir / "sids" / f"{name}.safetensors").is_file():
+            made[source] = config.run_dir / "sids" / f"{name}.safetensors"
+        else:
+            pending[source] = _read_source(config, name, source)
+    study = _sids(config, pipeline, collect_only)
+    for source, inputs in pending.items():
+        made[source] = _sweep_sids(config, owners[source], inputs)
+    return {name: (made[config.source(name)] if sweep.own_sids else study) if needs[name] else None
+            for name, sweep in config.sweeps.items()}
 
 
 def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int] = (0, 1), collect_only: bool = False,
