@@ -238,7 +238,7 @@ def test_scaling_config(config, tiny_data, tmp_path, monkeypatch, one_thread):
         sweep["lrs"] = sweep.get("lrs", [])[:1]  # one lr of a sweep's lr selection: the runs differ only in that number
         if sweep.get("tokenize_overrides"):  # a sweep's own SIDs (e.g. a codebook axis) on the 60-item catalogue: small codebooks
             sweep["tokenize_overrides"] = [*sweep["tokenize_overrides"], "--tokenizer.init_args.codebook_size", "8"]
-        if yaml.safe_load((ROOT / sweep.get("encoder", settings["encoder"])).read_text())["encoder"]["model"] not in ("minilm", "cf"):
+        if yaml.safe_load((ROOT / sweep.get("encoder", settings.get("encoder", "configs/encode/minilm.yaml"))).read_text())["encoder"]["model"] not in ("minilm", "cf"):
             # a sweep's own LLM encoder (SmolLM2: ~50 s to load on a CPU; test_encode_config runs its YAML) is
             # MiniLM here: the sweep's other settings (pooling, template, cf_weight) still parse and run
             sweep["tokenize_overrides"] = [*sweep.get("tokenize_overrides", []), "--encoder.model", "minilm"]
