@@ -9,12 +9,17 @@ largest size (:func:`genrec.scaling_law.held_out_error`) and writes under ``<roo
 
 * ``<sweep>-<preset>-s<seed>/`` — each run (config, checkpoints, ``result.json``);
 * ``scaling.json`` — every point and every fit;
-* ``scaling.md`` — the table (mean ± std over seeds per preset), fitted constants, R², held-out
-  error, the command and device;
+* ``scaling.md`` — the table (mean ± std over seeds per preset), the axes table (sweeps that vary
+  the SIDs, e.g. the encoder or the codebook, beside the ladder at their size), fitted constants,
+  R², held-out error, the command and device;
 * ``scaling.png`` — points with error bars and the fitted curves.
 
+A sweep may name its own SIDs (``encoder``, ``tokenizer``, ``tokenize_overrides`` or ``sids``,
+each falling back to the study's): its encode + tokenize stages run (or are reused) into
+``<root>/<name>/sids/<sweep>.safetensors``, and its law inputs are counted from them.
+
 Parameter counts fed to the law: SID-based GR (``paradigm: sid``) — ``N_RS`` the TIGER model,
-``N_LLM`` the frozen modality encoder, ``N_QT`` the tokenizer; LLM-as-RS (``paradigm: llm``) —
+``N_LLM`` the frozen modality encoder, ``N_QT`` the tokenizer (both of the sweep's SIDs); LLM-as-RS (``paradigm: llm``) —
 ``N_LoRA`` the trained parameters (all of a from-scratch model), ``N_LLM`` the frozen pretrained
 ones (0 from scratch).
 
@@ -40,6 +45,7 @@ import yaml
 from filelock import FileLock
 
 from genrec.artifacts import atomic_path, read_json, write_json
+from genrec.errors import ConfigError, UsageError, one_line, user_error
 from genrec.pipeline import (
     PipelineConfig,
     device_name,
@@ -78,6 +84,25 @@ class Sweep:
         preset_overrides: preset -> extra arguments of that preset's runs, after ``overrides``
             (e.g. a lower learning rate, or a half batch with ``accumulate_grad_batches: 2``, which
             keeps the optimizer step of the others while halving the activation memory).
+        encoder: this sweep's encoder YAML (its own SIDs); ``None``: the study's.
+        tokenizer: this sweep's tokenizer YAML (its own SIDs); ``None``: the study's.
+        tokenize_overrides: extra arguments of this sweep's encode + tokenize stages, after the
+            study's ``overrides["tokenize"]`` (a later one wins), e.g. ``[--encoder.cf_weight, "3"]``
+            or ``[--tokenizer.init_args.codebook_size, "512"]``; only ``--encoder.*``,
+            ``--encode.*``, ``--tokenizer.*`` and ``--tokenize.*`` (the data is the study's).
+        sids: an existing SID artifact for this sweep instead of its stages (``encoder``, if
+            given, then only counts ``N_LLM``).
+        encoder_parameters: ``N_LLM`` of this sweep's own SIDs; ``None``: counted.
+        tokenizer_parameters: ``N_QT`` of this sweep's own SIDs; ``None``: counted.
+        axis: what this sweep varies against the ladder (e.g. ``encoder``, ``codebook``): the
+            report's axes table puts it beside the ladder sweeps (those without an axis) at each
+            of its sizes, grouped by axis.
+        description: its SIDs in words for the axes table (e.g. ``SmolLM2-135M mean + cf``);
+            empty: the encoder and tokenizer YAML names and the overrides.
+
+    A sweep with any of ``encoder``, ``tokenizer``, ``tokenize_overrides`` or ``sids`` has its own
+    SIDs and counts ``N_LLM``/``N_QT`` from them (never the study's ``encoder_parameters`` /
+    ``tokenizer_parameters``, which describe the study's SIDs).
     """
 
     model: str
@@ -88,6 +113,19 @@ class Sweep:
     models: dict[str, str] = field(default_factory=dict)
     lrs: list[float] = field(default_factory=list)
     lr_key: str = "model.init_args.lr"
+    encoder: str | None = None
+    tokenizer: str | None = None
+    tokenize_overrides: list[str] = field(default_factory=list)
+    sids: str | None = None
+    encoder_parameters: int | None = None
+    tokenizer_parameters: int | None = None
+    axis: str | None = None
+    description: str = ""
+
+    @property
+    def own_sids(self) -> bool:
+        """Whether this sweep names its own SIDs rather than using the study's."""
+        return bool(self.encoder or self.tokenizer or self.tokenize_overrides or self.sids)
 
     @property
     def labels(self) -> list[str]:
@@ -98,6 +136,23 @@ class Sweep:
         """The settings one run of ``label`` (and ``lr``) puts on its parsed model config."""
         size = {"model.init_args.model": self.models[label], "model.init_args.preset": None} if self.models else {"model.init_args.preset": label}
         return {**size, "seed_everything": seed, **({} if lr is None else {self.lr_key: lr})}
+
+
+class SidSource(NamedTuple):
+    """Where a sweep's SIDs come from: the encode + tokenize stages of ``encoder`` and
+    ``tokenizer`` with ``overrides``, or the finished artifact ``sids``; ``encoder_parameters`` /
+    ``tokenizer_parameters`` the law's ``N_LLM`` / ``N_QT`` when given (else counted)."""
+
+    encoder: str
+    tokenizer: str
+    overrides: tuple[str, ...]
+    sids: str | None
+    encoder_parameters: int | None
+    tokenizer_parameters: int | None
+
+
+TOKENIZE_OVERRIDE_PREFIXES = ("--encoder.", "--encode.", "--tokenizer.", "--tokenize.")
+"""The flags a sweep's ``tokenize_overrides`` may set (its SIDs; the data stays the study's)."""
 
 
 class ScalingRun(NamedTuple):
@@ -150,19 +205,46 @@ class ScalingConfig:
         self.sweeps = {k: v if isinstance(v, Sweep) else Sweep(**v) for k, v in self.sweeps.items()}
         for name, sweep in self.sweeps.items():
             if sweep.paradigm not in ("sid", "llm"):
-                raise ValueError(f"sweep {name!r}: paradigm must be 'sid' or 'llm', got {sweep.paradigm!r}")
+                raise ConfigError(f"sweep {name!r}: paradigm must be 'sid' or 'llm', got {sweep.paradigm!r}")
             if bool(sweep.presets) == bool(sweep.models):
-                raise ValueError(f"sweep {name!r}: give either presets or models (pretrained, by label), not {'both' if sweep.presets else 'neither'}")
+                raise ConfigError(f"sweep {name!r}: give either presets or models (pretrained, by label), not {'both' if sweep.presets else 'neither'}")
             bad = [label for label in sweep.models if not re.fullmatch(r"[A-Za-z0-9._-]+", label)]
             if bad:
-                raise ValueError(f"sweep {name!r}: model labels name run folders (letters, digits, '.', '_', '-'): {bad}")
+                raise ConfigError(f"sweep {name!r}: model labels name run folders (letters, digits, '.', '_', '-'): {bad}")
             if any(lr <= 0 for lr in sweep.lrs) or len(set(sweep.lrs)) != len(sweep.lrs):
-                raise ValueError(f"sweep {name!r}: lrs must be distinct and > 0, got {sweep.lrs}")
+                raise ConfigError(f"sweep {name!r}: lrs must be distinct and > 0, got {sweep.lrs}")
             stray = sorted(set(sweep.preset_overrides) - set(sweep.labels))
             if stray:
-                raise ValueError(f"sweep {name!r}: preset_overrides for presets it does not sweep: {stray}")
+                raise ConfigError(f"sweep {name!r}: preset_overrides for presets it does not sweep: {stray}")
+            if sweep.sids and (sweep.tokenizer or sweep.tokenize_overrides):
+                raise ConfigError(f"sweep {name!r}: sids {sweep.sids} is a finished artifact, so tokenizer / tokenize_overrides "
+                                  f"({sweep.tokenizer or sweep.tokenize_overrides}) would not be used: give one or the other")
+            flags = [arg for arg in sweep.tokenize_overrides if arg.startswith("-")]
+            stray = [arg for arg in flags if not arg.startswith(TOKENIZE_OVERRIDE_PREFIXES)]
+            if stray or (sweep.tokenize_overrides and not flags):
+                raise ConfigError(f"sweep {name!r}: tokenize_overrides may only set {', '.join(p + '*' for p in TOKENIZE_OVERRIDE_PREFIXES)}, "
+                                  f"got {stray[0] if stray else sweep.tokenize_overrides[0]!r}")
         if not self.seeds:
-            raise ValueError("scaling needs at least one seed")
+            raise ConfigError("scaling needs at least one seed")
+
+    def source(self, sweep_name: str) -> SidSource:
+        """The SIDs of sweep ``sweep_name``: its own settings over the study's (see :class:`Sweep`)."""
+        sweep, study = self.sweeps[sweep_name], tuple(self.overrides.get("tokenize", []))
+        if not sweep.own_sids:
+            return SidSource(self.encoder, self.tokenizer, study, self.sids, self.encoder_parameters, self.tokenizer_parameters)
+        return SidSource(sweep.encoder or self.encoder, sweep.tokenizer or self.tokenizer, (*study, *sweep.tokenize_overrides),
+                         sweep.sids, sweep.encoder_parameters, sweep.tokenizer_parameters)
+
+    def describe_sids(self, sweep_name: str) -> str:
+        """A sweep's SIDs in words: its ``description``, else the YAML names and the overrides it adds."""
+        sweep = self.sweeps[sweep_name]
+        if sweep.description:
+            return sweep.description
+        if sweep.sids:
+            return f"file {sweep.sids}"
+        source = self.source(sweep_name)
+        added = " ".join(sweep.tokenize_overrides if sweep.own_sids else source.overrides)
+        return f"{Path(source.encoder).stem} + {Path(source.tokenizer).stem}" + (f" ({added})" if added else "") + ("" if sweep.own_sids else ", the study's")
 
     @property
     def run_dir(self) -> Path:
@@ -174,17 +256,33 @@ class ScalingConfig:
                 for s, sweep in self.sweeps.items() for p in sweep.labels for lr in (sweep.lrs or [None]) for seed in self.seeds]
 
 
-def count_encoder_parameters(encoder_yaml: str) -> int:
+def _flag_value(args: Sequence[str], flag: str) -> str | None:
+    """The value the last ``flag value`` or ``flag=value`` of command-line ``args`` gives; ``None`` if none."""
+    value = None
+    for k, arg in enumerate(args):
+        if arg == flag and k + 1 < len(args):
+            value = args[k + 1]
+        elif arg.startswith(flag + "="):
+            value = arg[len(flag) + 1:]
+    return value
+
+
+def count_encoder_parameters(encoder_yaml: str, overrides: Sequence[str] = ()) -> int:
     """Parameters of the text encoder an encode YAML names (built on the meta device, no weights
-    read); 0 for the ``cf`` encoder, which has no model (its embeddings are fitted from the
-    interactions, like the tokenizer, not a pretrained network)."""
+    read), or the one ``--encoder.model`` in ``overrides`` names; 0 for the ``cf`` encoder, which
+    has no model (its embeddings are fitted from the interactions, like the tokenizer, not a
+    pretrained network)."""
     import torch
     from transformers import AutoConfig, AutoModel
 
     from genrec.encode import CF_MODEL, resolve_model
 
     settings = (yaml.safe_load(Path(encoder_yaml).read_text()) or {}).get("encoder", {})
-    settings = settings.get("init_args", settings)
+    settings = dict(settings.get("init_args", settings))
+    for key in ("model", "gguf_file"):
+        value = _flag_value(overrides, f"--encoder.{key}")
+        if value is not None:
+            settings[key] = value
     if settings.get("model") == CF_MODEL:
         return 0
     path, gguf = resolve_model(settings.get("model", "minilm"), settings.get("gguf_file"))
@@ -213,16 +311,83 @@ def count_tokenizer_parameters(sids_path: Path) -> int:
     return 0
 
 
-def _sids(config: ScalingConfig, pipeline: PipelineConfig) -> Path | None:
-    """The SID artifact: the configured one, or the pipeline's encode + tokenize stages (reused when unchanged)."""
-    if not any(model_needs_sids(s.model) for s in config.sweeps.values()):
+def _sids(config: ScalingConfig, pipeline: PipelineConfig, collect_only: bool = False) -> Path | None:
+    """The study's SID artifact (of the sweeps without their own): the configured one, or the
+    pipeline's encode + tokenize stages (reused when unchanged; with ``collect_only`` an existing
+    artifact is taken as it is, the runs' digests record the SIDs they trained on)."""
+    if not any(model_needs_sids(s.model) and not s.own_sids for s in config.sweeps.values()):
         return None
     if config.sids:
         path = Path(config.sids)
         if not path.is_file():
             raise FileNotFoundError(f"scaling config: sids file {path} does not exist")
         return path
-    return run_sid_stages(pipeline)
+    path = pipeline.run_dir / "sids" / f"{Path(pipeline.tokenizer).stem}.safetensors"
+    return path if collect_only and path.is_file() else run_sid_stages(pipeline)
+
+
+def _read_source(config: ScalingConfig, sweep_name: str, source: SidSource) -> Any:
+    """The tokenize stage's inputs of a sweep's own SIDs (:func:`~genrec.stages.tokenize.read_tokenize`);
+    a bad setting raises one line naming the sweep."""
+    from genrec.stages.parsing import USER_ERRORS
+    from genrec.stages.tokenize import read_tokenize
+
+    try:
+        return read_tokenize([config.data, source.encoder, source.tokenizer], source.overrides)
+    except Exception as error:
+        found = user_error(error, USER_ERRORS)
+        if found is None:
+            raise
+        kind = UsageError if isinstance(found, UsageError) else ConfigError
+        raise kind(f"scaling config: sweep {sweep_name!r} (its SIDs: {source.encoder}, {source.tokenizer}, "
+                   f"{list(source.overrides)}): {one_line(found)}") from error
+
+
+def _sweep_sids(config: ScalingConfig, sweep_name: str, inputs: Any) -> Path:
+    """The encode + tokenize stages of a sweep's own SIDs (``inputs`` from :func:`_read_source`)
+    into ``<run>/sids/<sweep>.safetensors``, the embeddings in ``<run>/embeddings/``, one file per
+    encoder setting (so sweeps that differ only in the tokenizer share them); each reused when unchanged."""
+    from genrec.encode import default_output
+    from genrec.stages.tokenize import tokenize_stage
+
+    path = config.run_dir / "sids" / f"{sweep_name}.safetensors"
+    embeddings = default_output(inputs.datamodule.name, inputs.encoder, inputs.encode["template"]).name
+    inputs.encode["output"] = str(config.run_dir / "embeddings" / embeddings)
+    inputs.settings.output = str(path)
+    print(f"== SIDs of sweep {sweep_name}: {config.describe_sids(sweep_name)} ==", flush=True)
+    tokenize_stage(inputs.on(config.accelerator))
+    return path
+
+
+def sid_paths(config: ScalingConfig, pipeline: PipelineConfig, collect_only: bool = False) -> dict[str, Path | None]:
+    """Sweep name -> the SID artifact its runs read (``None`` for a model without SIDs): the
+    study's for sweeps without their own, else each distinct source's (its ``sids``, or its
+    stages, made once; with ``collect_only`` an existing artifact is taken as it is). Every
+    sweep's settings are read before any stage runs, so a bad one fails at once, in one line."""
+    needs = {name: model_needs_sids(sweep.model) for name, sweep in config.sweeps.items()}
+    owners: dict[SidSource, str] = {}  # each distinct source, by the first sweep that has it
+    for name, sweep in config.sweeps.items():
+        if sweep.own_sids and not needs[name]:
+            raise ConfigError(f"scaling config: sweep {name!r}: its model {sweep.model} reads no semantic IDs, so its "
+                              "encoder / tokenizer / tokenize_overrides / sids would not be used")
+        if sweep.own_sids:
+            owners.setdefault(config.source(name), name)
+    made: dict[SidSource, Path] = {}
+    pending = {}
+    for source, name in owners.items():
+        if source.sids:
+            made[source] = Path(source.sids)
+            if not made[source].is_file():
+                raise FileNotFoundError(f"scaling config: sweep {name!r}: sids file {source.sids} does not exist")
+        elif collect_only and (config.run_dir / "sids" / f"{name}.safetensors").is_file():
+            made[source] = config.run_dir / "sids" / f"{name}.safetensors"
+        else:
+            pending[source] = _read_source(config, name, source)
+    study = _sids(config, pipeline, collect_only)
+    for source, inputs in pending.items():
+        made[source] = _sweep_sids(config, owners[source], inputs)
+    return {name: (made[config.source(name)] if sweep.own_sids else study) if needs[name] else None
+            for name, sweep in config.sweeps.items()}
 
 
 def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int] = (0, 1), collect_only: bool = False,
@@ -250,7 +415,7 @@ def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int]
     # Shards started together (one per GPU) share the SID stages: one runs them, the others wait
     # and then find the artifacts up to date.
     with FileLock(str(config.run_dir / ".sid-stages.lock")):
-        sids = _sids(config, pipeline)
+        sids = sid_paths(config, pipeline, collect_only)
     if not collect_only:
         for k, (run, sweep_name, preset, seed, lr) in enumerate(runs):
             if k % count != index:
@@ -259,7 +424,7 @@ def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int]
             pipeline.models = {run: sweep.model}
             pipeline.overrides[run] = [*sweep.overrides, *sweep.preset_overrides.get(preset, [])]
             log.info("scaling run %d/%d: %s", k + 1, len(runs), run)
-            run_model(pipeline, run, sweep.model, sids if model_needs_sids(sweep.model) else None, values=sweep.values(preset, seed, lr))
+            run_model(pipeline, run, sweep.model, sids[sweep_name], values=sweep.values(preset, seed, lr))
     return write_scaling_report(config, sids, command)
 
 
@@ -283,24 +448,41 @@ def select_lrs(config: ScalingConfig) -> dict[str, dict[str, dict[str, Any]]]:
             entry["chosen"] = max(entry["lrs"], key=lambda lr: entry["lrs"][lr][0]) if entry["lrs"] else None
     return out
 
-def collect_points(config: ScalingConfig, sids_path: Path | None,
-                   selection: dict[str, dict[str, dict[str, Any]]]) -> dict[str, list[tuple[str, int, ScalingPoint, dict[str, Any]]]]:
+def law_inputs(config: ScalingConfig, sids: dict[str, Path | None]) -> dict[str, tuple[float, float]]:
+    """Per SID-based sweep, ``(N_LLM, N_QT)`` of its SIDs (given in the config, else counted:
+    the encoder from its YAML and overrides, the tokenizer from the file next to the SIDs);
+    ``N_LLM`` NaN when the encoder cannot be counted here (logged; that sweep is not fitted)."""
+    out: dict[str, tuple[float, float]] = {}
+    counted: dict[tuple[SidSource, Path | None], tuple[float, float]] = {}
+    for name, sweep in config.sweeps.items():
+        if sweep.paradigm != "sid":
+            continue
+        source, path = config.source(name), sids.get(name)
+        if (source, path) not in counted:
+            n_llm = source.encoder_parameters
+            if n_llm is None:
+                try:
+                    n_llm = count_encoder_parameters(source.encoder, source.overrides)
+                except (OSError, ValueError, ImportError) as error:  # e.g. the encoder's package is not installed here
+                    log.error("cannot count the parameters of the encoder of %s (%s): sweep %s's law is not fitted; "
+                              "set encoder_parameters in the scaling config%s", source.encoder, error, name, " (of the sweep)" if sweep.own_sids else "")
+                    n_llm = float("nan")
+            n_qt = source.tokenizer_parameters
+            if n_qt is None:
+                n_qt = count_tokenizer_parameters(path) if path else 0
+            counted[(source, path)] = (float(n_llm), float(n_qt))
+        out[name] = counted[(source, path)]
+    return out
+
+
+def collect_points(config: ScalingConfig, sids: dict[str, Path | None], selection: dict[str, dict[str, dict[str, Any]]],
+                   inputs: dict[str, tuple[float, float]] | None = None) -> dict[str, list[tuple[str, int, ScalingPoint, dict[str, Any]]]]:
     """Per sweep, ``(preset, seed, point, result)`` of every finished run (missing ones are
     reported in the log and the report, not fitted); of a sweep with ``lrs``, only the runs of
-    each size's lr chosen in ``selection`` (:func:`select_lrs`)."""
+    each size's lr chosen in ``selection`` (:func:`select_lrs`); ``sids`` as :func:`sid_paths`
+    gives them (the law's ``N_LLM`` / ``N_QT`` of each sweep: ``inputs``, else :func:`law_inputs`)."""
     key = f"test/{config.metric}"
-    n_llm_sid = n_qt = 0.0
-    if any(s.paradigm == "sid" for s in config.sweeps.values()):
-        if config.encoder_parameters is not None:
-            n_llm_sid = float(config.encoder_parameters)
-        else:
-            try:
-                n_llm_sid = float(count_encoder_parameters(config.encoder))
-            except (OSError, ValueError, ImportError) as error:  # e.g. the encoder's package is not installed here
-                log.error("cannot count the parameters of the encoder of %s (%s): the SID law is not fitted; "
-                          "set encoder_parameters in the scaling config", config.encoder, error)
-                n_llm_sid = float("nan")
-        n_qt = float(config.tokenizer_parameters if config.tokenizer_parameters is not None else (count_tokenizer_parameters(sids_path) if sids_path else 0))
+    inputs = law_inputs(config, sids) if inputs is None else inputs
     out: dict[str, list[tuple[str, int, ScalingPoint, dict[str, Any]]]] = {name: [] for name in config.sweeps}
     chosen = {(name, label): pick["chosen"] for name, picks in selection.items() for label, pick in picks.items()}
     for run, sweep_name, preset, seed, lr in config.runs():
@@ -312,7 +494,8 @@ def collect_points(config: ScalingConfig, sids_path: Path | None,
             raise KeyError(f"{path}: no metric {key!r} (has {sorted(result['metrics'])})")
         recall = float(result["metrics"][key])
         if config.sweeps[sweep_name].paradigm == "sid":
-            point = ScalingPoint(recall=recall, n_rs=float(result["parameters"]), n_llm=n_llm_sid, n_qt=n_qt, label=preset, seed=seed)
+            n_llm, n_qt = inputs[sweep_name]
+            point = ScalingPoint(recall=recall, n_rs=float(result["parameters"]), n_llm=n_llm, n_qt=n_qt, label=preset, seed=seed)
         else:
             trained = float(result.get("trainable_parameters", result["parameters"]))
             point = ScalingPoint(recall=recall, n_lora=trained, n_llm=float(result["parameters"]) - trained, label=preset, seed=seed)
@@ -320,18 +503,76 @@ def collect_points(config: ScalingConfig, sids_path: Path | None,
     return out
 
 
-
 def _epochs(rows: list[tuple[str, int, ScalingPoint, dict[str, Any]]]) -> str:
     """``best / last`` epoch of each seed's run (best by the val curve its result records; ``?``
     for a result without one): a best epoch well before the last shows the run reached its plateau."""
     return ", ".join(f"{'?' if e[3].get('best_epoch') is None else e[3]['best_epoch']} / {e[3].get('epochs', '?')}" for e in rows)
 
-def write_scaling_report(config: ScalingConfig, sids_path: Path | None, command: str) -> Path:
-    """Fit every sweep with enough points; write ``scaling.json``, ``scaling.md`` and ``scaling.png``."""
+def _count(value: float) -> str:
+    """A parameter count for a table: ``22,713,216``; ``?`` when unknown (NaN)."""
+    return "?" if math.isnan(value) else f"{value:,.0f}"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    array = np.array(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def axes_table(config: ScalingConfig, collected: dict[str, list[tuple[str, int, ScalingPoint, dict[str, Any]]]],
+               selection: dict[str, dict[str, dict[str, Any]]], inputs: dict[str, tuple[float, float]]) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
+    """The report's axes table: per axis (:attr:`Sweep.axis`), per size of its sweeps, the ladder
+    sweeps of the same paradigm at that size (their chosen lr) and then the axis's sweeps: their
+    SIDs, ``N_LLM``, ``N_QT``, seeds done, test metric and ndcg@10 mean ± std over seeds, each
+    seed's best / last epoch. Returns the markdown lines (none without axes) and the rows by axis."""
+    axes = list(dict.fromkeys(s.axis for s in config.sweeps.values() if s.axis))
+    if not axes:
+        return [], {}
+    metric = config.metric
+    chosen = {(name, label): pick["chosen"] for name, picks in selection.items() for label, pick in picks.items()}
+    lines = ["", "## Axes (sweeps that vary the SIDs, beside the ladder at their size; mean ± std over seeds)", "",
+             f"| axis | size | sweep | SIDs | lr | N_LLM | N_QT | seeds done | test {metric} | test ndcg@10 | best / last epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    table: dict[str, list[dict[str, Any]]] = {}
+    for axis in axes:
+        members = [name for name, sweep in config.sweeps.items() if sweep.axis == axis]
+        paradigms = {config.sweeps[name].paradigm for name in members}
+        ladders = [name for name, sweep in config.sweeps.items() if not sweep.axis and sweep.paradigm in paradigms]
+        for label in dict.fromkeys(label for name in members for label in config.sweeps[name].labels):
+            for name in [n for n in ladders + members if label in config.sweeps[n].labels]:
+                sweep = config.sweeps[name]
+                rows = [e for e in collected[name] if e[0] == label]
+                lr = chosen.get((name, label)) if sweep.lrs else None
+                n_llm, n_qt = inputs.get(name, (float("nan"), float("nan")))
+                row: dict[str, Any] = {"size": label, "sweep": name, "sids": config.describe_sids(name),
+                                       "lr": None if lr is None else float(lr), "n_llm": None if math.isnan(n_llm) else n_llm,
+                                       "n_qt": n_qt, "seeds": len(rows)}
+                shown = f"{lr:g}" if lr is not None else ("—" if sweep.lrs else "config")
+                if rows:
+                    recall = _mean_std([e[2].recall for e in rows])
+                    ndcg = _mean_std([e[3]["metrics"].get("test/ndcg@10", float("nan")) for e in rows])
+                    row.update(recall_mean=recall[0], recall_std=recall[1], ndcg_mean=ndcg[0], ndcg_std=ndcg[1],
+                               best_last=[[e[3].get("best_epoch"), e[3].get("epochs")] for e in rows])
+                    numbers = f"{recall[0]:.4f} ± {recall[1]:.4f} | {ndcg[0]:.4f} ± {ndcg[1]:.4f} | {_epochs(rows)}"
+                else:
+                    numbers = "— | — | —"
+                lines.append(f"| {axis} | {label} | {name} | {row['sids']} | {shown} | {_count(n_llm)} | {_count(n_qt)} | "
+                             f"{len(rows)}/{len(config.seeds)} | {numbers} |")
+                table.setdefault(axis, []).append(row)
+    return lines, table
+
+
+def write_scaling_report(config: ScalingConfig, sids: dict[str, Path | None], command: str) -> Path:
+    """Fit every sweep with enough points; write ``scaling.json``, ``scaling.md`` and ``scaling.png``.
+
+    Args:
+        sids: sweep name -> its SID artifact (:func:`sid_paths`).
+    """
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     selection = select_lrs(config)
-    collected = collect_points(config, sids_path, selection)
+    inputs = law_inputs(config, sids)
+    collected = collect_points(config, sids, selection, inputs)
     metric = config.metric
     # The runs may have trained elsewhere (a GPU machine) than where the report is written.
     trained_on = Counter(e[3].get("device", "unknown") for entries in collected.values() for e in entries)
@@ -367,6 +608,10 @@ def write_scaling_report(config: ScalingConfig, sids_path: Path | None, command:
         points = [e[2] for e in entries]
         record: dict[str, Any] = {
             "paradigm": sweep.paradigm,
+            **({"sids": None if sids.get(sweep_name) is None else str(sids[sweep_name]), "sids_description": config.describe_sids(sweep_name),
+                "n_llm": None if math.isnan(inputs[sweep_name][0]) else inputs[sweep_name][0], "n_qt": inputs[sweep_name][1]}
+               if sweep_name in inputs else {}),
+            **({"axis": sweep.axis} if sweep.axis else {}),
             "points": [{"preset": e[0], "seed": e[1], "recall": e[2].recall, "n_rs": e[2].n_rs, "n_llm": None if math.isnan(e[2].n_llm) else e[2].n_llm,
                         "n_qt": e[2].n_qt, "n_lora": e[2].n_lora} for e in entries],
         }
@@ -383,6 +628,8 @@ def write_scaling_report(config: ScalingConfig, sids_path: Path | None, command:
         elif points:
             plotted[f"{sweep_name} ({sweep.paradigm})"] = (None, points)
         summary["sweeps"][sweep_name] = record
+    axis_lines, summary["axes"] = axes_table(config, collected, selection, inputs)
+    lines += axis_lines
     if selection:
         lines += ["", "## Learning rate per size (chosen on val; the table above and the law use the chosen one)", "",
                   "| sweep | size | lr | mean best val | seeds | chosen |", "|---|---|---|---|---|---|"]
@@ -398,7 +645,9 @@ def write_scaling_report(config: ScalingConfig, sids_path: Path | None, command:
             lines.append(f"- {sweep_name}: not fitted: {record['not_fitted']}.")
             continue
         if fit is None:
-            lines.append(f"- {sweep_name}: {len(record['points'])} points, fewer than the {MIN_FIT_POINTS} the law needs: not fitted.")
+            axis = config.sweeps[sweep_name].axis
+            lines.append(f"- {sweep_name}: {len(record['points'])} points, fewer than the {MIN_FIT_POINTS} the law needs: not fitted"
+                         + (f" (axis {axis}: in the axes table)." if axis else "."))
             continue
         gammas = ", ".join(f"{k} {fit[k]:.3g}" for k in ("gamma1", "gamma2", "gamma", "beta") if fit.get(k) is not None)
         text = (f"- {sweep_name} ({fit['paradigm']}): R0 {fit['r0']:.4f}, A {fit['a']:.3g}, a {fit['alpha']:.3g}, "

@@ -235,12 +235,24 @@ def test_scaling_config(config, tiny_data, tmp_path, monkeypatch, one_thread):
         sweep["preset_overrides"] = {p: [*extra, *fast] for p, extra in sweep.get("preset_overrides", {}).items()}
         if "lm/" in sweep["model"]:  # a narrow one-layer LM: the 49k-token vocabulary dominates its cost
             sweep["overrides"] += ["--model.init_args.prompt.max_tokens", "64", "--model.init_args.evaluation.beam_width", "10"]
+        sweep["lrs"] = sweep.get("lrs", [])[:1]  # one lr of a sweep's lr selection: the runs differ only in that number
+        if sweep.get("tokenize_overrides"):  # a sweep's own SIDs (e.g. a codebook axis) on the 60-item catalogue: small codebooks
+            sweep["tokenize_overrides"] = [*sweep["tokenize_overrides"], "--tokenizer.init_args.codebook_size", "8"]
+        if yaml.safe_load((ROOT / sweep.get("encoder", settings.get("encoder", "configs/encode/minilm.yaml"))).read_text())["encoder"]["model"] not in ("minilm", "cf"):
+            # a sweep's own LLM encoder (SmolLM2: ~50 s to load on a CPU; test_encode_config runs its YAML) is
+            # MiniLM here: the sweep's other settings (pooling, template, cf_weight) still parse and run
+            sweep["tokenize_overrides"] = [*sweep.get("tokenize_overrides", []), "--encoder.model", "minilm"]
     settings.update(data=tiny_data, seeds=[0], root=str(tmp_path))
-    settings["overrides"] = {"tokenize": ["--tokenizer.init_args.codebook_size", "8", "--tokenize.accelerator", "cpu", "--encode.accelerator", "cpu"]}
+    settings["overrides"] = {"tokenize": [*settings.get("overrides", {}).get("tokenize", []), "--tokenizer.init_args.codebook_size", "8",
+                                          "--encoder.cf_dim", "8", "--tokenize.accelerator", "cpu", "--encode.accelerator", "cpu"]}
     path = tmp_path / "scaling.yaml"
     path.write_text(yaml.safe_dump(settings))
     main(["scaling", "--config", str(path)])
     report = (tmp_path / settings["name"] / "scaling.md").read_text()
     for name, sweep in settings["sweeps"].items():
+        lr = f"-lr{sweep['lrs'][0]:g}" if sweep["lrs"] else ""
         for preset in sweep["presets"]:
-            assert f"| {name} | {sweep['paradigm']} | {preset} |" in report and (tmp_path / settings["name"] / f"{name}-{preset}-s0" / "result.json").is_file()
+            assert f"| {name} | {sweep.get('paradigm', 'sid')} | {preset} |" in report
+            assert (tmp_path / settings["name"] / f"{name}-{preset}{lr}-s0" / "result.json").is_file()
+        if sweep.get("axis"):
+            assert f"| {sweep['axis']} | {sweep['presets'][0]} | {name} |" in report

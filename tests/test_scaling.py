@@ -229,13 +229,13 @@ def test_shards_started_together_make_the_sids_one_at_a_time(tmp_path, fake_trai
     config = _config(tmp_path)
     original, held = sweep._sids, []
 
-    def sids_under_lock(cfg, pipeline):
+    def sids_under_lock(cfg, pipeline, *args):
         try:
             FileLock(str(cfg.run_dir / ".sid-stages.lock")).acquire(timeout=0)  # another holder: us
             held.append(False)
         except Timeout:
             held.append(True)
-        return original(cfg, pipeline)
+        return original(cfg, pipeline, *args)
 
     monkeypatch.setattr(sweep, "_sids", sids_under_lock)
     run_scaling(config, shard=(0, 2))
