@@ -311,11 +311,14 @@ def count_tokenizer_parameters(sids_path: Path) -> int:
     return 0
 
 
-def _sids(config: ScalingConfig, pipeline: PipelineConfig, collect_only: bool = False) -> Path | None:
+def _sids(config: ScalingConfig, pipeline: PipelineConfig, collect_only: bool = False, trained: set[str] | None = None) -> Path | None:
     """The study's SID artifact (of the sweeps without their own): the configured one, or the
     pipeline's encode + tokenize stages (reused when unchanged; with ``collect_only`` an existing
-    artifact is taken as it is, the runs' digests record the SIDs they trained on)."""
-    if not any(model_needs_sids(s.model) and not s.own_sids for s in config.sweeps.values()):
+    artifact is taken as it is, the runs' digests record the SIDs they trained on). When none of
+    the ``trained`` sweeps reads it, an existing artifact is taken as it is and a missing one is
+    not made (``None``): a job training other sweeps does not run their stages."""
+    users = [name for name, s in config.sweeps.items() if model_needs_sids(s.model) and not s.own_sids]
+    if not users:
         return None
     if config.sids:
         path = Path(config.sids)
@@ -323,6 +326,8 @@ def _sids(config: ScalingConfig, pipeline: PipelineConfig, collect_only: bool = 
             raise FileNotFoundError(f"scaling config: sids file {path} does not exist")
         return path
     path = pipeline.run_dir / "sids" / f"{Path(pipeline.tokenizer).stem}.safetensors"
+    if trained is not None and not trained.intersection(users):
+        return path if path.is_file() else None
     return path if collect_only and path.is_file() else run_sid_stages(pipeline)
 
 
@@ -359,31 +364,42 @@ def _sweep_sids(config: ScalingConfig, sweep_name: str, inputs: Any) -> Path:
     return path
 
 
-def sid_paths(config: ScalingConfig, pipeline: PipelineConfig, collect_only: bool = False) -> dict[str, Path | None]:
-    """Sweep name -> the SID artifact its runs read (``None`` for a model without SIDs): the
-    study's for sweeps without their own, else each distinct source's (its ``sids``, or its
-    stages, made once; with ``collect_only`` an existing artifact is taken as it is). Every
-    sweep's settings are read before any stage runs, so a bad one fails at once, in one line."""
+def sid_paths(config: ScalingConfig, pipeline: PipelineConfig, collect_only: bool = False,
+              only: Sequence[str] | None = None) -> dict[str, Path | None]:
+    """Sweep name -> the SID artifact its runs read (``None`` for a model without SIDs, or for
+    SIDs not made here): the study's for sweeps without their own, else each distinct source's
+    (its ``sids``, or its stages, made once; with ``collect_only`` an existing artifact is taken
+    as it is). With ``only``, the stages of sources that no sweep of ``only`` reads are not run
+    (their existing artifacts are taken as they are): a job that trains one sweep needs no other
+    sweep's encoder. Every sweep's settings are read before any stage runs, so a bad one fails
+    at once, in one line."""
     needs = {name: model_needs_sids(sweep.model) for name, sweep in config.sweeps.items()}
+    trained = None if only is None else set(only)
     owners: dict[SidSource, str] = {}  # each distinct source, by the first sweep that has it
+    readers: dict[SidSource, set[str]] = {}
     for name, sweep in config.sweeps.items():
         if sweep.own_sids and not needs[name]:
             raise ConfigError(f"scaling config: sweep {name!r}: its model {sweep.model} reads no semantic IDs, so its "
                               "encoder / tokenizer / tokenize_overrides / sids would not be used")
         if sweep.own_sids:
             owners.setdefault(config.source(name), name)
-    made: dict[SidSource, Path] = {}
+            readers.setdefault(config.source(name), set()).add(name)
+    made: dict[SidSource, Path | None] = {}
     pending = {}
     for source, name in owners.items():
+        existing = config.run_dir / "sids" / f"{name}.safetensors"
         if source.sids:
             made[source] = Path(source.sids)
             if not made[source].is_file():
                 raise FileNotFoundError(f"scaling config: sweep {name!r}: sids file {source.sids} does not exist")
-        elif collect_only and (config.run_dir / "sids" / f"{name}.safetensors").is_file():
-            made[source] = config.run_dir / "sids" / f"{name}.safetensors"
+        elif (collect_only or (trained is not None and not trained & readers[source])) and existing.is_file():
+            made[source] = existing
+        elif trained is not None and not trained & readers[source]:
+            _read_source(config, name, source)  # not made by this job; its settings are still checked
+            made[source] = None
         else:
             pending[source] = _read_source(config, name, source)
-    study = _sids(config, pipeline, collect_only)
+    study = _sids(config, pipeline, collect_only, trained)
     for source, inputs in pending.items():
         made[source] = _sweep_sids(config, owners[source], inputs)
     return {name: (made[config.source(name)] if sweep.own_sids else study) if needs[name] else None
@@ -415,7 +431,7 @@ def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int]
     # Shards started together (one per GPU) share the SID stages: one runs them, the others wait
     # and then find the artifacts up to date.
     with FileLock(str(config.run_dir / ".sid-stages.lock")):
-        sids = sid_paths(config, pipeline, collect_only)
+        sids = sid_paths(config, pipeline, collect_only, None if collect_only else only)
     if not collect_only:
         for k, (run, sweep_name, preset, seed, lr) in enumerate(runs):
             if k % count != index:

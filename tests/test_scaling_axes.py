@@ -152,3 +152,22 @@ def test_bad_per_sweep_settings_are_one_line(tmp_path, fake_training, capsys):
     with pytest.raises(ConfigError, match=r"sweep 's': sids .* is a finished artifact, so tokenizer / tokenize_overrides"):
         ScalingConfig(name="x", data="d.yaml", sweeps={"s": {"model": "m.yaml", "presets": ["1m"], "sids": "a.safetensors",
                                                              "tokenize_overrides": ["--tokenizer.init_args.codebook_size", "16"]}})
+
+
+def test_a_job_training_some_sweeps_runs_only_their_sid_stages(tmp_path, fake_training, monkeypatch):
+    """``--only [codebook-16]``: the job makes the SIDs that sweep reads and no other sweep's (the
+    MiniLM encoder sweep's stages are not run: a GPU machine without that encoder can train the
+    rest), trains only its runs, and still writes the report; a later ``--only`` of the other
+    sweeps makes theirs."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    study = tmp_path / "runs" / "axes"
+    run_scaling(ScalingConfig(**_study(tmp_path)), command="cmd", only=["codebook-16"])
+    assert set(fake_training) == {"codebook-16-336k-s0", "codebook-16-336k-s1"}
+    assert (study / "sids" / "codebook-16.safetensors").is_file()
+    assert not (study / "sids" / "enc-minilm-cf3.safetensors").exists() and not (study / "sids" / "rqkmeans.safetensors").exists()
+    assert not any(p.name.startswith("minilm") for p in (study / "embeddings").glob("*"))
+    assert (study / "scaling.md").is_file()
+    fake_training.clear()
+    run_scaling(ScalingConfig(**_study(tmp_path)), command="cmd", only=["enc-minilm-cf3"])
+    assert set(fake_training) == {"enc-minilm-cf3-336k-s0", "enc-minilm-cf3-336k-s1"}
+    assert (study / "sids" / "enc-minilm-cf3.safetensors").is_file() and not (study / "sids" / "rqkmeans.safetensors").exists()
