@@ -382,19 +382,21 @@ def sid_paths(config: ScalingConfig, pipeline: PipelineConfig, collect_only: boo
             raise ConfigError(f"scaling config: sweep {name!r}: its model {sweep.model} reads no semantic IDs, so its "
                               "encoder / tokenizer / tokenize_overrides / sids would not be used")
         if sweep.own_sids:
-            owners.setdefault(config.source(name), name)
-            readers.setdefault(config.source(name), set()).add(name)
+            source = config.source(name)
+            owners.setdefault(source, name)
+            readers.setdefault(source, set()).add(name)
     made: dict[SidSource, Path | None] = {}
     pending = {}
     for source, name in owners.items():
         existing = config.run_dir / "sids" / f"{name}.safetensors"
+        idle = trained is not None and not trained & readers[source]  # no sweep this job trains reads it
         if source.sids:
             made[source] = Path(source.sids)
             if not made[source].is_file():
                 raise FileNotFoundError(f"scaling config: sweep {name!r}: sids file {source.sids} does not exist")
-        elif (collect_only or (trained is not None and not trained & readers[source])) and existing.is_file():
+        elif (collect_only or idle) and existing.is_file():
             made[source] = existing
-        elif trained is not None and not trained & readers[source]:
+        elif idle:
             _read_source(config, name, source)  # not made by this job; its settings are still checked
             made[source] = None
         else:
