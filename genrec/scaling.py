@@ -314,7 +314,8 @@ def count_tokenizer_parameters(sids_path: Path) -> int:
 def _sids(config: ScalingConfig, pipeline: PipelineConfig, collect_only: bool = False, trained: set[str] | None = None) -> Path | None:
     """The study's SID artifact (of the sweeps without their own): the configured one, or the
     pipeline's encode + tokenize stages (reused when unchanged; with ``collect_only`` an existing
-    artifact is taken as it is, the runs' digests record the SIDs they trained on). When none of
+    artifact is taken as it is and a missing one is not made, the runs' digests record the SIDs
+    they trained on). When none of
     the ``trained`` sweeps reads it, an existing artifact is taken as it is and a missing one is
     not made (``None``): a job training other sweeps does not run their stages."""
     users = [name for name, s in config.sweeps.items() if model_needs_sids(s.model) and not s.own_sids]
@@ -326,9 +327,9 @@ def _sids(config: ScalingConfig, pipeline: PipelineConfig, collect_only: bool = 
             raise FileNotFoundError(f"scaling config: sids file {path} does not exist")
         return path
     path = pipeline.run_dir / "sids" / f"{Path(pipeline.tokenizer).stem}.safetensors"
-    if trained is not None and not trained.intersection(users):
+    if collect_only or (trained is not None and not trained.intersection(users)):
         return path if path.is_file() else None
-    return path if collect_only and path.is_file() else run_sid_stages(pipeline)
+    return run_sid_stages(pipeline)
 
 
 def _read_source(config: ScalingConfig, sweep_name: str, source: SidSource) -> Any:
@@ -369,7 +370,7 @@ def sid_paths(config: ScalingConfig, pipeline: PipelineConfig, collect_only: boo
     """Sweep name -> the SID artifact its runs read (``None`` for a model without SIDs, or for
     SIDs not made here): the study's for sweeps without their own, else each distinct source's
     (its ``sids``, or its stages, made once; with ``collect_only`` an existing artifact is taken
-    as it is). With ``only``, the stages of sources that no sweep of ``only`` reads are not run
+    as it is and a missing one is not made: collecting never runs an encoder). With ``only``, the stages of sources that no sweep of ``only`` reads are not run
     (their existing artifacts are taken as they are): a job that trains one sweep needs no other
     sweep's encoder. Every sweep's settings are read before any stage runs, so a bad one fails
     at once, in one line."""
@@ -396,7 +397,7 @@ def sid_paths(config: ScalingConfig, pipeline: PipelineConfig, collect_only: boo
                 raise FileNotFoundError(f"scaling config: sweep {name!r}: sids file {source.sids} does not exist")
         elif (collect_only or idle) and existing.is_file():
             made[source] = existing
-        elif idle:
+        elif idle or collect_only:
             _read_source(config, name, source)  # not made by this job; its settings are still checked
             made[source] = None
         else:

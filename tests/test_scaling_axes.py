@@ -171,3 +171,19 @@ def test_a_job_training_some_sweeps_runs_only_their_sid_stages(tmp_path, fake_tr
     run_scaling(ScalingConfig(**_study(tmp_path)), command="cmd", only=["enc-minilm-cf3"])
     assert set(fake_training) == {"enc-minilm-cf3-336k-s0", "enc-minilm-cf3-336k-s1"}
     assert (study / "sids" / "enc-minilm-cf3.safetensors").is_file() and not (study / "sids" / "rqkmeans.safetensors").exists()
+
+
+def test_collect_only_makes_no_sids(tmp_path, fake_training, monkeypatch):
+    """``--collect_only`` writes the report from the result.json files it finds and runs no encode
+    or tokenize stage, of the study or of a sweep: a missing SID artifact stays missing (a real
+    study's SmolLM2 sweep would otherwise encode for an hour on a CPU just to write a report)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    study = tmp_path / "runs" / "axes"
+    run_scaling(ScalingConfig(**_study(tmp_path)), command="cmd", only=["codebook-16"])
+    made = sorted(p.name for p in (study / "sids").glob("*.safetensors"))
+    fake_training.clear()
+    report = run_scaling(ScalingConfig(**_study(tmp_path)), command="cmd", collect_only=True).read_text()
+    assert fake_training == {}
+    assert sorted(p.name for p in (study / "sids").glob("*.safetensors")) == made
+    assert not (study / "sids" / "rqkmeans.safetensors").exists() and not (study / "sids" / "enc-minilm-cf3.safetensors").exists()
+    assert "| codebook-16 |" in report and "tiger-336k-lr0.001-s0" in report  # its runs shown, the others listed as not run
