@@ -48,6 +48,7 @@ from genrec.artifacts import (
     read_json,
     write_json,
 )
+from genrec.divergence import StopOnNonFiniteLoss
 from genrec.errors import ArtifactError
 from genrec.stages.data import describe_data, load_data
 from genrec.stages.fit import build_model_run
@@ -240,6 +241,7 @@ def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None, v
     curve: list[list[float]] = []  # [epoch, monitored value] of every validation of this process
     cli.trainer.callbacks.append(_ValCurve(monitor, curve))
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(resume) if resume else None)
+    diverged = next((c.stopped_at for c in cli.trainer.callbacks if isinstance(c, StopOnNonFiniteLoss)), None)
     train_seconds = timer.time_elapsed("train")
     best = getattr(callback, "best_model_path", "") if callback is not None else ""
     metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)[0]
@@ -260,6 +262,7 @@ def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None, v
         "val_curve": {"monitor": monitor, "points": curve},
         "best_epoch": int(max(curve, key=lambda point: point[1])[0]) if curve else None,
         "resumed": resume is not None,
+        **({"diverged": diverged} if diverged else {}),  # training stopped at a non-finite loss (step, epoch, loss)
         "checkpoint": best,
         "device": device_name(),
         "digest": digest,

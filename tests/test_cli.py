@@ -171,3 +171,52 @@ def test_tokenize_reads_one_accelerator_for_encoder_and_tokenizer(tmp_path):
     own = read_tokenize(files, ["--encode.accelerator", "cpu"])
     assert (own.encode["accelerator"], own.settings.accelerator) == ("cpu", "auto")
     assert own.recorded["class_path"] == "genrec.quantize.RQKMeans" and own.datamodule.name == "tiny"
+
+
+def test_a_diverged_run_stops_in_one_line_and_tests_its_best_checkpoint(tmp_path, monkeypatch, caplog):
+    """The loss turns NaN from the 5th training step on: training stops at the first look at the
+    loss after it (every 50 steps and each epoch's first batch), long before the 8 epochs asked
+    for, says where in one log line, and ``fit`` still tests the best checkpoint saved before it."""
+    import logging
+
+    from genrec.divergence import StopOnNonFiniteLoss
+    from genrec.models import TigerModule
+
+    monkeypatch.chdir(tmp_path)
+    step_loss = TigerModule.step_loss
+
+    def diverging(self, batch):
+        loss = step_loss(self, batch)
+        return loss * float("nan") if self.trainer.global_step >= 4 else loss
+
+    monkeypatch.setattr(TigerModule, "step_loss", diverging)
+    with caplog.at_level(logging.ERROR, logger="genrec"):
+        cli = _cli(tmp_path, epochs=8)
+    stop = next(c for c in cli.trainer.callbacks if isinstance(c, StopOnNonFiniteLoss))
+    steps_per_epoch = cli.trainer.num_training_batches
+    at = stop.stopped_at
+    assert at is not None and at["loss"] == "nan" and at["step"] >= 5
+    assert at["epoch"] == (at["step"] - 1) // steps_per_epoch < 7  # stopped at the first batch of the next epoch
+    assert cli.trainer.global_step == at["step"]  # not one step after it
+    lines = [r.getMessage() for r in caplog.records if "training stopped" in r.getMessage()]
+    assert lines == [f"training stopped: the loss is nan at step {at['step']} (epoch {at['epoch']}); the checkpoints saved before "
+                     "it are kept and the best of them is what is tested (lower the lr, or check the data of this run)"]
+    best = cli.trainer.checkpoint_callback.best_model_path
+    assert best and int(best.rsplit("step=", 1)[1].split(".")[0]) <= 4  # a checkpoint from before the NaN
+    assert "test/recall@10" in cli.trainer.callback_metrics  # fit ended with its test pass
+
+
+def test_the_loss_is_looked_at_every_n_steps_only():
+    from types import SimpleNamespace
+
+    from genrec.divergence import StopOnNonFiniteLoss
+
+    stop = StopOnNonFiniteLoss(every=10)
+    trainer = SimpleNamespace(global_step=3, current_epoch=1, should_stop=False)
+    stop.on_train_batch_end(trainer, None, {"loss": torch.tensor(float("inf"))}, None, batch_idx=3)
+    assert not trainer.should_stop and stop.stopped_at is None  # step 3 of 10: not looked at
+    trainer.global_step = 10
+    stop.on_train_batch_end(trainer, None, torch.tensor(1.5), None, batch_idx=10)
+    assert not trainer.should_stop  # finite
+    stop.on_train_batch_end(trainer, None, {"loss": torch.tensor(float("inf"))}, None, batch_idx=10)
+    assert trainer.should_stop and stop.stopped_at == {"step": 10, "epoch": 1, "loss": "inf"}

@@ -10,6 +10,8 @@ differs:
   ModelCheckpoint, or ``trainer.enable_checkpointing: false``);
 * a :class:`~lightning.pytorch.callbacks.LearningRateMonitor` (per step) when there is a logger
   (unless the config lists one);
+* a :class:`~genrec.divergence.StopOnNonFiniteLoss`: training stops, in one line, at a NaN or
+  infinite training loss (then the best checkpoint before it is tested);
 * ``<root>/config.yaml``, the resolved config of a ``fit`` (what
   :class:`~genrec.recommender.Recommender` reads).
 """
@@ -31,6 +33,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 
 from genrec.artifacts import atomic_path, read_checkpoint
+from genrec.divergence import StopOnNonFiniteLoss
 from genrec.errors import ArtifactError, UsageError, parse_error_line
 from genrec.progress import progress_callbacks
 from genrec.resume import RNGStateCheckpoint
@@ -83,7 +86,7 @@ class GenRecCLI(LightningCLI):
             subclass_mode_data=True,
             save_config_callback=RunConfigSaver,
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [RNGStateCheckpoint()]},
+            trainer_defaults={"callbacks": [RNGStateCheckpoint(), StopOnNonFiniteLoss()]},
             parser_kwargs={**PARSER_OPTIONS, **{command: dict(PARSER_OPTIONS) for command in LIGHTNING_COMMANDS}},
             seed_everything_default=0,  # the seed Lightning falls back to, said explicitly (no "No seed found" warning)
             args=args if args is None or isinstance(args, Mapping) else list(args),
