@@ -38,7 +38,7 @@ Attention is one fused ``scaled_dot_product_attention`` per layer over ``[U_b + 
 W * g, hi - lo]`` with the additive mask (the memory-efficient kernel on CUDA; the flash kernel
 takes no mask). Prompt and beam columns share the call. Only the columns in use are attended
 (:meth:`GraphDecoder.span`): from the batch's widest prompt (length-sorted batches are much
-narrower than ``P``) to the beam columns written so far, in buckets when graphed (the graphs are
+narrower than ``P``) to the beam columns written so far, in buckets of 128 columns when graphed (the graphs are
 keyed by ``(U_b, R_b, lo, hi)``). Over all ``C`` columns, attention was a third of the GPU time
 of a step (H200 profile, docs/benchmarks.md).
 """
@@ -116,6 +116,9 @@ class GraphDecoder:
 
     PROMPT_BUCKET = 128
     """Padded (graphed) steps start attending at a multiple of this many prompt columns."""
+    BEAM_BUCKET = 128
+    """Padded (graphed) steps attend the beam columns written so far rounded up to a multiple of
+    this (at least 64). Powers of two (before) attended 1,024 columns where 520-660 were written."""
 
     def __init__(self, weights: DecoderWeights, capacity: int, width: int, steps: int, prompt_width: int, device: torch.device,
                  graphs: bool = True, padded: bool | None = None) -> None:
@@ -262,12 +265,13 @@ class GraphDecoder:
         (``P - S`` on, ``S`` the batch's prompt width, ``lo`` rounded down to a multiple of 8,
         the fused kernel's alignment) and the ``t * W`` beam columns written so far. Padded
         (graphed), ``lo`` is rounded down to a multiple of :attr:`PROMPT_BUCKET` and the beam
-        columns up to a power of two (at least 64), so that few graphs cover every step; the
-        columns added are masked for every beam."""
+        columns up to a multiple of :attr:`BEAM_BUCKET` (at least 64), so that few graphs cover
+        every step; the columns added are masked for every beam."""
         P, W = self.prompt_width, self.width
         if not self.padded:
             return self.prompt_lo, min(P + -(-(t * W) // 8) * 8, self.columns)
-        return self.prompt_lo, min(P + max(64, _next_pow2(t * W)), self.columns)
+        beams = 64 if t * W <= 64 else -(-(t * W) // self.BEAM_BUCKET) * self.BEAM_BUCKET
+        return self.prompt_lo, min(P + beams, self.columns)
 
     def step(self, beams: LiveBeams) -> Tensor:
         """Feed the live beams (:class:`~genrec.decoding.LiveBeams`, ``R`` of them); ``[R, V]``

@@ -389,6 +389,27 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     assert torch.equal(unmerged.eval().recommend(batch, k=10, beam_width=12).items, fast.items)
 
 
+def test_graphed_steps_attend_at_most_one_bucket_more_beam_columns_than_written():
+    """The padded (graphed) span: from the batch's first prompt column to the beam columns written
+    so far, rounded up to 64 and then to a multiple of 128 (few graphs), never beyond the buffer;
+    the exact (eager) span rounds to 8 only."""
+    from types import SimpleNamespace
+
+    from genrec.models.lm_graphs import GraphDecoder
+
+    P, W = 512, 20
+    columns = -(-(P + 33 * W + 1) // 8) * 8
+    padded = SimpleNamespace(prompt_width=P, width=W, prompt_lo=384, columns=columns, padded=True, BEAM_BUCKET=128)
+    his = {t: GraphDecoder.span(padded, t)[1] - P for t in range(1, 34)}
+    assert GraphDecoder.span(padded, 1) == (384, P + 64)
+    assert all(t * W <= beams < max(64, t * W + 128) and (beams == 64 or beams % 128 == 0 or P + beams == columns)
+               for t, beams in his.items())
+    assert his[26] == 640 and his[33] == min(768, columns - P)  # powers of two gave 1,024 from step 26 on
+    assert len(set(his.values())) <= 7
+    exact = SimpleNamespace(**{**vars(padded), "padded": False})
+    assert [GraphDecoder.span(exact, t)[1] - P for t in (1, 2, 33)] == [24, 40, 664]
+
+
 def test_static_decoder_runs_qwen3_exactly_and_says_which_models_it_leaves_to_the_slot_decoder(datamodule, batch):
     """The static decoder writes the decoder layer out itself: Qwen3's (q/k norms, GQA) gives the
     reference decoder's items and scores; a model type it does not know is left to the slot
