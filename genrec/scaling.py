@@ -77,6 +77,10 @@ class Sweep:
         lrs: learning rates to try at every size (every seed each); the report and the law use,
             per size, the one with the best mean val metric (the peak of each run's val curve),
             and show the whole selection. Empty: the model YAML's lr only.
+        lr_seeds: run the lr sweep on the study's first ``lr_seeds`` seeds only, and the other
+            seeds at the lr chosen on those (a size's later seeds wait until every lr has a
+            finished run on each of the first seeds). ``None``: every seed runs every lr.
+            With 3 lrs and 3 seeds, ``lr_seeds: 1`` trains 5 runs a size instead of 9.
         lr_key: the dotted config key of the learning rate (``model.init_args.lr`` for TIGER
             and SASRec, ``model.init_args.optimizer.lr`` for the LM recommender).
         paradigm: ``sid`` (SID-based GR) or ``llm`` (LLM-as-RS): which law is fitted.
@@ -112,6 +116,7 @@ class Sweep:
     preset_overrides: dict[str, list[str]] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
     lrs: list[float] = field(default_factory=list)
+    lr_seeds: int | None = None
     lr_key: str = "model.init_args.lr"
     encoder: str | None = None
     tokenizer: str | None = None
@@ -213,6 +218,8 @@ class ScalingConfig:
                 raise ConfigError(f"sweep {name!r}: model labels name run folders (letters, digits, '.', '_', '-'): {bad}")
             if any(lr <= 0 for lr in sweep.lrs) or len(set(sweep.lrs)) != len(sweep.lrs):
                 raise ConfigError(f"sweep {name!r}: lrs must be distinct and > 0, got {sweep.lrs}")
+            if sweep.lr_seeds is not None and (not sweep.lrs or not 1 <= sweep.lr_seeds <= len(self.seeds or [])):
+                raise ConfigError(f"sweep {name!r}: lr_seeds {sweep.lr_seeds} needs lrs and 1 <= lr_seeds <= the {len(self.seeds or [])} seeds")
             stray = sorted(set(sweep.preset_overrides) - set(sweep.labels))
             if stray:
                 raise ConfigError(f"sweep {name!r}: preset_overrides for presets it does not sweep: {stray}")
@@ -251,9 +258,44 @@ class ScalingConfig:
         return Path(self.root) / self.name
 
     def runs(self) -> list[ScalingRun]:
-        """Every run, sweep by sweep, small to large (and lr by lr within a size)."""
-        return [ScalingRun(f"{s}-{p}{'' if lr is None else f'-lr{lr:g}'}-s{seed}", s, p, seed, lr)
-                for s, sweep in self.sweeps.items() for p in sweep.labels for lr in (sweep.lrs or [None]) for seed in self.seeds]
+        """Every run that can train now, sweep by sweep, small to large (and lr by lr within a
+        size); a sweep's seeds past ``lr_seeds`` only at their size's chosen lr, once chosen
+        (:meth:`waiting` lists the others)."""
+        out = []
+        for s, sweep in self.sweeps.items():
+            for p in sweep.labels:
+                for lr in sweep.lrs or [None]:
+                    for seed in self.lr_sweep_seeds(s):
+                        out.append(ScalingRun(f"{s}-{p}{'' if lr is None else f'-lr{lr:g}'}-s{seed}", s, p, seed, lr))
+                chosen = self.chosen_lr(s, p) if sweep.lr_seeds else None
+                if chosen is not None:
+                    out += [ScalingRun(f"{s}-{p}-lr{chosen:g}-s{seed}", s, p, seed, chosen) for seed in self.seeds[sweep.lr_seeds:]]
+        return out
+
+    def lr_sweep_seeds(self, sweep_name: str) -> list[int]:
+        """The seeds that run every lr of a sweep (all of them unless ``lr_seeds``)."""
+        sweep = self.sweeps[sweep_name]
+        return self.seeds[: sweep.lr_seeds] if sweep.lr_seeds else list(self.seeds)
+
+    def chosen_lr(self, sweep_name: str, label: str) -> float | None:
+        """The lr of size ``label`` with the best mean val peak over the lr-sweep seeds, once each
+        of them has a finished run (a ``result.json`` with a val curve) at every lr; else ``None``."""
+        sweep, means = self.sweeps[sweep_name], {}
+        for lr in sweep.lrs:
+            peaks = []
+            for seed in self.lr_sweep_seeds(sweep_name):
+                path = self.run_dir / f"{sweep_name}-{label}-lr{lr:g}-s{seed}" / "result.json"
+                points = (read_json(path).get("val_curve") or {}).get("points") if path.is_file() else None
+                if not points:
+                    return None
+                peaks.append(max(value for _, value in points))
+            means[lr] = float(np.mean(peaks))
+        return max(means, key=means.get) if means else None
+
+    def waiting(self) -> list[str]:
+        """Runs not yet startable: seeds past ``lr_seeds`` of sizes whose lr is not chosen yet."""
+        return [f"{s}-{p}-s{seed}" for s, sweep in self.sweeps.items() if sweep.lr_seeds for p in sweep.labels
+                if self.chosen_lr(s, p) is None for seed in self.seeds[sweep.lr_seeds:]]
 
 
 def _flag_value(args: Sequence[str], flag: str) -> str | None:
@@ -435,15 +477,22 @@ def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int]
     # and then find the artifacts up to date.
     with FileLock(str(config.run_dir / ".sid-stages.lock")):
         sids = sid_paths(config, pipeline, collect_only, None if collect_only else only)
-    if not collect_only:
+    done: set[str] = set()
+    while not collect_only:
         for k, (run, sweep_name, preset, seed, lr) in enumerate(runs):
-            if k % count != index:
+            if k % count != index or run in done:
                 continue
             sweep = config.sweeps[sweep_name]
             pipeline.models = {run: sweep.model}
             pipeline.overrides[run] = [*sweep.overrides, *sweep.preset_overrides.get(preset, [])]
             log.info("scaling run %d/%d: %s", k + 1, len(runs), run)
             run_model(pipeline, run, sweep.model, sids[sweep_name], values=sweep.values(preset, seed, lr))
+            done.add(run)
+        # A single job goes on with the seeds whose lr its runs just chose (lr_seeds); shards
+        # stop here (each would see the choices at another time): re-run them for those.
+        runs = [r for r in config.runs() if only is None or r[1] in only]
+        if count > 1 or all(r[0] in done for r in runs):
+            break
     return write_scaling_report(config, sids, command)
 
 
@@ -453,9 +502,9 @@ def select_lrs(config: ScalingConfig) -> dict[str, dict[str, dict[str, Any]]]:
     seeds (``{"lrs": {lr: [mean, seeds]}, "chosen": lr}``), the chosen lr the one with the
     highest mean; a size with no val curve yet has no choice (``chosen`` None)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for run, sweep_name, label, _seed, lr in config.runs():
-        if lr is None:
-            continue
+    for run, sweep_name, label, seed, lr in config.runs():
+        if lr is None or seed not in config.lr_sweep_seeds(sweep_name):
+            continue  # the later seeds of an lr_seeds sweep run at the chosen lr only: they do not choose it
         path = config.run_dir / run / "result.json"
         points = (read_json(path).get("val_curve") or {}).get("points") if path.is_file() else None
         entry = out.setdefault(sweep_name, {}).setdefault(label, {"lrs": {}, "chosen": None})
@@ -679,6 +728,10 @@ def write_scaling_report(config: ScalingConfig, sids: dict[str, Path | None], co
         started = [run for run in missing if (run_dir / run).is_dir()]
         lines += ["", f"Not run yet ({len(missing)}): " + ", ".join(missing) + ". Re-run the command to train them (finished runs are skipped"
                   + (f"; {', '.join(started)} started without finishing and resume from their last.ckpt" if started else "") + ")."]
+    waiting = config.waiting()
+    if waiting:
+        lines += ["", f"Waiting for their size's lr choice ({len(waiting)}): " + ", ".join(waiting)
+                  + ". They run, at the chosen lr, once every lr has a finished run on the lr-sweep seeds."]
     if plotted:
         plot_scaling(plotted, run_dir / "scaling.png", metric_label=f"test {metric}")
         lines += ["", "![scaling](scaling.png)"]

@@ -191,6 +191,43 @@ def test_lr_sweep_per_size_is_chosen_on_val_and_shown(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="lrs must be distinct and > 0"):
         ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": ["1m"], "lrs": [0.001, 0.001]}})
 
+def test_lr_seeds_sweep_the_lrs_on_the_first_seed_and_run_the_others_at_the_choice(tmp_path, monkeypatch):
+    """``lr_seeds: 1``: every lr runs on seed 0 only; seeds 1 and 2 wait for their size's choice
+    (listed), then one job trains them at the chosen lr; only seed 0 chooses (seeds 1-2 exist at
+    one lr only); the points are the chosen lr's three seeds. 10 runs instead of 18."""
+    best = {"336k": 0.004, "13m": 0.001}
+    calls = {}
+
+    def run_model(pipeline, name, path, sids, values):
+        calls[name] = values
+        label, lr, seed = name.split("-")[1], values["model.init_args.lr"], values["seed_everything"]
+        quality = 0.06 - 0.01 * abs(np.log2(lr / best[label])) + 0.0005 * seed
+        result = {"parameters": int(nominal_size(label)), "epochs": 10, "best_epoch": 6,
+                  "val_curve": {"monitor": "val/ndcg@10", "points": [[e, quality * min(e, 6) / 6] for e in range(10)]},
+                  "metrics": {"test/recall@10": quality * 0.8, "test/ndcg@10": quality * 0.4}, "train_seconds": 1.0, "device": "FakeGPU"}
+        write_json(pipeline.run_dir / name / "result.json", result)
+        return result
+
+    monkeypatch.setattr("genrec.scaling.run_model", run_model)
+    (tmp_path / "sids.safetensors").write_bytes(b"")
+    settings = dict(name="lr1", data="configs/data/synthetic.yaml", sids=str(tmp_path / "sids.safetensors"), seeds=[0, 1, 2],
+                    encoder_parameters=ENCODER, tokenizer_parameters=TOKENIZER, root=str(tmp_path / "runs"),
+                    sweeps={"tiger": {"model": "configs/tiger/synthetic.yaml", "presets": ["336k", "13m"], "lrs": [0.001, 0.002, 0.004], "lr_seeds": 1}})
+    config = ScalingConfig(**settings)
+    assert [r.name for r in config.runs()] == [f"tiger-{p}-lr{lr}-s0" for p in ("336k", "13m") for lr in ("0.001", "0.002", "0.004")]
+    assert config.waiting() == ["tiger-336k-s1", "tiger-336k-s2", "tiger-13m-s1", "tiger-13m-s2"]
+    report = run_scaling(config, shard=(0, 2)).read_text()  # a shard does not go on to the later seeds
+    assert len(calls) == 3 and "Waiting for their size's lr choice (4)" in report
+    report = run_scaling(ScalingConfig(**settings)).read_text()  # one job: the rest of the lr runs, then seeds 1-2
+    assert len(calls) == 10 and {"tiger-336k-lr0.004-s1", "tiger-336k-lr0.004-s2", "tiger-13m-lr0.001-s1", "tiger-13m-lr0.001-s2"} <= set(calls)
+    assert calls["tiger-13m-lr0.001-s2"] == {"model.init_args.preset": "13m", "seed_everything": 2, "model.init_args.lr": 0.001}
+    assert "| tiger | 336k | 0.004 | 0.0600 | 1 | yes |" in report and "Waiting" not in report and "Not run yet" not in report
+    points = read_json(tmp_path / "runs" / "lr1" / "scaling.json")["sweeps"]["tiger"]["points"]
+    assert sorted((p["preset"], p["seed"]) for p in points) == sorted((p, s) for p in ("336k", "13m") for s in (0, 1, 2))
+    with pytest.raises(ValueError, match="lr_seeds 4 needs lrs and 1 <= lr_seeds <= the 3 seeds"):
+        ScalingConfig(**{**settings, "sweeps": {"t": {"model": "m.yaml", "presets": ["1m"], "lrs": [0.001], "lr_seeds": 4}}})
+
+
 def test_bad_settings(tmp_path, fake_training, capsys):
     with pytest.raises(ValueError, match="paradigm must be 'sid' or 'llm'"):
         ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": ["1m"], "paradigm": "other"}})
