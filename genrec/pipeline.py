@@ -363,7 +363,8 @@ def write_report(config: PipelineConfig, stats: dict[str, Any], sids_path: Path 
             f"| {name} ({result['class']}) | {result['parameters']:,} | {m.get('test/recall@5', float('nan')):.4f} | "
             f"{m.get('test/ndcg@5', float('nan')):.4f} | {m.get('test/recall@10', float('nan')):.4f} | "
             f"{m.get('test/ndcg@10', float('nan')):.4f} | {m.get('test/cold/recall@10', float('nan')):.4f}"
-            f"{'' if cold_users is None else f' ({cold_users:,})'} | {result['train_seconds']} | {result['epochs']} |"
+            f"{'' if cold_users is None else f' ({cold_users:,})'} | {result['train_seconds']} | {result['epochs']}"
+            + (f" (stopped: loss {result['diverged']['loss']} at step {result['diverged']['step']})" if result.get("diverged") else "") + " |"
         )
     if popularity:
         p = popularity

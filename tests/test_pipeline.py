@@ -188,9 +188,10 @@ def test_report_lists_only_the_runs_overrides(tiny_run, tmp_path, monkeypatch, c
     assert "overrides for stages this run does not have are ignored: tiger, tokenize" in caplog.text
 
 
-def test_report_states_an_evaluated_subset(tmp_path):
+def test_report_states_an_evaluated_subset_and_a_diverged_run(tmp_path):
     """A model tested on a subset of the test users (LMRecModule's max_eval_users) gets a line
-    saying how many of how many; a model tested on everyone gets none."""
+    saying how many of how many; a model tested on everyone gets none. A run stopped at a NaN
+    loss says so beside its epochs."""
     from genrec.pipeline import PipelineConfig, write_report
 
     stats = {"data": {"name": "tiny"}, "split": {"train": 10, "val": 5, "test": 5},
@@ -204,6 +205,9 @@ def test_report_states_an_evaluated_subset(tmp_path):
     report = write_report(PipelineConfig(name="r", data="d.yaml", root=str(tmp_path)), stats, None, results, "cmd").read_text()
     assert "- lm: evaluated 2,000 of 8,317 test users (a seeded random subset, max_eval_users)." in report
     assert "sasrec: evaluated" not in report
+    results["lm"]["diverged"] = {"step": 1149, "epoch": 1, "loss": "nan"}  # StopOnNonFiniteLoss stopped it
+    report = write_report(PipelineConfig(name="r", data="d.yaml", root=str(tmp_path)), stats, None, results, "cmd").read_text()
+    assert "| 1 | 1 (stopped: loss nan at step 1149) |" in report and report.count("stopped: loss") == 1
 
 
 def test_one_accelerator_reaches_every_stage(tmp_path, monkeypatch):
