@@ -25,7 +25,8 @@ rounding differs between any two batch layouts, and a beam search below exhausti
 then keep other beams and find other items), with the largest score difference of an item both
 ranked (a few hundredths in bf16; a decoder bug shows as more) and both decoders' users/s.
 ``--profile`` prints the operators of a quarter of the first batch, decoded, by device time
-(torch.profiler).
+(torch.profiler), then those of the same batch decoded eagerly with the same padding, grouped by
+operator and input shape.
 
 The decoder is the static-shape one (:mod:`genrec.models.lm_graphs`: CUDA graphs on a GPU) unless
 ``--decoder slot`` (the eager slot decoder). Before the timed pass, ``--warmup`` users (default:
@@ -206,15 +207,28 @@ def host_ops_per_step(module: LMRecModule, batch: SeqBatch, device: torch.device
 
 
 def profile(module: LMRecModule, batch: SeqBatch, device: torch.device, beams: int, precision: str) -> None:
-    """Print the operators of one decoded batch, most device time first."""
+    """Print the operators of one decoded batch, most device time first: the kernels as the
+    decoder runs them (graph replays included), then the same batch decoded eagerly with the
+    same padded shapes, its aten operators grouped by input shape (a graph replay hides which
+    operator and which shapes a kernel belongs to)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     with torch_profile(activities=activities) as prof:
         decode_all(module, [batch], device, beams, precision)
-    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=30), flush=True)
+    saved = module.decode_graphs, module.decode_padded
+    engine = getattr(module, "_graph_decoder", None)
+    module.decode_graphs, module.decode_padded = False, engine.padded if engine is not None else saved[1]
+    try:
+        with torch_profile(activities=activities, record_shapes=True) as prof:
+            decode_all(module, [batch], device, beams, precision)
+    finally:
+        module.decode_graphs, module.decode_padded = saved
+    print("the same batch decoded eagerly (same padding), by operator and input shape:", flush=True)
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=40), flush=True)
 
 
 def main() -> None:

@@ -255,7 +255,7 @@ def test_lm_fit_only_prints_training_throughput(tmp_path, monkeypatch, capsys):
     assert state["samples"] == 16 and not (tmp_path / "docs").exists()
 
 
-def test_lm_decode_benchmark_checks_the_reference_and_records_quality(tmp_path, monkeypatch):
+def test_lm_decode_benchmark_checks_the_reference_and_records_quality(tmp_path, monkeypatch, capsys):
     """bench.lm_decode on a tiny from-scratch LM (users re-batched by prompt length): the float32
     check against the reference decoder passes, and the row has users/s, the test metrics, the
     cold exposure, the pruning share and the operators per step; a list that differs beyond a
@@ -276,9 +276,12 @@ def test_lm_decode_benchmark_checks_the_reference_and_records_quality(tmp_path, 
     monkeypatch.setattr(lm_decode, "record", functools.partial(record, path=bench_file))
     monkeypatch.setattr(sys, "argv", [
         "lm_decode", "--data", str(data), "--model", str(ROOT / "configs/lm/tiny-scratch.yaml"), "--users", "10", "--batch", "4",
-        "--beams", "12", "--compare-reference", "6", "--order", "length",
+        "--beams", "12", "--compare-reference", "6", "--order", "length", "--profile",
         "--set", "model.init_args.overrides={num_layers: 1, hidden_size: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}"])
     lm_decode.main()
+    printed = capsys.readouterr().out  # --profile: the decoder's operators, then the eager ones by input shape
+    assert "the same batch decoded eagerly (same padding), by operator and input shape:" in printed
+    assert printed.count("Self CPU") >= 2 and "Input Shapes" in printed.split("by operator and input shape:")[1]
     table = bench_file.read_text()
     header, _, row = (line.split(" | ") for line in table.strip().splitlines()[-3:])
     cells = dict(zip(header, row, strict=True))
