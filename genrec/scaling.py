@@ -160,6 +160,18 @@ TOKENIZE_OVERRIDE_PREFIXES = ("--encoder.", "--encode.", "--tokenizer.", "--toke
 """The flags a sweep's ``tokenize_overrides`` may set (its SIDs; the data stays the study's)."""
 
 
+def run_name(sweep: str, label: str, seed: int, lr: float | None = None) -> str:
+    """The folder name of one run: ``<sweep>-<label>[-lr<lr>]-s<seed>``."""
+    return f"{sweep}-{label}{'' if lr is None else f'-lr{lr:g}'}-s{seed}"
+
+
+def val_peak(run_folder: Path) -> float | None:
+    """The best value of a finished run's val curve (its ``result.json``); ``None`` if none yet."""
+    path = run_folder / "result.json"
+    points = (read_json(path).get("val_curve") or {}).get("points") if path.is_file() else None
+    return max(value for _, value in points) if points else None
+
+
 class ScalingRun(NamedTuple):
     """One run of a study: its folder name, sweep, size label, seed and learning rate (``None``: the YAML's)."""
 
@@ -266,10 +278,10 @@ class ScalingConfig:
             for p in sweep.labels:
                 for lr in sweep.lrs or [None]:
                     for seed in self.lr_sweep_seeds(s):
-                        out.append(ScalingRun(f"{s}-{p}{'' if lr is None else f'-lr{lr:g}'}-s{seed}", s, p, seed, lr))
+                        out.append(ScalingRun(run_name(s, p, seed, lr), s, p, seed, lr))
                 chosen = self.chosen_lr(s, p) if sweep.lr_seeds else None
                 if chosen is not None:
-                    out += [ScalingRun(f"{s}-{p}-lr{chosen:g}-s{seed}", s, p, seed, chosen) for seed in self.seeds[sweep.lr_seeds:]]
+                    out += [ScalingRun(run_name(s, p, seed, chosen), s, p, seed, chosen) for seed in self.seeds[sweep.lr_seeds:]]
         return out
 
     def lr_sweep_seeds(self, sweep_name: str) -> list[int]:
@@ -280,15 +292,11 @@ class ScalingConfig:
     def chosen_lr(self, sweep_name: str, label: str) -> float | None:
         """The lr of size ``label`` with the best mean val peak over the lr-sweep seeds, once each
         of them has a finished run (a ``result.json`` with a val curve) at every lr; else ``None``."""
-        sweep, means = self.sweeps[sweep_name], {}
-        for lr in sweep.lrs:
-            peaks = []
-            for seed in self.lr_sweep_seeds(sweep_name):
-                path = self.run_dir / f"{sweep_name}-{label}-lr{lr:g}-s{seed}" / "result.json"
-                points = (read_json(path).get("val_curve") or {}).get("points") if path.is_file() else None
-                if not points:
-                    return None
-                peaks.append(max(value for _, value in points))
+        means = {}
+        for lr in self.sweeps[sweep_name].lrs:
+            peaks = [val_peak(self.run_dir / run_name(sweep_name, label, seed, lr)) for seed in self.lr_sweep_seeds(sweep_name)]
+            if None in peaks:
+                return None
             means[lr] = float(np.mean(peaks))
         return max(means, key=means.get) if means else None
 
@@ -355,11 +363,10 @@ def count_tokenizer_parameters(sids_path: Path) -> int:
 
 def _sids(config: ScalingConfig, pipeline: PipelineConfig, collect_only: bool = False, trained: set[str] | None = None) -> Path | None:
     """The study's SID artifact (of the sweeps without their own): the configured one, or the
-    pipeline's encode + tokenize stages (reused when unchanged; with ``collect_only`` an existing
-    artifact is taken as it is and a missing one is not made, the runs' digests record the SIDs
-    they trained on). When none of
-    the ``trained`` sweeps reads it, an existing artifact is taken as it is and a missing one is
-    not made (``None``): a job training other sweeps does not run their stages."""
+    pipeline's encode + tokenize stages (reused when unchanged). With ``collect_only``, or when
+    none of the ``trained`` sweeps reads it, an existing artifact is taken as it is (the runs'
+    digests record the SIDs they trained on) and a missing one is not made (``None``): collecting
+    never runs an encoder, and a job training other sweeps does not run their stages."""
     users = [name for name, s in config.sweeps.items() if model_needs_sids(s.model) and not s.own_sids]
     if not users:
         return None
@@ -412,8 +419,8 @@ def sid_paths(config: ScalingConfig, pipeline: PipelineConfig, collect_only: boo
     """Sweep name -> the SID artifact its runs read (``None`` for a model without SIDs, or for
     SIDs not made here): the study's for sweeps without their own, else each distinct source's
     (its ``sids``, or its stages, made once; with ``collect_only`` an existing artifact is taken
-    as it is and a missing one is not made: collecting never runs an encoder). With ``only``, the stages of sources that no sweep of ``only`` reads are not run
-    (their existing artifacts are taken as they are): a job that trains one sweep needs no other
+    as it is and a missing one is not made: collecting never runs an encoder). With ``only``, the
+    stages of sources that no sweep of ``only`` reads are not run (their existing artifacts are taken as they are): a job that trains one sweep needs no other
     sweep's encoder. Every sweep's settings are read before any stage runs, so a bad one fails
     at once, in one line."""
     needs = {name: model_needs_sids(sweep.model) for name, sweep in config.sweeps.items()}
@@ -505,11 +512,10 @@ def select_lrs(config: ScalingConfig) -> dict[str, dict[str, dict[str, Any]]]:
     for run, sweep_name, label, seed, lr in config.runs():
         if lr is None or seed not in config.lr_sweep_seeds(sweep_name):
             continue  # the later seeds of an lr_seeds sweep run at the chosen lr only: they do not choose it
-        path = config.run_dir / run / "result.json"
-        points = (read_json(path).get("val_curve") or {}).get("points") if path.is_file() else None
+        peak = val_peak(config.run_dir / run)
         entry = out.setdefault(sweep_name, {}).setdefault(label, {"lrs": {}, "chosen": None})
-        if points:
-            entry["lrs"].setdefault(lr, []).append(max(value for _, value in points))
+        if peak is not None:
+            entry["lrs"].setdefault(lr, []).append(peak)
     for picks in out.values():
         for entry in picks.values():
             entry["lrs"] = {lr: [float(np.mean(values)), len(values)] for lr, values in entry["lrs"].items()}

@@ -158,9 +158,9 @@ def test_pretrained_models_by_label_are_the_llm_ladder(tmp_path, monkeypatch):
     assert "| lm | llm | large |" in (tmp_path / "runs" / "pre" / "scaling.md").read_text()
 
 
-def test_lr_sweep_per_size_is_chosen_on_val_and_shown(tmp_path, monkeypatch):
-    """``lrs``: every size runs every lr (every seed); per size the lr with the best mean peak of
-    the val curve is chosen, only its runs make the points, and the report shows the selection."""
+def _lr_quality_training(monkeypatch) -> dict:
+    """Training replaced by a result.json whose quality peaks at each size's best lr (336k: 4e-3,
+    13m: 1e-3; + 0.0005 per seed); returns run name -> the values it was trained with."""
     best = {"336k": 0.004, "13m": 0.001}  # the lr each size does best with
     calls = {}
 
@@ -175,6 +175,13 @@ def test_lr_sweep_per_size_is_chosen_on_val_and_shown(tmp_path, monkeypatch):
         return result
 
     monkeypatch.setattr("genrec.scaling.run_model", run_model)
+    return calls
+
+
+def test_lr_sweep_per_size_is_chosen_on_val_and_shown(tmp_path, monkeypatch):
+    """``lrs``: every size runs every lr (every seed); per size the lr with the best mean peak of
+    the val curve is chosen, only its runs make the points, and the report shows the selection."""
+    calls = _lr_quality_training(monkeypatch)
     (tmp_path / "sids.safetensors").write_bytes(b"")
     config = ScalingConfig(name="lr", data="configs/data/synthetic.yaml", sids=str(tmp_path / "sids.safetensors"), seeds=[0, 1],
                            encoder_parameters=ENCODER, tokenizer_parameters=TOKENIZER, root=str(tmp_path / "runs"),
@@ -195,20 +202,7 @@ def test_lr_seeds_sweep_the_lrs_on_the_first_seed_and_run_the_others_at_the_choi
     """``lr_seeds: 1``: every lr runs on seed 0 only; seeds 1 and 2 wait for their size's choice
     (listed), then one job trains them at the chosen lr; only seed 0 chooses (seeds 1-2 exist at
     one lr only); the points are the chosen lr's three seeds. 10 runs instead of 18."""
-    best = {"336k": 0.004, "13m": 0.001}
-    calls = {}
-
-    def run_model(pipeline, name, path, sids, values):
-        calls[name] = values
-        label, lr, seed = name.split("-")[1], values["model.init_args.lr"], values["seed_everything"]
-        quality = 0.06 - 0.01 * abs(np.log2(lr / best[label])) + 0.0005 * seed
-        result = {"parameters": int(nominal_size(label)), "epochs": 10, "best_epoch": 6,
-                  "val_curve": {"monitor": "val/ndcg@10", "points": [[e, quality * min(e, 6) / 6] for e in range(10)]},
-                  "metrics": {"test/recall@10": quality * 0.8, "test/ndcg@10": quality * 0.4}, "train_seconds": 1.0, "device": "FakeGPU"}
-        write_json(pipeline.run_dir / name / "result.json", result)
-        return result
-
-    monkeypatch.setattr("genrec.scaling.run_model", run_model)
+    calls = _lr_quality_training(monkeypatch)
     (tmp_path / "sids.safetensors").write_bytes(b"")
     settings = dict(name="lr1", data="configs/data/synthetic.yaml", sids=str(tmp_path / "sids.safetensors"), seeds=[0, 1, 2],
                     encoder_parameters=ENCODER, tokenizer_parameters=TOKENIZER, root=str(tmp_path / "runs"),
