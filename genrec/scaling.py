@@ -14,6 +14,11 @@ largest size (:func:`genrec.scaling_law.held_out_error`) and writes under ``<roo
   R², held-out error, the command and device;
 * ``scaling.png`` — points with error bars and the fitted curves.
 
+With ``archive`` (e.g. ``docs/runs``, kept in git), each report also copies every finished run's
+``result.json`` to ``<archive>/<name>/<run>.json``, and a run whose result is only there counts
+as finished (read by the report, not re-trained): the numbers outlive the machine that trained
+them (:func:`result_file`, :func:`archive_results`).
+
 A sweep may name its own SIDs (``encoder``, ``tokenizer``, ``tokenize_overrides`` or ``sids``,
 each falling back to the study's): its encode + tokenize stages run (or are reused) into
 ``<root>/<name>/sids/<sweep>.safetensors``, and its law inputs are counted from them.
@@ -165,10 +170,10 @@ def run_name(sweep: str, label: str, seed: int, lr: float | None = None) -> str:
     return f"{sweep}-{label}{'' if lr is None else f'-lr{lr:g}'}-s{seed}"
 
 
-def val_peak(run_folder: Path) -> float | None:
-    """The best value of a finished run's val curve (its ``result.json``); ``None`` if none yet."""
-    path = run_folder / "result.json"
-    points = (read_json(path).get("val_curve") or {}).get("points") if path.is_file() else None
+def val_peak(config: ScalingConfig, run: str) -> float | None:
+    """The best value of a finished run's val curve (its :func:`result_file`); ``None`` if none yet."""
+    path = result_file(config, run)
+    points = (read_json(path).get("val_curve") or {}).get("points") if path is not None else None
     return max(value for _, value in points) if points else None
 
 
@@ -196,12 +201,20 @@ class ScalingConfig:
         sids: an existing semantic-ID artifact to use instead of running encode + tokenize.
         encoder_parameters: ``N_LLM`` of SID-based GR (the frozen text encoder); ``None``:
             counted from the encoder config's model (offline aliases and local folders).
-        tokenizer_parameters: ``N_QT``; ``None``: counted from the tokenizer file next to the SIDs.
+        tokenizer_parameters: ``N_QT``; ``None``: counted from the tokenizer file next to the SIDs
+            (unknown when the SIDs are not here, e.g. ``--collect_only`` on a fresh checkout: the
+            report then says so and does not fit the law).
         metric: the test metric the law models (``recall@10`` -> ``test/recall@10``).
         overrides: stage name (``data``, ``tokenize``) -> extra command-line arguments.
         accelerator: the Lightning accelerator of every stage (as in
             :class:`~genrec.pipeline.PipelineConfig`); ``None``: each YAML says.
         root: the folder of all runs.
+        archive: a folder of finished runs' results kept in the repo (e.g. ``docs/runs``):
+            ``<archive>/<name>/<run>.json``, a byte-identical copy of the run's ``result.json``.
+            Every report copies the run folders' results there (a run folder's wins over a
+            differing copy: it is newer), and a run whose result is only in the archive counts
+            as finished: read by the report, not re-trained. ``None``: no archive; a folder
+            that does not exist yet is an empty archive.
     """
 
     name: str
@@ -217,6 +230,7 @@ class ScalingConfig:
     overrides: dict[str, list[str]] = field(default_factory=dict)
     accelerator: str | None = None
     root: str = "checkpoints"
+    archive: str | None = None
 
     def __post_init__(self) -> None:
         self.sweeps = {k: v if isinstance(v, Sweep) else Sweep(**v) for k, v in self.sweeps.items()}
@@ -269,6 +283,17 @@ class ScalingConfig:
     def run_dir(self) -> Path:
         return Path(self.root) / self.name
 
+    @property
+    def archive_dir(self) -> Path | None:
+        """This study's folder of the archive (``<archive>/<name>``); ``None`` without one."""
+        return None if self.archive is None else Path(self.archive) / self.name
+
+    def every_run(self) -> list[str]:
+        """The name of every run the study could train: each sweep's sizes x lrs x all seeds
+        (:meth:`runs` holds back the seeds past ``lr_seeds`` and the lrs they do not run at)."""
+        return [run_name(s, p, seed, lr) for s, sweep in self.sweeps.items() for p in sweep.labels
+                for lr in sweep.lrs or [None] for seed in self.seeds]
+
     def runs(self) -> list[ScalingRun]:
         """Every run that can train now, sweep by sweep, small to large (and lr by lr within a
         size); a sweep's seeds past ``lr_seeds`` only at their size's chosen lr, once chosen
@@ -294,7 +319,7 @@ class ScalingConfig:
         of them has a finished run (a ``result.json`` with a val curve) at every lr; else ``None``."""
         means = {}
         for lr in self.sweeps[sweep_name].lrs:
-            peaks = [val_peak(self.run_dir / run_name(sweep_name, label, seed, lr)) for seed in self.lr_sweep_seeds(sweep_name)]
+            peaks = [val_peak(self, run_name(sweep_name, label, seed, lr)) for seed in self.lr_sweep_seeds(sweep_name)]
             if None in peaks:
                 return None
             means[lr] = float(np.mean(peaks))
@@ -304,6 +329,44 @@ class ScalingConfig:
         """Runs not yet startable: seeds past ``lr_seeds`` of sizes whose lr is not chosen yet."""
         return [f"{s}-{p}-s{seed}" for s, sweep in self.sweeps.items() if sweep.lr_seeds for p in sweep.labels
                 if self.chosen_lr(s, p) is None for seed in self.seeds[sweep.lr_seeds:]]
+
+
+def result_file(config: ScalingConfig, run: str) -> Path | None:
+    """Where a finished run's result is: its run folder's ``result.json``, else the archive's
+    copy (``<archive>/<name>/<run>.json``), else ``None`` (not finished). Every reader of a
+    run's result goes through this, so an archived result counts as a finished run."""
+    path = config.run_dir / run / "result.json"
+    if path.is_file():
+        return path
+    archived = None if config.archive_dir is None else config.archive_dir / f"{run}.json"
+    return archived if archived is not None and archived.is_file() else None
+
+
+def archive_results(config: ScalingConfig) -> tuple[list[str], list[str]]:
+    """Copy every run folder's ``result.json`` into the archive (``<archive>/<name>/<run>.json``,
+    byte for byte, atomically) where the archive lacks it or holds a different copy: the run
+    folder's is newer and wins (logged). Returns the runs copied and, of those, the ones that
+    replaced a differing copy; nothing without an archive."""
+    if config.archive_dir is None:
+        return [], []
+    copied, replaced = [], []
+    for run in config.every_run():
+        source = config.run_dir / run / "result.json"
+        if not source.is_file():
+            continue
+        target = config.archive_dir / f"{run}.json"
+        content = source.read_bytes()
+        if target.is_file():
+            if target.read_bytes() == content:
+                continue
+            log.warning("%s: the archive's %s differs from the run folder's result.json: replaced by the run folder's (newer)", run, target)
+            replaced.append(run)
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(content)
+        copied.append(run)
+    if copied:
+        log.info("archived %d run results in %s (%d replacing a differing copy)", len(copied), config.archive_dir, len(replaced))
+    return copied, replaced
 
 
 def _flag_value(args: Sequence[str], flag: str) -> str | None:
@@ -489,6 +552,11 @@ def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int]
         for k, (run, sweep_name, preset, seed, lr) in enumerate(runs):
             if k % count != index or run in done:
                 continue
+            found = result_file(config, run)
+            if found is not None and found != config.run_dir / run / "result.json":
+                log.info("%s: finished, its result taken from the archive %s (not re-trained)", run, found)
+                done.add(run)
+                continue
             sweep = config.sweeps[sweep_name]
             pipeline.models = {run: sweep.model}
             pipeline.overrides[run] = [*sweep.overrides, *sweep.preset_overrides.get(preset, [])]
@@ -512,7 +580,7 @@ def select_lrs(config: ScalingConfig) -> dict[str, dict[str, dict[str, Any]]]:
     for run, sweep_name, label, seed, lr in config.runs():
         if lr is None or seed not in config.lr_sweep_seeds(sweep_name):
             continue  # the later seeds of an lr_seeds sweep run at the chosen lr only: they do not choose it
-        peak = val_peak(config.run_dir / run)
+        peak = val_peak(config, run)
         entry = out.setdefault(sweep_name, {}).setdefault(label, {"lrs": {}, "chosen": None})
         if peak is not None:
             entry["lrs"].setdefault(lr, []).append(peak)
@@ -525,7 +593,8 @@ def select_lrs(config: ScalingConfig) -> dict[str, dict[str, dict[str, Any]]]:
 def law_inputs(config: ScalingConfig, sids: dict[str, Path | None]) -> dict[str, tuple[float, float]]:
     """Per SID-based sweep, ``(N_LLM, N_QT)`` of its SIDs (given in the config, else counted:
     the encoder from its YAML and overrides, the tokenizer from the file next to the SIDs);
-    ``N_LLM`` NaN when the encoder cannot be counted here (logged; that sweep is not fitted)."""
+    ``N_LLM`` NaN when the encoder cannot be counted here, ``N_QT`` NaN when the SIDs its model
+    reads are not here (``--collect_only`` makes none); each logged, and that sweep is not fitted."""
     out: dict[str, tuple[float, float]] = {}
     counted: dict[tuple[SidSource, Path | None], tuple[float, float]] = {}
     for name, sweep in config.sweeps.items():
@@ -542,7 +611,12 @@ def law_inputs(config: ScalingConfig, sids: dict[str, Path | None]) -> dict[str,
                               "set encoder_parameters in the scaling config%s", source.encoder, error, name, " (of the sweep)" if sweep.own_sids else "")
                     n_llm = float("nan")
             n_qt = source.tokenizer_parameters
-            if n_qt is None:
+            if n_qt is None and path is None and model_needs_sids(sweep.model):
+                # e.g. --collect_only on a fresh checkout: the SIDs were made on the machine that trained
+                log.error("sweep %s: its SIDs are not here, so N_QT cannot be counted: its law is not fitted; "
+                          "set tokenizer_parameters in the scaling config%s", name, " (of the sweep)" if sweep.own_sids else "")
+                n_qt = float("nan")
+            elif n_qt is None:
                 n_qt = count_tokenizer_parameters(path) if path else 0
             counted[(source, path)] = (float(n_llm), float(n_qt))
         out[name] = counted[(source, path)]
@@ -560,8 +634,8 @@ def collect_points(config: ScalingConfig, sids: dict[str, Path | None], selectio
     out: dict[str, list[tuple[str, int, ScalingPoint, dict[str, Any]]]] = {name: [] for name in config.sweeps}
     chosen = {(name, label): pick["chosen"] for name, picks in selection.items() for label, pick in picks.items()}
     for run, sweep_name, preset, seed, lr in config.runs():
-        path = config.run_dir / run / "result.json"
-        if not path.is_file() or (lr is not None and chosen.get((sweep_name, preset)) != lr):
+        path = result_file(config, run)
+        if path is None or (lr is not None and chosen.get((sweep_name, preset)) != lr):
             continue
         result = read_json(path)
         if key not in result["metrics"]:
@@ -581,6 +655,12 @@ def _epochs(rows: list[tuple[str, int, ScalingPoint, dict[str, Any]]]) -> str:
     """``best / last`` epoch of each seed's run (best by the val curve its result records; ``?``
     for a result without one): a best epoch well before the last shows the run reached its plateau."""
     return ", ".join(f"{'?' if e[3].get('best_epoch') is None else e[3]['best_epoch']} / {e[3].get('epochs', '?')}" for e in rows)
+
+
+def _known(value: float) -> float | None:
+    """A parameter count for JSON: ``None`` when unknown (NaN)."""
+    return None if math.isnan(value) else value
+
 
 def _count(value: float) -> str:
     """A parameter count for a table: ``22,713,216``; ``?`` when unknown (NaN)."""
@@ -619,8 +699,8 @@ def axes_table(config: ScalingConfig, collected: dict[str, list[tuple[str, int, 
                 lr = chosen.get((name, label)) if sweep.lrs else None
                 n_llm, n_qt = inputs.get(name, (float("nan"), float("nan")))
                 row: dict[str, Any] = {"size": label, "sweep": name, "sids": config.describe_sids(name),
-                                       "lr": None if lr is None else float(lr), "n_llm": None if math.isnan(n_llm) else n_llm,
-                                       "n_qt": n_qt, "seeds": len(rows)}
+                                       "lr": None if lr is None else float(lr), "n_llm": _known(n_llm),
+                                       "n_qt": _known(n_qt), "seeds": len(rows)}
                 shown = f"{lr:g}" if lr is not None else ("—" if sweep.lrs else "config")
                 if rows:
                     recall = _mean_std([e[2].recall for e in rows])
@@ -644,6 +724,7 @@ def write_scaling_report(config: ScalingConfig, sids: dict[str, Path | None], co
     """
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    archived, replaced = archive_results(config)
     selection = select_lrs(config)
     inputs = law_inputs(config, sids)
     collected = collect_points(config, sids, selection, inputs)
@@ -659,7 +740,7 @@ def write_scaling_report(config: ScalingConfig, sids: dict[str, Path | None], co
     summary: dict[str, Any] = {"name": config.name, "metric": metric, "command": command, "device": device_name(),
                                "trained_on": dict(trained_on), "sweeps": {}}
     plotted = {}
-    missing = [run for run, *_ in config.runs() if not (run_dir / run / "result.json").is_file()]
+    missing = [run for run, *_ in config.runs() if result_file(config, run) is None]
     if selection:
         summary["lr_selection"] = {name: {label: {"chosen": e["chosen"], "lrs": {f"{lr:g}": v for lr, v in e["lrs"].items()}}
                                           for label, e in picks.items()} for name, picks in selection.items()}
@@ -683,14 +764,17 @@ def write_scaling_report(config: ScalingConfig, sids: dict[str, Path | None], co
         record: dict[str, Any] = {
             "paradigm": sweep.paradigm,
             **({"sids": None if sids.get(sweep_name) is None else str(sids[sweep_name]), "sids_description": config.describe_sids(sweep_name),
-                "n_llm": None if math.isnan(inputs[sweep_name][0]) else inputs[sweep_name][0], "n_qt": inputs[sweep_name][1]}
+                "n_llm": _known(inputs[sweep_name][0]), "n_qt": _known(inputs[sweep_name][1])}
                if sweep_name in inputs else {}),
             **({"axis": sweep.axis} if sweep.axis else {}),
-            "points": [{"preset": e[0], "seed": e[1], "recall": e[2].recall, "n_rs": e[2].n_rs, "n_llm": None if math.isnan(e[2].n_llm) else e[2].n_llm,
-                        "n_qt": e[2].n_qt, "n_lora": e[2].n_lora} for e in entries],
+            "points": [{"preset": e[0], "seed": e[1], "recall": e[2].recall, "n_rs": e[2].n_rs, "n_llm": _known(e[2].n_llm),
+                        "n_qt": _known(e[2].n_qt), "n_lora": e[2].n_lora} for e in entries],
         }
-        if any(math.isnan(p.n_llm) for p in points):
+        n_llm, n_qt = inputs.get(sweep_name, (0.0, 0.0))
+        if math.isnan(n_llm):
             record["not_fitted"] = "encoder parameter count unknown (set encoder_parameters)"
+        elif math.isnan(n_qt):
+            record["not_fitted"] = "tokenizer parameter count unknown: its SIDs are not here (set tokenizer_parameters)"
         elif len(points) >= MIN_FIT_POINTS:
             fit = fit_scaling_law(points, sweep.paradigm)
             record["fit"] = fit.to_dict()
@@ -734,6 +818,11 @@ def write_scaling_report(config: ScalingConfig, sids: dict[str, Path | None], co
         started = [run for run in missing if (run_dir / run).is_dir()]
         lines += ["", f"Not run yet ({len(missing)}): " + ", ".join(missing) + ". Re-run the command to train them (finished runs are skipped"
                   + (f"; {', '.join(started)} started without finishing and resume from their last.ckpt" if started else "") + ")."]
+    if config.archive_dir is not None:
+        alone = [run for run, *_ in config.runs() if result_file(config, run) not in (None, run_dir / run / "result.json")]
+        lines += ["", f"Archive `{config.archive_dir}`: {len(archived)} run results copied in by this report"
+                  + (f" ({len(replaced)} replacing a differing copy: {', '.join(replaced)})" if replaced else "")
+                  + (f"; read from it alone ({len(alone)}): {', '.join(alone)}" if alone else "") + "."]
     waiting = config.waiting()
     if waiting:
         lines += ["", f"Waiting for their size's lr choice ({len(waiting)}): " + ", ".join(waiting)

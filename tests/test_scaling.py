@@ -4,6 +4,8 @@ replaced by a stand-in that writes each run's ``result.json`` from a known law (
 path is ``genrec.pipeline.run_model``, tested in test_pipeline.py and by test_configs.py's sweep
 of every scaling config)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -102,6 +104,79 @@ def test_collect_only_trains_nothing(tmp_path, fake_training):
     report = (tmp_path / "runs" / "study" / "scaling.md").read_text()
     assert "Not run yet (7)" in report and "trained on no runs yet" in report
     assert "tiger-13m-s0 started without finishing and resume from their last.ckpt" in report
+
+
+def test_an_archived_result_is_a_finished_run_read_by_collect_only_and_not_retrained(tmp_path, fake_training, caplog):
+    """``archive``: the report copies each run's result.json to ``<archive>/<name>/<run>.json``; once
+    the run folders are gone (the GPU machine given back), ``--collect_only`` reports from those
+    copies, and a training job counts them finished: it trains nothing and says where it found them."""
+    import logging
+    import shutil
+
+    config = _config(tmp_path, seeds=(0,))
+    config.archive = str(tmp_path / "docs" / "runs")
+    run_scaling(config, only=["lm"])
+    archive, runs = tmp_path / "docs" / "runs" / "study", tmp_path / "runs" / "study"
+    assert sorted(p.name for p in archive.iterdir()) == ["lm-10m-s0.json", "lm-1m-s0.json"]
+    first = (runs / "scaling.md").read_text()
+    shutil.rmtree(runs)  # a fresh machine: no run folders, only the archive
+
+    fake_training.clear()
+    report = run_scaling(config, collect_only=True).read_text()
+    assert fake_training == []
+    assert "| lm | llm | 1m | 7,300,000 (7,300,000) | 1/1 |" in report and "| lm | llm | 10m | 25,600,000 (25,600,000) | 1/1 |" in report
+    lm_rows = [line for line in report.splitlines() if line.startswith("| lm |")]
+    assert len(lm_rows) == 2 and lm_rows == [line for line in first.splitlines() if line.startswith("| lm |")]  # as from the run folders
+    assert "Not run yet (5): tiger-336k-s0," in report and "lm-1m-s0" not in report.split("Not run yet")[1].split("\n")[0]
+    assert "0 run results copied in by this report; read from it alone (2): lm-1m-s0, lm-10m-s0." in report
+    assert not any(runs.glob("*/result.json"))  # nothing copied back: the archive is read where it is
+
+    with caplog.at_level(logging.INFO, logger="genrec.scaling"):
+        run_scaling(config, only=["lm"])
+    assert fake_training == []  # not re-trained
+    assert f"lm-1m-s0: finished, its result taken from the archive {archive / 'lm-1m-s0.json'} (not re-trained)" in caplog.text
+
+
+def test_a_report_archives_results_atomically_byte_for_byte_and_the_run_folder_wins(tmp_path, fake_training, monkeypatch, caplog):
+    import logging
+
+    import genrec.scaling as scaling
+
+    written = []
+    original = scaling.atomic_path
+
+    def recording(path):
+        written.append(Path(path))
+        return original(path)
+
+    monkeypatch.setattr(scaling, "atomic_path", recording)
+    config = _config(tmp_path, seeds=(0,))
+    config.archive = str(tmp_path / "archive")
+    archive, runs = tmp_path / "archive" / "study", tmp_path / "runs" / "study"
+    report = run_scaling(config, only=["lm"]).read_text()
+    for run in ("lm-1m-s0", "lm-10m-s0"):
+        assert (archive / f"{run}.json").read_bytes() == (runs / run / "result.json").read_bytes()
+        assert archive / f"{run}.json" in written  # through the atomic write: a temporary file renamed into place
+    assert sorted(p.name for p in archive.iterdir()) == ["lm-10m-s0.json", "lm-1m-s0.json"]  # no temporary file left
+    assert "Archive `" in report and "`: 2 run results copied in by this report." in report
+
+    (archive / "lm-1m-s0.json").write_text('{"an": "older copy"}\n')
+    written.clear()
+    with caplog.at_level(logging.WARNING, logger="genrec.scaling"):
+        report = run_scaling(config, collect_only=True).read_text()
+    assert (archive / "lm-1m-s0.json").read_bytes() == (runs / "lm-1m-s0" / "result.json").read_bytes()
+    assert written.count(archive / "lm-1m-s0.json") == 1 and archive / "lm-10m-s0.json" not in written  # an identical copy stays
+    assert f"lm-1m-s0: the archive's {archive / 'lm-1m-s0.json'} differs from the run folder's result.json: replaced by the run folder's (newer)" in caplog.text
+    assert "1 run results copied in by this report (1 replacing a differing copy: lm-1m-s0)." in report
+    assert "0 run results copied in" in run_scaling(config, collect_only=True).read_text()
+
+
+def test_an_archive_that_does_not_exist_yet_is_empty(tmp_path, fake_training):
+    config = _config(tmp_path, seeds=(0,))
+    config.archive = str(tmp_path / "no" / "archive")
+    report = run_scaling(config, collect_only=True).read_text()
+    assert fake_training == [] and "Not run yet (7)" in report and "`: 0 run results copied in by this report." in report
+    assert not (tmp_path / "no").exists()
 
 
 def test_only_trains_the_named_sweeps_split_over_shards(tmp_path, fake_training):

@@ -187,3 +187,33 @@ def test_collect_only_makes_no_sids(tmp_path, fake_training, monkeypatch):
     assert sorted(p.name for p in (study / "sids").glob("*.safetensors")) == made
     assert not (study / "sids" / "rqkmeans.safetensors").exists() and not (study / "sids" / "enc-minilm-cf3.safetensors").exists()
     assert "| codebook-16 |" in report and "tiger-336k-lr0.001-s0" in report  # its runs shown, the others listed as not run
+
+
+def test_a_fresh_checkout_with_only_the_archive_reports_without_sids(tmp_path, fake_training, monkeypatch):
+    """No run folders and no SIDs, only the archive's results (a fresh checkout of the repo):
+    ``--collect_only`` reports them and lists the rest as missing, making no SIDs; without the
+    SID files the law's N_QT is unknown unless the config gives ``tokenizer_parameters``, which
+    the report says in a line (no traceback)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = {**_study(tmp_path), "archive": str(tmp_path / "docs" / "runs")}
+    archive, study = tmp_path / "docs" / "runs" / "axes", tmp_path / "runs" / "axes"
+    for run, recall in (("tiger-336k-lr0.001-s0", 0.05), ("tiger-336k-lr0.002-s0", 0.06), ("codebook-16-336k-s1", 0.07)):
+        write_json(archive / f"{run}.json", {"parameters": 400_000, "epochs": 10, "best_epoch": 6, "device": "FakeGPU",
+                                              "val_curve": {"monitor": "val/ndcg@10", "points": [[6, recall]]},
+                                              "metrics": {"test/recall@10": recall, "test/ndcg@10": recall / 2}})
+    report = run_scaling(ScalingConfig(**settings), collect_only=True).read_text()
+    assert fake_training == {} and not (study / "sids").exists() and not list(study.glob("*/result.json"))
+    assert "| tiger | sid | 336k | 400,000 (400,000) | 1/2 | 0.0600 ± 0.0000 |" in report  # lr 0.002 chosen on the archived val curves
+    assert "| tiger | 336k | 0.002 | 0.0600 | 1 | yes |" in report
+    assert "| codebook | 336k | codebook-16 | cf, RQ-KMeans 3 x 16 | config | 0 | ? | 1/2 | 0.0700 ± 0.0000 |" in report
+    assert "- tiger: not fitted: tokenizer parameter count unknown: its SIDs are not here (set tokenizer_parameters)." in report
+    assert "Not run yet (9): tiger-336k-lr0.001-s1, tiger-336k-lr0.002-s1, tiger-6.7m-lr0.001-s0," in report
+    assert "read from it alone (3): tiger-336k-lr0.001-s0, tiger-336k-lr0.002-s0, codebook-16-336k-s1." in report
+    assert read_json(study / "scaling.json")["sweeps"]["codebook-16"]["n_qt"] is None
+
+    settings["tokenizer_parameters"] = 1234
+    settings["sweeps"]["codebook-16"]["tokenizer_parameters"] = 5678
+    report = run_scaling(ScalingConfig(**settings), collect_only=True).read_text()
+    assert "| codebook | 336k | codebook-16 | cf, RQ-KMeans 3 x 16 | config | 0 | 5,678 | 1/2 |" in report
+    assert "- tiger: 1 points, fewer than the 7 the law needs: not fitted." in report and "tokenizer parameter count unknown" in report  # enc-minilm-cf3's
+    assert read_json(study / "scaling.json")["sweeps"]["tiger"]["n_qt"] == 1234
