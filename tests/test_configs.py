@@ -257,7 +257,8 @@ def test_scaling_config(config, tiny_data, tmp_path, monkeypatch, one_thread):
             # a sweep's own LLM encoder (SmolLM2: ~50 s to load on a CPU; test_encode_config runs its YAML) is
             # MiniLM here: the sweep's other settings (pooling, template, cf_weight) still parse and run
             sweep["tokenize_overrides"] = [*sweep.get("tokenize_overrides", []), "--encoder.model", "minilm"]
-    settings.update(data=tiny_data, seeds=[0], root=str(tmp_path))
+    archive = tmp_path / "archive" if settings.get("archive") else None  # never the repo's docs/runs
+    settings.update(data=tiny_data, seeds=[0], root=str(tmp_path), archive=None if archive is None else str(archive))
     settings["overrides"] = {"tokenize": [*settings.get("overrides", {}).get("tokenize", []), "--tokenizer.init_args.codebook_size", "8",
                                           "--encoder.cf_dim", "8", "--tokenize.accelerator", "cpu", "--encode.accelerator", "cpu"]}
     path = tmp_path / "scaling.yaml"
@@ -268,6 +269,56 @@ def test_scaling_config(config, tiny_data, tmp_path, monkeypatch, one_thread):
         lr = f"-lr{sweep['lrs'][0]:g}" if sweep["lrs"] else ""
         for preset in sweep["presets"]:
             assert f"| {name} | {sweep.get('paradigm', 'sid')} | {preset} |" in report
-            assert (tmp_path / settings["name"] / f"{name}-{preset}{lr}-s0" / "result.json").is_file()
+            result = tmp_path / settings["name"] / f"{name}-{preset}{lr}-s0" / "result.json"
+            assert result.is_file()
+            if archive is not None:  # the report copied it into the archive
+                assert (archive / settings["name"] / f"{name}-{preset}{lr}-s0.json").read_bytes() == result.read_bytes()
         if sweep.get("axis"):
             assert f"| {sweep['axis']} | {sweep['presets'][0]} | {name} |" in report
+
+
+def _law_count_cases() -> list:
+    """(scaling config, sweep) of every sweep whose SIDs have a configured ``tokenizer_parameters``
+    (the study's or the sweep's own); those of an LLM encoder (SmolLM2: ~7 s to read its GGUF's
+    config) are slow."""
+    cases = []
+    for config in (c for c in CONFIGS if c.startswith("configs/scaling/")):
+        settings = yaml.safe_load((ROOT / config).read_text())
+        for name, sweep in settings["sweeps"].items():
+            own = any(sweep.get(k) for k in ("encoder", "tokenizer", "tokenize_overrides", "sids"))
+            if (sweep if own else settings).get("tokenizer_parameters") is None:
+                continue
+            encoder = yaml.safe_load((ROOT / sweep.get("encoder", settings.get("encoder", "configs/encode/minilm.yaml"))).read_text())
+            slow = encoder["encoder"]["model"] not in ("minilm", "cf")
+            cases.append(pytest.param(config, name, id=f"{Path(config).stem}-{name}", marks=[pytest.mark.slow] if slow else []))
+    return cases
+
+
+@pytest.mark.parametrize(("config", "sweep"), _law_count_cases())
+def test_scaling_config_tokenizer_parameters_are_what_the_sids_would_count(config, sweep, tmp_path, monkeypatch):
+    """A scaling config's ``tokenizer_parameters`` (N_QT without the SID file, for ``--collect_only``
+    on a fresh checkout) equals what :func:`~genrec.scaling.count_tokenizer_parameters` counts in
+    the tokenizer file its SIDs' settings make: RQ-KMeans' centroids (levels x codes x the
+    embedding's dims: the text encoder's hidden size, + cf_dim for cf or a hybrid) and scales."""
+    import torch
+
+    from genrec.encode import CF_MODEL, resolve_model
+    from genrec.scaling import ScalingConfig, _read_source, count_tokenizer_parameters
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = yaml.safe_load((ROOT / config).read_text())
+    study = ScalingConfig(**settings)
+    source = study.source(sweep)
+    inputs = _read_source(study, sweep, source)  # the data is not read: its path may be missing
+    encoder, tokenizer = inputs.encoder, inputs.tokenizer
+    dims = encoder.cf_dim if encoder.model == CF_MODEL or encoder.hybrid else 0
+    if encoder.model != CF_MODEL:
+        from transformers import AutoConfig
+
+        path, gguf = resolve_model(encoder.model, encoder.gguf_file)
+        dims += AutoConfig.from_pretrained(path, **({"gguf_file": gguf} if gguf else {})).hidden_size
+    tokenizer.centroids = torch.zeros(tokenizer.levels, tokenizer.codebook_size, dims)
+    tokenizer.scales = torch.ones(tokenizer.levels, tokenizer.codebook_size)
+    tokenizer.save(tmp_path / f"sids{tokenizer.file_suffix}")
+    assert source.tokenizer_parameters == count_tokenizer_parameters(tmp_path / "sids.safetensors")
