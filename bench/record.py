@@ -7,11 +7,16 @@ history of every measured number with what produced it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
+import hashlib
 import os
 import platform
 import shlex
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -71,9 +76,29 @@ def record(section: str, rows: list[dict[str, object]], note: str = "", path: Pa
     append_table(section, table, note, path)
 
 
-def append_table(section: str, table: str, note: str = "", path: Path = BENCHMARKS) -> None:
-    """Append a markdown ``table`` under ``## section`` of ``path`` (see the module docstring)."""
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for ``path`` (runs side by side on one machine append to the same
+    file: without it, two read-modify-writes lose or repeat each other's rows). The lock file is
+    in the temporary folder, named after the file's absolute path, not beside it in docs/."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"genrec-record-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def append_table(section: str, table: str, note: str = "", path: Path = BENCHMARKS) -> None:
+    """Append a markdown ``table`` under ``## section`` of ``path`` (see the module docstring);
+    safe for several processes at once."""
+    with _locked(path):
+        _append_table(section, table, note, path)
+
+
+def _append_table(section: str, table: str, note: str, path: Path) -> None:
     text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number here was measured by a script in bench/; each row names its command, device and date.\n"
     header = f"\n## {section}\n"
     body = table.split("\n", 2)

@@ -1,5 +1,7 @@
 """Pieces of the benchmark scripts whose numbers depend on them being right."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -49,6 +51,29 @@ def test_record_puts_new_rows_in_their_table_above_the_notes_and_merges_files(tm
     merge(elsewhere, path=path)
     assert "| 9 |\n| 10 |" in path.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["benchmarks.md", "gpu.md"]  # no temporary files left
+
+
+def _append_rows(path: str, start: int) -> None:
+    from bench.record import append_table
+
+    for i in range(start, start + 25):
+        append_table("TIGER", f"| a | b |\n|---|---|\n| {i} | x |", path=Path(path))
+
+
+def test_record_from_processes_side_by_side_keeps_every_row_once(tmp_path):
+    # GPU holds run several benchmarks at once, each appending to the same docs/benchmarks.md
+    import multiprocessing
+
+    path = tmp_path / "b.md"
+    context = multiprocessing.get_context("fork")
+    procs = [context.Process(target=_append_rows, args=(str(path), 100 * k)) for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    rows = [line for line in path.read_text().splitlines() if line.endswith(" x |")]
+    assert sorted(rows) == sorted(f"| {100 * k + i} | x |" for k in range(4) for i in range(25))
 
 
 def test_lm_padding_counts_the_same_real_tokens_and_bucketing_pads_less():
