@@ -590,6 +590,21 @@ def select_lrs(config: ScalingConfig) -> dict[str, dict[str, dict[str, Any]]]:
             entry["chosen"] = max(entry["lrs"], key=lambda lr: entry["lrs"][lr][0]) if entry["lrs"] else None
     return out
 
+def lr_grid_edges(config: ScalingConfig, selection: dict[str, dict[str, dict[str, Any]]]) -> list[tuple[str, str, float, str]]:
+    """``(sweep, size, chosen lr, "largest" | "smallest")`` of each size whose lr, chosen over every
+    lr of its sweep's grid (of more than one), is the grid's largest or smallest."""
+    edges = []
+    for name, picks in selection.items():
+        grid = sorted(config.sweeps[name].lrs or [])
+        for label, entry in picks.items():
+            chosen = entry["chosen"]
+            if len(grid) < 2 or chosen is None or len(entry["lrs"]) < len(grid):
+                continue  # one lr, or not every lr has run yet: no edge to speak of
+            if chosen in (grid[0], grid[-1]):
+                edges.append((name, label, chosen, "largest" if chosen == grid[-1] else "smallest"))
+    return edges
+
+
 def law_inputs(config: ScalingConfig, sids: dict[str, Path | None]) -> dict[str, tuple[float, float]]:
     """Per SID-based sweep, ``(N_LLM, N_QT)`` of its SIDs (given in the config, else counted:
     the encoder from its YAML and overrides, the tokenizer from the file next to the SIDs);
@@ -742,7 +757,9 @@ def write_scaling_report(config: ScalingConfig, sids: dict[str, Path | None], co
     plotted = {}
     missing = [run for run, *_ in config.runs() if result_file(config, run) is None]
     if selection:
-        summary["lr_selection"] = {name: {label: {"chosen": e["chosen"], "lrs": {f"{lr:g}": v for lr, v in e["lrs"].items()}}
+        edge = {(name, label): side for name, label, _, side in lr_grid_edges(config, selection)}
+        summary["lr_selection"] = {name: {label: {"chosen": e["chosen"], "lrs": {f"{lr:g}": v for lr, v in e["lrs"].items()},
+                                                  "grid_edge": edge.get((name, label))}
                                           for label, e in picks.items()} for name, picks in selection.items()}
     for sweep_name, sweep in config.sweeps.items():
         entries = collected[sweep_name]
@@ -795,6 +812,10 @@ def write_scaling_report(config: ScalingConfig, sids: dict[str, Path | None], co
             for label, entry in picks.items():
                 for lr, (value, seeds) in entry["lrs"].items():
                     lines.append(f"| {name} | {label} | {lr:g} | {value:.4f} | {seeds} | {'yes' if lr == entry['chosen'] else ''} |")
+        edges = lr_grid_edges(config, selection)
+        if edges:
+            lines += ["", "Chosen at the edge of the swept lrs (the best lr may lie beyond it: widen `lrs` for these sizes): "
+                      + ", ".join(f"{name} {label} ({lr:g}, the {side} of {sorted(config.sweeps[name].lrs)})" for name, label, lr, side in edges) + "."]
     lines += ["", "## Fitted laws", "",
               "`Recall = R0 - A / N_SI^a - B / N_CF^b`, counts in millions (genrec/scaling_law.py has both paradigms' forms).", ""]
     for sweep_name, record in summary["sweeps"].items():

@@ -268,6 +268,10 @@ def test_lr_sweep_per_size_is_chosen_on_val_and_shown(tmp_path, monkeypatch):
     assert "| tiger | 13m | 0.004 | 0.0402 | 2 |  |" in report
     summary = read_json(tmp_path / "runs" / "lr" / "scaling.json")
     assert summary["lr_selection"]["tiger"]["336k"]["chosen"] == 0.004
+    # both choices sit at an end of the grid [0.001, 0.004]: the report says the best lr may lie beyond it
+    assert summary["lr_selection"]["tiger"]["336k"]["grid_edge"] == "largest" and summary["lr_selection"]["tiger"]["13m"]["grid_edge"] == "smallest"
+    assert ("Chosen at the edge of the swept lrs (the best lr may lie beyond it: widen `lrs` for these sizes): "
+            "tiger 336k (0.004, the largest of [0.001, 0.002, 0.004]), tiger 13m (0.001, the smallest of [0.001, 0.002, 0.004]).") in report
     points = summary["sweeps"]["tiger"]["points"]
     assert len(points) == 4 and all(abs(p["recall"] - 0.8 * (0.06 + 0.0005 * p["seed"])) < 1e-9 for p in points)
     with pytest.raises(ValueError, match="lrs must be distinct and > 0"):

@@ -46,11 +46,11 @@ tiger)  # tiger NAME DATA SIDS TARGET [--set ...]: bench.tiger_train in the back
 scaling) # scaling SHARD (i/n) with .carry/gpu/scaling-beauty.yaml
   cp .carry/gpu/scaling-beauty.yaml $W/repo/scaling-gpu.yaml; sed -i "s#SIDS#$W/sids#" $W/repo/scaling-gpu.yaml
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 train.py scaling --config scaling-gpu.yaml --only '[tiger]' --shard $2 > $RES/scal-${2%/*}.log 2>&1 &); echo started scaling $2 ;;
-lm)     # lm NAME [--set ...]
+lm)     # lm NAME [--set ...] (torch.compile, not liger: every liger run went NaN, docs/benchmarks.md)
   n=$2; shift 2
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 -m bench.lm_train --data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml \
      --set data.init_args.batch_size=128 --set data.init_args.eval_batch_size=512 --set data.init_args.bucket_by_length=true \
-     --set model.init_args.liger=true --set model.init_args.optimizer.lr=0.001 --set model.init_args.optimizer.warmup_steps=50 \
+     --set model.init_args.compile=true --set model.init_args.optimizer.lr=0.001 --set model.init_args.optimizer.warmup_steps=50 \
      --set trainer.max_epochs=2 --set trainer.val_check_interval=0.5 --set trainer.limit_val_batches=4 --set trainer.enable_progress_bar=false \
      --set trainer.default_root_dir=/tmp/runs/$n --out $RES/$n.json "$@" > $RES/$n.log 2>&1 &); echo started $n ;;
 sasrec) # sasrec DATA
