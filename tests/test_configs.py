@@ -297,7 +297,7 @@ def _law_count_cases() -> list:
 @pytest.mark.parametrize(("config", "sweep"), _law_count_cases())
 def test_scaling_config_tokenizer_parameters_are_what_the_sids_would_count(config, sweep, tmp_path, monkeypatch):
     """A scaling config's ``tokenizer_parameters`` (N_QT without the SID file, for ``--collect_only``
-    on a fresh checkout) equals what :func:`~genrec.scaling.count_tokenizer_parameters` counts in
+    on a fresh checkout) and ``encoder_parameters`` (N_LLM) equal what is counted: N_QT what :func:`~genrec.scaling.count_tokenizer_parameters` counts in
     the tokenizer file its SIDs' settings make: RQ-KMeans' centroids (levels x codes x the
     embedding's dims: the text encoder's hidden size, + cf_dim for cf or a hybrid) and scales."""
     import torch
@@ -322,3 +322,7 @@ def test_scaling_config_tokenizer_parameters_are_what_the_sids_would_count(confi
     tokenizer.scales = torch.ones(tokenizer.levels, tokenizer.codebook_size)
     tokenizer.save(tmp_path / f"sids{tokenizer.file_suffix}")
     assert source.tokenizer_parameters == count_tokenizer_parameters(tmp_path / "sids.safetensors")
+    if source.encoder_parameters is not None:  # N_LLM given too: what the encoder YAML's model counts
+        from genrec.scaling import count_encoder_parameters
+
+        assert source.encoder_parameters == count_encoder_parameters(source.encoder, source.overrides)

@@ -35,9 +35,10 @@ decode) # decode [USERS]: the old tree (if carried), this tree, this tree compil
   [ -d /tmp/old ] && (cd /tmp/old && PYTHONPATH=/tmp/site:/tmp/old timeout 150 python3 -m bench.lm_decode $D) > $RES/dec-old.log 2>&1; [ -d /tmp/old ] && tail -5 $RES/dec-old.log
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 150 python3 -m bench.lm_decode $D) > $RES/dec-span.log 2>&1; tail -5 $RES/dec-span.log
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 200 python3 -m bench.lm_decode $D --compile) > $RES/dec-compile.log 2>&1; tail -5 $RES/dec-compile.log ;;
-profile) # profile [USERS]: bench.lm_decode --profile of this tree (alone on the GPU)
+profile) # profile [USERS [FLAGS]]: bench.lm_decode --profile of this tree (alone on the GPU), e.g. `profile 4096 --compile`
+  u=${2:-4096}; shift; shift; tag=$(echo "$*" | tr -dc 'a-z')
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 240 python3 -m bench.lm_decode --data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml \
-     --beams 20 --users ${2:-4096} --batch 1024 --profile) > $RES/dec-profile.log 2>&1; tail -60 $RES/dec-profile.log | cut -c1-220 ;;
+     --beams 20 --users $u --batch 1024 --profile "$@") > $RES/dec-profile$tag.log 2>&1; tail -60 $RES/dec-profile$tag.log | cut -c1-220 ;;
 tiger)  # tiger NAME DATA SIDS TARGET [--set ...]: bench.tiger_train in the background
   n=$2; d=$3; s=$4; t=$5; shift 5
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 -m bench.tiger_train --data configs/data/amazon-$d.yaml --model configs/tiger/amazon-$d.yaml \
