@@ -40,8 +40,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -252,6 +254,9 @@ def main() -> None:
                         help="decode the users in the test loader's order, or re-batched by prompt length (less padding)")
     parser.add_argument("--warmup", type=int, default=None, metavar="N", help="users decoded before the timed pass (default: one batch)")
     parser.add_argument("--set", action="append", default=[], help="extra CLI override key=value")
+    parser.add_argument("--decode-scales", default=None, metavar="S,S,...",
+                        help="decode the users once per LoRA decode_scale (lora.decode_scale: 1 as trained, 0 the pretrained "
+                             "model), one row each; default: the model's own")
     args = parser.parse_args()
     if args.users != "all" and not (args.users.isdigit() and int(args.users) > 0):
         raise SystemExit(f"--users takes a positive number or 'all', got {args.users!r}")
@@ -265,6 +270,10 @@ def main() -> None:
                           f"--data.init_args.eval_batch_size={batch_size}", f"--model.init_args.evaluation.beam_width={args.beams}", *overrides], run=False)
     dm = cli.datamodule
     module = LMRecModule.load_from_checkpoint(args.ckpt, map_location="cpu") if args.ckpt else cli.model
+    try:
+        scales = [None] if args.decode_scales is None else [float(x) for x in args.decode_scales.split(",")]
+    except ValueError:
+        raise SystemExit(f"--decode-scales takes numbers separated by commas, got {args.decode_scales!r}") from None
     if args.beams < module.num_results:
         raise SystemExit(f"--beams {args.beams} is below the {module.num_results} items recommended per user")
     dm.setup("test")
@@ -276,9 +285,7 @@ def main() -> None:
     unsupported = unsupported_reason(module.model) if module.static_decoding else None
     if unsupported:
         print(f"the static decoder does not run this model ({unsupported}): decoding with the slot decoder", flush=True)
-    total = len(dm.dataset("test"))
     batches = take_users(iter(dm.test_dataloader()), None if args.users == "all" else int(args.users))
-    users = sum(len(b) for b in batches)
     if args.order == "length":
         batches = by_prompt_length(module, batches, batch_size)
 
@@ -296,12 +303,26 @@ def main() -> None:
           f"aten operators per step: {ops}, over {steps} steps of a {len(first)}-user batch", flush=True)
     if args.profile:  # a quarter-size batch: a whole one's trace is hundreds of thousands of kernels
         profile(module, head(first, max(len(first) // 4, 1)), device, args.beams, precision)
+    for scale in scales:
+        measure(args, module, dm, batches, device, precision, ops, capture_s, check, unsupported, scale)
+
+
+def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: list, device: torch.device, precision: str,
+            ops: str, capture_s: float, check: str, unsupported: str | None, scale: float | None) -> None:
+    """Decode ``batches`` (timed) at LoRA ``decode_scale`` ``scale`` (``None``: the module's), score
+    the lists and record one row."""
+    if scale is not None:
+        module.lora = dataclasses.replace(module.lora, decode_scale=scale)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    users, total = sum(len(b) for b in batches), len(dm.dataset("test"))
+    batch_size = args.batch or (1024 if device.type == "cuda" else 16)
     module.decode_counts = {}
+    engine = module._graph_decoder
+    before = engine.capture_seconds if engine is not None else 0.0
     results, seconds = decode_all(module, batches, device, args.beams, precision)
     engine = module._graph_decoder
-    timed_capture_s = (engine.capture_seconds - capture_s) if engine is not None else 0.0
+    timed_capture_s = (engine.capture_seconds - before) if engine is not None else 0.0
 
     ranked = torch.cat([r.items for r in results])
     targets = torch.cat([b.targets for b in batches])
@@ -317,7 +338,8 @@ def main() -> None:
     hp = module.hparams
     row = {
         "data": dm.name,
-        "model": f"{hp.preset or hp.model} ({sum(p.numel() for p in module.parameters()) / 1e6:.1f}M)" + (" ckpt" if args.ckpt else ""),
+        "model": f"{hp.preset or hp.model} ({sum(p.numel() for p in module.parameters()) / 1e6:.1f}M)" + (" ckpt" if args.ckpt else "")
+                 + (f", adapters x{module.lora.decode_scale:g}" if module.lora.decode_scale != 1 else ""),
         "decoder": {"static": "static (pruned, CUDA graphs)" if device.type == "cuda" else "static (pruned)",
                     "static-eager": "static (pruned, eager)", "slot": "slot (pruned)"}[args.decoder if not unsupported else "slot"]
                    + (", compiled" if args.compile and module.static_decoding and not unsupported else ""),

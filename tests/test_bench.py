@@ -339,6 +339,44 @@ def test_lm_decode_benchmark_checks_the_reference_and_records_quality(tmp_path, 
     assert regrouped[0].history.tolist() == [[1, -1, -1], [3, 2, 0]] and regrouped[1].targets.tolist() == [7]
 
 
+def test_lm_decode_benchmark_records_one_row_per_decode_scale(tmp_path, monkeypatch):
+    """``--decode-scales 1,0.5``: the same users decoded twice, the LoRA adapters at each scale
+    (``lora.decode_scale`` set on the module while it decodes), one row each, labelled."""
+    import functools
+    import sys
+
+    import yaml
+
+    from bench import lm_decode
+    from bench.record import record
+    from tests.test_configs import ROOT, TINY_DATA
+
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    bench_file = tmp_path / "benchmarks.md"
+    monkeypatch.setattr(lm_decode, "record", functools.partial(record, path=bench_file))
+    seen = []
+    decode_all = lm_decode.decode_all
+
+    def spy(module, batches, *args):
+        seen.append((module.lora.decode_scale, sum(len(b) for b in batches)))
+        return decode_all(module, batches, *args)
+
+    monkeypatch.setattr(lm_decode, "decode_all", spy)
+    monkeypatch.setattr(sys, "argv", [
+        "lm_decode", "--data", str(data), "--model", str(ROOT / "configs/lm/tiny-scratch.yaml"), "--users", "6", "--batch", "3",
+        "--beams", "10", "--decode-scales", "1,0.5",
+        "--set", "model.init_args.overrides={num_layers: 1, hidden_size: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}",
+        "--set", "model.init_args.lora={enabled: true, r: 4}"])
+    lm_decode.main()
+    assert seen[-2:] == [(1.0, 6), (0.5, 6)] and all(x == (1.0, 3) for x in seen[:-2])  # warm-up batches, then every user at each scale
+    rows = [line for line in bench_file.read_text().splitlines() if line.startswith("| tiny")]
+    assert len(rows) == 2 and "adapters x" not in rows[0] and ", adapters x0.5 |" in rows[1]
+    with pytest.raises(SystemExit, match="--decode-scales takes numbers"):
+        monkeypatch.setattr(sys, "argv", [*sys.argv[:-4], "--decode-scales", "1,half"])
+        lm_decode.main()
+
+
 def test_lm_decode_noise_scores_the_targets_alike_three_ways_in_float32(tmp_path, monkeypatch, capsys):
     """bench.lm_decode_noise: in float32 the plain forward pass, the reference decoder's steps
     and the static decoder's steps give each target the same summed log-prob (the table's fp32

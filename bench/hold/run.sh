@@ -2,7 +2,7 @@
 # One GPU hold, several runs side by side under MPS (run from the synced repo root on the device
 # machine; bench/hold/README.md has the order of calls):
 #   bash .carry/gpu/run.sh setup | gguf | decode [USERS] | profile [USERS] | tiger NAME DATA SIDS TARGET [--set ...] |
-#        lm NAME [--set ...] | sasrec DATA | scaling i/n | status | collect
+#        lm NAME [--set ...] | lmscales NAME S,S,.. | sasrec DATA | scaling i/n | status | collect
 # Runs start in their own process sessions from a copy of the repo at /tmp/w/repo (a later call
 # re-syncs the checkout; the copy keeps what the runs write) and log to /tmp/res; `collect` tars
 # /tmp/res (logs, --out JSONs, docs/benchmarks.md with the new rows, result.json / metrics.csv
@@ -54,6 +54,10 @@ lm)     # lm NAME [--set ...] (torch.compile, not liger: every liger run went Na
      --set model.init_args.compile=true --set model.init_args.optimizer.lr=0.001 --set model.init_args.optimizer.warmup_steps=50 \
      --set trainer.max_epochs=2 --set trainer.val_check_interval=0.5 --set trainer.limit_val_batches=4 --set trainer.enable_progress_bar=false \
      --set trainer.default_root_dir=/tmp/runs/$n --out $RES/$n.json "$@" > $RES/$n.log 2>&1 &); echo started $n ;;
+lmscales) # lmscales NAME S,S,..: once `lm NAME` has ended, its best checkpoint decoded (all users) at each LoRA decode_scale
+  n=$2; ck=$(python3 -c "import json; print(json.load(open('$RES/$n.json'))['run']['checkpoint'])")
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 560 python3 -m bench.lm_decode --data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml \
+     --ckpt "$ck" --beams 20 --users all --batch 1024 --decode-scales $3) > $RES/$n-scales.log 2>&1; grep "^| amazon" $RES/$n-scales.log | cut -c1-330 ;;
 sasrec) # sasrec DATA
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 train.py fit --config configs/data/amazon-$2.yaml --config configs/sasrec/amazon-beauty.yaml \
      --trainer.max_time=00:00:15:00 --trainer.max_epochs=200 --trainer.check_val_every_n_epoch=5 --trainer.enable_progress_bar=false \

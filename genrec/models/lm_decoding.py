@@ -361,6 +361,24 @@ def slot_decode(module: LMRecModule, inputs: LMInputs, width: int, num_results: 
 
 
 @contextlib.contextmanager
+def scaled_adapters(model: nn.Module, scale: float) -> Iterator[None]:
+    """Inside the block, every peft LoRA adapter of ``model`` weighs ``scale`` times its trained
+    weight (each layer's ``scaling``, which its forward and its merged delta ``scale * B @ A``
+    both use; ``LoraSettings.decode_scale``); the trained scalings are put back afterwards,
+    exactly. ``scale`` 1 changes nothing."""
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and isinstance(getattr(m, "scaling", None), dict)] if scale != 1 else []
+    saved = [(m, dict(m.scaling)) for m in layers]
+    for m, scalings in saved:
+        for name, value in scalings.items():
+            m.scaling[name] = value * scale
+    try:
+        yield
+    finally:
+        for m, scalings in saved:
+            m.scaling.update(scalings)
+
+
+@contextlib.contextmanager
 def merged_lora(model: nn.Module) -> Iterator[bool]:
     """Inside the block, run a peft LoRA model as one weight per projection: each adapted
     ``nn.Linear``'s float32 weight is replaced by a merged copy (``W + scale * B @ A``) and the
@@ -393,4 +411,4 @@ def merged_lora(model: nn.Module) -> Iterator[bool]:
             base.weight = weight
 
 
-__all__ = ["BeamState", "PrefixKV", "SlotKV", "merged_lora", "reference_step", "shared_prefix_attention", "slot_step"]
+__all__ = ["BeamState", "PrefixKV", "SlotKV", "merged_lora", "reference_step", "scaled_adapters", "shared_prefix_attention", "slot_step"]

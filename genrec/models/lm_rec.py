@@ -57,6 +57,7 @@ from genrec.models.lm_decoding import (
     BeamState,
     PrefixKV,
     reference_step,
+    scaled_adapters,
     slot_decode,
 )
 from genrec.models.lm_graphs import graph_decode  # issue 20 (decode)
@@ -448,25 +449,24 @@ class LMRecModule(RecommenderModule):
         Args:
             k: items per row (default ``max(ks)``).
             beam_width: beams per row (default ``max(k, beam_width)``: every row ends with ``k`` items).
-            reference: decode with the reference decoder (:mod:`genrec.models.lm_decoding`;
-                every beam every step, unmerged LoRA), which gives the same items, slower.
+            reference: the reference decoder (:mod:`genrec.models.lm_decoding`): same items, slower.
 
         Returns:
-            :class:`~genrec.decoding.BeamResult`: ``items [B, k]``, distinct per row, and their
-            ``scores [B, k]``, best first.
+            :class:`~genrec.decoding.BeamResult`: ``items [B, k]`` (distinct per row), ``scores [B, k]``, best first.
         """
         B = batch.targets.shape[0]
         K = k or self.num_results
         W = beam_width or max(K, self.eval_config.beam_width)
-        if reference:
-            return constrained_beam_search(self.beam_step, self.trie(), batch_size=B, beam_width=W, num_results=K, state=self.initial_state(batch))
-        inputs = self.lm_inputs(batch, with_target=False)
-        graphed = graph_decode(self, inputs, W, K) if self.static_decoding else None
-        if graphed is not None:
-            result, decoder = graphed
-            steps, fed = decoder.step_index, decoder.fed
-        else:
-            result, steps, fed = slot_decode(self, inputs, W, K)
+        with scaled_adapters(self.model, self.lora.decode_scale):  # 1 (default): the adapters as trained
+            if reference:
+                return constrained_beam_search(self.beam_step, self.trie(), batch_size=B, beam_width=W, num_results=K, state=self.initial_state(batch))
+            inputs = self.lm_inputs(batch, with_target=False)
+            graphed = graph_decode(self, inputs, W, K) if self.static_decoding else None
+            if graphed is not None:
+                result, decoder = graphed
+                steps, fed = decoder.step_index, decoder.fed
+            else:
+                result, steps, fed = slot_decode(self, inputs, W, K)
         counts = {"users": B, "steps": steps, "beam tokens": fed, "full search beam tokens": B * W * steps}
         self.decode_counts = {key: self.decode_counts.get(key, 0) + value for key, value in counts.items()}
         return result

@@ -115,6 +115,11 @@ class LoraSettings:
             attention and MLP projections).
         load_in_4bit: load the pretrained base weights as 4-bit nf4 (bitsandbytes; bf16
             compute) and prepare them for k-bit training (QLoRA); needs ``enabled``.
+        decode_scale: the adapters' weight when recommending (beam search: val/test metrics,
+            predict, serving; the losses and training keep 1): 1 as trained, 0 the pretrained
+            model, between them an interpolation of the pretrained and fine-tuned weights (as
+            WiSE-FT does for full weights), which keeps more of what pretraining knew, e.g. the
+            cold items that fine-tuning stops recommending (docs/benchmarks.md).
     """
 
     enabled: bool = False
@@ -123,8 +128,11 @@ class LoraSettings:
     dropout: float = 0.05
     target_modules: list[str] | None = None
     load_in_4bit: bool = False
+    decode_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.decode_scale >= 0:
+            raise ValueError(f"lora.decode_scale must be >= 0, got {self.decode_scale}")
         if self.load_in_4bit and not self.enabled:
             raise ValueError("lora.load_in_4bit needs lora.enabled: 4-bit base weights cannot be fine-tuned themselves")
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from genrec.data import SeqBatch, SequenceDataModule, SyntheticSource
 from genrec.data.catalog import Item, ItemCatalog
-from genrec.decoding import Recommendations, score_all_items
+from genrec.decoding import BeamResult, Recommendations, score_all_items
 from genrec.models import LMRecConfig, LMRecModule, count_lm_parameters, lm_names
 from genrec.models.lm_loading import decoder_layer_classes, load_tokenizer
 from tests.trainer import quiet_trainer
@@ -477,8 +477,8 @@ def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, pre
     torch.testing.assert_close(replayed.scores, eager.scores, atol=1e-5, rtol=0)
 
 
-def _lora_module(datamodule) -> LMRecModule:
-    m = tiny_module(lora={"enabled": True, "r": 4})
+def _lora_module(datamodule, **lora) -> LMRecModule:
+    m = tiny_module(lora={"enabled": True, "r": 4, **lora})
     m.attach(datamodule.data.catalog)
     torch.manual_seed(1)
     for name, p in m.named_parameters():
@@ -563,6 +563,37 @@ def test_cf_embedding_from_the_cf_encoders_file(datamodule, batch, tmp_path):
         tiny_module(cf_embedding=True, cf_init=str(path)).attach(other)
     with pytest.raises(ValueError, match="needs cf_embedding"):
         tiny_module(cf_init=str(path))
+
+
+@pytest.mark.parametrize("decoder", ["static", "slot", "reference"])
+def test_decode_scale_interpolates_the_adapters_when_recommending_only(datamodule, batch, decoder):
+    """``lora.decode_scale`` s: beam search runs with the adapters' delta times s, i.e. exactly
+    as a model whose ``lora_B`` is s times the trained one (0: the pretrained model); the
+    trained scalings come back bit for bit and the loss (training, val) is not scaled."""
+
+    def recommend(m: LMRecModule) -> BeamResult:
+        m.static_decoding = decoder == "static"
+        return m.recommend(batch, reference=decoder == "reference")
+
+    trained = _lora_module(datamodule)
+    inputs = trained.lm_inputs(batch)
+    loss = trained.loss(inputs)
+    scalings = [dict(m.scaling) for m in trained.modules() if hasattr(m, "lora_A")]
+    full = recommend(trained)
+    for scale in (0.0, 0.5):
+        scaled = _lora_module(datamodule, decode_scale=scale)
+        reference = _lora_module(datamodule)  # the same weights, lora_B times the scale, decoded as trained
+        with torch.no_grad():
+            for name, p in reference.named_parameters():
+                if "lora_B" in name:
+                    p.mul_(scale)
+        got, want = recommend(scaled), recommend(reference)
+        assert torch.equal(got.items, want.items) and torch.equal(got.scores, want.scores)
+        assert not torch.equal(got.scores, full.scores)
+        assert [dict(m.scaling) for m in scaled.modules() if hasattr(m, "lora_A")] == scalings
+        assert torch.equal(scaled.loss(scaled.lm_inputs(batch)), loss)
+    with pytest.raises(ValueError, match="decode_scale must be >= 0"):
+        tiny_module(lora={"enabled": True, "decode_scale": -0.5})
 
 
 def test_lora_trains_only_adapters(datamodule, batch):
