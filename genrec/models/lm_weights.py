@@ -133,6 +133,14 @@ class DecoderWeights:
         very formula on a CPU, where the tests check it bit for bit against ``transformers``."""
         return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
+    def norm_cast(self, x: Tensor, weight: Tensor) -> Tensor:
+        """:meth:`norm` written straight in the compute dtype (for a projection's input): the
+        weight's product rounded once on store, as ``.to(dtype)`` after it would, one kernel less."""
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        if torch.result_type(weight, normed) == self.dtype:
+            return weight * normed
+        return torch.mul(weight, normed, out=torch.empty(normed.shape, dtype=self.dtype, device=normed.device))
+
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return F.linear(x.to(self.dtype), weight, bias)
 
@@ -146,14 +154,16 @@ class DecoderWeights:
              q_norm: Tensor | None, k_norm: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         # The layer's tensors as arguments: one compiled function serves every layer (:meth:`compile`).
         H, kvh, d = self.num_heads, self.kv_heads, self.head_dim
-        qkv = self.linear(self.norm(x, input_norm), qkv_weight, qkv_bias)
+        qkv = self.linear(self.norm_cast(x, input_norm), qkv_weight, qkv_bias)
         q, k, v = qkv.split([H * d, kvh * d, kvh * d], dim=-1)
         q, k, v = q.unflatten(-1, (H, d)), k.unflatten(-1, (kvh, d)), v.unflatten(-1, (kvh, d))
         if q_norm is not None:
             q, k = self.norm(q, q_norm), self.norm(k, k_norm)
         cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
-        q = (q * cos + _swap_halves(q) * sin).to(self.dtype)  # sin signed: = rotate_half(q) * sin, bit for bit
-        k = (k * cos + _swap_halves(k) * sin).to(self.dtype)
+        # sin signed: swap_halves(q) * sin = rotate_half(q) * sin bit for bit; the sum rounded to the
+        # compute dtype on store (as .to(dtype) after it would)
+        q = torch.add(q * cos, _swap_halves(q) * sin, out=torch.empty(q.shape, dtype=self.dtype, device=q.device))
+        k = torch.add(k * cos, _swap_halves(k) * sin, out=torch.empty(k.shape, dtype=self.dtype, device=k.device))
         return q, k, v.to(self.dtype)
 
     def finish_layer(self, layer: LayerWeights, x: Tensor, attended: Tensor) -> Tensor:
@@ -162,9 +172,11 @@ class DecoderWeights:
 
     def _finish(self, x: Tensor, attended: Tensor, o: Tensor, o_bias: Tensor | None, post_norm: Tensor, gate_up: Tensor,
                 down: Tensor) -> Tensor:
-        x = x + self.linear(attended, o, o_bias).to(x.dtype)
-        gate, up = self.linear(self.norm(x, post_norm), gate_up).chunk(2, dim=-1)
-        return x + self.linear(self.act(gate) * up, down).to(x.dtype)
+        # x + y with y in the compute dtype: promoted inside the add (exactly: bf16 -> float32 is
+        # exact), as the separate .to(x.dtype) before it did, one kernel less
+        x = x + self.linear(attended, o, o_bias)
+        gate, up = self.linear(self.norm_cast(x, post_norm), gate_up).chunk(2, dim=-1)
+        return x + self.linear(self.act(gate) * up, down)
 
     def compile(self) -> None:
         """Run each layer's two halves (:meth:`qkv`, :meth:`finish_layer`) through ``torch.compile``
@@ -178,7 +190,7 @@ class DecoderWeights:
 
     def logits(self, x: Tensor) -> Tensor:
         """``[R, h]`` last hidden states -> ``[R, V]`` logits in the compute dtype."""
-        return self.linear(self.norm(x, self.final_norm), self.lm_head)
+        return self.linear(self.norm_cast(x, self.final_norm), self.lm_head)
 
     def log_probs(self, x: Tensor) -> Tensor:
         """``[R, h]`` last hidden states -> ``[R, V]`` float32 next-token log-probs."""

@@ -389,6 +389,49 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     assert torch.equal(unmerged.eval().recommend(batch, k=10, beam_width=12).items, fast.items)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_decoder_layer_kernels_compute_transformers_formulas_bit_for_bit(datamodule, dtype):
+    """The static decoder's layer arithmetic (fused RMSNorm, the product rounded to the compute
+    dtype on store, the signed-sin rotary embedding, the residual adds promoting inside) equals the
+    written-out ``transformers`` formulas (float32 norm and rotary, then cast) bit for bit."""
+    from genrec.models.lm_weights import DecoderWeights
+
+    m = _lora_module(datamodule)
+    w = DecoderWeights(m, dtype)
+    layer = w.layers[0]
+    torch.manual_seed(3)
+    x = torch.randn(5, 4, w.embed.shape[1]) * 2  # [B, S, h] float32 residual stream
+    cos, signed = w.rotary_table(4, torch.device("cpu"))
+    half = w.head_dim // 2
+    hf_cos, sin = (t[0].float() for t in w.rotary(torch.zeros(1), torch.arange(4)[None]))  # transformers' own tables
+    assert torch.equal(cos, hf_cos)
+
+    def norm(v, weight):  # transformers' LlamaRMSNorm
+        vf = v.float()
+        return weight * (vf * torch.rsqrt(vf.pow(2).mean(-1, keepdim=True) + w.eps)).to(v.dtype)
+
+    def rotate_half(v):
+        return torch.cat((-v[..., half:], v[..., :half]), dim=-1)
+
+    H, kvh, d = w.num_heads, w.kv_heads, w.head_dim
+    qkv = F.linear(norm(x, layer.input_norm).to(dtype), layer.qkv, layer.qkv_bias)
+    q, k, v = qkv.split([H * d, kvh * d, kvh * d], dim=-1)
+    q, k = q.unflatten(-1, (H, d)), k.unflatten(-1, (kvh, d))
+    c, s_ = cos[None, :, None], sin[None, :, None]
+    want_q, want_k = (q * c + rotate_half(q) * s_).to(dtype), (k * c + rotate_half(k) * s_).to(dtype)
+    got_q, got_k, got_v = w.qkv(layer, x, cos[None], signed[None])
+    assert got_q.dtype == dtype and torch.equal(got_q, want_q) and torch.equal(got_k, want_k)
+    assert torch.equal(got_v, v.unflatten(-1, (kvh, d)).to(dtype))
+
+    attended = torch.randn(5, 4, H * d).to(dtype)
+    y = x + F.linear(attended, layer.o, layer.o_bias).to(x.dtype)
+    gate, up = F.linear(norm(y, layer.post_norm).to(dtype), layer.gate_up).chunk(2, dim=-1)
+    want = y + F.linear(w.act(gate) * up, layer.down).to(y.dtype)
+    got = w.finish_layer(layer, x, attended)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert torch.equal(w.logits(x), F.linear(norm(x, w.final_norm).to(dtype), w.lm_head))
+
+
 def test_graphed_steps_attend_at_most_one_bucket_more_beam_columns_than_written():
     """The padded (graphed) span: from the batch's first prompt column to the beam columns written
     so far, rounded up to 64 and then to a multiple of 128 (few graphs), never beyond the buffer;
