@@ -86,6 +86,11 @@ class Sweep:
             seeds at the lr chosen on those (a size's later seeds wait until every lr has a
             finished run on each of the first seeds). ``None``: every seed runs every lr.
             With 3 lrs and 3 seeds, ``lr_seeds: 1`` trains 5 runs a size instead of 9.
+        lr_extend: how many lrs a size may add beyond its grid: when every lr of a size has
+            finished (on the lr-sweep seeds) and the best is the largest (smallest), the next
+            one up (down) by the grid's outer step (e.g. 4e-3 after 1e-3, 2e-3) joins that size's
+            grid and runs; repeated while the best stays at the edge, at most ``lr_extend`` times
+            (the report flags a choice still at the edge). 0: the grid as given.
         lr_key: the dotted config key of the learning rate (``model.init_args.lr`` for TIGER
             and SASRec, ``model.init_args.optimizer.lr`` for the LM recommender).
         paradigm: ``sid`` (SID-based GR) or ``llm`` (LLM-as-RS): which law is fitted.
@@ -122,6 +127,7 @@ class Sweep:
     models: dict[str, str] = field(default_factory=dict)
     lrs: list[float] = field(default_factory=list)
     lr_seeds: int | None = None
+    lr_extend: int = 0
     lr_key: str = "model.init_args.lr"
     encoder: str | None = None
     tokenizer: str | None = None
@@ -246,6 +252,8 @@ class ScalingConfig:
                 raise ConfigError(f"sweep {name!r}: lrs must be distinct and > 0, got {sweep.lrs}")
             if sweep.lr_seeds is not None and (not sweep.lrs or not 1 <= sweep.lr_seeds <= len(self.seeds or [])):
                 raise ConfigError(f"sweep {name!r}: lr_seeds {sweep.lr_seeds} needs lrs and 1 <= lr_seeds <= the {len(self.seeds or [])} seeds")
+            if sweep.lr_extend and (sweep.lr_extend < 0 or len(sweep.lrs) < 2):
+                raise ConfigError(f"sweep {name!r}: lr_extend {sweep.lr_extend} needs lr_extend >= 0 and at least 2 lrs (their step)")
             stray = sorted(set(sweep.preset_overrides) - set(sweep.labels))
             if stray:
                 raise ConfigError(f"sweep {name!r}: preset_overrides for presets it does not sweep: {stray}")
@@ -288,11 +296,11 @@ class ScalingConfig:
         """This study's folder of the archive (``<archive>/<name>``); ``None`` without one."""
         return None if self.archive is None else Path(self.archive) / self.name
 
-    def every_run(self) -> list[str]:
-        """The name of every run the study could train: each sweep's sizes x lrs x all seeds
+    def every_run(self) -> list[ScalingRun]:
+        """Every run the study could train: each sweep's sizes x lrs (:meth:`size_lrs`) x all seeds
         (:meth:`runs` holds back the seeds past ``lr_seeds`` and the lrs they do not run at)."""
-        return [run_name(s, p, seed, lr) for s, sweep in self.sweeps.items() for p in sweep.labels
-                for lr in sweep.lrs or [None] for seed in self.seeds]
+        return [ScalingRun(run_name(s, p, seed, lr), s, p, seed, lr) for s, sweep in self.sweeps.items() for p in sweep.labels
+                for lr in self.size_lrs(s, p) or [None] for seed in self.seeds]
 
     def runs(self) -> list[ScalingRun]:
         """Every run that can train now, sweep by sweep, small to large (and lr by lr within a
@@ -301,7 +309,7 @@ class ScalingConfig:
         out = []
         for s, sweep in self.sweeps.items():
             for p in sweep.labels:
-                for lr in sweep.lrs or [None]:
+                for lr in self.size_lrs(s, p) or [None]:
                     for seed in self.lr_sweep_seeds(s):
                         out.append(ScalingRun(run_name(s, p, seed, lr), s, p, seed, lr))
                 chosen = self.chosen_lr(s, p) if sweep.lr_seeds else None
@@ -314,16 +322,36 @@ class ScalingConfig:
         sweep = self.sweeps[sweep_name]
         return self.seeds[: sweep.lr_seeds] if sweep.lr_seeds else list(self.seeds)
 
-    def chosen_lr(self, sweep_name: str, label: str) -> float | None:
-        """The lr of size ``label`` with the best mean val peak over the lr-sweep seeds, once each
-        of them has a finished run (a ``result.json`` with a val curve) at every lr; else ``None``."""
+    def _best_lr(self, sweep_name: str, label: str, lrs: Sequence[float]) -> float | None:
+        """Of ``lrs``, the one with the best mean val peak over the lr-sweep seeds, once each has a
+        finished run (a ``result.json`` with a val curve) at every one of them; else ``None``."""
         means = {}
-        for lr in self.sweeps[sweep_name].lrs:
+        for lr in lrs:
             peaks = [val_peak(self, run_name(sweep_name, label, seed, lr)) for seed in self.lr_sweep_seeds(sweep_name)]
             if None in peaks:
                 return None
             means[lr] = float(np.mean(peaks))
         return max(means, key=means.get) if means else None
+
+    def size_lrs(self, sweep_name: str, label: str) -> list[float]:
+        """The lrs size ``label`` runs: the sweep's ``lrs``, then those ``lr_extend`` added beyond
+        an edge that was best (each once the lrs before it have all finished)."""
+        sweep = self.sweeps[sweep_name]
+        lrs = list(sweep.lrs)
+        for _ in range(sweep.lr_extend):
+            best, grid = self._best_lr(sweep_name, label, lrs), sorted(lrs)
+            if best == grid[-1]:
+                lrs.append(float(f"{grid[-1] * grid[-1] / grid[-2]:.6g}"))
+            elif best == grid[0]:
+                lrs.append(float(f"{grid[0] * grid[0] / grid[1]:.6g}"))
+            else:
+                break  # not chosen yet, or inside the grid
+        return lrs
+
+    def chosen_lr(self, sweep_name: str, label: str) -> float | None:
+        """The lr of size ``label`` with the best mean val peak over the lr-sweep seeds, once each
+        of them has a finished run at every lr of :meth:`size_lrs` (extensions included); else ``None``."""
+        return self._best_lr(sweep_name, label, self.size_lrs(sweep_name, label))
 
     def waiting(self) -> list[str]:
         """Runs not yet startable: seeds past ``lr_seeds`` of sizes whose lr is not chosen yet."""
@@ -350,7 +378,7 @@ def archive_results(config: ScalingConfig) -> tuple[list[str], list[str]]:
     if config.archive_dir is None:
         return [], []
     copied, replaced = [], []
-    for run in config.every_run():
+    for run, *_ in config.every_run():
         source = config.run_dir / run / "result.json"
         if not source.is_file():
             continue
@@ -574,8 +602,10 @@ def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int]
 
 def select_lrs(config: ScalingConfig) -> dict[str, dict[str, dict[str, Any]]]:
     """Per sweep with ``lrs``, per size label: every lr's mean best val value over its finished
-    seeds (``{"lrs": {lr: [mean, seeds]}, "chosen": lr}``), the chosen lr the one with the
-    highest mean; a size with no val curve yet has no choice (``chosen`` None)."""
+    seeds (``{"lrs": {lr: [mean, seeds]}, "chosen": lr, "pending": [lr, ...]}``), the chosen lr
+    the one with the highest mean so far, provisional while ``pending`` lists lrs of the size's
+    grid (:meth:`ScalingConfig.size_lrs`) without a finished run; a size with no val curve yet
+    has no choice (``chosen`` None)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for run, sweep_name, label, seed, lr in config.runs():
         if lr is None or seed not in config.lr_sweep_seeds(sweep_name):
@@ -588,6 +618,9 @@ def select_lrs(config: ScalingConfig) -> dict[str, dict[str, dict[str, Any]]]:
         for entry in picks.values():
             entry["lrs"] = {lr: [float(np.mean(values)), len(values)] for lr, values in entry["lrs"].items()}
             entry["chosen"] = max(entry["lrs"], key=lambda lr: entry["lrs"][lr][0]) if entry["lrs"] else None
+    for name, picks in out.items():
+        for label, entry in picks.items():  # provisional while an lr of the size's grid has no finished run
+            entry["pending"] = [lr for lr in config.size_lrs(name, label) if lr not in entry["lrs"]]
     return out
 
 def lr_grid_edges(config: ScalingConfig, selection: dict[str, dict[str, dict[str, Any]]]) -> list[tuple[str, str, float, str]]:
@@ -595,9 +628,8 @@ def lr_grid_edges(config: ScalingConfig, selection: dict[str, dict[str, dict[str
     lr of its sweep's grid (of more than one), is the grid's largest or smallest."""
     edges = []
     for name, picks in selection.items():
-        grid = sorted(config.sweeps[name].lrs or [])
         for label, entry in picks.items():
-            chosen = entry["chosen"]
+            grid, chosen = sorted(config.size_lrs(name, label)), entry["chosen"]
             if len(grid) < 2 or chosen is None or len(entry["lrs"]) < len(grid):
                 continue  # one lr, or not every lr has run yet: no edge to speak of
             if chosen in (grid[0], grid[-1]):
@@ -648,7 +680,7 @@ def collect_points(config: ScalingConfig, sids: dict[str, Path | None], selectio
     inputs = law_inputs(config, sids) if inputs is None else inputs
     out: dict[str, list[tuple[str, int, ScalingPoint, dict[str, Any]]]] = {name: [] for name in config.sweeps}
     chosen = {(name, label): pick["chosen"] for name, picks in selection.items() for label, pick in picks.items()}
-    for run, sweep_name, preset, seed, lr in config.runs():
+    for run, sweep_name, preset, seed, lr in config.every_run():  # a provisional lr's later seeds too
         path = result_file(config, run)
         if path is None or (lr is not None and chosen.get((sweep_name, preset)) != lr):
             continue
@@ -759,7 +791,7 @@ def write_scaling_report(config: ScalingConfig, sids: dict[str, Path | None], co
     if selection:
         edge = {(name, label): side for name, label, _, side in lr_grid_edges(config, selection)}
         summary["lr_selection"] = {name: {label: {"chosen": e["chosen"], "lrs": {f"{lr:g}": v for lr, v in e["lrs"].items()},
-                                                  "grid_edge": edge.get((name, label))}
+                                                  "grid_edge": edge.get((name, label)), "pending": e["pending"]}
                                           for label, e in picks.items()} for name, picks in selection.items()}
     for sweep_name, sweep in config.sweeps.items():
         entries = collected[sweep_name]
@@ -811,11 +843,12 @@ def write_scaling_report(config: ScalingConfig, sids: dict[str, Path | None], co
         for name, picks in selection.items():
             for label, entry in picks.items():
                 for lr, (value, seeds) in entry["lrs"].items():
-                    lines.append(f"| {name} | {label} | {lr:g} | {value:.4f} | {seeds} | {'yes' if lr == entry['chosen'] else ''} |")
+                    mark = ("yes" if not entry["pending"] else f"so far ({', '.join(f'{x:g}' for x in entry['pending'])} to run)") if lr == entry["chosen"] else ""
+                    lines.append(f"| {name} | {label} | {lr:g} | {value:.4f} | {seeds} | {mark} |")
         edges = lr_grid_edges(config, selection)
         if edges:
             lines += ["", "Chosen at the edge of the swept lrs (the best lr may lie beyond it: widen `lrs` for these sizes): "
-                      + ", ".join(f"{name} {label} ({lr:g}, the {side} of {sorted(config.sweeps[name].lrs)})" for name, label, lr, side in edges) + "."]
+                      + ", ".join(f"{name} {label} ({lr:g}, the {side} of {sorted(config.size_lrs(name, label))})" for name, label, lr, side in edges) + "."]
     lines += ["", "## Fitted laws", "",
               "`Recall = R0 - A / N_SI^a - B / N_CF^b`, counts in millions (genrec/scaling_law.py has both paradigms' forms).", ""]
     for sweep_name, record in summary["sweeps"].items():

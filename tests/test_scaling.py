@@ -301,6 +301,39 @@ def test_lr_seeds_sweep_the_lrs_on_the_first_seed_and_run_the_others_at_the_choi
         ScalingConfig(**{**settings, "sweeps": {"t": {"model": "m.yaml", "presets": ["1m"], "lrs": [0.001], "lr_seeds": 4}}})
 
 
+def test_lr_extend_adds_lrs_beyond_an_edge_that_won_until_the_best_is_inside(tmp_path, monkeypatch):
+    """``lr_extend``: a size whose best lr is the edge of its grid runs the next lr beyond it (the
+    grid's outer step), again while the best stays at the edge, at most ``lr_extend`` times;
+    seeds past ``lr_seeds`` wait for the final choice. 336k does best at 4e-3, 13m at 1e-3."""
+    calls = _lr_quality_training(monkeypatch)
+    (tmp_path / "sids.safetensors").write_bytes(b"")
+    settings = dict(name="ext", data="configs/data/synthetic.yaml", sids=str(tmp_path / "sids.safetensors"), seeds=[0, 1],
+                    encoder_parameters=ENCODER, tokenizer_parameters=TOKENIZER, root=str(tmp_path / "runs"),
+                    sweeps={"tiger": {"model": "configs/tiger/synthetic.yaml", "presets": ["336k", "13m"], "lrs": [0.001, 0.002],
+                                      "lr_seeds": 1, "lr_extend": 2}})
+    report = run_scaling(ScalingConfig(**settings)).read_text()
+    lrs = {(name.split("-")[1], name.split("-lr")[1]) for name in calls}
+    assert lrs == {("336k", "0.001-s0"), ("336k", "0.002-s0"), ("336k", "0.004-s0"), ("336k", "0.008-s0"), ("336k", "0.004-s1"),
+                   ("13m", "0.0005-s0"), ("13m", "0.001-s0"), ("13m", "0.002-s0"), ("13m", "0.001-s1")}
+    assert "| tiger | 336k | 0.004 | 0.0600 | 1 | yes |" in report and "| tiger | 13m | 0.001 | 0.0600 | 1 | yes |" in report
+    assert "Chosen at the edge" not in report and "Waiting" not in report
+    # one extension only: 336k stops at 4e-3, still the largest of its grid, and the report says so
+    calls.clear()
+    settings.update(name="ext1", sweeps={"tiger": {**settings["sweeps"]["tiger"], "presets": ["336k"], "lr_extend": 1}})
+    report = run_scaling(ScalingConfig(**settings)).read_text()
+    assert sorted(calls) == ["tiger-336k-lr0.001-s0", "tiger-336k-lr0.002-s0", "tiger-336k-lr0.004-s0", "tiger-336k-lr0.004-s1"]
+    assert "tiger 336k (0.004, the largest of [0.001, 0.002, 0.004])" in report
+    # a choice at the edge with an extension still to run is provisional, and its seeds so far are reported
+    (tmp_path / "runs" / "ext1" / "tiger-336k-lr0.004-s0" / "result.json").unlink()
+    settings.update(name="ext1")
+    config = ScalingConfig(**settings)
+    assert config.chosen_lr("tiger", "336k") is None and config.waiting() == ["tiger-336k-s1"]
+    report = run_scaling(config, collect_only=True).read_text()
+    assert "| tiger | 336k | 0.002 | 0.0500 | 1 | so far (0.004 to run) |" in report and "| tiger | sid | 336k |" in report
+    with pytest.raises(ValueError, match="lr_extend 1 needs lr_extend >= 0 and at least 2 lrs"):
+        ScalingConfig(**{**settings, "sweeps": {"t": {"model": "m.yaml", "presets": ["1m"], "lrs": [0.001], "lr_extend": 1}}})
+
+
 def test_bad_settings(tmp_path, fake_training, capsys):
     with pytest.raises(ValueError, match="paradigm must be 'sid' or 'llm'"):
         ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": ["1m"], "paradigm": "other"}})
