@@ -251,6 +251,7 @@ def test_scaling_config(config, tiny_data, tmp_path, monkeypatch, one_thread):
         if "lm/" in sweep["model"]:  # a narrow one-layer LM: the 49k-token vocabulary dominates its cost
             sweep["overrides"] += ["--model.init_args.prompt.max_tokens", "64", "--model.init_args.evaluation.beam_width", "10"]
         sweep["lrs"] = sweep.get("lrs", [])[:1]  # one lr of a sweep's lr selection: the runs differ only in that number
+        sweep.pop("lr_extend", None)  # (it needs two lrs; tests/test_scaling.py runs it)
         if sweep.get("tokenize_overrides"):  # a sweep's own SIDs (e.g. a codebook axis) on the 60-item catalogue: small codebooks
             sweep["tokenize_overrides"] = [*sweep["tokenize_overrides"], "--tokenizer.init_args.codebook_size", "8"]
         if yaml.safe_load((ROOT / sweep.get("encoder", settings.get("encoder", "configs/encode/minilm.yaml"))).read_text())["encoder"]["model"] not in ("minilm", "cf"):
