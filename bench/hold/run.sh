@@ -2,7 +2,7 @@
 # One GPU hold, several runs side by side under MPS (run from the synced repo root on the device
 # machine; bench/hold/README.md has the order of calls):
 #   bash .carry/gpu/run.sh setup | gguf | decode [USERS] | profile [USERS] | tiger NAME DATA SIDS TARGET [--set ...] |
-#        lm NAME [--set ...] | lmscales NAME S,S,.. | sasrec DATA | scaling i/n | status | collect
+#        lm NAME [--set ...] | lmscales NAME S,S,.. | sasrec DATA | scaling i/n [beauty|toys] | status | collect
 # Runs start in their own process sessions from a copy of the repo at /tmp/w/repo (a later call
 # re-syncs the checkout; the copy keeps what the runs write) and log to /tmp/res; `collect` tars
 # /tmp/res (logs, --out JSONs, docs/benchmarks.md with the new rows, result.json / metrics.csv
@@ -44,9 +44,9 @@ tiger)  # tiger NAME DATA SIDS TARGET [--set ...]: bench.tiger_train in the back
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 -m bench.tiger_train --data configs/data/amazon-$d.yaml --model configs/tiger/amazon-$d.yaml \
      --sids $W/sids/$s --set trainer.enable_progress_bar=false --set trainer.gradient_clip_val=null --set trainer.check_val_every_n_epoch=2 \
      --set trainer.default_root_dir=/tmp/runs/$n --test-target $t --out $RES/$n.json "$@" > $RES/$n.log 2>&1 &) ; echo started $n ;;
-scaling) # scaling SHARD (i/n) with .carry/gpu/scaling-beauty.yaml
-  cp .carry/gpu/scaling-beauty.yaml $W/repo/scaling-gpu.yaml; sed -i "s#SIDS#$W/sids#" $W/repo/scaling-gpu.yaml
-  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 train.py scaling --config scaling-gpu.yaml --only '[tiger]' --shard $2 > $RES/scal-${2%/*}.log 2>&1 &); echo started scaling $2 ;;
+scaling) # scaling SHARD (i/n) [beauty|toys]: .carry/gpu/scaling-<data>.yaml (default beauty)
+  d=${3:-beauty}; cp .carry/gpu/scaling-$d.yaml $W/repo/scaling-gpu-$d.yaml; sed -i "s#SIDS#$W/sids#" $W/repo/scaling-gpu-$d.yaml
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 train.py scaling --config scaling-gpu-$d.yaml --only '[tiger]' --shard $2 > $RES/scal-$d-${2%/*}.log 2>&1 &); echo started scaling $d $2 ;;
 lm)     # lm NAME [--set ...] (torch.compile, not liger: every liger run went NaN, docs/benchmarks.md)
   n=$2; shift 2
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 -m bench.lm_train --data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml \
