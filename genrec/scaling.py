@@ -879,8 +879,13 @@ def write_scaling_report(config: ScalingConfig, sids: dict[str, Path | None], co
                   + (f"; read from it alone ({len(alone)}): {', '.join(alone)}" if alone else "") + "."]
     waiting = config.waiting()
     if waiting:
+        provisional = [f"{s}-{p}-s{seed} (lr {pick['chosen']:g})" for s, picks in selection.items() for p, pick in picks.items()
+                       if pick["pending"] and pick["chosen"] is not None for seed in config.seeds[config.sweeps[s].lr_seeds or len(config.seeds):]
+                       if result_file(config, run_name(s, p, seed, pick["chosen"])) is not None]
         lines += ["", f"Waiting for their size's lr choice ({len(waiting)}): " + ", ".join(waiting)
-                  + ". They run, at the chosen lr, once every lr has a finished run on the lr-sweep seeds."]
+                  + ". They run, at the chosen lr, once every lr has a finished run on the lr-sweep seeds."
+                  + (f" Of these, {len(provisional)} already ran at their size's lr so far, counted in the table meanwhile"
+                     f" (run again if another lr wins): {', '.join(provisional)}." if provisional else "")]
     if plotted:
         plot_scaling(plotted, run_dir / "scaling.png", metric_label=f"test {metric}")
         lines += ["", "![scaling](scaling.png)"]

@@ -330,6 +330,13 @@ def test_lr_extend_adds_lrs_beyond_an_edge_that_won_until_the_best_is_inside(tmp
     assert config.chosen_lr("tiger", "336k") is None and config.waiting() == ["tiger-336k-s1"]
     report = run_scaling(config, collect_only=True).read_text()
     assert "| tiger | 336k | 0.002 | 0.0500 | 1 | so far (0.004 to run) |" in report and "| tiger | sid | 336k |" in report
+    (tmp_path / "runs" / "ext1" / "tiger-336k-lr0.002-s1").mkdir()  # seed 1 at the provisional lr: reported as such
+    write_json(tmp_path / "runs" / "ext1" / "tiger-336k-lr0.002-s1" / "result.json",
+               read_json(tmp_path / "runs" / "ext1" / "tiger-336k-lr0.004-s1" / "result.json"))
+    report = run_scaling(ScalingConfig(**settings), collect_only=True).read_text()
+    assert ("Of these, 1 already ran at their size's lr so far, counted in the table meanwhile (run again if another lr wins): "
+            "tiger-336k-s1 (lr 0.002).") in report
+    assert "| 2/2 |" in next(line for line in report.splitlines() if line.startswith("| tiger | sid | 336k |"))
     with pytest.raises(ValueError, match="lr_extend 1 needs lr_extend >= 0 and at least 2 lrs"):
         ScalingConfig(**{**settings, "sweeps": {"t": {"model": "m.yaml", "presets": ["1m"], "lrs": [0.001], "lr_extend": 1}}})
 
