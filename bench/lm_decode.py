@@ -304,11 +304,11 @@ def main() -> None:
     if args.profile:  # a quarter-size batch: a whole one's trace is hundreds of thousands of kernels
         profile(module, head(first, max(len(first) // 4, 1)), device, args.beams, precision)
     for scale in scales:
-        measure(args, module, dm, batches, device, precision, ops, capture_s, check, unsupported, scale)
+        measure(args, module, dm, batches, batch_size, device, precision, ops, capture_s, check, unsupported, scale)
 
 
-def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: list, device: torch.device, precision: str,
-            ops: str, capture_s: float, check: str, unsupported: str | None, scale: float | None) -> None:
+def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: list, batch_size: int, device: torch.device,
+            precision: str, ops: str, capture_s: float, check: str, unsupported: str | None, scale: float | None) -> None:
     """Decode ``batches`` (timed) at LoRA ``decode_scale`` ``scale`` (``None``: the module's), score
     the lists and record one row."""
     if scale is not None:
@@ -316,7 +316,6 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     users, total = sum(len(b) for b in batches), len(dm.dataset("test"))
-    batch_size = args.batch or (1024 if device.type == "cuda" else 16)
     module.decode_counts = {}
     engine = module._graph_decoder
     before = engine.capture_seconds if engine is not None else 0.0

@@ -309,10 +309,11 @@ class ScalingConfig:
         out = []
         for s, sweep in self.sweeps.items():
             for p in sweep.labels:
-                for lr in self.size_lrs(s, p) or [None]:
+                lrs, chosen = self._lr_grid(s, p)
+                for lr in lrs or [None]:
                     for seed in self.lr_sweep_seeds(s):
                         out.append(ScalingRun(run_name(s, p, seed, lr), s, p, seed, lr))
-                chosen = self.chosen_lr(s, p) if sweep.lr_seeds else None
+                chosen = chosen if sweep.lr_seeds else None
                 if chosen is not None:
                     out += [ScalingRun(run_name(s, p, seed, chosen), s, p, seed, chosen) for seed in self.seeds[sweep.lr_seeds:]]
         return out
@@ -333,25 +334,31 @@ class ScalingConfig:
             means[lr] = float(np.mean(peaks))
         return max(means, key=means.get) if means else None
 
-    def size_lrs(self, sweep_name: str, label: str) -> list[float]:
-        """The lrs size ``label`` runs: the sweep's ``lrs``, then those ``lr_extend`` added beyond
-        an edge that was best (each once the lrs before it have all finished)."""
+    def _lr_grid(self, sweep_name: str, label: str) -> tuple[list[float], float | None]:
+        """:meth:`size_lrs` and :meth:`chosen_lr` of one size, from one read of its runs' results."""
         sweep = self.sweeps[sweep_name]
         lrs = list(sweep.lrs)
+        best = self._best_lr(sweep_name, label, lrs)
         for _ in range(sweep.lr_extend):
-            best, grid = self._best_lr(sweep_name, label, lrs), sorted(lrs)
+            grid = sorted(lrs)
             if best == grid[-1]:
                 lrs.append(float(f"{grid[-1] * grid[-1] / grid[-2]:.6g}"))
             elif best == grid[0]:
                 lrs.append(float(f"{grid[0] * grid[0] / grid[1]:.6g}"))
             else:
                 break  # not chosen yet, or inside the grid
-        return lrs
+            best = self._best_lr(sweep_name, label, lrs)
+        return lrs, best
+
+    def size_lrs(self, sweep_name: str, label: str) -> list[float]:
+        """The lrs size ``label`` runs: the sweep's ``lrs``, then those ``lr_extend`` added beyond
+        an edge that was best (each once the lrs before it have all finished)."""
+        return self._lr_grid(sweep_name, label)[0]
 
     def chosen_lr(self, sweep_name: str, label: str) -> float | None:
         """The lr of size ``label`` with the best mean val peak over the lr-sweep seeds, once each
         of them has a finished run at every lr of :meth:`size_lrs` (extensions included); else ``None``."""
-        return self._best_lr(sweep_name, label, self.size_lrs(sweep_name, label))
+        return self._lr_grid(sweep_name, label)[1]
 
     def waiting(self) -> list[str]:
         """Runs not yet startable: seeds past ``lr_seeds`` of sizes whose lr is not chosen yet."""
@@ -630,7 +637,7 @@ def lr_grid_edges(config: ScalingConfig, selection: dict[str, dict[str, dict[str
     for name, picks in selection.items():
         for label, entry in picks.items():
             grid, chosen = sorted(config.size_lrs(name, label)), entry["chosen"]
-            if len(grid) < 2 or chosen is None or len(entry["lrs"]) < len(grid):
+            if len(grid) < 2 or chosen is None or entry["pending"]:
                 continue  # one lr, or not every lr has run yet: no edge to speak of
             if chosen in (grid[0], grid[-1]):
                 edges.append((name, label, chosen, "largest" if chosen == grid[-1] else "smallest"))

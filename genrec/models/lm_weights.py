@@ -131,12 +131,15 @@ class DecoderWeights:
         """``transformers``' RMSNorm: in float32, scaled back in ``x``'s dtype. ``F.rms_norm`` is
         one fused kernel on CUDA (five for the written-out ``x * rsqrt(mean(x^2) + eps)``) and that
         very formula on a CPU, where the tests check it bit for bit against ``transformers``."""
-        return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return weight * self._rms(x)
+
+    def _rms(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
     def norm_cast(self, x: Tensor, weight: Tensor) -> Tensor:
         """:meth:`norm` written straight in the compute dtype (for a projection's input): the
         weight's product rounded once on store, as ``.to(dtype)`` after it would, one kernel less."""
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        normed = self._rms(x)
         if torch.result_type(weight, normed) == self.dtype:
             return weight * normed
         return torch.mul(weight, normed, out=torch.empty(normed.shape, dtype=self.dtype, device=normed.device))
