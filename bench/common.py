@@ -5,6 +5,7 @@ segments), test metrics of the current weights, and a run's description."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -150,16 +151,19 @@ class Timeline(L.Callback):
 
 @torch.no_grad()
 def test_metrics(trainer: L.Trainer, module: L.LightningModule) -> dict[str, float]:
-    """Test Recall/NDCG@10 (all, cold and warm targets) of the module's current weights, by its own
+    """Test Recall/NDCG@10 (all, cold and warm targets) of the module's current weights (with an
+    :class:`~genrec.ema.EMAWeights` callback: its average, as validation sees), by its own
     ``recommend`` over the data module's test split (single process)."""
+    from genrec.ema import EMAWeights
     from genrec.metrics import RecEvaluation
 
     dm = trainer.datamodule
     evaluation = RecEvaluation((10,), module.evaluation.cold_start_max_count).to(module.device)
     evaluation.attach(dm.data.train_item_counts(), dm.data.num_items)
+    ema = next((c for c in trainer.callbacks if isinstance(c, EMAWeights)), None)
     was_training = module.training
     module.eval()
-    with trainer.precision_plugin.forward_context():
+    with ema.applied(module) if ema is not None else contextlib.nullcontext(), trainer.precision_plugin.forward_context():
         for batch in dm.test_dataloader():
             batch = batch.to(module.device)
             evaluation.update("test", module.recommend(batch).items, batch.targets)

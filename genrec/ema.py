@@ -18,7 +18,8 @@ weights. Buffers are not averaged. A CUDA-graph training step (``cuda_graphs``) 
 weights are swapped by in-place copies, so their addresses never change.
 
 * **Validation** runs on the average (so ``ModelCheckpoint`` picks the best average); training
-  resumes from the trained weights afterwards.
+  resumes from the trained weights afterwards. :meth:`EMAWeights.applied` puts the average in for
+  any other evaluation during training (``bench.tiger_train``'s test-at-every-validation uses it).
 * **Checkpoints** hold the average as their ``state_dict`` (what ``test``, ``Recommender.load`` and
   ``--ckpt_path`` read, unchanged) and the trained weights under ``checkpoint["ema"]["trained"]``,
   so a resumed fit continues both exactly. A checkpoint saved before the first update holds the
@@ -30,6 +31,8 @@ Every saved value is a tensor or a plain number: checkpoints still load with ``w
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -106,6 +109,19 @@ class EMAWeights(Callback):
             average.copy_(held)
         self._swapped = not self._swapped
 
+    @contextlib.contextmanager
+    def applied(self, module: L.LightningModule) -> Iterator[None]:
+        """The average in ``module`` for the ``with`` block (what validation sees), the trained
+        weights back after it; nothing changes before the first update or when it is already in."""
+        swap = self._average is not None and not self._swapped
+        if swap:
+            self._swap(module)
+        try:
+            yield
+        finally:
+            if swap:
+                self._swap(module)
+
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._average is not None and not self._swapped:
             self._swap(pl_module)
@@ -141,11 +157,16 @@ class EMAWeights(Callback):
         # The module holds the average while validating, the trained weights otherwise.
         averaged, trained = (params, self._average) if self._swapped else (self._average, params)
         state = checkpoint["state_dict"]
-        missing = [name for name in self._names if name not in state]
+        # Every name of a parameter: a tied one (TIGER's shared embedding and output layer) is in
+        # the state_dict under each of them, and the last one loaded wins.
+        index = {id(p): i for i, p in enumerate(params)}
+        aliases = [(name, index[id(p)]) for name, p in pl_module.named_parameters(remove_duplicate=False) if id(p) in index]
+        missing = [name for name, _ in aliases if name not in state]
         if missing:
             raise RuntimeError(f"EMAWeights: {len(missing)} trained parameters are not in the checkpoint's state_dict (e.g. {missing[0]})")
-        for name, tensor in zip(self._names, averaged, strict=True):
-            state[name] = tensor.detach().clone()
+        copies = [t.detach().clone() for t in averaged]
+        for name, i in aliases:
+            state[name] = copies[i]
         checkpoint["ema"] = {"trained": {name: t.detach().clone() for name, t in zip(self._names, trained, strict=True)}}
 
     @torch.no_grad()

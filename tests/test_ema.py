@@ -165,3 +165,61 @@ def test_cli_appends_it_to_the_default_callbacks(tmp_path, monkeypatch):
     best = torch.load(cli.trainer.checkpoint_callback.best_model_path, weights_only=True)
     name = next(iter(best["ema"]["trained"]))
     assert not torch.equal(best["state_dict"][name], best["ema"]["trained"][name])  # the average, not the trained weights
+
+
+def test_applied_puts_the_average_in_for_a_block(tmp_path):
+    record, ema = Trained(), EMAWeights(decay=0.6)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    class Probe(Callback):
+        def on_validation_end(self, trainer, module):  # after validation's own swap back
+            with ema.applied(module):
+                inside = module.layer.weight.detach().clone()
+            seen.append((inside, module.layer.weight.detach().clone()))
+
+    _trainer(tmp_path, [record, ema, Probe()], enable_checkpointing=False).fit(Linear(), _data(), _data())
+    expected = _recursion(record.weights, 0.6, 1)
+    for epoch, (inside, after) in enumerate(seen, start=1):
+        torch.testing.assert_close(inside, expected[8 * epoch - 1], rtol=0, atol=1e-6)
+        assert torch.equal(after, record.weights[8 * epoch - 1])
+
+
+EMA_FLAGS = ["--set", "trainer.callbacks+=genrec.ema.EMAWeights", "--set", "trainer.callbacks.decay=0.9"]
+
+
+def test_bench_timeline_tests_the_average(tmp_path, monkeypatch):
+    """bench.tiger_train's test at every validation runs on the average, as validation and the
+    final test of the best checkpoint do: with one validation, the two test numbers agree exactly."""
+    import functools
+    import json
+    import sys
+
+    import yaml
+
+    from bench import tiger_train
+    from bench.record import record
+    from tests.test_configs import ROOT, TINY_DATA, tiny_sids
+
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    sids = tiny_sids(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tiger_train, "record", functools.partial(record, path=tmp_path / "benchmarks.md"))
+    out = tmp_path / "run.json"
+    monkeypatch.setattr(sys, "argv", [
+        "tiger_train", "--data", str(data), "--model", str(ROOT / "configs/tiger/synthetic.yaml"), "--sids", sids,
+        "--set", "trainer.accelerator=cpu", "--set", "data.init_args.batch_size=16", "--set", "trainer.check_val_every_n_epoch=1",
+        "--set", "trainer.enable_progress_bar=false", "--set", "trainer.logger=false", "--set", "trainer.max_epochs=1",
+        *EMA_FLAGS,
+        "--test-target", "0.0", "--out", str(out)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tiger_train.main()
+    finally:
+        torch.set_num_threads(threads)
+    done = json.loads(out.read_text())
+    assert len(done["timeline"]) == 1
+    at_validation, final = done["timeline"][0], done["test"]
+    assert at_validation["test/recall@10"] == pytest.approx(final["test/recall@10"], abs=1e-7)
+    assert at_validation["test/ndcg@10"] == pytest.approx(final["test/ndcg@10"], abs=1e-7)
