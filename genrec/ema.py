@@ -8,8 +8,8 @@ the command line or a YAML, with no change to the model:
     python train.py fit --config configs/data/amazon-beauty.yaml --config configs/tiger/amazon-beauty.yaml \\
         --trainer.callbacks+=genrec.ema.EMAWeights --trainer.callbacks.decay=0.999
 
-(``callbacks+=`` appends to genrec's default callbacks; a YAML list under ``trainer.callbacks``
-replaces them.)
+or in a YAML, ``trainer: {callbacks: [{class_path: genrec.ema.EMAWeights, init_args: {decay:
+0.999}}]}`` (genrec's own callbacks are kept either way).
 
 What it does, after every optimizer step from ``start_step`` on: ``average = decay * average +
 (1 - decay) * weight`` for each trained parameter (``requires_grad``; a LoRA run averages only its
