@@ -248,6 +248,8 @@ def main() -> None:
     parser.add_argument("--decoder", choices=["static", "static-eager", "slot"], default="static",
                         help="static: static shapes, CUDA graphs on a GPU (genrec.models.lm_graphs); static-eager: the same "
                         "decoder without graphs, at exact sizes; slot: the eager slot decoder (genrec.models.lm_decoding)")
+    parser.add_argument("--rows-per-octave", type=int, default=None, metavar="N",
+                        help="graphed steps: row buckets per power of two above 1,024 (GraphDecoder.ROWS_PER_OCTAVE; default its 1)")
     parser.add_argument("--compile", action="store_true",
                         help="static decoders: fuse each layer's elementwise work with torch.compile (LMRecModule.decode_compile)")
     parser.add_argument("--order", choices=["loader", "length"], default="loader",
@@ -282,6 +284,12 @@ def main() -> None:
     module.static_decoding = args.decoder != "slot"
     module.decode_graphs = args.decoder == "static"
     module.decode_compile = args.compile
+    if args.rows_per_octave is not None:
+        if args.rows_per_octave < 1:
+            raise SystemExit(f"--rows-per-octave must be >= 1, got {args.rows_per_octave}")
+        from genrec.models.lm_graphs import GraphDecoder
+
+        GraphDecoder.ROWS_PER_OCTAVE = args.rows_per_octave
     unsupported = unsupported_reason(module.model) if module.static_decoding else None
     if unsupported:
         print(f"the static decoder does not run this model ({unsupported}): decoding with the slot decoder", flush=True)
@@ -341,7 +349,8 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
                  + (f", adapters x{module.lora.decode_scale:g}" if module.lora.decode_scale != 1 else ""),
         "decoder": {"static": "static (pruned, CUDA graphs)" if device.type == "cuda" else "static (pruned)",
                     "static-eager": "static (pruned, eager)", "slot": "slot (pruned)"}[args.decoder if not unsupported else "slot"]
-                   + (", compiled" if args.compile and module.static_decoding and not unsupported else ""),
+                   + (", compiled" if args.compile and module.static_decoding and not unsupported else "")
+                   + (f", {args.rows_per_octave} row buckets/octave" if args.rows_per_octave not in (None, 1) else ""),
         "precision": precision,
         "users": f"{users:,} of {total:,}",
         "batch": batch_size if args.order == "loader" else f"{batch_size} by prompt length",
@@ -356,7 +365,9 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
         "cold R@10": f"{metrics.get('test/cold/recall@10', float('nan')):.4f}",
         f"cold share top-{module.num_results} / targets": (f"{exposure[f'cold share of top-{module.num_results}']:.3f} / "
                                                           f"{exposure['cold share of targets']:.3f}"),
-        "beam tokens fed": f"{decoded['beam tokens'] / max(decoded['full search beam tokens'], 1):.1%} of full search",
+        "beam tokens fed": f"{decoded['beam tokens'] / max(decoded['full search beam tokens'], 1):.1%} of full search"
+                           + (f" (padded {decoded['padded beam tokens'] / max(decoded['full search beam tokens'], 1):.1%})"
+                              if decoded.get("padded beam tokens", 0) > decoded["beam tokens"] else ""),
         "lists valid": f"{valid}/{users}",
         "reference check": check,
         "peak GiB": f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if device.type == "cuda" else "n/a",

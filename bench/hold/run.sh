@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU hold, several runs side by side under MPS (run from the synced repo root on the device
 # machine; bench/hold/README.md has the order of calls):
-#   bash .carry/gpu/run.sh setup | gguf | decode [USERS] | profile [USERS] | tiger NAME DATA SIDS TARGET [--set ...] |
+#   bash .carry/gpu/run.sh setup | gguf | decode [USERS] | decodevar TAG [FLAGS] | profile [USERS] | tiger NAME DATA SIDS TARGET [--set ...] |
 #        lm NAME [--set ...] | lmscales NAME S,S,.. | sasrec DATA | scaling i/n [beauty|toys] | status | collect
 # Runs start in their own process sessions from a copy of the repo at /tmp/w/repo (a later call
 # re-syncs the checkout; the copy keeps what the runs write) and log to /tmp/res; `collect` tars
@@ -35,6 +35,10 @@ decode) # decode [USERS]: the old tree (if carried), this tree, this tree compil
   [ -d /tmp/old ] && (cd /tmp/old && PYTHONPATH=/tmp/site:/tmp/old timeout 150 python3 -m bench.lm_decode $D) > $RES/dec-old.log 2>&1; [ -d /tmp/old ] && tail -5 $RES/dec-old.log
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 150 python3 -m bench.lm_decode $D) > $RES/dec-span.log 2>&1; tail -5 $RES/dec-span.log
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 200 python3 -m bench.lm_decode $D --compile) > $RES/dec-compile.log 2>&1; tail -5 $RES/dec-compile.log ;;
+decodevar) # decodevar TAG [FLAGS]: this tree's decoder on all users with extra bench.lm_decode flags, alone (e.g. `decodevar r4 --rows-per-octave 4`, `decodevar b2k --batch 2048`)
+  t=$2; shift 2
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 200 python3 -m bench.lm_decode --data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml \
+     --beams 20 --users all --batch 1024 "$@") > $RES/dec-$t.log 2>&1; grep "^| amazon" $RES/dec-$t.log | cut -c1-400 ;;
 profile) # profile [USERS [FLAGS]]: bench.lm_decode --profile of this tree (alone on the GPU), e.g. `profile 4096 --compile`
   u=${2:-4096}; shift; shift; tag=$(echo "$*" | tr -dc 'a-z')
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 240 python3 -m bench.lm_decode --data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml \

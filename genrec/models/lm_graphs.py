@@ -119,6 +119,13 @@ class GraphDecoder:
     BEAM_BUCKET = 128
     """Padded (graphed) steps attend the beam columns written so far rounded up to a multiple of
     this (at least 64). Powers of two (before) attended 1,024 columns where 520-660 were written."""
+    ROWS_PER_OCTAVE = 1
+    """Padded (graphed) steps feed the live beams rounded up to one of this many row buckets per
+    power of two (above :attr:`FINE_ROWS`; below, powers of two): 1 = powers of two (up to 2x the
+    rows fed), 4 = 1.25, 1.5, 1.75, 2 x 2^k (at most 1.25x, four times the graphs of that range).
+    :meth:`rows` gives the bucket; ``fed_padded`` counts what the steps fed."""
+    FINE_ROWS = 1024
+    """Row counts above which :attr:`ROWS_PER_OCTAVE` applies."""
 
     def __init__(self, weights: DecoderWeights, capacity: int, width: int, steps: int, prompt_width: int, device: torch.device,
                  graphs: bool = True, padded: bool | None = None) -> None:
@@ -150,6 +157,7 @@ class GraphDecoder:
         self.prompt_lo = 0  # the batch's first prompt column (prefill)
         self.step_index = 0
         self.fed = 0
+        self.fed_padded = 0  # rows the steps ran, padding included
         self.graph_cache: dict[tuple[int, int], Any] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
         self.capture_seconds = 0.0
@@ -273,6 +281,14 @@ class GraphDecoder:
         beams = 64 if t * W <= 64 else -(-(t * W) // self.BEAM_BUCKET) * self.BEAM_BUCKET
         return self.prompt_lo, min(P + beams, self.columns)
 
+    def rows(self, live: int) -> int:
+        """The padded step's row count for ``live`` beams: at least 8, a power of two up to
+        :attr:`FINE_ROWS`, above that a multiple of ``2^k / (2 * ROWS_PER_OCTAVE)`` (``2^k`` the
+        next power of two), never more than the users' bucket holds (``U_b * W``)."""
+        top = _next_pow2(max(live, 8))
+        granule = top if top <= self.FINE_ROWS else max(top // (2 * self.ROWS_PER_OCTAVE), 1)
+        return min(-(-max(live, 8) // granule) * granule, self.bucket * self.width)
+
     def step(self, beams: LiveBeams) -> Tensor:
         """Feed the live beams (:class:`~genrec.decoding.LiveBeams`, ``R`` of them); ``[R, V]``
         float32 log-probs (a view of a static buffer, valid until the next step)."""
@@ -286,7 +302,7 @@ class GraphDecoder:
         self.step_index += 1
         t, W, P = self.step_index, self.width, self.prompt_width
         R = beams.rows.numel()
-        rows = min(_next_pow2(max(R, 8)), self.bucket * W) if self.padded else R
+        rows = self.rows(R) if self.padded else R
         lo, hi = self.span(t)
         user = torch.searchsorted(self.held, beams.rows // W)
         slot = beams.rows % W
@@ -300,6 +316,7 @@ class GraphDecoder:
             self.inputs[:, R:rows] = torch.tensor([0, 0, self.bucket, 0, self.trash], dtype=torch.long, device=self.device)[:, None]
         log_probs = self._replay(self.bucket, rows, lo, hi)
         self.fed += R
+        self.fed_padded += rows
         return log_probs[:R]
 
 

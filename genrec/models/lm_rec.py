@@ -227,8 +227,9 @@ class LMRecModule(RecommenderModule):
         self.eval_users: dict[str, Tensor] = {}
         """With ``evaluation.max_users``: per stage (``val``, ``test``), ``[num_users]`` bool, the users evaluated."""
         self.decode_counts: dict[str, int] = {}
-        """Running totals of :meth:`recommend`: users, decoding steps, beam tokens fed, and the
-        beam tokens the full search (every beam every step) would have fed."""
+        """Running totals of :meth:`recommend`: users, decoding steps, beam tokens fed (and with the
+        padding rows of the graphed steps), and the beam tokens the full search (every beam every
+        step) would have fed."""
         self._trie: PrefixTrie | None = None
 
         self.evaluation = RecEvaluation(self.ks, self.eval_config.cold_start_max_count)
@@ -464,10 +465,11 @@ class LMRecModule(RecommenderModule):
             graphed = graph_decode(self, inputs, W, K) if self.static_decoding else None
             if graphed is not None:
                 result, decoder = graphed
-                steps, fed = decoder.step_index, decoder.fed
+                steps, fed, padded = decoder.step_index, decoder.fed, decoder.fed_padded
             else:
                 result, steps, fed = slot_decode(self, inputs, W, K)
-        counts = {"users": B, "steps": steps, "beam tokens": fed, "full search beam tokens": B * W * steps}
+                padded = fed
+        counts = {"users": B, "steps": steps, "beam tokens": fed, "padded beam tokens": padded, "full search beam tokens": B * W * steps}
         self.decode_counts = {key: self.decode_counts.get(key, 0) + value for key, value in counts.items()}
         return result
 

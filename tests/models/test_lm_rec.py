@@ -332,7 +332,7 @@ def nan_filled_empty_tensors():
         torch.utils.deterministic.fill_uninitialized_memory = previous[1]
 
 
-@pytest.mark.parametrize("decoder", ["padded", "exact", "slot"])
+@pytest.mark.parametrize("decoder", ["padded", "padded-fine-rows", "exact", "slot"])
 def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_dropped(datamodule, batch, monkeypatch, decoder):
     """Below exhaustive width the decoders still agree: the slot decoder (pruned beams,
     in-place slot buffers, LoRA merged, finished users dropped from the buffers) and the
@@ -346,7 +346,10 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     m = tiny_module(lora={"enabled": True, "r": 4})
     m.attach(datamodule.data.catalog)
     m.static_decoding = static
-    m.decode_padded = decoder == "padded"
+    m.decode_padded = decoder.startswith("padded")
+    if decoder == "padded-fine-rows":  # 4 row buckets per power of two from 8 rows on (a GPU: from 1,024)
+        monkeypatch.setattr(GraphDecoder, "ROWS_PER_OCTAVE", 4)
+        monkeypatch.setattr(GraphDecoder, "FINE_ROWS", 8)
     torch.manual_seed(1)
     for name, p in m.named_parameters():
         if "lora_B" in name:  # B starts at zero: make the adapter change the model
@@ -369,7 +372,7 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     reference = m.recommend(batch, k=10, beam_width=12, reference=True)
     assert torch.equal(fast.items, reference.items)
     torch.testing.assert_close(fast.scores, reference.scores, atol=1e-4, rtol=0)
-    if decoder == "padded":  # packed into the next smaller power-of-two bucket of users
+    if decoder.startswith("padded"):  # packed into the next smaller power-of-two bucket of users
         assert compacted and all(kept <= bucket < held for held, kept, bucket in compacted)
     elif decoder == "exact":
         assert compacted and all(kept == bucket <= 0.75 * held for held, kept, bucket in compacted)
@@ -378,8 +381,10 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     if static:  # attention skipped the unused prompt columns and the beam columns not yet written
         assert spans and all(lo > 0 and lo % 8 == 0 and lo < hi <= columns for lo, hi, columns in spans)
         assert spans[0][1] < spans[0][2] and [hi for _, hi, _ in spans] == sorted(hi for _, hi, _ in spans)
-        assert m._graph_decoder.padded == (decoder == "padded")
-        assert m._graph_decoder.fed == m.decode_counts["beam tokens"] < m.decode_counts["full search beam tokens"]
+        engine = m._graph_decoder
+        assert engine.padded == decoder.startswith("padded")
+        assert engine.fed == m.decode_counts["beam tokens"] < m.decode_counts["full search beam tokens"]
+        assert engine.fed_padded == m.decode_counts["padded beam tokens"] and (engine.fed_padded > engine.fed) == engine.padded
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
     unmerged = tiny_module(lora={"enabled": True, "r": 4})
     unmerged.load_state_dict(m.state_dict())
@@ -430,6 +435,24 @@ def test_decoder_layer_kernels_compute_transformers_formulas_bit_for_bit(datamod
     got = w.finish_layer(layer, x, attended)
     assert got.dtype == torch.float32 and torch.equal(got, want)
     assert torch.equal(w.logits(x), F.linear(norm(x, w.final_norm).to(dtype), w.lm_head))
+
+
+def test_graphed_row_buckets():
+    """Padded steps' rows: powers of two by default (what the graphs always used); with 4 buckets
+    per octave above FINE_ROWS at most 1.25x the live beams, and never past the users' bucket."""
+    from genrec.models.lm_graphs import GraphDecoder, _next_pow2
+
+    engine = GraphDecoder.__new__(GraphDecoder)
+    engine.width, engine.bucket = 20, 1024
+    assert all(engine.rows(r) == min(_next_pow2(max(r, 8)), 20480) for r in range(1, 20481))
+    engine.ROWS_PER_OCTAVE = 4
+    fine = {r: engine.rows(r) for r in range(1, 20481)}
+    assert all(fine[r] == _next_pow2(max(r, 8)) for r in range(1, 1025))
+    assert all(r <= fine[r] <= min(1.25 * r, 20480) for r in range(1025, 20481))
+    assert sorted(set(fine[r] for r in range(1025, 20481))) == [1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096,
+                                                                5120, 6144, 7168, 8192, 10240, 12288, 14336, 16384, 20480]
+    engine.bucket = 512  # 512 users held: at most 10,240 rows
+    assert engine.rows(10000) == 10240 and engine.rows(9000) == 10240
 
 
 def test_graphed_steps_attend_at_most_one_bucket_more_beam_columns_than_written():
