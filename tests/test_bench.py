@@ -401,22 +401,31 @@ def test_lm_decode_noise_scores_the_targets_alike_three_ways_in_float32(tmp_path
     assert lines[0].startswith("3 users, target score (fp32, plain) mean -")
 
 
-@pytest.mark.parametrize("data", ["beauty", "toys"])
-def test_gpu_hold_scaling_shards_are_their_studys_runs(data):
-    """bench/hold/scaling-<data>.yaml (what a GPU hold trains) parses as a scaling study of the same
-    name, data and model as configs/scaling/amazon-<data>.yaml, so its runs land in that study's
-    folders and archive: a typo there would cost a GPU hold."""
+@pytest.mark.parametrize(("hold", "data"), [("beauty", "beauty"), ("toys", "toys"), ("beauty-axes", "beauty")])
+def test_gpu_hold_scaling_shards_are_their_studys_runs(hold, data):
+    """bench/hold/scaling-<hold>.yaml (what a GPU hold trains) parses as a scaling study of the same
+    name, data and archive as configs/scaling/amazon-<data>.yaml, and each of its sweeps is the
+    study's sweep of that name (model, presets, lrs, axis, the SID settings it makes on the GPU
+    machine), so its runs land in that study's folders and archive: a typo there would cost a GPU hold."""
     import yaml
 
     from genrec.scaling import ScalingConfig
     from tests.test_configs import ROOT
 
-    hold = yaml.safe_load((ROOT / f"bench/hold/scaling-{data}.yaml").read_text())
+    text = (ROOT / f"bench/hold/scaling-{hold}.yaml").read_text()
+    assert f"scaling-{hold}.yaml" in (ROOT / "bench/hold/prepare.sh").read_text()  # carried
+    hold_cfg = yaml.safe_load(text.replace("SIDS/", "/carried/sids/"))  # run.sh's substitution
     study = yaml.safe_load((ROOT / f"configs/scaling/amazon-{data}.yaml").read_text())
-    hold["sids"] = hold["sids"].replace("SIDS", "/carried/sids")  # run.sh's substitution
-    shard = ScalingConfig(**hold)
+    shard = ScalingConfig(**hold_cfg)
     assert (shard.name, shard.data, shard.archive) == (study["name"], study["data"], study["archive"])
-    assert shard.sweeps["tiger"].model == study["sweeps"]["tiger"]["model"] and (ROOT / shard.sweeps["tiger"].model).is_file()
-    assert set(shard.sweeps["tiger"].presets) <= set(study["sweeps"]["tiger"]["presets"])
-    assert set(shard.sweeps["tiger"].lrs) <= set(study["sweeps"]["tiger"]["lrs"])
-    assert shard.runs() and all(run.name.startswith("tiger-") for run in shard.runs())
+    for name, sweep in shard.sweeps.items():
+        theirs = study["sweeps"][name]
+        assert sweep.model == theirs["model"] and (ROOT / sweep.model).is_file()
+        assert set(sweep.presets) <= set(theirs["presets"]) and set(sweep.lrs) <= set(theirs.get("lrs", []))
+        assert sweep.axis == theirs.get("axis") and sweep.lr_seeds == theirs.get("lr_seeds")
+        assert sweep.encoder == theirs.get("encoder")
+        if sweep.sids:  # made by prepare.sh and carried
+            assert sweep.sids.startswith("/carried/sids/") and Path(sweep.sids).name in (ROOT / "bench/hold/prepare.sh").read_text()
+        else:
+            assert sweep.tokenize_overrides == theirs.get("tokenize_overrides", [])
+    assert shard.runs()

@@ -17,7 +17,7 @@ versions=$($PY -m pip list --format=freeze 2>/dev/null | grep -iE "^(jsonargpars
 (cd .whl && python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
    -d . $versions liger-kernel==0.8.5) 2>&1 | grep -v "^WARNING" || true
-cp bench/hold/run.sh bench/hold/scaling-beauty.yaml bench/hold/scaling-toys.yaml .carry/gpu/
+cp bench/hold/run.sh bench/hold/scaling-beauty.yaml bench/hold/scaling-beauty-axes.yaml bench/hold/scaling-toys.yaml .carry/gpu/
 for d in amazon_beauty_p5 amazon_toys_p5 amazon_sports_p5; do rm -rf .carry/datasets/$d; cp -r ../shared/datasets/$d .carry/datasets/; chmod -R u+w .carry/datasets/$d; done
 sid() {  # sid DATA ENCODER NAME FILE [tokenize flags]
   local data=$1 encoder=$2 name=$3 file=$4; shift 4
@@ -25,10 +25,18 @@ sid() {  # sid DATA ENCODER NAME FILE [tokenize flags]
   [ -f "$made" ] || $PY train.py tokenize --config configs/data/amazon-$data.yaml --config configs/encode/$encoder.yaml \
       --config configs/tokenizer/rqkmeans.yaml --tokenize.name "$name" "$@"
   cp "$made" .carry/sids/$file
+  local tok=${made%.safetensors}.tokenizer.safetensors  # its N_QT, for the scaling report
+  if [ -f "$tok" ]; then cp "$tok" .carry/sids/${file%.safetensors}.tokenizer.safetensors; fi
 }
 sid beauty minilm-cf minilm-cf-rqkmeans beauty-minilm-cf-rqkmeans.safetensors
 sid toys minilm-cf minilm-cf3-rqkmeans toys-minilm-cf3-rqkmeans.safetensors --encoder.cf_weight 3
 sid sports cf cf-rqkmeans sports-cf-rqkmeans.safetensors  # Sports has no item text
+# The Beauty study's axes (bench/hold/scaling-beauty-axes.yaml; its SmolLM2 sweeps make theirs on the GPU)
+sid beauty minilm minilm-rqkmeans beauty-minilm-rqkmeans.safetensors
+sid beauty cf cf-rqkmeans beauty-cf-rqkmeans.safetensors
+sid beauty minilm-cf minilm-cf-rqkmeans512 beauty-minilm-cf-rqkmeans512.safetensors --tokenizer.init_args.codebook_size 512
+sid beauty minilm-cf minilm-cf-rqkmeans1024 beauty-minilm-cf-rqkmeans1024.safetensors --tokenizer.init_args.codebook_size 1024
+sid beauty minilm-cf minilm-cf-rqkmeans4x256 beauty-minilm-cf-rqkmeans4x256.safetensors --tokenizer.init_args.levels 4
 cf=$($PY train.py encode --config configs/data/amazon-beauty.yaml --config configs/encode/cf.yaml 2>/dev/null | sed -n 's/^embeddings: //p')
 cp "$cf" .carry/sids/beauty-cf.safetensors  # the LM's cf_init
 gguf=$($PY -c "from genrec.encode.gguf import resolve_model; import os; print(os.path.join(*resolve_model('smollm2')))")

@@ -48,9 +48,9 @@ tiger)  # tiger NAME DATA SIDS TARGET [--set ...]: bench.tiger_train in the back
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 -m bench.tiger_train --data configs/data/amazon-$d.yaml --model configs/tiger/amazon-$d.yaml \
      --sids $W/sids/$s --set trainer.enable_progress_bar=false --set trainer.gradient_clip_val=null --set trainer.check_val_every_n_epoch=2 \
      --set trainer.default_root_dir=/tmp/runs/$n --test-target $t --out $RES/$n.json "$@" > $RES/$n.log 2>&1 &) ; echo started $n ;;
-scaling) # scaling SHARD (i/n) [beauty|toys]: .carry/gpu/scaling-<data>.yaml (default beauty)
+scaling) # scaling SHARD (i/n) [beauty|toys|beauty-axes]: .carry/gpu/scaling-<name>.yaml (default beauty), all its sweeps
   d=${3:-beauty}; cp .carry/gpu/scaling-$d.yaml $W/repo/scaling-gpu-$d.yaml; sed -i "s#SIDS#$W/sids#" $W/repo/scaling-gpu-$d.yaml
-  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 train.py scaling --config scaling-gpu-$d.yaml --only '[tiger]' --shard $2 > $RES/scal-$d-${2%/*}.log 2>&1 &); echo started scaling $d $2 ;;
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 train.py scaling --config scaling-gpu-$d.yaml --shard $2 > $RES/scal-$d-${2%/*}.log 2>&1 &); echo started scaling $d $2 ;;
 lm)     # lm NAME [--set ...] (torch.compile, not liger: every liger run went NaN, docs/benchmarks.md)
   n=$2; shift 2
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 -m bench.lm_train --data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml \
