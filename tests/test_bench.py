@@ -423,7 +423,7 @@ def test_gpu_hold_scaling_shards_are_their_studys_runs(hold, data):
         assert sweep.model == theirs["model"] and (ROOT / sweep.model).is_file()
         assert set(sweep.presets) <= set(theirs["presets"]) and set(sweep.lrs) <= set(theirs.get("lrs", []))
         assert sweep.axis == theirs.get("axis") and sweep.lr_seeds == theirs.get("lr_seeds")
-        assert sweep.encoder == theirs.get("encoder")
+        assert sweep.encoder == theirs.get("encoder") and sweep.tokenizer_parameters == theirs.get("tokenizer_parameters")
         if sweep.sids:  # made by prepare.sh and carried
             assert sweep.sids.startswith("/carried/sids/") and Path(sweep.sids).name in (ROOT / "bench/hold/prepare.sh").read_text()
         else:

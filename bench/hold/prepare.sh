@@ -24,9 +24,7 @@ sid() {  # sid DATA ENCODER NAME FILE [tokenize flags]
   local made=checkpoints/amazon-$data/sids/$name.safetensors
   [ -f "$made" ] || $PY train.py tokenize --config configs/data/amazon-$data.yaml --config configs/encode/$encoder.yaml \
       --config configs/tokenizer/rqkmeans.yaml --tokenize.name "$name" "$@"
-  cp "$made" .carry/sids/$file
-  local tok=${made%.safetensors}.tokenizer.safetensors  # its N_QT, for the scaling report
-  if [ -f "$tok" ]; then cp "$tok" .carry/sids/${file%.safetensors}.tokenizer.safetensors; fi
+  cp "$made" .carry/sids/$file  # (not its tokenizer file: the shards give N_QT, and a call carries 64 MiB)
 }
 sid beauty minilm-cf minilm-cf-rqkmeans beauty-minilm-cf-rqkmeans.safetensors
 sid toys minilm-cf minilm-cf3-rqkmeans toys-minilm-cf3-rqkmeans.safetensors --encoder.cf_weight 3
