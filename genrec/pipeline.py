@@ -48,7 +48,7 @@ from genrec.artifacts import (
     read_json,
     write_json,
 )
-from genrec.divergence import StopOnNonFiniteLoss
+from genrec.divergence import SkipNonFiniteSteps, StopOnNonFiniteLoss
 from genrec.errors import ArtifactError
 from genrec.stages.data import describe_data, load_data
 from genrec.stages.fit import build_model_run
@@ -241,7 +241,8 @@ def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None, v
     curve: list[list[float]] = []  # [epoch, monitored value] of every validation of this process
     cli.trainer.callbacks.append(_ValCurve(monitor, curve))
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(resume) if resume else None)
-    diverged = next((c.stopped_at for c in cli.trainer.callbacks if isinstance(c, StopOnNonFiniteLoss)), None)
+    diverged = next((c.stopped_at for c in cli.trainer.callbacks if isinstance(c, (StopOnNonFiniteLoss, SkipNonFiniteSteps)) and c.stopped_at), None)
+    skipped = [s for c in cli.trainer.callbacks if isinstance(c, SkipNonFiniteSteps) for s in c.skipped]
     train_seconds = timer.time_elapsed("train")
     best = getattr(callback, "best_model_path", "") if callback is not None else ""
     metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)[0]
@@ -263,6 +264,7 @@ def run_model(config: PipelineConfig, name: str, path: str, sids: Path | None, v
         "best_epoch": int(max(curve, key=lambda point: point[1])[0]) if curve else None,
         "resumed": resume is not None,
         **({"diverged": diverged} if diverged else {}),  # training stopped at a non-finite loss (step, epoch, loss)
+        **({"skipped_steps": skipped} if skipped else {}),  # SkipNonFiniteSteps: steps skipped for non-finite gradients
         "checkpoint": best,
         "device": device_name(),
         "digest": digest,
@@ -364,7 +366,8 @@ def write_report(config: PipelineConfig, stats: dict[str, Any], sids_path: Path 
             f"{m.get('test/ndcg@5', float('nan')):.4f} | {m.get('test/recall@10', float('nan')):.4f} | "
             f"{m.get('test/ndcg@10', float('nan')):.4f} | {m.get('test/cold/recall@10', float('nan')):.4f}"
             f"{'' if cold_users is None else f' ({cold_users:,})'} | {result['train_seconds']} | {result['epochs']}"
-            + (f" (stopped: loss {result['diverged']['loss']} at step {result['diverged']['step']})" if result.get("diverged") else "") + " |"
+            + (f" (stopped: loss {result['diverged']['loss']} at step {result['diverged']['step']})" if result.get("diverged") else "")
+            + (f" ({len(result['skipped_steps'])} steps skipped: non-finite gradients)" if result.get("skipped_steps") else "") + " |"
         )
     if popularity:
         p = popularity
