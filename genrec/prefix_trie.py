@@ -232,6 +232,35 @@ class PrefixTrie:
         mask[rows, tokens] = True
         return mask
 
+    def items_below(self) -> Tensor:
+        """``[num_nodes]`` int64: how many items end in each node's subtree (the node included).
+
+        A node with one item below it is *forced*: every path from it spells the rest of that one
+        item's sequence, so beam search has a single choice per step until the item ends. Nodes
+        are summed into their parents one depth at a time, deepest first."""
+        all_nodes = torch.arange(self.num_nodes, device=self.device)
+        parent = torch.zeros_like(all_nodes)
+        parent[self.child_node] = torch.repeat_interleave(all_nodes, self.num_children(all_nodes))
+        counts = (self.leaf_item >= 0).long()
+        for d in range(self.max_depth, 0, -1):
+            at = (self.depth == d).nonzero().squeeze(1)
+            counts.index_add_(0, parent[at], counts[at])
+        return counts
+
+    def unique_depth(self) -> Tensor:
+        """``[N]`` int64 (in the order of :attr:`items`): the length of each item's shortest
+        prefix that no other item shares (its first forced node, :meth:`items_below`); the item's
+        remaining ``item_lengths - unique_depth`` tokens have no alternative in the trie."""
+        below = self.items_below()
+        nodes = torch.zeros(self.num_items, dtype=torch.int64, device=self.device)
+        depth = torch.full((self.num_items,), -1, dtype=torch.int64, device=self.device)
+        for t in range(self.max_depth):
+            live = t < self.item_lengths
+            nodes = torch.where(live, self.advance(nodes, self.item_tokens[:, t].clamp(min=0)), nodes)
+            first = live & (depth < 0) & (below[nodes] == 1)
+            depth = torch.where(first, torch.full_like(depth, t + 1), depth)
+        return depth
+
     def advance(self, nodes: Tensor, tokens: Tensor) -> Tensor:
         """Follow one edge per node: ``nodes [M]``, ``tokens [M]`` -> child nodes ``[M]`` int64.
 

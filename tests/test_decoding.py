@@ -197,6 +197,29 @@ def test_trie_variable_length_with_eos_prefix():
     assert trie.next_mask(after_57)[0].nonzero().flatten().tolist() == [EOS, 9]
 
 
+def test_items_below_and_unique_depth_match_brute_force():
+    """Random variable-length sequences (EOS-terminated): each node's item count and each item's
+    shortest unshared prefix, against counting the prefixes of every sequence."""
+    from collections import Counter
+
+    gen = torch.Generator().manual_seed(3)
+    EOS = 0
+    seqs = sorted({tuple(torch.randint(1, 4, (int(n),), generator=gen).tolist()) + (EOS,)
+                   for n in torch.randint(1, 7, (60,), generator=gen)})
+    trie = PrefixTrie.from_sequences(seqs, item_ids=[100 + i for i in range(len(seqs))], vocab_size=5)
+    shared = Counter(s[:d] for s in seqs for d in range(1, len(s) + 1))
+    below = trie.items_below()
+    assert below[0].item() == len(seqs)
+    for s in seqs:
+        node = torch.tensor([0])
+        for d in range(1, len(s) + 1):
+            node = trie.advance(node, torch.tensor([s[d - 1]]))
+            assert below[node].item() == shared[s[:d]]
+    expected = [next(d for d in range(1, len(s) + 1) if shared[s[:d]] == 1) for s in seqs]
+    assert trie.unique_depth().tolist() == expected
+    assert len(set(expected)) >= 3  # items unique at several depths
+
+
 @pytest.mark.parametrize(
     ("seqs", "ids", "message"),
     [
