@@ -252,6 +252,9 @@ def main() -> None:
                         help="graphed steps: row buckets per power of two above 1,024 (GraphDecoder.ROWS_PER_OCTAVE; default its 1)")
     parser.add_argument("--compile", action="store_true",
                         help="static decoders: fuse each layer's elementwise work with torch.compile (LMRecModule.decode_compile)")
+    parser.add_argument("--forced", action="store_true",
+                        help="static decoders: a user whose live beams are all in forced title suffixes leaves the steps and "
+                        "its titles are finished in one pass (LMRecModule.decode_forced)")
     parser.add_argument("--order", choices=["loader", "length"], default="loader",
                         help="decode the users in the test loader's order, or re-batched by prompt length (less padding)")
     parser.add_argument("--warmup", type=int, default=None, metavar="N", help="users decoded before the timed pass (default: one batch)")
@@ -284,6 +287,7 @@ def main() -> None:
     module.static_decoding = args.decoder != "slot"
     module.decode_graphs = args.decoder == "static"
     module.decode_compile = args.compile
+    module.decode_forced = args.forced
     if args.rows_per_octave is not None:
         if args.rows_per_octave < 1:
             raise SystemExit(f"--rows-per-octave must be >= 1, got {args.rows_per_octave}")
@@ -350,7 +354,8 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
         "decoder": {"static": "static (pruned, CUDA graphs)" if device.type == "cuda" else "static (pruned)",
                     "static-eager": "static (pruned, eager)", "slot": "slot (pruned)"}[args.decoder if not unsupported else "slot"]
                    + (", compiled" if args.compile and module.static_decoding and not unsupported else "")
-                   + (f", {args.rows_per_octave} row buckets/octave" if args.rows_per_octave not in (None, 1) else ""),
+                   + (f", {args.rows_per_octave} row buckets/octave" if args.rows_per_octave not in (None, 1) else "")
+                   + (", forced suffixes in one pass" if args.forced and module.static_decoding and not unsupported else ""),
         "precision": precision,
         "users": f"{users:,} of {total:,}",
         "batch": batch_size if args.order == "loader" else f"{batch_size} by prompt length",

@@ -239,6 +239,25 @@ class LiveStepFn(Protocol[S]):
     def __call__(self, beams: LiveBeams | None, state: S) -> tuple[Tensor, S]: ...
 
 
+class FinishFn(Protocol[S]):
+    """The optional second model callback of :func:`pruned_beam_search`: score forced suffixes.
+
+    ``finish(beams, chains, state) -> (log_probs, new_state)``
+
+    * ``beams`` (:class:`LiveBeams`): beams of the step about to be fed, every one of them in a
+      batch row whose live beams are all *forced* (one item below their trie node,
+      :attr:`~genrec.prefix_trie.PrefixTrie.forced_row`). ``parents`` / ``parent_slots`` are as
+      for ``step``; these beams never reach ``step``, and their rows leave the search.
+    * ``chains``: ``[n, L]`` int64, the tokens each beam's item has after ``beams.tokens``,
+      padded with ``-1``.
+    * Return ``[n, L]`` float32 log-probs: ``[i, j]`` that of ``chains[i, j]`` after the beam's
+      history, ``beams.tokens[i]`` and ``chains[i, :j]`` (what ``step`` would have returned at
+      each of the next steps), any value at padding.
+    """
+
+    def __call__(self, beams: LiveBeams, chains: Tensor, state: S) -> tuple[Tensor, S]: ...
+
+
 def pruned_beam_search(
     step: LiveStepFn[Any],
     trie: PrefixTrie,
@@ -247,6 +266,7 @@ def pruned_beam_search(
     num_results: int,
     state: Any = None,
     max_steps: int | None = None,
+    finish: FinishFn[Any] | None = None,
 ) -> BeamResult:
     """:func:`constrained_beam_search` (with ``early_stop``) that runs the model on the beams
     that can still enter the result only (module docstring). Same items and scores.
@@ -259,6 +279,14 @@ def pruned_beam_search(
     never have entered the pool; the beams kept are those of the full search above that
     score. The search ends when no beam is left, or after ``max_steps`` tokens.
 
+    With ``finish``, a batch row whose live beams are all forced (each has one item below it)
+    leaves the search at once: from there on each of its beams has one child per step, so no
+    beam competes for a slot and each simply ends its item (or is pruned, which only saves
+    work). ``finish`` scores the rest of every such beam's item in one call; the scores are
+    summed in step order (the same float additions as step by step) and the items enter the
+    pool. Same items and scores as without it, up to the model's own rounding of the two ways
+    of computing the suffix's log-probs.
+
     Args:
         step: the model callback; its contract is in :class:`LiveStepFn`.
         trie: the items, on the device the model runs on.
@@ -267,11 +295,13 @@ def pruned_beam_search(
         num_results: ``K`` items per row.
         state: the model's initial state, passed to the first ``step`` call.
         max_steps: stop after this many tokens (default ``trie.max_depth``).
+        finish: the forced-suffix callback (:class:`FinishFn`); ``None``: every token is a step.
 
     Returns:
         :class:`BeamResult` with ``items [B, K]`` and ``scores [B, K]``, best first.
     """
     B, W, K, steps = _search_sizes(trie, batch_size, beam_width, num_results, max_steps)
+    forced_row = trie.forced_row if finish is not None else None
     device = trie.device
     neg_inf = float("-inf")
 
@@ -324,11 +354,58 @@ def pruned_beam_search(
         )
         nodes = child.gather(1, live_idx).flatten()[kept]
         scores = live_scores.flatten()[kept]
+        if finish is not None:
+            beams, nodes, scores, pool_scores, pool_items, state = _finish_forced(
+                finish, trie, forced_row, beams, nodes, scores, pool_scores, pool_items, state, B, K, steps)
+            if beams.rows.numel() == 0:
+                break
         rows, width = beams.rows, W
         log_probs, state = step(beams, state)
 
     pool_items = pool_items.masked_fill(pool_scores == neg_inf, -1)
     return BeamResult(items=pool_items, scores=pool_scores)
+
+
+def _select(beams: LiveBeams, index: Tensor) -> LiveBeams:
+    """The beams at ``index`` (``[n]``, ascending), their ``active`` rows recomputed."""
+    rows = beams.rows[index]
+    return LiveBeams(tokens=beams.tokens[index], rows=rows, parents=beams.parents[index], parent_slots=beams.parent_slots[index],
+                     active=torch.unique_consecutive(rows // beams.width), width=beams.width)
+
+
+def _finish_forced(finish: FinishFn[Any], trie: PrefixTrie, forced_row: Tensor, beams: LiveBeams, nodes: Tensor, scores: Tensor,
+                   pool_scores: Tensor, pool_items: Tensor, state: Any, B: int, K: int, steps: int
+                   ) -> tuple[LiveBeams, Tensor, Tensor, Tensor, Tensor, Any]:
+    """One step of :func:`pruned_beam_search` with ``finish``: the beams of rows whose live beams
+    are all forced are scored to the end of their items by ``finish`` and go to the pool; the
+    others are returned (with their ``nodes`` and ``scores``) for ``step``. One host sync."""
+    W = beams.width
+    row = beams.rows // W
+    forced = forced_row[nodes]  # [R] the item row below each beam, -1 where several items are
+    open_rows = torch.zeros(B, dtype=torch.bool, device=row.device)
+    open_rows[row[forced < 0]] = True
+    done = ~open_rows[row]
+    index = done.nonzero().squeeze(1)
+    if index.numel() == 0:
+        return beams, nodes, scores, pool_scores, pool_items, state
+    item_row = forced[index]
+    depth = trie.depth[nodes[index]]
+    left = trie.item_lengths[item_row] - depth  # [n] tokens after the beam's own, >= 1
+    L = int(left.max())
+    j = torch.arange(L, device=row.device)
+    chains = trie.item_tokens[item_row[:, None], (depth[:, None] + j).clamp(max=trie.max_depth - 1)].masked_fill(j >= left[:, None], -1)
+    log_probs, state = finish(_select(beams, index), chains, state)
+    final = scores[index]
+    for k in range(L):  # step order: the additions of the step-by-step search
+        final = torch.where(k < left, final + log_probs[:, k].to(final.dtype), final)
+    final = final.masked_fill(depth + left > steps, float("-inf"))  # items longer than max_steps never end
+    slots = beams.rows[index]
+    fin_scores = pool_scores.new_full((B * W,), float("-inf")).index_copy_(0, slots, final).view(B, W)
+    fin_items = pool_items.new_full((B * W,), -1).index_copy_(0, slots, trie.items[item_row]).view(B, W)
+    pool_scores, pick = torch.cat([pool_scores, fin_scores], 1).topk(K, dim=1)
+    pool_items = torch.cat([pool_items, fin_items], 1).gather(1, pick)
+    rest = (~done).nonzero().squeeze(1)
+    return _select(beams, rest), nodes[rest], scores[rest], pool_scores, pool_items, state
 
 
 def score_all_items(step: StepFn[Any], trie: PrefixTrie, batch_size: int, state: Any = None) -> Tensor:

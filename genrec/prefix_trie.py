@@ -9,6 +9,7 @@ vocabulary with 250k title nodes costs a few MB, where a dense node x vocab tabl
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
@@ -246,6 +247,22 @@ class PrefixTrie:
             at = (self.depth == d).nonzero().squeeze(1)
             counts.index_add_(0, parent[at], counts[at])
         return counts
+
+    @functools.cached_property
+    def forced_row(self) -> Tensor:
+        """``[num_nodes]`` int64: for a forced node (one item below it, :meth:`items_below`), the
+        row of that item in :attr:`item_tokens` (its id is ``items[row]``); ``-1`` elsewhere.
+        Computed once per trie (a copy made by :meth:`to` computes its own)."""
+        below = self.items_below()
+        out = torch.full((self.num_nodes,), -1, dtype=torch.int64, device=self.device)
+        nodes = torch.zeros(self.num_items, dtype=torch.int64, device=self.device)
+        rows = torch.arange(self.num_items, device=self.device)
+        for t in range(self.max_depth):
+            live = t < self.item_lengths
+            nodes = torch.where(live, self.advance(nodes, self.item_tokens[:, t].clamp(min=0)), nodes)
+            mark = live & (below[nodes] == 1)
+            out[nodes[mark]] = rows[mark]
+        return out
 
     def unique_depth(self) -> Tensor:
         """``[N]`` int64 (in the order of :attr:`items`): the length of each item's shortest

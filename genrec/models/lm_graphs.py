@@ -31,8 +31,13 @@ over. This decoder computes the same thing with static shapes, so that a step is
 Switches (attributes of :class:`~genrec.models.LMRecModule`, not constructor arguments):
 ``static_decoding`` (default on: this decoder when the model is one it runs, else the slot
 decoder), ``decode_graphs`` (default on: CUDA graphs on a GPU), ``decode_padded`` (default:
-as ``decode_graphs`` on the module's device) and ``decode_compile`` (default off until measured
-on a GPU: each layer's elementwise work fused by ``torch.compile``, :meth:`~genrec.models.lm_weights.DecoderWeights.compile`).
+as ``decode_graphs`` on the module's device), ``decode_compile`` (default off until measured
+on a GPU: each layer's elementwise work fused by ``torch.compile``, :meth:`~genrec.models.lm_weights.DecoderWeights.compile`)
+and ``decode_forced`` (default off until measured on a GPU): a user whose live beams are all in
+*forced* title suffixes (one item below each; 71 % of Beauty's title tokens are, ``bench.title_trie``)
+leaves the steps, and :meth:`GraphDecoder.finish` scores the rest of those titles in one eager
+causal pass (:func:`~genrec.decoding.pruned_beam_search`'s ``finish``), so a batch runs as many
+graphed steps as its users need choices, not as its longest title has tokens.
 
 Attention is one fused ``scaled_dot_product_attention`` per layer over ``[U_b + 1, kv_heads,
 W * g, hi - lo]`` with the additive mask (the memory-efficient kernel on CUDA; the flash kernel
@@ -158,6 +163,7 @@ class GraphDecoder:
         self.step_index = 0
         self.fed = 0
         self.fed_padded = 0  # rows the steps ran, padding included
+        self.forced = 0  # suffix tokens :meth:`finish` scored (decode_forced)
         self.graph_cache: dict[tuple[int, int], Any] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
         self.capture_seconds = 0.0
@@ -183,7 +189,7 @@ class GraphDecoder:
         self.prompt_lo = (P - S) // granule * granule  # the batch's first prompt column, rounded down
         self.held = torch.arange(B, device=self.device)
         self.bucket = min(_next_pow2(B), self.capacity) if self.padded else B
-        self.step_index = self.fed = 0
+        self.step_index = self.fed = self.fed_padded = self.forced = 0
         x = module.embed(inputs)  # [B, S, h]
         cos, sin = self.cos[inputs.position_ids], self.sin[inputs.position_ids]  # [B, S, d]
         causal = torch.ones(S, S, dtype=torch.bool, device=self.device).tril()
@@ -321,6 +327,56 @@ class GraphDecoder:
         return log_probs[:R]
 
 
+    FINISH_TOKENS = 8192
+    """:meth:`finish` runs its forced suffixes in chunks of about this many tokens (each chunk's
+    ``[tokens, V]`` float32 log-probs: 1.6 GB at SmolLM2's 49,152-token vocabulary)."""
+
+    @torch.no_grad()
+    def finish(self, beams: LiveBeams, chains: Tensor) -> Tensor:
+        """Score forced suffixes (:class:`~genrec.decoding.FinishFn`), eagerly: each beam feeds its
+        token and its chain but the last token in one causal pass, attending its user's prompt,
+        its parent's ancestor columns and its own chain; nothing is written to the buffers (the
+        beams leave the search). ``beams`` ``[n]``, ``chains`` ``[n, L]`` (``-1`` padded) ->
+        ``[n, L]`` float32 log-probs of the chain tokens."""
+        w, W, P, g = self.w, self.width, self.prompt_width, self.groups
+        n, L = chains.shape
+        t = self.step_index + 1  # the step these beams' tokens would be fed at
+        feed = torch.cat([beams.tokens[:, None], chains[:, :-1]], dim=1).clamp(min=0)  # [n, L]
+        user = torch.searchsorted(self.held, beams.rows // W)
+        # The parent's ancestors: one slot per earlier step, at columns P + s * W + slot.
+        seen = self.beam_seen[user, beams.parent_slots, : (t - 1) * W].view(n, t - 1, W)
+        ancestors = P + torch.arange(t - 1, device=self.device) * W + seen.long().argmax(-1)  # [n, t - 1]
+        lo = self.prompt_lo
+        out = torch.empty(n, L, dtype=torch.float32, device=self.device)
+        real = torch.arange(L, device=self.device)[None] < (chains >= 0).sum(1, keepdim=True)  # [n, L]
+        causal = torch.ones(L, L, dtype=torch.bool, device=self.device).tril()
+        chunk = max(1, self.FINISH_TOKENS // L)
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            u = user[a:b]
+            columns = torch.cat([torch.arange(lo, P, device=self.device).expand(b - a, -1), ancestors[a:b]], dim=1)  # [m, c]
+            old = torch.cat([self.prompt_seen[u, lo:], torch.ones(b - a, t - 1, dtype=torch.bool, device=self.device)], dim=1)
+            # Padding queries see themselves too (finite rows; their outputs are not read).
+            allowed = torch.cat([old[:, None, :].expand(-1, L, -1), causal & real[a:b, None, :] | torch.eye(L, dtype=torch.bool,
+                                 device=self.device)], dim=2)[:, None]  # [m, 1, L, c + L]
+            positions = self.lengths[u, None] + t - 1 + torch.arange(L, device=self.device)  # [m, L]
+            x = w.embed[feed[a:b]]  # [m, L, h]
+            cos, sin = self.cos[positions], self.sin[positions]
+            for layer, keys, values in zip(w.layers, self.keys, self.values, strict=True):
+                q, k, v = w.qkv(layer, x, cos, sin)  # [m, L, H, d], [m, L, kvh, d]
+                kk = torch.cat([keys[u[:, None], :, columns].transpose(1, 2), k.transpose(1, 2)], dim=2)  # [m, kvh, c + L, d]
+                vv = torch.cat([values[u[:, None], :, columns].transpose(1, 2), v.transpose(1, 2)], dim=2)
+                if g > 1:
+                    kk, vv = kk.repeat_interleave(g, dim=1), vv.repeat_interleave(g, dim=1)
+                with _attention_kernels(self.device):
+                    att = F.scaled_dot_product_attention(q.transpose(1, 2), kk, vv, attn_mask=allowed, scale=w.scaling)  # [m, H, L, d]
+                x = w.finish_layer(layer, x, att.transpose(1, 2).flatten(2))
+            log_probs = w.log_probs(x.flatten(0, 1))  # [m * L, V]
+            out[a:b] = log_probs.gather(1, chains[a:b].clamp(min=0).reshape(-1, 1)).view(b - a, L)
+        self.forced += int(real.sum())
+        return out
+
+
 def _compute_dtype(module: LMRecModule, device: torch.device) -> torch.dtype:
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
@@ -375,7 +431,12 @@ def graph_decode(module: LMRecModule, inputs: LMInputs, width: int, num_results:
                 return decoder.prefill(module, inputs), None
             return decoder.step(beams), None
 
-    result = pruned_beam_search(step, trie, batch_size=B, beam_width=width, num_results=num_results)
+    def finish(beams: LiveBeams, chains: Tensor, state: None) -> tuple[Tensor, None]:
+        with torch.autocast(decoder.device.type, enabled=False):
+            return decoder.finish(beams, chains), None
+
+    result = pruned_beam_search(step, trie, batch_size=B, beam_width=width, num_results=num_results,
+                                finish=finish if module.decode_forced else None)
     return result, decoder
 
 

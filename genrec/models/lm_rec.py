@@ -146,6 +146,7 @@ class LMRecModule(RecommenderModule):
     decode_graphs: bool = True
     decode_padded: bool | None = None
     decode_compile: bool = False
+    decode_forced: bool = False
     _graph_decoder: Any = None
 
     def __init__(
@@ -465,11 +466,12 @@ class LMRecModule(RecommenderModule):
             graphed = graph_decode(self, inputs, W, K) if self.static_decoding else None
             if graphed is not None:
                 result, decoder = graphed
-                steps, fed, padded = decoder.step_index, decoder.fed, decoder.fed_padded
+                steps, fed, padded, forced = decoder.step_index, decoder.fed, decoder.fed_padded, decoder.forced
             else:
                 result, steps, fed = slot_decode(self, inputs, W, K)
-                padded = fed
-        counts = {"users": B, "steps": steps, "beam tokens": fed, "padded beam tokens": padded, "full search beam tokens": B * W * steps}
+                padded, forced = fed, 0
+        counts = {"users": B, "steps": steps, "beam tokens": fed, "padded beam tokens": padded, "forced suffix tokens": forced,
+                  "full search beam tokens": B * W * steps}
         self.decode_counts = {key: self.decode_counts.get(key, 0) + value for key, value in counts.items()}
         return result
 

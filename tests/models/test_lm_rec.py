@@ -304,13 +304,13 @@ def test_exhaustive_beam_search_equals_brute_force_and_unpadded_rows(module, bat
     with torch.no_grad():
         brute = score_all_items(module.beam_step, module.trie(), len(batch), module.initial_state(batch))
     top = brute.topk(10, dim=1)
-    for padded in (False, True):
-        module.decode_padded = padded
+    for padded, forced in ((False, False), (True, False), (False, True), (True, True)):
+        module.decode_padded, module.decode_forced, module.decode_counts = padded, forced, {}
         result = module.recommend(batch, k=10, beam_width=n)
-        assert module._graph_decoder.padded == padded
+        assert module._graph_decoder.padded == padded and (module.decode_counts["forced suffix tokens"] > 0) == forced
         assert torch.equal(module.trie().items[top.indices], result.items)
         assert torch.allclose(top.values, result.scores, atol=1e-4)
-        for row in (0, len(batch) - 1) if not padded else ():
+        for row in (0, len(batch) - 1) if not padded and not forced else ():
             width = int(batch.lengths[row])
             alone = SeqBatch(batch.users[row : row + 1], batch.history[row : row + 1, :width], batch.lengths[row : row + 1], batch.targets[row : row + 1])
             single = module.recommend(alone, k=10, beam_width=n)
@@ -332,13 +332,14 @@ def nan_filled_empty_tensors():
         torch.utils.deterministic.fill_uninitialized_memory = previous[1]
 
 
-@pytest.mark.parametrize("decoder", ["padded", "padded-fine-rows", "exact", "slot"])
+@pytest.mark.parametrize("decoder", ["padded", "padded-fine-rows", "padded-forced", "exact", "exact-forced", "slot"])
 def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_dropped(datamodule, batch, monkeypatch, decoder):
     """Below exhaustive width the decoders still agree: the slot decoder (pruned beams,
     in-place slot buffers, LoRA merged, finished users dropped from the buffers) and the
     static decoder of genrec.models.lm_graphs, eager at exact sizes or padded to the buckets
-    of its CUDA graphs (padding rows, a spare row and column, power-of-two users), give the
-    reference decoder's items and scores; the merged weights leave the module untouched."""
+    of its CUDA graphs (padding rows, a spare row and column, power-of-two users), with or
+    without forced suffixes finished in one pass, give the reference decoder's items and
+    scores; the merged weights leave the module untouched."""
     static = decoder != "slot"
     from genrec.models.lm_decoding import SlotKV
     from genrec.models.lm_graphs import GraphDecoder
@@ -347,6 +348,12 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     m.attach(datamodule.data.catalog)
     m.static_decoding = static
     m.decode_padded = decoder.startswith("padded")
+    m.decode_forced = decoder.endswith("forced")
+    finished = []
+    if m.decode_forced:
+        finish = GraphDecoder.finish
+        monkeypatch.setattr(GraphDecoder, "finish", lambda self, beams, chains: (
+            finished.append((self.step_index, int((chains >= 0).sum()))), finish(self, beams, chains))[1])
     if decoder == "padded-fine-rows":  # 4 row buckets per power of two from 8 rows on (a GPU: from 1,024)
         monkeypatch.setattr(GraphDecoder, "ROWS_PER_OCTAVE", 4)
         monkeypatch.setattr(GraphDecoder, "FINE_ROWS", 8)
@@ -374,7 +381,7 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     torch.testing.assert_close(fast.scores, reference.scores, atol=1e-4, rtol=0)
     if decoder.startswith("padded"):  # packed into the next smaller power-of-two bucket of users
         assert compacted and all(kept <= bucket < held for held, kept, bucket in compacted)
-    elif decoder == "exact":
+    elif decoder.startswith("exact"):
         assert compacted and all(kept == bucket <= 0.75 * held for held, kept, bucket in compacted)
     else:
         assert compacted and all(kept <= 0.75 * held for held, kept in compacted)
@@ -385,6 +392,9 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
         assert engine.padded == decoder.startswith("padded")
         assert engine.fed == m.decode_counts["beam tokens"] < m.decode_counts["full search beam tokens"]
         assert engine.fed_padded == m.decode_counts["padded beam tokens"] and (engine.fed_padded > engine.fed) == engine.padded
+        assert m.decode_counts["forced suffix tokens"] == sum(n for _, n in finished) == engine.forced
+        if m.decode_forced:  # users left the steps early, their titles finished in one pass each time
+            assert finished and all(n > 0 for _, n in finished) and m.decode_counts["steps"] < m.trie().max_depth
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
     unmerged = tiny_module(lora={"enabled": True, "r": 4})
     unmerged.load_state_dict(m.state_dict())
