@@ -372,7 +372,10 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
                                                           f"{exposure['cold share of targets']:.3f}"),
         "beam tokens fed": f"{decoded['beam tokens'] / max(decoded['full search beam tokens'], 1):.1%} of full search"
                            + (f" (padded {decoded['padded beam tokens'] / max(decoded['full search beam tokens'], 1):.1%})"
-                              if decoded.get("padded beam tokens", 0) > decoded["beam tokens"] else ""),
+                              if decoded.get("padded beam tokens", 0) > decoded["beam tokens"] else "")
+                           + f", {decoded['steps'] / max(len(batches), 1):.1f} steps a batch"
+                           + (f", + {decoded['forced suffix tokens']:,} forced-suffix tokens in one pass"
+                              if decoded.get("forced suffix tokens") else ""),
         "lists valid": f"{valid}/{users}",
         "reference check": check,
         "peak GiB": f"{torch.cuda.max_memory_allocated() / 2**30:.1f}" if device.type == "cuda" else "n/a",

@@ -14,6 +14,9 @@ W=/tmp/w; RES=/tmp/res; mkdir -p $W $RES
 DEC="--data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml --beams 20 --batch 1024"  # every decode step's bench.lm_decode flags
 status() { date; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
   for f in $RES/*.log; do echo "== $f"; tail -c 600 "$f" | tr '\r' '\n' | grep -v "num_workers\|^Modules\|^Total FLOPs\|Backend impl" | tail -3; done; }
+collect() ( status; cd $W/repo && cp docs/benchmarks.md $RES/benchmarks.new.md; cp /tmp/old/docs/benchmarks.md $RES/benchmarks.old.md 2>/dev/null
+    (find $W/repo/checkpoints -name result.json -o -name "scaling.*" -o -name metrics.csv; find /tmp/runs -name metrics.csv -o -name result.json) 2>/dev/null > /tmp/list
+    tar -czf $RES/runs.tgz -T /tmp/list; tar -czf $OUT/res.tgz -C /tmp res; ls -la $OUT; )
 running() { pgrep -f "python3 (-m bench\.|train\.py)" | wc -l; }
 case "$1" in
 setup)  # call 1: wheels, data, sids, old tree, first GGUF part, MPS
@@ -65,11 +68,9 @@ sasrec) # sasrec DATA
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 train.py fit --config configs/data/amazon-$2.yaml --config configs/sasrec/amazon-beauty.yaml \
      --trainer.max_time=00:00:15:00 --trainer.max_epochs=200 --trainer.check_val_every_n_epoch=5 --trainer.enable_progress_bar=false \
      --trainer.default_root_dir=/tmp/runs/sasrec-$2 > $RES/sasrec-$2.log 2>&1 &); echo started sasrec $2 ;;
-wait)   # wait [SECONDS]: until no run is left (at most SECONDS, default 540)
-  for _ in $(seq 1 $(( ${2:-540} / 10 ))); do [ "$(running)" = 0 ] && break; sleep 10; done; echo "runs left: $(running)"; status ;;
+wait)   # wait [SECONDS]: until no run is left (at most SECONDS, default 540), then collect: the machine goes back 30 s
+        # after a call ends, so every wait call brings back what exists (the eighth hold lost its runs between two calls)
+  for _ in $(seq 1 $(( ${2:-540} / 10 ))); do [ "$(running)" = 0 ] && break; sleep 10; done; echo "runs left: $(running)"; collect ;;
 status) status ;;
-collect)
-  status; cd $W/repo && cp docs/benchmarks.md $RES/benchmarks.new.md; cp /tmp/old/docs/benchmarks.md $RES/benchmarks.old.md 2>/dev/null
-  (find $W/repo/checkpoints -name result.json -o -name "scaling.*" -o -name metrics.csv; find /tmp/runs -name metrics.csv -o -name result.json) 2>/dev/null > /tmp/list
-  tar -czf $RES/runs.tgz -T /tmp/list; tar -czf $OUT/res.tgz -C /tmp res; ls -la $OUT ;;
+collect) collect ;;
 esac

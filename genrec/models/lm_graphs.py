@@ -31,13 +31,16 @@ over. This decoder computes the same thing with static shapes, so that a step is
 Switches (attributes of :class:`~genrec.models.LMRecModule`, not constructor arguments):
 ``static_decoding`` (default on: this decoder when the model is one it runs, else the slot
 decoder), ``decode_graphs`` (default on: CUDA graphs on a GPU), ``decode_padded`` (default:
-as ``decode_graphs`` on the module's device), ``decode_compile`` (default off until measured
-on a GPU: each layer's elementwise work fused by ``torch.compile``, :meth:`~genrec.models.lm_weights.DecoderWeights.compile`)
-and ``decode_forced`` (default off until measured on a GPU): a user whose live beams are all in
-*forced* title suffixes (one item below each; 71 % of Beauty's title tokens are, ``bench.title_trie``)
-leaves the steps, and :meth:`GraphDecoder.finish` scores the rest of those titles in one eager
-causal pass (:func:`~genrec.decoding.pruned_beam_search`'s ``finish``), so a batch runs as many
-graphed steps as its users need choices, not as its longest title has tokens.
+as ``decode_graphs`` on the module's device), ``decode_compile`` (default off: each layer's
+elementwise work fused by ``torch.compile``, :meth:`~genrec.models.lm_weights.DecoderWeights.compile`;
+on the H200 +6 % users/s for 8-24 s of compiling, docs/benchmarks.md) and ``decode_forced``
+(default off): a user whose live beams are all in *forced* title suffixes (one item below each;
+71 % of Beauty's title tokens are, ``bench.title_trie``) leaves the steps, and
+:meth:`GraphDecoder.finish` scores the rest of those titles in one eager causal pass
+(:func:`~genrec.decoding.pruned_beam_search`'s ``finish``), so a batch runs as many graphed steps
+as its users need choices, not as its longest title has tokens. Measured on the H200 it runs 25 %
+fewer steps but is half as fast (235 against 447 users/s on Beauty, batch 1,024): the eager pass
+over every forced token with its prompt and ancestors costs more than the steps it saves.
 
 Attention is one fused ``scaled_dot_product_attention`` per layer over ``[U_b + 1, kv_heads,
 W * g, hi - lo]`` with the additive mask (the memory-efficient kernel on CUDA; the flash kernel
