@@ -223,7 +223,14 @@ def profile(module: LMRecModule, batch: SeqBatch, device: torch.device, beams: i
     print(prof.key_averages().table(sort_by=key, row_limit=30), flush=True)
     saved = module.decode_graphs, module.decode_padded
     engine = getattr(module, "_graph_decoder", None)
-    module.decode_graphs, module.decode_padded = False, engine.padded if engine is not None else saved[1]
+    padded = engine.padded if engine is not None else saved[1]
+    # Dropped before the eager engine is built: a reference kept here held the graphed engine's
+    # buffers and graph pool (93 GiB at batch 2,048) beside it, and the eager pass ran out of memory.
+    del engine
+    module._graph_decoder = None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    module.decode_graphs, module.decode_padded = False, padded
     try:
         with torch_profile(activities=activities, record_shapes=True) as prof:
             decode_all(module, [batch], device, beams, precision)
@@ -250,6 +257,11 @@ def main() -> None:
                         "decoder without graphs, at exact sizes; slot: the eager slot decoder (genrec.models.lm_decoding)")
     parser.add_argument("--rows-per-octave", type=int, default=None, metavar="N",
                         help="graphed steps: row buckets per power of two above 1,024 (GraphDecoder.ROWS_PER_OCTAVE; default its 1)")
+    parser.add_argument("--fused-head", action="store_true",
+                        help="static decoders: steps return logits and row log-normalisers, not float32 log-probs "
+                        "(GraphDecoder.FUSED_HEAD; meant with --compile)")
+    parser.add_argument("--attention", choices=["efficient", "cudnn"], default="efficient",
+                        help="graphed steps' attention kernel: memory-efficient (default), or cuDNN first (GraphDecoder.CUDNN_ATTENTION)")
     parser.add_argument("--compile", action="store_true",
                         help="static decoders: fuse each layer's elementwise work with torch.compile (LMRecModule.decode_compile)")
     parser.add_argument("--forced", action="store_true",
@@ -288,6 +300,10 @@ def main() -> None:
     module.decode_graphs = args.decoder == "static"
     module.decode_compile = args.compile
     module.decode_forced = args.forced
+    if args.fused_head or args.attention == "cudnn":
+        from genrec.models.lm_graphs import GraphDecoder
+
+        GraphDecoder.FUSED_HEAD, GraphDecoder.CUDNN_ATTENTION = args.fused_head, args.attention == "cudnn"
     if args.rows_per_octave is not None:
         if args.rows_per_octave < 1:
             raise SystemExit(f"--rows-per-octave must be >= 1, got {args.rows_per_octave}")
@@ -355,6 +371,8 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
                     "static-eager": "static (pruned, eager)", "slot": "slot (pruned)"}[args.decoder if not unsupported else "slot"]
                    + (", compiled" if args.compile and module.static_decoding and not unsupported else "")
                    + (f", {args.rows_per_octave} row buckets/octave" if args.rows_per_octave not in (None, 1) else "")
+                   + (", fused head" if args.fused_head and module.static_decoding and not unsupported else "")
+                   + (", cuDNN attention" if args.attention == "cudnn" and module.static_decoding and not unsupported else "")
                    + (", forced suffixes in one pass" if args.forced and module.static_decoding and not unsupported else ""),
         "precision": precision,
         "users": f"{users:,} of {total:,}",

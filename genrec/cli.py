@@ -12,7 +12,8 @@ over the same classes, so one YAML syntax (``class_path`` / ``init_args``) and t
 
 An error the user can cause (a bad value, an unknown key, a missing or damaged file) ends the
 command with one line on stderr naming the key, flag or file and the value (exit 2 for a command
-line or config that does not parse, 1 otherwise); ``--debug`` (or ``GENREC_DEBUG=1``) shows the
+line or config that does not parse, 143 for a run stopped by SIGTERM that kept its work, 1
+otherwise); ``--debug`` (or ``GENREC_DEBUG=1``) shows the
 traceback instead. Options are never abbreviated (``--trainer.max_epoch`` is an error).
 """
 
@@ -30,7 +31,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from genrec.artifacts import write_json
-from genrec.errors import UsageError, one_line, user_error
+from genrec.errors import Interrupted, UsageError, one_line, user_error
 from genrec.models import presets
 from genrec.noise import quiet_third_party
 from genrec.pipeline import PipelineConfig, run_pipeline
@@ -213,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         where = "trainer: " if isinstance(found, MisconfigurationException) else ""
         print(f"error: {where}{one_line(found)}", file=sys.stderr)
-        raise SystemExit(2 if isinstance(found, UsageError) else 1) from None
+        raise SystemExit(2 if isinstance(found, UsageError) else 143 if isinstance(found, Interrupted) else 1) from None
 
 
 __all__ = ["GenRecCLI", "data_parser", "encode_options", "encode_parser", "main", "run_data", "run_encode", "run_tokenize", "tokenize_parser"]

@@ -197,6 +197,48 @@ def constrained_beam_search(
     return BeamResult(items=pool_items, scores=pool_scores)
 
 
+class HeadScores(NamedTuple):
+    """Next-token log-probs of ``R`` rows kept as logits and one log-normaliser a row, which a
+    :class:`LiveStepFn` may return instead of a dense ``[R, V]`` tensor: ``log_prob[r, v] =
+    logits[r, v] - lse[r]``. The search reads only the trie's children of each row
+    (:meth:`gather`), so no float32 ``[R, V]`` array is written (on SmolLM2's 49,152-token
+    vocabulary, the cast and the log-softmax were 9 % of a decoding step, docs/benchmarks.md).
+
+    Attributes:
+        logits: ``[R, V]`` in any float dtype.
+        lse: ``[R]``, ``logsumexp`` of each row of ``logits`` computed in float32 (or wider: the
+            log-probs come out in this dtype).
+    """
+
+    logits: Tensor
+    lse: Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        """``(R, V)``, as the dense log-probs' shape."""
+        return self.logits.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of what :meth:`gather` returns (``lse``'s)."""
+        return self.lse.dtype
+
+    def gather(self, dim: int, index: Tensor) -> Tensor:
+        """``[R, D]`` log-probs of the tokens ``index [R, D]`` (``dim`` must be 1, as in
+        ``Tensor.gather``)."""
+        if dim != 1:
+            raise ValueError(f"HeadScores.gather reads tokens along dim 1, got {dim}")
+        return self.logits.gather(1, index).to(self.lse.dtype) - self.lse[:, None]
+
+    def head(self, rows: int) -> HeadScores:
+        """The first ``rows`` rows."""
+        return HeadScores(self.logits[:rows], self.lse[:rows])
+
+    def dense(self) -> Tensor:
+        """``[R, V]`` log-probs (for tests and callers that need every token)."""
+        return self.logits.to(self.lse.dtype) - self.lse[:, None]
+
+
 class LiveBeams(NamedTuple):
     """The beams one step of :func:`pruned_beam_search` asks the model to extend.
 
@@ -228,7 +270,7 @@ class LiveStepFn(Protocol[S]):
     ``step(beams, state) -> (log_probs, new_state)``
 
     * First call: ``beams is None``. Return the log-probs of the first item token, ``[B, V]``,
-      one row per batch row.
+      one row per batch row (here and at every later call a tensor or a :class:`HeadScores`).
     * Every later call: ``beams`` (:class:`LiveBeams`) lists the ``R`` beams to extend. Reorder
       or expand the state by ``beams.parents`` (rows of the previous output), feed
       ``beams.tokens`` and return the next-token log-probs ``[R, V]``, row ``i`` for beam ``i``.

@@ -37,6 +37,12 @@ class UsageError(UserError):
     """The command line or a config file does not parse (unknown key, wrong type); exit code 2."""
 
 
+class Interrupted(UserError):
+    """The run was stopped by SIGTERM (e.g. a ``timeout``) where it keeps its finished work; the
+    message says what is kept and how to resume. Exit code 143 (128 + SIGTERM), as a process
+    killed by the signal would have."""
+
+
 def check(owner: str, name: str, value: Any, ok: bool, requirement: str) -> None:
     """Raise :class:`ConfigError` ``"<owner>: <name> must be <requirement>, got <value>"`` unless ``ok``."""
     if not ok:

@@ -377,6 +377,35 @@ def test_lm_decode_benchmark_records_one_row_per_decode_scale(tmp_path, monkeypa
         lm_decode.main()
 
 
+def test_lm_ancestry_counts_the_columns_the_live_beams_still_attend(tmp_path, monkeypatch, capsys):
+    """bench.lm_ancestry on a tiny LM: at the first step every live beam's own column is its only
+    ancestor; later the union of the live beams' ancestors lies between one column a step and all
+    written columns, and the decoder's own step is put back afterwards."""
+    import sys
+
+    import yaml
+
+    from bench import lm_ancestry
+    from genrec.models.lm_graphs import GraphDecoder
+    from tests.test_configs import ROOT, TINY_DATA
+
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    step = GraphDecoder.step
+    monkeypatch.setattr(sys, "argv", [
+        "lm_ancestry", "--data", str(data), "--model", str(ROOT / "configs/lm/tiny-scratch.yaml"), "--users", "6", "--batch", "3",
+        "--beams", "10", "--set", "model.init_args.overrides={num_layers: 1, hidden_size: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}"])
+    lm_ancestry.main()
+    assert GraphDecoder.step is step
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    table = [(int(t), int(written), float(mean), int(largest), float(live)) for t, written, mean, largest, _, live in rows]
+    assert table and table[0][0] == 1
+    for t, written, mean, largest, live in table:
+        assert written == 10 * t and t <= mean <= largest <= written and 1 <= live <= 10
+        if t == 1:
+            assert mean == largest == live  # each live beam sees its own column only
+
+
 def test_lm_decode_noise_scores_the_targets_alike_three_ways_in_float32(tmp_path, monkeypatch, capsys):
     """bench.lm_decode_noise: in float32 the plain forward pass, the reference decoder's steps
     and the static decoder's steps give each target the same summed log-prob (the table's fp32

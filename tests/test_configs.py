@@ -219,6 +219,23 @@ def test_cli_reports_bad_input_without_traceback(capsys, monkeypatch):
     assert "/nonexistent/beauty/datamaps.json not found" in err and "amazon-beauty" in err
 
 
+def test_cli_reports_a_sigterm_stop_in_one_line_with_exit_code_143(capsys, monkeypatch):
+    """A stage stopped by SIGTERM that kept its work (genrec.errors.Interrupted) exits as a
+    process killed by the signal would (143), with its one line and no traceback."""
+    import genrec.cli as cli
+    from genrec.errors import Interrupted
+
+    def stopped(args):
+        raise Interrupted("encode: stopped by SIGTERM; 8 of 24 items are encoded in /x.parts: the same command resumes from there")
+
+    monkeypatch.setitem(cli.STAGE_COMMANDS, "encode", (stopped, "help"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["encode"])
+    assert exit_info.value.code == 143
+    err = capsys.readouterr().err
+    assert err == "error: encode: stopped by SIGTERM; 8 of 24 items are encoded in /x.parts: the same command resumes from there\n"
+
+
 def test_cli_usage_lists_commands(capsys):
     main(["--help"])
     out = capsys.readouterr().out

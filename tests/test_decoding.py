@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from genrec.decoding import (
     BeamResult,
+    HeadScores,
     LiveBeams,
     PrefixTrie,
     constrained_beam_search,
@@ -477,3 +478,50 @@ def test_beam_search_properties(trie, batch_size, beam_width, num_results, first
     full = constrained_beam_search(model, trie, batch_size, beam_width, num_results, state=model.initial_state())
     assert torch.equal(fewer.items, full.items) and torch.equal(fewer.scores, full.scores)
     assert all(r <= batch_size * beam_width for r in pruned.asked)
+
+
+class AsHeadScores:
+    """A :class:`Pruned` model whose steps return :class:`HeadScores`: the log-probs shifted by a
+    random amount a row as the "logits", that amount as the row's log-normaliser (or, ``dense``,
+    the same scores as a tensor: ``logits - lse`` for every token)."""
+
+    def __init__(self, pruned: Pruned, seed: int, dense: bool = False):
+        self.pruned, self.generator, self.dense = pruned, torch.Generator().manual_seed(seed), dense
+
+    def __call__(self, beams, state):
+        log_probs, state = self.pruned(beams, state)
+        shift = torch.rand(log_probs.shape[0], generator=self.generator, dtype=log_probs.dtype) * 20 - 10
+        scores = HeadScores(log_probs + shift[:, None], shift)
+        return (scores.dense() if self.dense else scores), state
+
+
+@settings(max_examples=40, deadline=None)
+@given(trie=tries(), batch_size=st.integers(1, 3), beam_width=st.integers(1, 6), num_results=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_pruned_search_reads_head_scores_as_the_log_probs_they_stand_for(trie, batch_size, beam_width, num_results, seed):
+    """A step may return logits and row log-normalisers instead of log-probs: the search gathers
+    ``logits - lse`` for the trie's children and finds what it finds on those log-probs as one
+    ``[R, V]`` tensor (the same items, the same scores to the bit), and the scores of the model's
+    own log-probs to rounding."""
+    model = HashModel(trie.vocab_size, batch_size, seed)
+    runs = {}
+    for name, dense in (("lazy", False), ("dense", True)):
+        step = AsHeadScores(Pruned(HashModel(trie.vocab_size, batch_size, seed), batch_size), seed, dense=dense)
+        runs[name] = pruned_beam_search(step, trie, batch_size, beam_width, num_results, state=model.initial_state())
+    assert torch.equal(runs["lazy"].items, runs["dense"].items) and torch.equal(runs["lazy"].scores, runs["dense"].scores)
+    plain = pruned_beam_search(Pruned(model, batch_size), trie, batch_size, beam_width, num_results, state=model.initial_state())
+    found = plain.items >= 0
+    assert torch.equal(found, runs["lazy"].items >= 0)
+    torch.testing.assert_close(runs["lazy"].scores[found], plain.scores[found], atol=1e-9, rtol=0)
+
+
+def test_head_scores_are_the_log_softmax_of_their_logits():
+    logits = torch.randn(5, 11, dtype=torch.bfloat16)
+    scores = HeadScores(logits, torch.logsumexp(logits.float(), -1))
+    expected = torch.log_softmax(logits.float(), -1)
+    torch.testing.assert_close(scores.dense(), expected)
+    tokens = torch.tensor([[0, 3], [10, 1], [2, 2], [5, 6], [9, 0]])
+    torch.testing.assert_close(scores.gather(1, tokens), expected.gather(1, tokens))
+    assert scores.shape == (5, 11) and scores.dtype == torch.float32
+    torch.testing.assert_close(scores.head(2).dense(), expected[:2])
+    with pytest.raises(ValueError, match="dim 1"):
+        scores.gather(0, tokens)

@@ -111,3 +111,37 @@ def test_items_sharded_over_two_processes_give_the_same_table(tmp_path, catalog)
         catalog, tmp_path / "b.safetensors", template="{title}", batch_size=4, accelerator="cpu", devices=2, strategy="ddp_spawn"
     )
     assert torch.allclose(load_file(str(one))["embeddings"], load_file(str(two))["embeddings"], atol=1e-5)
+
+
+def test_sigterm_stops_an_encode_after_flushing_and_the_same_call_resumes(tmp_path, catalog, monkeypatch):
+    """Lightning notes SIGTERM but its predict loop never stops: the chunk writer flushes what
+    is encoded and stops with one line (the kept count, the folder), and the next call resumes
+    to the table an uninterrupted encode writes."""
+    import os
+    import signal
+
+    from genrec.errors import Interrupted
+
+    out = tmp_path / "emb.safetensors"
+    write = encode_text._ChunkWriter.write_on_batch_end
+
+    calls = []
+
+    def terminated_at_second_batch(self, trainer, *args):
+        calls.append(1)
+        if len(calls) == 2:  # SIGTERM while the second batch of 4 is written
+            os.kill(os.getpid(), signal.SIGTERM)
+        return write(self, trainer, *args)
+
+    monkeypatch.setattr(encode_text._ChunkWriter, "write_on_batch_end", terminated_at_second_batch)
+    with pytest.raises(Interrupted, match=r"stopped by SIGTERM; 8 of 24 items are encoded in .*emb\.safetensors\.parts"):
+        encode_catalog(catalog, out, template="{title}", batch_size=4, chunk_size=16, accelerator="cpu")
+    parts = out.with_name(out.name + ".parts")
+    assert not out.exists() and len(list(parts.glob("chunk-*.safetensors"))) == 1  # flushed below chunk_size
+    assert signal.getsignal(signal.SIGTERM) is not None  # Lightning's handler restored the previous one
+    monkeypatch.undo()
+    encode_catalog(catalog, out, template="{title}", batch_size=4, chunk_size=16, accelerator="cpu")
+    assert embedding_metadata(out)["items_encoded"] == "16"  # only what was missing
+    whole = tmp_path / "whole.safetensors"
+    encode_catalog(catalog, whole, template="{title}", batch_size=4, chunk_size=16, accelerator="cpu")
+    torch.testing.assert_close(load_file(out)["embeddings"], load_file(whole)["embeddings"])

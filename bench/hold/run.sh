@@ -2,7 +2,7 @@
 # One GPU hold, several runs side by side under MPS (run from the synced repo root on the device
 # machine; bench/hold/README.md has the order of calls):
 #   bash .carry/gpu/run.sh setup | gguf | decode [USERS] | decodevar TAG [FLAGS] | profile [USERS] | tiger NAME DATA SIDS TARGET [--set ...] |
-#        lm NAME [--set ...] | lmscales NAME S,S,.. | sasrec DATA | scaling i/n [beauty|toys] | status | collect
+#        lm NAME [--set ...] | lmscales NAME S,S,.. | sasrec DATA | scaling i/n [beauty|toys] | wait [S] | waitfor lm|tiger|scaling [S] | status | collect
 # Runs start in their own process sessions from a copy of the repo at /tmp/w/repo (a later call
 # re-syncs the checkout; the copy keeps what the runs write) and log to /tmp/res; `collect` tars
 # /tmp/res (logs, --out JSONs, docs/benchmarks.md with the new rows, result.json / metrics.csv
@@ -71,6 +71,12 @@ sasrec) # sasrec DATA
 wait)   # wait [SECONDS]: until no run is left (at most SECONDS, default 540), then collect: the machine goes back 30 s
         # after a call ends, so every wait call brings back what exists (the eighth hold lost its runs between two calls)
   for _ in $(seq 1 $(( ${2:-540} / 10 ))); do [ "$(running)" = 0 ] && break; sleep 10; done; echo "runs left: $(running)"; collect ;;
+waitfor) # waitfor lm|tiger|scaling [SECONDS]: until no run of that kind is left (at most SECONDS, default 540), then collect.
+        # (An inline `pgrep -f bench.lm_train` in the call's command matches that command's own shell: the ninth hold's
+        # call waited its whole limit so.)
+  case $2 in lm) p="python3 -m bench\.lm_train" ;; tiger) p="python3 -m bench\.tiger_train" ;; scaling) p="python3 train\.py scaling" ;;
+    *) echo "waitfor lm|tiger|scaling [SECONDS]"; exit 2 ;; esac
+  for _ in $(seq 1 $(( ${3:-540} / 10 ))); do pgrep -f "$p" > /dev/null || break; sleep 10; done; echo "$2 runs left: $(pgrep -fc "$p")"; collect ;;
 status) status ;;
 collect) collect ;;
 esac

@@ -29,7 +29,7 @@ from genrec.data.catalog import DEFAULT_TEMPLATE, ItemCatalog
 from genrec.encode.config import EncoderConfig
 from genrec.encode.files import check_table, default_output, reusable
 from genrec.encode.gguf import is_decoder_only, resolve_model
-from genrec.errors import at_least
+from genrec.errors import Interrupted, at_least
 from genrec.progress import progress_callbacks
 
 log = logging.getLogger("genrec.encode")
@@ -147,20 +147,30 @@ class EncoderModule(L.LightningModule):
 
 
 class _ChunkWriter(BasePredictionWriter):
-    """Flushes finished embeddings to ``parts/chunk-<rank>-<n>.safetensors`` every ``chunk_size`` rows."""
+    """Flushes finished embeddings to ``parts/chunk-<rank>-<n>.safetensors`` every ``chunk_size``
+    rows, and stops the run after flushing when the process got SIGTERM (Lightning's handler
+    notes the signal, but its predict loop never acts on it: a ``timeout`` did not stop an
+    encode), with :class:`~genrec.errors.Interrupted` saying how many items are kept."""
 
-    def __init__(self, parts: Path, chunk_size: int) -> None:
+    def __init__(self, parts: Path, chunk_size: int, done: int = 0, total: int = 0) -> None:
         super().__init__(write_interval="batch")
         self.parts, self.chunk_size = parts, chunk_size
+        self.done, self.total = done, total  # items encoded before this run, items in the catalogue
         self.ids: list[torch.Tensor] = []
         self.rows: list[torch.Tensor] = []
         self.count = 0
+        self.flushed = 0  # items this run wrote
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:  # noqa: ANN001
         self.ids.append(prediction["ids"].cpu())
         self.rows.append(prediction["embeddings"].cpu())
         if sum(len(i) for i in self.ids) >= self.chunk_size:
             self.flush(trainer.global_rank)
+        if getattr(trainer, "received_sigterm", False):
+            self.flush(trainer.global_rank)
+            kept = self.done + self.flushed if trainer.world_size == 1 else f"{self.done} + this process's {self.flushed}"
+            raise Interrupted(f"encode: stopped by SIGTERM; {kept} of {self.total} items are encoded in {self.parts}: "
+                              "the same command resumes from there")
 
     def on_predict_end(self, trainer, pl_module) -> None:  # noqa: ANN001
         self.flush(trainer.global_rank)
@@ -169,9 +179,13 @@ class _ChunkWriter(BasePredictionWriter):
         if not self.ids:
             return
         path = self.parts / f"chunk-{rank}-{self.count:05d}.safetensors"
+        while path.exists():  # a resumed run: the chunks of the earlier ones stay (they once were overwritten)
+            self.count += 1
+            path = self.parts / f"chunk-{rank}-{self.count:05d}.safetensors"
         with atomic_path(path) as tmp:
             save_file({"ids": torch.cat(self.ids), "embeddings": torch.cat(self.rows)}, str(tmp))
         self.count += 1
+        self.flushed += sum(len(i) for i in self.ids)
         self.ids, self.rows = [], []
 
 
@@ -279,7 +293,7 @@ def encode_catalog(
             strategy=strategy,
             precision=precision,
             logger=False,
-            callbacks=[_ChunkWriter(parts, chunk_size), *progress_callbacks()],
+            callbacks=[_ChunkWriter(parts, chunk_size, done=done_ids.numel(), total=len(catalog)), *progress_callbacks()],
             enable_checkpointing=False,
             enable_model_summary=False,
         )

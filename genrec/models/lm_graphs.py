@@ -42,6 +42,11 @@ as its users need choices, not as its longest title has tokens. Measured on the 
 fewer steps but is half as fast (235 against 447 users/s on Beauty, batch 1,024): the eager pass
 over every forced token with its prompt and ancestors costs more than the steps it saves.
 
+Two class attributes, off until GPU-measured: :attr:`GraphDecoder.FUSED_HEAD` makes the steps
+return logits and row log-normalisers (:class:`~genrec.decoding.HeadScores`) instead of float32
+``[R, V]`` log-probs (``bench.lm_decode --fused-head``), :attr:`GraphDecoder.CUDNN_ATTENTION`
+runs the steps' attention through cuDNN where it can (``--attention cudnn``).
+
 Attention is one fused ``scaled_dot_product_attention`` per layer over ``[U_b + 1, kv_heads,
 W * g, hi - lo]`` with the additive mask (the memory-efficient kernel on CUDA; the flash kernel
 takes no mask). Prompt and beam columns share the call. Only the columns in use are attended
@@ -61,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genrec.decoding import BeamResult, LiveBeams, pruned_beam_search
+from genrec.decoding import BeamResult, HeadScores, LiveBeams, pruned_beam_search
 from genrec.models.lm_decoding import COMPACT_FRACTION
 from genrec.models.lm_weights import DecoderWeights, causal_lm
 
@@ -100,12 +105,16 @@ def unsupported_reason(model: nn.Module) -> str | None:
     return None
 
 
-def _attention_kernels(device: torch.device) -> contextlib.AbstractContextManager[None]:
-    """CUDA: the memory-efficient kernel (takes an additive mask), else the math one."""
+def _attention_kernels(device: torch.device, cudnn: bool = False) -> contextlib.AbstractContextManager[None]:
+    """CUDA: the memory-efficient kernel (takes an additive mask), else the math one; with
+    ``cudnn``, cuDNN's fused attention first (Hopper kernels; it takes an additive mask too),
+    falling back to those two for a shape it does not run."""
     if device.type != "cuda":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    if cudnn:
+        return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH], set_priority=True)
     return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
@@ -134,6 +143,19 @@ class GraphDecoder:
     :meth:`rows` gives the bucket; ``fed_padded`` counts what the steps fed."""
     FINE_ROWS = 1024
     """Row counts above which :attr:`ROWS_PER_OCTAVE` applies."""
+    CUDNN_ATTENTION = False
+    """The steps' attention through cuDNN's fused kernel where it runs the shape (Hopper
+    instructions; the default memory-efficient kernel is an sm80 one, and attention was 23 % of a
+    step in the H200 profile at batch 2,048, docs/benchmarks.md). Off until measured on a GPU
+    (``bench.lm_decode --attention cudnn``)."""
+    FUSED_HEAD = False
+    """Steps return :class:`~genrec.decoding.HeadScores` (the logits in the compute dtype and each
+    row's float32 log-normaliser, :meth:`~genrec.models.lm_weights.DecoderWeights.log_normaliser`)
+    instead of float32 ``[R, V]`` log-probs: the search gathers the trie's children from the
+    logits, and no float32 ``[R, V]`` cast or log-softmax output is written (9 % of a step in the
+    H200 profile at batch 2,048, docs/benchmarks.md). Meant with ``decode_compile``, which fuses
+    the normaliser's cast into its reduction; eagerly the normaliser costs about what the
+    log-softmax did. Off until measured on a GPU (``bench.lm_decode --fused-head``)."""
 
     def __init__(self, weights: DecoderWeights, capacity: int, width: int, steps: int, prompt_width: int, device: torch.device,
                  graphs: bool = True, padded: bool | None = None) -> None:
@@ -157,8 +179,14 @@ class GraphDecoder:
         self.queries = torch.zeros(rows, kvh, width * self.groups, d, dtype=dt, device=device)
         most = capacity * width
         self.inputs = torch.zeros(5, most, dtype=torch.long, device=device)  # token, position, user, slot, column
-        # The graphs' static output, [cap * W, V] (eager steps return fresh log-probs instead).
-        self.out = torch.zeros(most if self.graphs else 0, weights.embed.shape[0], dtype=torch.float32, device=device)
+        self.fused_head, self.cudnn_attention = bool(self.FUSED_HEAD), bool(self.CUDNN_ATTENTION)
+        # The graphs' static output (eager steps return fresh ones instead): [cap * W, V] float32
+        # log-probs, or with the fused head [cap * W, V] logits in the compute dtype and [cap * W]
+        # float32 log-normalisers.
+        vocab, static = weights.embed.shape[0], most if self.graphs else 0
+        self.out = torch.zeros(0 if self.fused_head else static, vocab, dtype=torch.float32, device=device)
+        self.logits_out = torch.zeros(static if self.fused_head else 0, vocab, dtype=dt, device=device)
+        self.lse_out = torch.zeros(static if self.fused_head else 0, dtype=torch.float32, device=device)
         self.cos, self.sin = weights.rotary_table(prompt_width + self.steps + 1, device)
         self.held: Tensor = torch.zeros(0, dtype=torch.long, device=device)  # batch rows of the packed users
         self.bucket = 0  # U_b
@@ -212,11 +240,11 @@ class GraphDecoder:
 
     # ---- one step ------------------------------------------------------------------------------
 
-    def _run(self, users: int, rows: int, lo: int, hi: int) -> Tensor:
+    def _run(self, users: int, rows: int, lo: int, hi: int) -> Tensor | HeadScores:
         """The step on the static buffers (the graph body): ``users`` = ``U_b``, ``rows`` = ``R_b``,
         attending over columns ``lo .. hi - 1`` (the batch's prompt columns and the beams' so
-        far, :meth:`span`); ``[rows, V]`` float32 log-probs (with graphs: a view of the static
-        output)."""
+        far, :meth:`span`); ``[rows, V]`` float32 log-probs, or their :class:`HeadScores` with
+        :attr:`FUSED_HEAD` (with graphs: views of the static output)."""
         w, W, g, kvh, d, P = self.w, self.width, self.groups, self.w.kv_heads, self.w.head_dim, self.prompt_width
         token, position, user, slot, column = self.inputs[:, :rows]
         U = users + 1  # the packed users and the padding rows' row
@@ -235,16 +263,30 @@ class GraphDecoder:
             keys[user, :, column] = k
             values[user, :, column] = v
             slots[user, :, slot] = q.view(rows, kvh, g, d)
-            with _attention_kernels(self.device):
+            with _attention_kernels(self.device, self.cudnn_attention):
                 out = F.scaled_dot_product_attention(queries, keys[:U, :, lo:hi], values[:U, :, lo:hi], attn_mask=bias, scale=w.scaling)
             attended = out.view(U, kvh, W, g, d)[user, :, slot]  # [R, kvh, g, d]
             x = w.finish_layer(layer, x, attended.reshape(rows, -1))
+        if self.fused_head:
+            if not self.graphs:
+                logits = w.logits(x)
+                return HeadScores(logits, w.log_normaliser(logits))
+            # The logits straight into the static output (F.linear's own product, with out=).
+            logits = torch.mm(w.norm_cast(x, w.final_norm), w.lm_head.t(), out=self.logits_out[:rows])
+            self.lse_out[:rows] = w.log_normaliser(logits)
+            return self._static_out(rows)
         if not self.graphs:
             return w.log_probs(x)
         # Straight into the static output (no [R, V] float32 temporary copied over).
         return torch.ops.aten._log_softmax.out(w.logits(x).float(), -1, False, out=self.out[:rows])
 
-    def _replay(self, users: int, rows: int, lo: int, hi: int) -> Tensor:
+    def _static_out(self, rows: int) -> Tensor | HeadScores:
+        """The graphs' output of a ``rows``-row step (views of the static buffers)."""
+        if self.fused_head:
+            return HeadScores(self.logits_out[:rows], self.lse_out[:rows])
+        return self.out[:rows]
+
+    def _replay(self, users: int, rows: int, lo: int, hi: int) -> Tensor | HeadScores:
         if not self.graphs:
             return self._run(users, rows, lo, hi)
         graph = self.graph_cache.get((users, rows, lo, hi))
@@ -263,7 +305,7 @@ class GraphDecoder:
             self.capture_seconds += time.perf_counter() - started
         graph.replay()
         self.replays += 1
-        return self.out[:rows]
+        return self._static_out(rows)
 
     def compact(self, active: Tensor, bucket: int) -> None:
         """Pack the users of ``active`` (``[A]`` batch rows, ascending, a subset of ``held``)
@@ -299,9 +341,10 @@ class GraphDecoder:
         granule = top if top <= self.FINE_ROWS else max(top // (2 * self.ROWS_PER_OCTAVE), 1)
         return min(-(-live // granule) * granule, self.bucket * self.width)
 
-    def step(self, beams: LiveBeams) -> Tensor:
+    def step(self, beams: LiveBeams) -> Tensor | HeadScores:
         """Feed the live beams (:class:`~genrec.decoding.LiveBeams`, ``R`` of them); ``[R, V]``
-        float32 log-probs (a view of a static buffer, valid until the next step)."""
+        float32 log-probs, or their :class:`~genrec.decoding.HeadScores` with :attr:`FUSED_HEAD`
+        (views of static buffers, valid until the next step)."""
         A = beams.active.numel()
         if self.padded:
             bucket = min(_next_pow2(A), self.capacity)
@@ -327,7 +370,7 @@ class GraphDecoder:
         log_probs = self._replay(self.bucket, rows, lo, hi)
         self.fed += R
         self.fed_padded += rows
-        return log_probs[:R]
+        return log_probs.head(R) if isinstance(log_probs, HeadScores) else log_probs[:R]
 
 
     FINISH_TOKENS = 8192
@@ -397,7 +440,8 @@ def decoder_for(module: LMRecModule, batch_size: int, width: int, steps: int, pr
     padded = (graphs and device.type == "cuda") if module.decode_padded is None else module.decode_padded
     if (cached is None or cached.capacity < batch_size or (cached.width, cached.steps, cached.prompt_width) != (width, max(steps, 1), prompt_width)
             or cached.w.dtype != dtype or cached.device != device or cached.graphs != (graphs and device.type == "cuda")
-            or cached.padded != (padded or cached.graphs) or cached.w.compiled != module.decode_compile):
+            or cached.padded != (padded or cached.graphs) or cached.w.compiled != module.decode_compile
+            or cached.fused_head != bool(GraphDecoder.FUSED_HEAD) or cached.cudnn_attention != bool(GraphDecoder.CUDNN_ATTENTION)):
         module._graph_decoder = None
         cached = None
         if device.type == "cuda":

@@ -182,18 +182,29 @@ class DecoderWeights:
         return x + self.linear(self.act(gate) * up, down)
 
     def compile(self) -> None:
-        """Run each layer's two halves (:meth:`qkv`, :meth:`finish_layer`) through ``torch.compile``
-        with dynamic shapes: one compilation per half serves every layer and every bucket, and the
-        norms, rotary embedding, casts and residual adds (most of a step's ~40 small kernels per
-        layer, docs/benchmarks.md) fuse into a few. Compiled on the first call, so outside any
-        graph capture (the graphs' warm-up run)."""
+        """Run each layer's two halves (:meth:`qkv`, :meth:`finish_layer`) and the head's
+        :meth:`log_normaliser` through ``torch.compile`` with dynamic shapes: one compilation per
+        half serves every layer and every bucket, and the norms, rotary embedding, casts and
+        residual adds (most of a step's ~40 small kernels per layer, docs/benchmarks.md) fuse into
+        a few. Compiled on the first call, so outside any graph capture (the graphs' warm-up run)."""
         self._qkv = torch.compile(self._qkv, dynamic=True)
         self._finish = torch.compile(self._finish, dynamic=True)
+        self._lse = torch.compile(self._lse, dynamic=True)
         self.compiled = True
 
     def logits(self, x: Tensor) -> Tensor:
         """``[R, h]`` last hidden states -> ``[R, V]`` logits in the compute dtype."""
         return self.linear(self.norm_cast(x, self.final_norm), self.lm_head)
+
+    def log_normaliser(self, logits: Tensor) -> Tensor:
+        """``[R, V]`` logits (compute dtype) -> ``[R]`` float32 ``logsumexp`` of each row, computed in
+        float32. Compiled (:meth:`compile`), the cast fuses into the reduction: the logits are read
+        in the compute dtype and no float32 ``[R, V]`` copy is written."""
+        return self._lse(logits)
+
+    @staticmethod
+    def _lse(logits: Tensor) -> Tensor:
+        return torch.logsumexp(logits.float(), dim=-1)
 
     def log_probs(self, x: Tensor) -> Tensor:
         """``[R, h]`` last hidden states -> ``[R, V]`` float32 next-token log-probs."""

@@ -332,13 +332,15 @@ def nan_filled_empty_tensors():
         torch.utils.deterministic.fill_uninitialized_memory = previous[1]
 
 
-@pytest.mark.parametrize("decoder", ["padded", "padded-fine-rows", "padded-forced", "exact", "exact-forced", "slot"])
+@pytest.mark.parametrize("decoder", ["padded", "padded-fine-rows", "padded-forced", "padded-fused-head", "exact", "exact-forced",
+                                     "exact-fused-head", "slot"])
 def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_dropped(datamodule, batch, monkeypatch, decoder):
     """Below exhaustive width the decoders still agree: the slot decoder (pruned beams,
     in-place slot buffers, LoRA merged, finished users dropped from the buffers) and the
     static decoder of genrec.models.lm_graphs, eager at exact sizes or padded to the buckets
     of its CUDA graphs (padding rows, a spare row and column, power-of-two users), with or
-    without forced suffixes finished in one pass, give the reference decoder's items and
+    without forced suffixes finished in one pass, with steps that return logits and row
+    log-normalisers (the fused head) or log-probs, give the reference decoder's items and
     scores; the merged weights leave the module untouched."""
     static = decoder != "slot"
     from genrec.models.lm_decoding import SlotKV
@@ -354,6 +356,13 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
         finish = GraphDecoder.finish
         monkeypatch.setattr(GraphDecoder, "finish", lambda self, beams, chains: (
             finished.append((self.step_index, int((chains >= 0).sum()))), finish(self, beams, chains))[1])
+    normalised = []
+    if decoder.endswith("fused-head"):
+        from genrec.models.lm_weights import DecoderWeights
+
+        monkeypatch.setattr(GraphDecoder, "FUSED_HEAD", True)
+        lse = DecoderWeights.log_normaliser
+        monkeypatch.setattr(DecoderWeights, "log_normaliser", lambda self, logits: normalised.append(logits.shape) or lse(self, logits))
     if decoder == "padded-fine-rows":  # 4 row buckets per power of two from 8 rows on (a GPU: from 1,024)
         monkeypatch.setattr(GraphDecoder, "ROWS_PER_OCTAVE", 4)
         monkeypatch.setattr(GraphDecoder, "FINE_ROWS", 8)
@@ -393,6 +402,8 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
         assert engine.fed == m.decode_counts["beam tokens"] < m.decode_counts["full search beam tokens"]
         assert engine.fed_padded == m.decode_counts["padded beam tokens"] and (engine.fed_padded > engine.fed) == engine.padded
         assert m.decode_counts["forced suffix tokens"] == sum(n for _, n in finished) == engine.forced
+        # every step's log-probs came from logits and their row normalisers with the fused head
+        assert engine.fused_head == decoder.endswith("fused-head") and len(normalised) == (m.decode_counts["steps"] if engine.fused_head else 0)
         if m.decode_forced:  # users left the steps early, their titles finished in one pass each time
             assert finished and all(n > 0 for _, n in finished) and m.decode_counts["steps"] < m.trie().max_depth
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
@@ -510,11 +521,18 @@ def test_static_decoder_runs_qwen3_exactly_and_says_which_models_it_leaves_to_th
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, precision):
+@pytest.mark.parametrize("variant", ["plain", "fused-head", "cudnn-attention"])
+def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, precision, variant, monkeypatch):
     """On a GPU the static-shape decoder replays one CUDA graph per (users, rows) bucket: the
     replayed steps give the eager padded steps' items and scores, are captured once and replayed
     for a second batch (the weights refreshed in place), and in float32 give the reference
-    decoder's items."""
+    decoder's items; also with the fused head (the logits written into the static output) and
+    with cuDNN's attention first."""
+    from genrec.models.lm_graphs import GraphDecoder
+
+    fused_head = variant == "fused-head"
+    monkeypatch.setattr(GraphDecoder, "FUSED_HEAD", fused_head)
+    monkeypatch.setattr(GraphDecoder, "CUDNN_ATTENTION", variant == "cudnn-attention")
     m = tiny_module(lora={"enabled": True, "r": 4})
     m.attach(datamodule.data.catalog)
     torch.manual_seed(1)
@@ -531,7 +549,7 @@ def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, pre
         with autocast:
             results[graphs] = m.recommend(gpu, k=10, beam_width=12)
     decoder = m._graph_decoder
-    assert decoder.graphs and decoder.replays > 0 and len(decoder.graph_cache) > 0
+    assert decoder.graphs and decoder.replays > 0 and len(decoder.graph_cache) > 0 and decoder.fused_head == fused_head
     assert torch.equal(results[True].items, results[False].items)
     torch.testing.assert_close(results[True].scores, results[False].scores, atol=1e-5, rtol=0)
     if precision == "fp32":
@@ -564,9 +582,14 @@ def _lora_module(datamodule, **lora) -> LMRecModule:
 
 
 @pytest.mark.slow  # the first compilation takes about a minute on 2 CPU cores
-def test_compiled_static_decoder_gives_the_same_lists(datamodule, batch):
-    """``decode_compile``: each layer's halves through torch.compile (dynamic shapes) decode the
-    same items as the uncompiled static decoder, exact sizes and padded, one compiled engine each."""
+@pytest.mark.parametrize("fused_head", [False, True])
+def test_compiled_static_decoder_gives_the_same_lists(datamodule, batch, fused_head, monkeypatch):
+    """``decode_compile``: each layer's halves (and the fused head's log-normaliser) through
+    torch.compile (dynamic shapes) decode the same items as the uncompiled static decoder, exact
+    sizes and padded, one compiled engine each."""
+    from genrec.models.lm_graphs import GraphDecoder
+
+    monkeypatch.setattr(GraphDecoder, "FUSED_HEAD", fused_head)
     m = _lora_module(datamodule)
     for padded in (False, True):
         m.decode_padded = padded
@@ -581,15 +604,20 @@ def test_compiled_static_decoder_gives_the_same_lists(datamodule, batch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_compiled_decoder_inside_cuda_graphs_equals_the_reference(datamodule, batch):
-    """On a GPU the compiled layer halves are compiled in the graphs' warm-up run and replayed
-    inside the captured graphs: float32 lists equal the reference decoder's."""
+@pytest.mark.parametrize("fused_head", [False, True])
+def test_compiled_decoder_inside_cuda_graphs_equals_the_reference(datamodule, batch, fused_head, monkeypatch):
+    """On a GPU the compiled layer halves (and the fused head's log-normaliser) are compiled in
+    the graphs' warm-up run and replayed inside the captured graphs: float32 lists equal the
+    reference decoder's."""
+    from genrec.models.lm_graphs import GraphDecoder
+
+    monkeypatch.setattr(GraphDecoder, "FUSED_HEAD", fused_head)
     m = _lora_module(datamodule).cuda()
     m.decode_compile = True
     gpu = batch.to("cuda")
     fast = m.recommend(gpu, k=10, beam_width=12)
     decoder = m._graph_decoder
-    assert decoder.graphs and decoder.w.compiled and decoder.replays > 0
+    assert decoder.graphs and decoder.w.compiled and decoder.replays > 0 and decoder.fused_head == fused_head
     reference = m.recommend(gpu, k=10, beam_width=12, reference=True)
     assert torch.equal(fast.items, reference.items)
     torch.testing.assert_close(fast.scores, reference.scores, atol=1e-3, rtol=0)
