@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from genrec.artifacts import write_json
 from genrec.errors import Interrupted, UsageError, one_line, user_error
@@ -207,6 +208,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             GenRecCLI(args=None if argv is None else [command, *rest])
         else:
             STAGE_COMMANDS[command][0](rest)
+    except SIGTERMException:
+        # Lightning's loops raise it (a SystemExit without a code: exit status 0) at their next
+        # check after SIGTERM; say so, and exit as a process killed by the signal would.
+        print(f"error: {command}: stopped by SIGTERM; the checkpoints saved so far are kept (a later run resumes from its last.ckpt)",
+              file=sys.stderr)
+        raise SystemExit(143) from None
     except Exception as error:
         # Bad input is the user's to fix: say what and where, in one line, without a traceback.
         found = user_error(error, USER_ERRORS)

@@ -236,6 +236,23 @@ def test_cli_reports_a_sigterm_stop_in_one_line_with_exit_code_143(capsys, monke
     assert err == "error: encode: stopped by SIGTERM; 8 of 24 items are encoded in /x.parts: the same command resumes from there\n"
 
 
+def test_cli_turns_lightnings_sigterm_stop_into_exit_code_143(capsys, monkeypatch):
+    """Lightning's loops stop on SIGTERM with a SystemExit that has no code (exit status 0, as if
+    the run had finished): the command line says it was stopped and exits 143."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    import genrec.cli as cli
+
+    def stopped(args):
+        raise SIGTERMException
+
+    monkeypatch.setitem(cli.STAGE_COMMANDS, "tokenize", (stopped, "help"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tokenize"])
+    assert exit_info.value.code == 143
+    assert capsys.readouterr().err.startswith("error: tokenize: stopped by SIGTERM; the checkpoints saved so far are kept")
+
+
 def test_cli_usage_lists_commands(capsys):
     main(["--help"])
     out = capsys.readouterr().out

