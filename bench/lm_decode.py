@@ -365,7 +365,8 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
     hp = module.hparams
     row = {
         "data": dm.name,
-        "model": f"{hp.preset or hp.model} ({sum(p.numel() for p in module.parameters()) / 1e6:.1f}M)" + (" ckpt" if args.ckpt else "")
+        "model": f"{hp.preset or hp.model} ({sum(p.numel() for p in module.parameters()) / 1e6:.1f}M)"
+                 + (" ckpt" if args.ckpt else ", random weights" if hp.preset else "")
                  + (f", adapters x{module.lora.decode_scale:g}" if module.lora.decode_scale != 1 else ""),
         "decoder": {"static": "static (pruned, CUDA graphs)" if device.type == "cuda" else "static (pruned)",
                     "static-eager": "static (pruned, eager)", "slot": "slot (pruned)"}[args.decoder if not unsupported else "slot"]

@@ -372,6 +372,7 @@ def test_lm_decode_benchmark_records_one_row_per_decode_scale(tmp_path, monkeypa
     assert seen[-2:] == [(1.0, 6), (0.5, 6)] and all(x == (1.0, 3) for x in seen[:-2])  # warm-up batches, then every user at each scale
     rows = [line for line in bench_file.read_text().splitlines() if line.startswith("| tiny")]
     assert len(rows) == 2 and "adapters x" not in rows[0] and ", adapters x0.5 |" in rows[1]
+    assert all("M), random weights" in row for row in rows)  # a preset without --ckpt: its row says so
     with pytest.raises(SystemExit, match="--decode-scales takes numbers"):
         monkeypatch.setattr(sys, "argv", [*sys.argv[:-4], "--decode-scales", "1,half"])
         lm_decode.main()
