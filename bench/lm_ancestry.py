@@ -19,15 +19,13 @@ import collections
 
 import torch
 
-from bench.lm_decode import take_users
-from bench.record import set_flags
+from bench.lm_decode import load_for_test, take_users
 from genrec.decoding import LiveBeams
 from genrec.models import LMRecModule
 from genrec.models.lm_graphs import GraphDecoder
-from genrec.stages.fit import GenRecCLI
 
 
-def ancestry(module: LMRecModule, batches: list, beams: int) -> dict[int, list[tuple[int, float, int]]]:
+def ancestry(module: LMRecModule, batches: list, beams: int) -> dict[int, list[tuple[int, float, int, float]]]:
     """Decode ``batches`` (static decoder, eager); per step ``t``: one ``(written columns, users'
     live-ancestor columns [U] mean, largest, live beams mean)`` tuple per batch."""
     found: dict[int, list] = collections.defaultdict(list)
@@ -65,13 +63,7 @@ def main() -> None:
     parser.add_argument("--beams", type=int, default=20)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    cli = GenRecCLI(args=["--config", args.data, "--config", args.model, "--trainer.logger=false",
-                          f"--data.init_args.eval_batch_size={args.batch}", *set_flags(args.set)], run=False)
-    dm = cli.datamodule
-    module = LMRecModule.load_from_checkpoint(args.ckpt, map_location="cpu") if args.ckpt else cli.model
-    dm.setup("test")
-    module.attach(dm.data.catalog, train_counts=dm.data.train_item_counts())
-    module.eval()
+    dm, module = load_for_test(args.data, args.model, args.ckpt, args.batch, args.set, torch.device("cpu"))
     module.decode_graphs = False  # the columns do not depend on graphs or padding
     found = ancestry(module, take_users(iter(dm.test_dataloader()), args.users), args.beams)
     print(f"{args.users} users of {dm.name}, beam {args.beams}, batches of {args.batch}")

@@ -52,7 +52,7 @@ from genrec.data.datamodule import SeqBatch
 from genrec.decoding import BeamResult
 from genrec.metrics import RecEvaluation, cold_exposure
 from genrec.models import LMRecModule
-from genrec.models.lm_graphs import unsupported_reason
+from genrec.models.lm_graphs import GraphDecoder, unsupported_reason
 from genrec.stages.fit import GenRecCLI
 
 TIE = 1e-3
@@ -90,6 +90,19 @@ def common_item_gap(fast: BeamResult, reference: BeamResult) -> float:
     same = (fast.items[:, :, None] == reference.items[:, None, :]) & (fast.items[:, :, None] >= 0)  # [B, K, K]
     gaps = (fast.scores[:, :, None] - reference.scores[:, None, :]).abs()
     return float(gaps[same].max()) if bool(same.any()) else 0.0
+
+
+def load_for_test(data: str, model: str, ckpt: str | None, eval_batch_size: int, sets: list[str], device: torch.device) -> tuple[Any, LMRecModule]:
+    """The data module (test split set up) and the LM recommender as ``train.py test`` builds them
+    (``ckpt``: that checkpoint's settings and weights), attached to the catalogue, on ``device``
+    in eval mode; ``sets``: ``--set key=value`` overrides."""
+    cli = GenRecCLI(args=["--config", data, "--config", model, "--trainer.logger=false",
+                          f"--data.init_args.eval_batch_size={eval_batch_size}", *set_flags(sets)], run=False)
+    dm = cli.datamodule
+    module = LMRecModule.load_from_checkpoint(ckpt, map_location="cpu") if ckpt else cli.model
+    dm.setup("test")
+    module.attach(dm.data.catalog, train_counts=dm.data.train_item_counts())
+    return dm, module.to(device).eval()
 
 
 def take_users(loader: Iterator[SeqBatch], limit: int | None) -> list[SeqBatch]:
@@ -300,15 +313,10 @@ def main() -> None:
     module.decode_graphs = args.decoder == "static"
     module.decode_compile = args.compile
     module.decode_forced = args.forced
-    if args.fused_head or args.attention == "cudnn":
-        from genrec.models.lm_graphs import GraphDecoder
-
-        GraphDecoder.FUSED_HEAD, GraphDecoder.CUDNN_ATTENTION = args.fused_head, args.attention == "cudnn"
+    GraphDecoder.FUSED_HEAD, GraphDecoder.CUDNN_ATTENTION = args.fused_head, args.attention == "cudnn"
     if args.rows_per_octave is not None:
         if args.rows_per_octave < 1:
             raise SystemExit(f"--rows-per-octave must be >= 1, got {args.rows_per_octave}")
-        from genrec.models.lm_graphs import GraphDecoder
-
         GraphDecoder.ROWS_PER_OCTAVE = args.rows_per_octave
     unsupported = unsupported_reason(module.model) if module.static_decoding else None
     if unsupported:

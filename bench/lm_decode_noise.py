@@ -20,13 +20,11 @@ import contextlib
 
 import torch
 
-from bench.lm_decode import take_users
-from bench.record import set_flags
+from bench.lm_decode import load_for_test, take_users
 from genrec.data.datamodule import SeqBatch
 from genrec.decoding import LiveBeams
 from genrec.models import LMRecModule
 from genrec.models.lm_graphs import decoder_for
-from genrec.stages.fit import GenRecCLI
 
 
 def plain_scores(module: LMRecModule, batch: SeqBatch) -> torch.Tensor:
@@ -85,13 +83,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cli = GenRecCLI(args=["--config", args.data, "--config", args.model, "--trainer.logger=false",
-                          f"--data.init_args.eval_batch_size={args.users}", *set_flags(args.set)], run=False)
-    dm = cli.datamodule
-    module = LMRecModule.load_from_checkpoint(args.ckpt, map_location="cpu") if args.ckpt else cli.model
-    dm.setup("test")
-    module.attach(dm.data.catalog, dm.data.train_item_counts())
-    module.to(device).eval()
+    dm, module = load_for_test(args.data, args.model, args.ckpt, args.users, args.set, device)
     batch = take_users(iter(dm.test_dataloader()), args.users)[0].to(device)
     ways = {"plain": plain_scores, "reference": reference_scores, "static": static_scores}
     scores = {}
