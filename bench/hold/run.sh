@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU hold, several runs side by side under MPS (run from the synced repo root on the device
 # machine; bench/hold/README.md has the order of calls):
-#   bash .carry/gpu/run.sh setup | gguf | decode [USERS] | decodevar TAG [FLAGS] | decodeab TAG [FLAGS] | profile [USERS] | tiger NAME DATA SIDS TARGET [--set ...] |
+#   [DT=SECONDS: decodeab / lmscales time limit] bash .carry/gpu/run.sh setup | gguf | decode [USERS] | decodevar TAG [FLAGS] | decodeab TAG [FLAGS] | profile [USERS] | tiger NAME DATA SIDS TARGET [--set ...] |
 #        lm NAME [--set ...] | lmscales NAME S,S,.. | sasrec DATA | scaling i/n [beauty|toys] | wait [S] | waitfor lm|tiger|scaling [S] | status | collect
 # Runs start in their own process sessions from a copy of the repo at /tmp/w/repo (a later call
 # re-syncs the checkout; the copy keeps what the runs write) and log to /tmp/res; `collect` tars
@@ -47,7 +47,7 @@ decodeab) # decodeab TAG [FLAGS]: as decodevar, on randomly initialised weights 
         # tokenizer (.carry/tok): no GGUF, so it runs in the setup call. For kernel A/B in one call only: random weights prune
         # differently, so its users/s are not comparable with decodevar's (e.g. `decodeab base --compile`, `decodeab fh --compile --fused-head`)
   t=$2; shift 2
-  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 200 python3 -m bench.lm_decode --data configs/data/amazon-beauty.yaml \
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout ${DT:-200} python3 -m bench.lm_decode --data configs/data/amazon-beauty.yaml \
      --model configs/lm/tiny-scratch.yaml --set model.init_args.tokenizer=$W/tok --set model.init_args.prompt.max_tokens=512 \
      --set "model.init_args.overrides={num_layers: 30, hidden_size: 576, num_heads: 9, num_kv_heads: 3, intermediate_size: 1536}" \
      --beams 20 --batch 1024 --users 4096 "$@") > $RES/ab-$t.log 2>&1; grep "^| amazon" $RES/ab-$t.log | cut -c1-400 ;;
@@ -71,7 +71,7 @@ lm)     # lm NAME [--set ...] (torch.compile, not liger: every liger run went Na
      --set trainer.default_root_dir=/tmp/runs/$n --out $RES/$n.json "$@" > $RES/$n.log 2>&1 &); echo started $n ;;
 lmscales) # lmscales NAME S,S,..: once `lm NAME` has ended, its best checkpoint decoded (all users) at each LoRA decode_scale
   n=$2; ck=$(python3 -c "import json; print(json.load(open('$RES/$n.json'))['run']['checkpoint'])")
-  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 560 python3 -m bench.lm_decode $DEC \
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout ${DT:-560} python3 -m bench.lm_decode $DEC \
      --ckpt "$ck" --users all --decode-scales $3) > $RES/$n-scales.log 2>&1; grep "^| amazon" $RES/$n-scales.log | cut -c1-330 ;;
 sasrec) # sasrec DATA
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 train.py fit --config configs/data/amazon-$2.yaml --config configs/sasrec/amazon-beauty.yaml \
