@@ -140,6 +140,10 @@ class DecoderWeights:
         """:meth:`norm` written straight in the compute dtype (for a projection's input): the
         weight's product rounded once on store, as ``.to(dtype)`` after it would, one kernel less."""
         normed = self._rms(x)
+        if torch.compiler.is_compiling():
+            # Traced: a cast after the product fuses into it, while ``out=`` and ``result_type``
+            # (a dtype, not a tensor) each broke the compiled graph in two.
+            return (weight * normed).to(self.dtype)
         if torch.result_type(weight, normed) == self.dtype:
             return weight * normed
         return torch.mul(weight, normed, out=torch.empty(normed.shape, dtype=self.dtype, device=normed.device))
@@ -165,6 +169,8 @@ class DecoderWeights:
         cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
         # sin signed: swap_halves(q) * sin = rotate_half(q) * sin bit for bit; the sum rounded to the
         # compute dtype on store (as .to(dtype) after it would)
+        if torch.compiler.is_compiling():  # traced: the cast fuses into the sum (``out=`` breaks the graph)
+            return (q * cos + _swap_halves(q) * sin).to(self.dtype), (k * cos + _swap_halves(k) * sin).to(self.dtype), v.to(self.dtype)
         q = torch.add(q * cos, _swap_halves(q) * sin, out=torch.empty(q.shape, dtype=self.dtype, device=q.device))
         k = torch.add(k * cos, _swap_halves(k) * sin, out=torch.empty(k.shape, dtype=self.dtype, device=k.device))
         return q, k, v.to(self.dtype)

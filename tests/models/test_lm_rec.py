@@ -581,6 +581,33 @@ def _lora_module(datamodule, **lora) -> LMRecModule:
     return m.eval()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_layer_halves_trace_as_one_graph_each(datamodule, dtype):
+    """``decode_compile`` fuses a layer half only if Dynamo traces it whole: ``out=`` and
+    ``torch.result_type`` (a dtype) in the eager code split each half into 3-4 graphs, so the
+    norms, rotary and casts between the breaks ran as separate kernels. Traced (no compiling),
+    each half and the head's normaliser is one graph without a break."""
+    import torch._dynamo as dynamo
+
+    from genrec.models.lm_weights import DecoderWeights
+
+    w = DecoderWeights(_lora_module(datamodule), dtype)
+    layer = w.layers[0]
+    x = torch.randn(37, w.embed.shape[1])
+    cos, sin = (t[:37] for t in w.rotary_table(64, torch.device("cpu")))
+    attended = torch.randn(37, w.num_heads * w.head_dim, dtype=dtype)
+    calls = [
+        (w._qkv, (x, cos, sin, layer.input_norm, layer.qkv, layer.qkv_bias, layer.q_norm, layer.k_norm)),
+        (w._finish, (x, attended, layer.o, layer.o_bias, layer.post_norm, layer.gate_up, layer.down)),
+        (w._lse, (torch.randn(37, 50, dtype=dtype),)),
+    ]
+    for fn, args in calls:
+        explained = dynamo.explain(fn)(*args)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), (fn.__name__, explained.break_reasons)
+    q, k, v = w._qkv(*calls[0][1])  # eager: the compute dtype, as traced
+    assert q.dtype == k.dtype == v.dtype == dtype
+
+
 @pytest.mark.slow  # the first compilation takes about a minute on 2 CPU cores
 @pytest.mark.parametrize("fused_head", [False, True])
 def test_compiled_static_decoder_gives_the_same_lists(datamodule, batch, fused_head, monkeypatch):
