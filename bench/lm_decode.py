@@ -270,11 +270,14 @@ def main() -> None:
                         "decoder without graphs, at exact sizes; slot: the eager slot decoder (genrec.models.lm_decoding)")
     parser.add_argument("--rows-per-octave", type=int, default=None, metavar="N",
                         help="graphed steps: row buckets per power of two above 1,024 (GraphDecoder.ROWS_PER_OCTAVE; default its 1)")
-    parser.add_argument("--fused-head", action="store_true",
-                        help="static decoders: steps return logits and row log-normalisers, not float32 log-probs "
-                        "(GraphDecoder.FUSED_HEAD; meant with --compile)")
-    parser.add_argument("--attention", choices=["efficient", "cudnn"], default="efficient",
-                        help="graphed steps' attention kernel: memory-efficient (default), or cuDNN first (GraphDecoder.CUDNN_ATTENTION)")
+    parser.add_argument("--head", choices=["fused", "log-softmax"], default="fused",
+                        help="static decoders' steps return: logits and row log-normalisers (fused, the default, "
+                        "GraphDecoder.FUSED_HEAD; meant with --compile), or float32 log-probs (log-softmax)")
+    parser.add_argument("--attention", choices=["cudnn", "efficient"], default="cudnn",
+                        help="graphed steps' attention kernel: cuDNN first (the default, GraphDecoder.CUDNN_ATTENTION), "
+                        "or the memory-efficient one")
+    parser.add_argument("--fused-head", dest="head", action="store_const", const="fused",
+                        help="the default since 2026-12-04 (kept so that older docs/benchmarks.md commands run)")
     parser.add_argument("--compile", action="store_true",
                         help="static decoders: fuse each layer's elementwise work with torch.compile (LMRecModule.decode_compile)")
     parser.add_argument("--forced", action="store_true",
@@ -313,7 +316,7 @@ def main() -> None:
     module.decode_graphs = args.decoder == "static"
     module.decode_compile = args.compile
     module.decode_forced = args.forced
-    GraphDecoder.FUSED_HEAD, GraphDecoder.CUDNN_ATTENTION = args.fused_head, args.attention == "cudnn"
+    GraphDecoder.FUSED_HEAD, GraphDecoder.CUDNN_ATTENTION = args.head == "fused", args.attention == "cudnn"
     if args.rows_per_octave is not None:
         if args.rows_per_octave < 1:
             raise SystemExit(f"--rows-per-octave must be >= 1, got {args.rows_per_octave}")
@@ -380,8 +383,8 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
                     "static-eager": "static (pruned, eager)", "slot": "slot (pruned)"}[args.decoder if not unsupported else "slot"]
                    + (", compiled" if args.compile and module.static_decoding and not unsupported else "")
                    + (f", {args.rows_per_octave} row buckets/octave" if args.rows_per_octave not in (None, 1) else "")
-                   + (", fused head" if args.fused_head and module.static_decoding and not unsupported else "")
-                   + (", cuDNN attention" if args.attention == "cudnn" and module.static_decoding and not unsupported else "")
+                   + (", fused head" if args.head == "fused" and module.static_decoding and not unsupported else "")
+                   + (", cuDNN attention" if args.attention == "cudnn" and device.type == "cuda" and module.static_decoding and not unsupported else "")
                    + (", forced suffixes in one pass" if args.forced and module.static_decoding and not unsupported else ""),
         "precision": precision,
         "users": f"{users:,} of {total:,}",

@@ -45,7 +45,7 @@ decodevar) # decodevar TAG [FLAGS]: this tree's decoder on all users with extra 
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 200 python3 -m bench.lm_decode $DEC --users all "$@") > $RES/dec-$t.log 2>&1; grep "^| amazon" $RES/dec-$t.log | cut -c1-400 ;;
 decodeab) # decodeab TAG [FLAGS]: as decodevar, on randomly initialised weights of SmolLM2-135M's shapes over the carried SmolLM2
         # tokenizer (.carry/tok): no GGUF, so it runs in the setup call. For kernel A/B in one call only: random weights prune
-        # differently, so its users/s are not comparable with decodevar's (e.g. `decodeab base --compile`, `decodeab fh --compile --fused-head`)
+        # differently, so its users/s are not comparable with decodevar's (e.g. `decodeab base --compile`, `decodeab efficient --compile --attention efficient`)
   t=$2; shift 2
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout ${DT:-200} python3 -m bench.lm_decode --data configs/data/amazon-beauty.yaml \
      --model configs/lm/tiny-scratch.yaml --set model.init_args.tokenizer=$W/tok --set model.init_args.prompt.max_tokens=512 \

@@ -42,10 +42,11 @@ as its users need choices, not as its longest title has tokens. Measured on the 
 fewer steps but is half as fast (235 against 447 users/s on Beauty, batch 1,024): the eager pass
 over every forced token with its prompt and ancestors costs more than the steps it saves.
 
-Two class attributes, off until GPU-measured: :attr:`GraphDecoder.FUSED_HEAD` makes the steps
-return logits and row log-normalisers (:class:`~genrec.decoding.HeadScores`) instead of float32
-``[R, V]`` log-probs (``bench.lm_decode --fused-head``), :attr:`GraphDecoder.CUDNN_ATTENTION`
-runs the steps' attention through cuDNN where it can (``--attention cudnn``).
+Two class attributes, on since measured on the H200 (docs/benchmarks.md, tenth hold):
+:attr:`GraphDecoder.FUSED_HEAD` makes the steps return logits and row log-normalisers
+(:class:`~genrec.decoding.HeadScores`) instead of float32 ``[R, V]`` log-probs (``bench.lm_decode
+--head log-softmax`` turns it off), :attr:`GraphDecoder.CUDNN_ATTENTION` runs the steps' attention
+through cuDNN where it can (``--attention efficient`` turns it off).
 
 Attention is one fused ``scaled_dot_product_attention`` per layer over ``[U_b + 1, kv_heads,
 W * g, hi - lo]`` with the additive mask (the memory-efficient kernel on CUDA; the flash kernel
@@ -143,19 +144,20 @@ class GraphDecoder:
     :meth:`rows` gives the bucket; ``fed_padded`` counts what the steps fed."""
     FINE_ROWS = 1024
     """Row counts above which :attr:`ROWS_PER_OCTAVE` applies."""
-    CUDNN_ATTENTION = False
+    CUDNN_ATTENTION = True
     """The steps' attention through cuDNN's fused kernel where it runs the shape (Hopper
-    instructions; the default memory-efficient kernel is an sm80 one, and attention was 23 % of a
-    step in the H200 profile at batch 2,048, docs/benchmarks.md). Off until measured on a GPU
-    (``bench.lm_decode --attention cudnn``)."""
-    FUSED_HEAD = False
+    instructions; the memory-efficient kernel is an sm80 one, and attention was 23 % of a step in
+    the H200 profile at batch 2,048). On the H200 +8 % users/s over the memory-efficient kernel,
+    same call (docs/benchmarks.md, tenth hold); ``bench.lm_decode --attention efficient`` is off."""
+    FUSED_HEAD = True
     """Steps return :class:`~genrec.decoding.HeadScores` (the logits in the compute dtype and each
     row's float32 log-normaliser, :meth:`~genrec.models.lm_weights.DecoderWeights.log_normaliser`)
     instead of float32 ``[R, V]`` log-probs: the search gathers the trie's children from the
     logits, and no float32 ``[R, V]`` cast or log-softmax output is written (9 % of a step in the
     H200 profile at batch 2,048, docs/benchmarks.md). Meant with ``decode_compile``, which fuses
     the normaliser's cast into its reduction; eagerly the normaliser costs about what the
-    log-softmax did. Off until measured on a GPU (``bench.lm_decode --fused-head``)."""
+    log-softmax did. On the H200, compiled, +7 % users/s, same call (docs/benchmarks.md, tenth
+    hold); ``bench.lm_decode --head log-softmax`` is off."""
 
     def __init__(self, weights: DecoderWeights, capacity: int, width: int, steps: int, prompt_width: int, device: torch.device,
                  graphs: bool = True, padded: bool | None = None) -> None:

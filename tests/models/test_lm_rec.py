@@ -357,10 +357,10 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
         monkeypatch.setattr(GraphDecoder, "finish", lambda self, beams, chains: (
             finished.append((self.step_index, int((chains >= 0).sum()))), finish(self, beams, chains))[1])
     normalised = []
+    monkeypatch.setattr(GraphDecoder, "FUSED_HEAD", decoder.endswith("fused-head"))  # the default (on) only where named
     if decoder.endswith("fused-head"):
         from genrec.models.lm_weights import DecoderWeights
 
-        monkeypatch.setattr(GraphDecoder, "FUSED_HEAD", True)
         lse = DecoderWeights.log_normaliser
         monkeypatch.setattr(DecoderWeights, "log_normaliser", lambda self, logits: normalised.append(logits.shape) or lse(self, logits))
     if decoder == "padded-fine-rows":  # 4 row buckets per power of two from 8 rows on (a GPU: from 1,024)
