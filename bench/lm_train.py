@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import torch
+from lightning.pytorch import Callback
 
 from bench.common import Timeline, batch_cell, run_info, sync
 from bench.record import metric_columns, record, set_flags
@@ -47,6 +49,56 @@ class TokenTimeline(Timeline):
             self.train_peak_bytes = max(self.train_peak_bytes, torch.cuda.max_memory_allocated())
 
 
+class StepProfiler(Callback):
+    """Profile training steps ``start .. start + steps - 1`` (counted from 0, after compilation and
+    warm-up) and print their operators by device time (CPU time off CUDA), then the split that
+    says whether the step waits on the GPU or on the host: the wall time of the profiled steps
+    against the device time of their kernels.
+
+    Args:
+        start: the first profiled training step.
+        steps: how many steps to profile.
+    """
+
+    def __init__(self, start: int, steps: int) -> None:
+        self.start, self.steps = start, steps
+        self.profiler: Any = None
+        self.wall = 0.0
+        self.report = ""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.global_step == self.start and self.profiler is None:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            sync()
+            self.profiler = profile(activities=activities)
+            self.profiler.__enter__()
+            self.wall = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        if self.profiler is None or self.report or trainer.global_step < self.start + self.steps:
+            return
+        sync()
+        wall = time.perf_counter() - self.wall
+        self.profiler.__exit__(None, None, None)
+        cuda = torch.cuda.is_available()
+        events = self.profiler.key_averages()
+        key = "self_device_time_total" if cuda else "self_cpu_time_total"
+        busy = sum(getattr(e, key) for e in events) / 1e6  # seconds of kernel (or operator) time
+        self.report = (f"[profile] training steps {self.start}..{self.start + self.steps - 1}: {wall / self.steps * 1e3:.1f} ms "
+                       f"a step, {busy / self.steps * 1e3:.1f} ms of it {'on the GPU' if cuda else 'in operators'} "
+                       f"({busy / wall:.0%} busy)")
+        print(events.table(sort_by=key, row_limit=40), flush=True)
+        print(self.report, flush=True)
+
+    def on_train_end(self, trainer, module) -> None:  # noqa: ANN001
+        if self.profiler is not None and not self.report:
+            self.profiler.__exit__(None, None, None)
+            self.report = f"[profile] training ended at step {trainer.global_step}, before step {self.start + self.steps - 1}: nothing printed"
+            print(self.report, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
@@ -54,6 +106,8 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.0655, help="val Recall@10 to time")
     parser.add_argument("--set", action="append", default=[], help="extra CLI override key=value")
     parser.add_argument("--out", default=None, help="also write the timeline JSON here")
+    parser.add_argument("--profile-steps", nargs=2, type=int, default=None, metavar=("START", "N"),
+                        help="profile training steps START .. START+N-1 and print their operators (StepProfiler)")
     parser.add_argument("--fit-only", action="store_true",
                         help="train only (e.g. a multi-GPU loss-curve run for bench.multi_gpu): write --out, no test and no row")
     args = parser.parse_args()
@@ -64,6 +118,8 @@ def main() -> None:
     cli = GenRecCLI(args=["--config", args.data, "--config", args.model, *overrides], run=False)
     timeline = TokenTimeline(args.target)
     cli.trainer.callbacks.append(timeline)
+    if args.profile_steps:
+        cli.trainer.callbacks.append(StepProfiler(*args.profile_steps))
     # Counted before fit: FSDP shards the parameters.
     total = sum(p.numel() for p in cli.model.parameters())
     trainable = sum(p.numel() for p in cli.model.parameters() if p.requires_grad)

@@ -254,7 +254,8 @@ def test_lm_benchmark_records_one_row_and_keeps_the_training_measurement_if_the_
 
 
 def test_lm_fit_only_prints_training_throughput(tmp_path, monkeypatch, capsys):
-    """``--fit-only`` (the liger on/off comparison): train, write --out, print tokens/s, no test."""
+    """``--fit-only`` (the liger on/off comparison): train, write --out, print tokens/s, no test;
+    ``--profile-steps 1 1`` prints the second step's operators and its busy share."""
     import json
     import sys
 
@@ -271,10 +272,14 @@ def test_lm_fit_only_prints_training_throughput(tmp_path, monkeypatch, capsys):
         "lm_train", "--data", str(data), "--model", str(ROOT / "configs/lm/tiny-scratch.yaml"), "--fit-only", "--out", str(out),
         "--set", "trainer.accelerator=cpu", "--set", "trainer.max_steps=2", "--set", "trainer.limit_val_batches=0",
         "--set", "data.init_args.batch_size=8", "--set", "trainer.callbacks=[]", "--set", "trainer.enable_checkpointing=false",
-        "--set", "trainer.enable_progress_bar=false", "--set", "trainer.logger=false", "--set", "model.init_args.liger=false"])
+        "--set", "trainer.enable_progress_bar=false", "--set", "trainer.logger=false", "--set", "model.init_args.liger=false",
+        "--profile-steps", "1", "1"])
     lm_train.main()
     state = json.loads(out.read_text())["state"]
     printed = capsys.readouterr().out
+    report = printed.split("[profile] training steps 1..1: ")[1].split("\n")[0]
+    step_ms, busy_ms = float(report.split(" ms a step")[0]), float(report.split(", ")[1].split(" ms of it")[0])
+    assert busy_ms > 0 and step_ms > 0 and "in operators" in report and "aten::mm" in printed.split("[profile]")[0]
     tokens_per_s = float(printed.split("[fit-only] ")[1].split(" train tokens/s")[0].replace(",", ""))
     assert tokens_per_s == pytest.approx(state["tokens"] / state["train_s"], rel=0.01) and "liger=False" in printed
     assert state["samples"] == 16 and not (tmp_path / "docs").exists()
