@@ -276,6 +276,8 @@ def main() -> None:
     parser.add_argument("--attention", choices=["cudnn", "efficient"], default="cudnn",
                         help="graphed steps' attention kernel: cuDNN first (the default, GraphDecoder.CUDNN_ATTENTION), "
                         "or the memory-efficient one")
+    parser.add_argument("--capture-after", type=int, default=None, metavar="N",
+                        help="graphed steps: capture a shape at its N-th use, eager before (GraphDecoder.CAPTURE_AFTER; default its 1)")
     parser.add_argument("--fused-head", dest="head", action="store_const", const="fused",
                         help="the default since 2026-12-04 (kept so that older docs/benchmarks.md commands run)")
     parser.add_argument("--compile", action="store_true",
@@ -317,6 +319,10 @@ def main() -> None:
     module.decode_compile = args.compile
     module.decode_forced = args.forced
     GraphDecoder.FUSED_HEAD, GraphDecoder.CUDNN_ATTENTION = args.head == "fused", args.attention == "cudnn"
+    if args.capture_after is not None:
+        if args.capture_after < 1:
+            raise SystemExit(f"--capture-after must be >= 1, got {args.capture_after}")
+        GraphDecoder.CAPTURE_AFTER = args.capture_after
     if args.rows_per_octave is not None:
         if args.rows_per_octave < 1:
             raise SystemExit(f"--rows-per-octave must be >= 1, got {args.rows_per_octave}")
@@ -358,9 +364,11 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
     module.decode_counts = {}
     engine = module._graph_decoder
     before = engine.capture_seconds if engine is not None else 0.0
+    eager_before = engine.eager_steps if engine is not None else 0
     results, seconds = decode_all(module, batches, device, args.beams, precision)
     engine = module._graph_decoder
     timed_capture_s = (engine.capture_seconds - before) if engine is not None else 0.0
+    timed_eager = (engine.eager_steps - eager_before) if engine is not None else 0
 
     ranked = torch.cat([r.items for r in results])
     targets = torch.cat([b.targets for b in batches])
@@ -383,6 +391,7 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
                     "static-eager": "static (pruned, eager)", "slot": "slot (pruned)"}[args.decoder if not unsupported else "slot"]
                    + (", compiled" if args.compile and module.static_decoding and not unsupported else "")
                    + (f", {args.rows_per_octave} row buckets/octave" if args.rows_per_octave not in (None, 1) else "")
+                   + (f", capture at use {args.capture_after}" if args.capture_after not in (None, 1) and device.type == "cuda" else "")
                    + (", fused head" if args.head == "fused" and module.static_decoding and not unsupported else "")
                    + (", cuDNN attention" if args.attention == "cudnn" and device.type == "cuda" and module.static_decoding and not unsupported else "")
                    + (", forced suffixes in one pass" if args.forced and module.static_decoding and not unsupported else ""),
@@ -394,7 +403,7 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
         "decode s": f"{seconds:.1f}",
         "users/s": f"{users / seconds:.1f}",
         "aten ops/step": ops,
-        "graph capture s": f"{capture_s:.1f} warm-up + {timed_capture_s:.1f} timed",
+        "graph capture s": f"{capture_s:.1f} warm-up + {timed_capture_s:.1f} timed" + (f", {timed_eager} steps eager before capture" if timed_eager else ""),
         "test R@10": f"{metrics.get('test/recall@10', float('nan')):.4f}",
         "test N@10": f"{metrics.get('test/ndcg@10', float('nan')):.4f}",
         "cold R@10": f"{metrics.get('test/cold/recall@10', float('nan')):.4f}",

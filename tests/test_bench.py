@@ -381,6 +381,9 @@ def test_lm_decode_benchmark_records_one_row_per_decode_scale(tmp_path, monkeypa
     with pytest.raises(SystemExit, match="--decode-scales takes numbers"):
         monkeypatch.setattr(sys, "argv", [*sys.argv[:-4], "--decode-scales", "1,half"])
         lm_decode.main()
+    with pytest.raises(SystemExit, match="--capture-after must be >= 1, got 0"):
+        monkeypatch.setattr(sys, "argv", [*sys.argv[:-2], "--capture-after", "0"])
+        lm_decode.main()
 
 
 def test_lm_ancestry_counts_the_columns_the_live_beams_still_attend(tmp_path, monkeypatch, capsys):

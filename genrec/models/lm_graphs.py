@@ -149,6 +149,13 @@ class GraphDecoder:
     instructions; the memory-efficient kernel is an sm80 one, and attention was 23 % of a step in
     the H200 profile at batch 2,048). On the H200 +8 % users/s over the memory-efficient kernel,
     same call (docs/benchmarks.md, tenth hold); ``bench.lm_decode --attention efficient`` is off."""
+    CAPTURE_AFTER = 1
+    """Graphed steps capture a ``(U_b, R_b, lo, hi)`` shape the ``CAPTURE_AFTER``-th time it comes
+    and before that run it eagerly (the same kernels on the same static buffers, so the same
+    numbers). A capture costs a warm-up run, the recording and a sync, about two steps; the best
+    decoder spent 4.8 s of a 39.7 s test pass capturing shapes it met for the first time
+    (docs/benchmarks.md, tenth hold), and a shape met once is cheaper eager. 1 (the default until a
+    GPU measures more): capture at first use. ``bench.lm_decode --capture-after N``."""
     FUSED_HEAD = True
     """Steps return :class:`~genrec.decoding.HeadScores` (the logits in the compute dtype and each
     row's float32 log-normaliser, :meth:`~genrec.models.lm_weights.DecoderWeights.log_normaliser`)
@@ -197,7 +204,9 @@ class GraphDecoder:
         self.fed = 0
         self.fed_padded = 0  # rows the steps ran, padding included
         self.forced = 0  # suffix tokens :meth:`finish` scored (decode_forced)
-        self.graph_cache: dict[tuple[int, int], Any] = {}
+        self.graph_cache: dict[tuple[int, int, int, int], Any] = {}
+        self.shape_uses: dict[tuple[int, int, int, int], int] = {}  # uncaptured shapes: times run eagerly
+        self.eager_steps = 0  # graphed-mode steps run eagerly before their shape was captured (CAPTURE_AFTER)
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
         self.capture_seconds = 0.0
         self.replays = 0
@@ -291,7 +300,13 @@ class GraphDecoder:
     def _replay(self, users: int, rows: int, lo: int, hi: int) -> Tensor | HeadScores:
         if not self.graphs:
             return self._run(users, rows, lo, hi)
-        graph = self.graph_cache.get((users, rows, lo, hi))
+        key = (users, rows, lo, hi)
+        graph = self.graph_cache.get(key)
+        if graph is None and self.shape_uses.get(key, 0) + 1 < self.CAPTURE_AFTER:
+            self.shape_uses[key] = self.shape_uses.get(key, 0) + 1
+            self._run(users, rows, lo, hi)  # into the static outputs, as a replay would
+            self.eager_steps += 1
+            return self._static_out(rows)
         if graph is None:
             started = time.perf_counter()
             stream = torch.cuda.Stream(self.device)

@@ -521,18 +521,20 @@ def test_static_decoder_runs_qwen3_exactly_and_says_which_models_it_leaves_to_th
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("variant", ["plain", "fused-head", "cudnn-attention"])
+@pytest.mark.parametrize("variant", ["plain", "fused-head", "cudnn-attention", "capture-after-2"])
 def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, precision, variant, monkeypatch):
     """On a GPU the static-shape decoder replays one CUDA graph per (users, rows) bucket: the
     replayed steps give the eager padded steps' items and scores, are captured once and replayed
     for a second batch (the weights refreshed in place), and in float32 give the reference
-    decoder's items; also with the fused head (the logits written into the static output) and
-    with cuDNN's attention first."""
+    decoder's items; also with the fused head (the logits written into the static output), with
+    cuDNN's attention first, and with shapes captured at their second use (eager at the first:
+    the second batch replays graphs of shapes the first ran eagerly)."""
     from genrec.models.lm_graphs import GraphDecoder
 
     fused_head = variant == "fused-head"
     monkeypatch.setattr(GraphDecoder, "FUSED_HEAD", fused_head)
     monkeypatch.setattr(GraphDecoder, "CUDNN_ATTENTION", variant == "cudnn-attention")
+    monkeypatch.setattr(GraphDecoder, "CAPTURE_AFTER", 2 if variant == "capture-after-2" else 1)
     m = tiny_module(lora={"enabled": True, "r": 4})
     m.attach(datamodule.data.catalog)
     torch.manual_seed(1)
@@ -549,7 +551,14 @@ def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, pre
         with autocast:
             results[graphs] = m.recommend(gpu, k=10, beam_width=12)
     decoder = m._graph_decoder
-    assert decoder.graphs and decoder.replays > 0 and len(decoder.graph_cache) > 0 and decoder.fused_head == fused_head
+    if variant == "capture-after-2":  # each shape ran eagerly once; only shapes met again were captured
+        assert decoder.eager_steps == len(decoder.shape_uses) > 0 and set(decoder.graph_cache) <= set(decoder.shape_uses)
+        first_eager, first_shapes = decoder.eager_steps, set(decoder.shape_uses)
+    else:
+        assert decoder.eager_steps == 0
+    assert decoder.graphs and decoder.fused_head == fused_head
+    if variant != "capture-after-2":
+        assert decoder.replays > 0 and len(decoder.graph_cache) > 0
     assert torch.equal(results[True].items, results[False].items)
     torch.testing.assert_close(results[True].scores, results[False].scores, atol=1e-5, rtol=0)
     if precision == "fp32":
@@ -564,6 +573,10 @@ def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, pre
     with autocast:
         replayed = m.recommend(gpu, k=10, beam_width=12)
     assert m._graph_decoder is decoder and decoder.replays > replays  # the same engine, its graphs replayed
+    if variant == "capture-after-2":  # shapes met in the first batch are captured now; only new ones run eagerly
+        new_shapes = set(decoder.shape_uses) - first_shapes
+        assert decoder.eager_steps - first_eager == len(new_shapes) and len(decoder.graph_cache) > 0
+        assert first_shapes & set(decoder.graph_cache) and not new_shapes & set(decoder.graph_cache)
     m.decode_graphs = False
     with autocast:
         eager = m.recommend(gpu, k=10, beam_width=12)
