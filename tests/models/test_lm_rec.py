@@ -576,7 +576,6 @@ def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, pre
     if variant == "capture-after-2":  # shapes met in the first batch are captured now; only new ones run eagerly
         new_shapes = set(decoder.shape_uses) - first_shapes
         assert decoder.eager_steps - first_eager == len(new_shapes) and len(decoder.graph_cache) > 0
-        assert first_shapes & set(decoder.graph_cache) and not new_shapes & set(decoder.graph_cache)
     m.decode_graphs = False
     with autocast:
         eager = m.recommend(gpu, k=10, beam_width=12)
