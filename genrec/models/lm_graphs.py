@@ -46,7 +46,8 @@ Two class attributes, on since measured on the H200 (docs/benchmarks.md, tenth h
 :attr:`GraphDecoder.FUSED_HEAD` makes the steps return logits and row log-normalisers
 (:class:`~genrec.decoding.HeadScores`) instead of float32 ``[R, V]`` log-probs (``bench.lm_decode
 --head log-softmax`` turns it off), :attr:`GraphDecoder.CUDNN_ATTENTION` runs the steps' attention
-through cuDNN where it can (``--attention efficient`` turns it off).
+through cuDNN where it can (``--attention efficient`` turns it off). :attr:`GraphDecoder.CAPTURE_AFTER`
+(default 1, unmeasured at more) runs a step shape eagerly until its N-th use, then captures it.
 
 Attention is one fused ``scaled_dot_product_attention`` per layer over ``[U_b + 1, kv_heads,
 W * g, hi - lo]`` with the additive mask (the memory-efficient kernel on CUDA; the flash kernel
