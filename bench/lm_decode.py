@@ -273,9 +273,9 @@ def main() -> None:
     parser.add_argument("--head", choices=["fused", "log-softmax"], default="fused",
                         help="static decoders' steps return: logits and row log-normalisers (fused, the default, "
                         "GraphDecoder.FUSED_HEAD; meant with --compile), or float32 log-probs (log-softmax)")
-    parser.add_argument("--attention", choices=["cudnn", "efficient"], default="cudnn",
-                        help="graphed steps' attention kernel: cuDNN first (the default, GraphDecoder.CUDNN_ATTENTION), "
-                        "or the memory-efficient one")
+    parser.add_argument("--attention", choices=["efficient", "cudnn"], default="efficient",
+                        help="static decoders' attention kernel: memory-efficient (the default), or cuDNN first "
+                        "(GraphDecoder.CUDNN_ATTENTION)")
     parser.add_argument("--capture-after", type=int, default=None, metavar="N",
                         help="graphed steps: capture a shape at its N-th use, eager before (GraphDecoder.CAPTURE_AFTER; default its 1)")
     parser.add_argument("--fused-head", dest="head", action="store_const", const="fused",

