@@ -1,8 +1,11 @@
 """Benchmark rows: print a table and append it to docs/benchmarks.md with command, device, date.
 
-Each benchmark owns one section (``## <title>``) of docs/benchmarks.md holding one markdown
-table; a run appends its rows under that section (creating it if needed), so the file keeps the
-history of every measured number with what produced it.
+Each benchmark owns one section (``## <title>``) of docs/benchmarks.md; a run appends its rows at
+the end of that section (creating it if needed), so the file keeps the history of every measured
+number with what produced it. Rows join the section's last table when the section ends with a
+table of the same columns (runs of one hold add up in one table), and start a new table at its
+end otherwise: a section is a history of tables, each with the prose written about it, and a row
+never lands in an older table under prose that was not written about it.
 """
 
 from __future__ import annotations
@@ -107,15 +110,14 @@ def _append_table(section: str, table: str, note: str, path: Path) -> None:
         end = text.find("\n## ", start)
         end = len(text) if end < 0 else end
         block = text[start:end].rstrip("\n")
-        # rows go right after the last row of the section's table with the same columns, above any
-        # notes written under it; a table with other columns starts a new one at the section's end
+        # the section's last table takes the rows if the section ends with it and it has the same
+        # columns; otherwise a new table starts at the section's end (module docstring)
         lines = block.split("\n")
-        if body[0] in lines:
-            last = lines.index(body[0])
-            while last + 1 < len(lines) and lines[last + 1].startswith("|"):
-                last += 1
-            lines[last + 1 : last + 1] = body[2].split("\n")
-            block = "\n".join(lines)
+        first = len(lines)
+        while first > 0 and lines[first - 1].startswith("|"):
+            first -= 1
+        if first < len(lines) and lines[first] == body[0]:
+            block = block + "\n" + body[2]
         else:
             block = block + "\n\n" + table
         text = text[:start] + block + "\n" + text[end:]

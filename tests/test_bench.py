@@ -33,17 +33,22 @@ def test_flops_per_token_is_palms_formula():
     assert flops_per_token(config, 256) == 6 * matmul + attention
 
 
-def test_record_puts_new_rows_in_their_table_above_the_notes_and_merges_files(tmp_path):
+def test_record_appends_rows_at_the_end_of_their_section_and_merges_files(tmp_path):
+    """Rows join the section's last table when the section ends with one of the same columns;
+    after prose or another table they start a new table at the section's end (never inside an
+    older table under prose written about it)."""
     from bench.record import append_table, merge
 
     path = tmp_path / "benchmarks.md"
     append_table("TIGER", "| a | b |\n|---|---|\n| 1 | 2 |", note="What the table is.", path=path)
-    path.write_text(path.read_text() + "\nA note written under the table.\n\n## Other\n\n| x |\n|---|\n| 9 |\n")
-    append_table("TIGER", "| a | b |\n|---|---|\n| 3 | 4 |", path=path)
-    append_table("TIGER", "| c |\n|---|\n| 5 |", path=path)  # other columns: a new table at the end
+    append_table("TIGER", "| a | b |\n|---|---|\n| 3 | 4 |", path=path)  # the section ends with this table: joined
+    path.write_text(path.read_text() + "\nA note written about rows 1 and 3.\n\n## Other\n\n| x |\n|---|\n| 9 |\n")
+    append_table("TIGER", "| a | b |\n|---|---|\n| 5 | 6 |", path=path)  # after prose: a new table
+    append_table("TIGER", "| c |\n|---|\n| 7 |", path=path)  # other columns: a new table at the end
     text = path.read_text()
     tiger = text.split("## TIGER\n")[1].split("\n## ")[0]
-    assert tiger.index("| 1 | 2 |\n| 3 | 4 |") < tiger.index("A note written") < tiger.index("| c |\n|---|\n| 5 |")
+    assert "| 1 | 2 |\n| 3 | 4 |\n\nA note written" in tiger and tiger.count("| a | b |") == 2
+    assert tiger.index("A note written") < tiger.index("| a | b |\n|---|---|\n| 5 | 6 |") < tiger.index("| c |\n|---|\n| 7 |")
     assert "| x |\n|---|\n| 9 |" in text.split("## Other\n")[1]
 
     elsewhere = tmp_path / "gpu.md"
