@@ -156,8 +156,8 @@ class GraphDecoder:
     R@10 (0.0506 against 0.0514 with the other kernel, within bf16 noise)."""
     CAPTURE_AFTER = 1
     """Graphed steps capture a ``(U_b, R_b, lo, hi)`` shape the ``CAPTURE_AFTER``-th time it comes
-    and before that run it eagerly (the same kernels on the same static buffers, so the same
-    numbers). A capture costs a warm-up run, the recording and a sync, about two steps; the best
+    and before that run it eagerly (the same computation on the same static buffers, which the
+    CUDA tests compare with the replayed graphs). A capture costs a warm-up run, the recording and a sync, about two steps; the best
     decoder spent 4.8 s of a 39.7 s test pass capturing shapes it met for the first time
     (docs/benchmarks.md, tenth hold), and a shape met once is cheaper eager. 1 (the default until a
     GPU measures more): capture at first use. ``bench.lm_decode --capture-after N``."""
