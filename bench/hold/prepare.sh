@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 mkdir -p .whl .carry/gpu .carry/datasets .carry/sids .carry/lmb
-versions=$($PY -m pip list --format=freeze 2>/dev/null | grep -iE "^(jsonargparse|docstring.parser|typeshed.client|gguf|vector.quantize.pytorch|torch.einops.utils|einops|einx|loguru|frozendict|pytest|pluggy|iniconfig)==" || true)
+versions=$($PY -m pip list --format=freeze 2>/dev/null | grep -iE "^(jsonargparse|docstring.parser|typeshed.client|gguf|vector.quantize.pytorch|torch.einops.utils|einops|einx|loguru|frozendict|pytest|pluggy|iniconfig|pygments)==" || true)
 (cd .whl && python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
    -d . $versions liger-kernel==0.8.5) 2>&1 | grep -v "^WARNING" || true
