@@ -73,7 +73,7 @@ class StepProfiler(Callback):
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
             sync()
             self.profiler = profile(activities=activities)
-            self.profiler.__enter__()
+            self.profiler.start()
             self.wall = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
@@ -81,7 +81,7 @@ class StepProfiler(Callback):
             return
         sync()
         wall = time.perf_counter() - self.wall
-        self.profiler.__exit__(None, None, None)
+        self.profiler.stop()
         cuda = torch.cuda.is_available()
         events = self.profiler.key_averages()
         key = "self_device_time_total" if cuda else "self_cpu_time_total"
@@ -94,7 +94,7 @@ class StepProfiler(Callback):
 
     def on_train_end(self, trainer, module) -> None:  # noqa: ANN001
         if self.profiler is not None and not self.report:
-            self.profiler.__exit__(None, None, None)
+            self.profiler.stop()
             self.report = f"[profile] training ended at step {trainer.global_step}, before step {self.start + self.steps - 1}: nothing printed"
             print(self.report, flush=True)
 

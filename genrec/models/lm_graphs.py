@@ -157,9 +157,10 @@ class GraphDecoder:
     CAPTURE_AFTER = 1
     """Graphed steps capture a ``(U_b, R_b, lo, hi)`` shape the ``CAPTURE_AFTER``-th time it comes
     and before that run it eagerly (the same computation on the same static buffers, which the
-    CUDA tests compare with the replayed graphs). A capture costs a warm-up run, the recording and a sync, about two steps; the best
-    decoder spent 4.8 s of a 39.7 s test pass capturing shapes it met for the first time
-    (docs/benchmarks.md, tenth hold), and a shape met once is cheaper eager. 1 (the default until a
+    CUDA tests compare with the replayed graphs). A capture costs a warm-up run, the recording
+    and a sync, about two steps; the best decoder spent 4.8 s of a 39.7 s test pass capturing
+    shapes it met for the first time (docs/benchmarks.md, tenth hold), and a shape met once is
+    cheaper eager. 1 (the default until a
     GPU measures more): capture at first use. ``bench.lm_decode --capture-after N``."""
     FUSED_HEAD = True
     """Steps return :class:`~genrec.decoding.HeadScores` (the logits in the compute dtype and each
@@ -210,8 +211,7 @@ class GraphDecoder:
         self.fed_padded = 0  # rows the steps ran, padding included
         self.forced = 0  # suffix tokens :meth:`finish` scored (decode_forced)
         self.graph_cache: dict[tuple[int, int, int, int], Any] = {}
-        self.shape_uses: dict[tuple[int, int, int, int], int] = {}  # uncaptured shapes: times run eagerly
-        self.eager_steps = 0  # graphed-mode steps run eagerly before their shape was captured (CAPTURE_AFTER)
+        self.shape_uses: dict[tuple[int, int, int, int], int] = {}  # times each shape ran eagerly before its capture
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
         self.capture_seconds = 0.0
         self.replays = 0
@@ -287,8 +287,7 @@ class GraphDecoder:
             if not self.graphs:
                 logits = w.logits(x)
                 return HeadScores(logits, w.log_normaliser(logits))
-            # The logits straight into the static output (F.linear's own product, with out=).
-            logits = torch.mm(w.norm_cast(x, w.final_norm), w.lm_head.t(), out=self.logits_out[:rows])
+            logits = w.logits(x, out=self.logits_out[:rows])  # straight into the static output
             self.lse_out[:rows] = w.log_normaliser(logits)
             return self._static_out(rows)
         if not self.graphs:
@@ -307,10 +306,10 @@ class GraphDecoder:
             return self._run(users, rows, lo, hi)
         key = (users, rows, lo, hi)
         graph = self.graph_cache.get(key)
-        if graph is None and self.shape_uses.get(key, 0) + 1 < self.CAPTURE_AFTER:
-            self.shape_uses[key] = self.shape_uses.get(key, 0) + 1
+        uses = self.shape_uses.get(key, 0)
+        if graph is None and uses + 1 < self.CAPTURE_AFTER:
+            self.shape_uses[key] = uses + 1
             self._run(users, rows, lo, hi)  # into the static outputs, as a replay would
-            self.eager_steps += 1
             return self._static_out(rows)
         if graph is None:
             started = time.perf_counter()
@@ -328,6 +327,11 @@ class GraphDecoder:
         graph.replay()
         self.replays += 1
         return self._static_out(rows)
+
+    @property
+    def eager_steps(self) -> int:
+        """Graphed-mode steps run eagerly before their shape was captured (:attr:`CAPTURE_AFTER`)."""
+        return sum(self.shape_uses.values())
 
     def compact(self, active: Tensor, bucket: int) -> None:
         """Pack the users of ``active`` (``[A]`` batch rows, ascending, a subset of ``held``)

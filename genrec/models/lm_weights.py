@@ -198,9 +198,13 @@ class DecoderWeights:
         self._lse = torch.compile(self._lse, dynamic=True)
         self.compiled = True
 
-    def logits(self, x: Tensor) -> Tensor:
-        """``[R, h]`` last hidden states -> ``[R, V]`` logits in the compute dtype."""
-        return self.linear(self.norm_cast(x, self.final_norm), self.lm_head)
+    def logits(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        """``[R, h]`` last hidden states -> ``[R, V]`` logits in the compute dtype (written into
+        ``out`` if given: F.linear's own product, with ``out=``)."""
+        normed = self.norm_cast(x, self.final_norm)
+        if out is None:
+            return self.linear(normed, self.lm_head)
+        return torch.mm(normed, self.lm_head.t(), out=out)
 
     def log_normaliser(self, logits: Tensor) -> Tensor:
         """``[R, V]`` logits (compute dtype) -> ``[R]`` float32 ``logsumexp`` of each row, computed in
