@@ -24,9 +24,12 @@ them again at the timed precision and reports that agreement without asserting i
 rounding differs between any two batch layouts, and a beam search below exhaustive width can
 then keep other beams and find other items), with the largest score difference of an item both
 ranked (a few hundredths in bf16; a decoder bug shows as more) and both decoders' users/s.
-``--profile`` prints the operators of a quarter of the first batch, decoded, by device time
-(torch.profiler), then those of the same batch decoded eagerly with the same padding, grouped by
-operator and input shape.
+Each batch's users, steps and seconds are printed after the timed pass. ``--profile``, after
+it, decodes one of its batches again (``--profile-batch``, default the first) as that pass did (graph
+replays) and prints how busy the GPU was (kernel time against the unprofiled wall time), the
+kernel time of a step by kind (:mod:`bench.profiling`) and the kernels by device time
+(torch.profiler), then the operators of a quarter of that batch decoded eagerly with the same
+padding, grouped by operator and input shape.
 
 The decoder is the static-shape one (:mod:`genrec.models.lm_graphs`: CUDA graphs on a GPU) unless
 ``--decoder slot`` (the eager slot decoder). Before the timed pass, ``--warmup`` users (default:
@@ -47,6 +50,7 @@ from typing import Any
 
 import torch
 
+from bench.profiling import busy_seconds, kinds_report
 from bench.record import record, set_flags
 from genrec.data.datamodule import SeqBatch
 from genrec.decoding import BeamResult
@@ -131,16 +135,26 @@ def by_prompt_length(module: LMRecModule, batches: list[SeqBatch], batch_size: i
 
 
 def decode_all(module: LMRecModule, batches: list[SeqBatch], device: torch.device, beams: int, precision: str,
-               reference: bool = False) -> tuple[list[BeamResult], float]:
-    """Every batch decoded (``BeamResult`` on the CPU per batch) and the seconds it took."""
+               reference: bool = False, timeline: list[tuple[int, int, float, str]] | None = None) -> tuple[list[BeamResult], float]:
+    """Every batch decoded (``BeamResult`` on the CPU per batch) and the seconds it took; with
+    ``timeline``, one ``(users, steps, seconds, engine)`` appended per batch (each batch ends in a
+    copy to the host, which waits for it; ``engine``: the static decoder's prompt width and an id
+    that changes when it is rebuilt, empty for the slot decoder)."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     results = []
     _sync(device)
-    started = time.perf_counter()
+    started = last = time.perf_counter()
     with torch.no_grad(), autocast:
         for batch in batches:
+            steps = module.decode_counts.get("steps", 0)
             result = module.recommend(batch.to(device), beam_width=beams, reference=reference)
             results.append(BeamResult(result.items.cpu(), result.scores.float().cpu()))  # the copy waits for the batch
+            if timeline is not None:
+                now = time.perf_counter()
+                engine = getattr(module, "_graph_decoder", None)
+                timeline.append((len(batch), module.decode_counts.get("steps", 0) - steps, now - last,
+                                 "" if engine is None else f"P {engine.prompt_width}, engine {id(engine) % 10**4}"))
+                last = now
     return results, time.perf_counter() - started
 
 
@@ -222,18 +236,31 @@ def host_ops_per_step(module: LMRecModule, batch: SeqBatch, device: torch.device
 
 
 def profile(module: LMRecModule, batch: SeqBatch, device: torch.device, beams: int, precision: str) -> None:
-    """Print the operators of one decoded batch, most device time first: the kernels as the
-    decoder runs them (graph replays included), then the same batch decoded eagerly with the
-    same padded shapes, its aten operators grouped by input shape (a graph replay hides which
-    operator and which shapes a kernel belongs to)."""
+    """Print where the decoding of ``batch`` spends its time: the batch decoded as the timed pass
+    decodes it (its step shapes already met, so graph replays, not captures), timed once without
+    and once under the profiler; the kernels' device time against the unprofiled wall time (how
+    busy the GPU is), that time by kind of kernel and the kernels most time first. Then a quarter
+    of the batch decoded eagerly with the same padding, its aten operators grouped by input shape
+    (a graph replay hides which operator and which shapes a kernel belongs to). The graphed
+    engine is dropped for the eager pass, so this runs after every timed pass."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    module.decode_counts = {}
+    wall = decode_all(module, [batch], device, beams, precision)[1]
+    steps = max(module.decode_counts.get("steps", 0), 1)
     with torch_profile(activities=activities) as prof:
         decode_all(module, [batch], device, beams, precision)
-    print(prof.key_averages().table(sort_by=key, row_limit=30), flush=True)
+    events = prof.key_averages()
+    busy = busy_seconds(events, cuda)
+    print(f"[profile] {len(batch)} users, {steps} steps: {wall:.2f} s unprofiled ({wall / steps * 1e3:.1f} ms a step), "
+          f"{busy:.2f} s {'of kernels' if cuda else 'in operators'} ({busy / wall:.0%} of the unprofiled wall time)", flush=True)
+    if cuda:
+        print(f"[profile] kernel time by kind, per step:\n{kinds_report(events, per=steps, unit='step')}", flush=True)
+    print(events.table(sort_by=key, row_limit=30), flush=True)
     saved = module.decode_graphs, module.decode_padded
     engine = getattr(module, "_graph_decoder", None)
     padded = engine.padded if engine is not None else saved[1]
@@ -241,15 +268,15 @@ def profile(module: LMRecModule, batch: SeqBatch, device: torch.device, beams: i
     # buffers and graph pool (93 GiB at batch 2,048) beside it, and the eager pass ran out of memory.
     del engine
     module._graph_decoder = None
-    if device.type == "cuda":
+    if cuda:
         torch.cuda.empty_cache()
     module.decode_graphs, module.decode_padded = False, padded
-    try:
+    try:  # a quarter of the batch: a whole one's eager trace is hundreds of thousands of kernels
         with torch_profile(activities=activities, record_shapes=True) as prof:
-            decode_all(module, [batch], device, beams, precision)
+            decode_all(module, [head(batch, max(len(batch) // 4, 1))], device, beams, precision)
     finally:
         module.decode_graphs, module.decode_padded = saved
-    print("the same batch decoded eagerly (same padding), by operator and input shape:", flush=True)
+    print("a quarter of the batch decoded eagerly (same padding), by operator and input shape:", flush=True)
     print(prof.key_averages(group_by_input_shape=True).table(sort_by=key, row_limit=40), flush=True)
 
 
@@ -264,7 +291,8 @@ def main() -> None:
     parser.add_argument("--compare-reference", type=int, default=0, metavar="N",
                         help="first check the first N users against the reference decoder (module docstring)")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="default: bf16 on a GPU, fp32 on a CPU")
-    parser.add_argument("--profile", action="store_true", help="print the operators of a quarter batch by device time")
+    parser.add_argument("--profile", action="store_true", help="after the timed pass: how busy the GPU is decoding the first batch, its kernel time by kind, its kernels and "
+                        "a quarter batch's eager operators by input shape")
     parser.add_argument("--decoder", choices=["static", "static-eager", "slot"], default="static",
                         help="static: static shapes, CUDA graphs on a GPU (genrec.models.lm_graphs); static-eager: the same "
                         "decoder without graphs, at exact sizes; slot: the eager slot decoder (genrec.models.lm_decoding)")
@@ -273,9 +301,11 @@ def main() -> None:
     parser.add_argument("--head", choices=["fused", "log-softmax"], default="fused",
                         help="static decoders' steps return: logits and row log-normalisers (fused, the default, "
                         "GraphDecoder.FUSED_HEAD; meant with --compile), or float32 log-probs (log-softmax)")
-    parser.add_argument("--attention", choices=["efficient", "cudnn"], default="efficient",
-                        help="static decoders' attention kernel: memory-efficient (the default), or cuDNN first "
-                        "(GraphDecoder.CUDNN_ATTENTION)")
+    parser.add_argument("--attention", choices=["efficient", "cudnn"], default="cudnn",
+                        help="static decoders' attention kernel: cuDNN first (GraphDecoder.CUDNN_ATTENTION, the default "
+                        "since 2026-12-04), or the memory-efficient one")
+    parser.add_argument("--profile-batch", type=int, default=0, metavar="I",
+                        help="--profile this batch of the timed pass (default the first; -1 the last, in loader order the widest prompts)")
     parser.add_argument("--capture-after", type=int, default=None, metavar="N",
                         help="graphed steps: capture a shape at its N-th use, eager before (GraphDecoder.CAPTURE_AFTER; default its 1)")
     parser.add_argument("--fused-head", dest="head", action="store_const", const="fused",
@@ -334,6 +364,8 @@ def main() -> None:
     if args.order == "length":
         batches = by_prompt_length(module, batches, batch_size)
 
+    if not -len(batches) <= args.profile_batch < len(batches):
+        raise SystemExit(f"--profile-batch {args.profile_batch}: the timed pass has {len(batches)} batches")
     check = "not run"
     if args.compare_reference:
         check = compare(module, take_users(iter(batches), args.compare_reference), device, args.beams, precision)
@@ -346,10 +378,10 @@ def main() -> None:
     ops = f"{outside:.0f}" + (f" + {inside:.0f} in the step body" + (" (one graph replay)" if device.type == "cuda" else " (eager)") if inside else "")
     print(f"warm-up: {sum(len(b) for b in warm)} users in {warm_s:.1f} s (graph capture {capture_s:.1f} s); "
           f"aten operators per step: {ops}, over {steps} steps of a {len(first)}-user batch", flush=True)
-    if args.profile:  # a quarter-size batch: a whole one's trace is hundreds of thousands of kernels
-        profile(module, head(first, max(len(first) // 4, 1)), device, args.beams, precision)
     for scale in scales:
         measure(args, module, dm, batches, batch_size, device, precision, ops, capture_s, check, unsupported, scale)
+    if args.profile:  # after the timed passes: it drops the graphed engine (see profile)
+        profile(module, batches[args.profile_batch], device, args.beams, precision)
 
 
 def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: list, batch_size: int, device: torch.device,
@@ -365,7 +397,14 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
     engine = module._graph_decoder
     before = engine.capture_seconds if engine is not None else 0.0
     eager_before = engine.eager_steps if engine is not None else 0
-    results, seconds = decode_all(module, batches, device, args.beams, precision)
+    timeline: list[tuple[int, int, float, str]] = []
+    results, seconds = decode_all(module, batches, device, args.beams, precision, timeline=timeline)
+    print("per batch (users, steps, s, ms a step, engine): "
+          + "; ".join(f"{u}, {n}, {t:.2f}, {t / max(n, 1) * 1e3:.0f}, {e}" for u, n, t, e in timeline), flush=True)
+    if args.compile:  # torch.compile's own count: frames compiled (and how many succeeded), graphs made
+        from torch._dynamo.utils import counters
+
+        print(f"dynamo: frames {dict(counters['frames'])}, graphs {dict(counters['stats'])}", flush=True)
     engine = module._graph_decoder
     timed_capture_s = (engine.capture_seconds - before) if engine is not None else 0.0
     timed_eager = (engine.eager_steps - eager_before) if engine is not None else 0

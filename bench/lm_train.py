@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch import Callback
 
 from bench.common import Timeline, batch_cell, run_info, sync
+from bench.profiling import busy_seconds, kinds_report
 from bench.record import metric_columns, record, set_flags
 from genrec.artifacts import write_json
 from genrec.stages.fit import GenRecCLI
@@ -85,11 +86,13 @@ class StepProfiler(Callback):
         cuda = torch.cuda.is_available()
         events = self.profiler.key_averages()
         key = "self_device_time_total" if cuda else "self_cpu_time_total"
-        busy = sum(getattr(e, key) for e in events) / 1e6  # seconds of kernel (or operator) time
+        busy = busy_seconds(events, cuda)  # each kernel once (operator rows repeat their kernels' time)
         self.report = (f"[profile] training steps {self.start}..{self.start + self.steps - 1}: {wall / self.steps * 1e3:.1f} ms "
                        f"a step, {busy / self.steps * 1e3:.1f} ms of it {'on the GPU' if cuda else 'in operators'} "
                        f"({busy / wall:.0%} busy)")
         print(events.table(sort_by=key, row_limit=40), flush=True)
+        if cuda:
+            print(f"[profile] kernel time by kind, per step:\n{kinds_report(events, per=self.steps, unit='step')}", flush=True)
         print(self.report, flush=True)
 
     def on_train_end(self, trainer, module) -> None:  # noqa: ANN001

@@ -311,12 +311,21 @@ def test_lm_decode_benchmark_checks_the_reference_and_records_quality(tmp_path, 
     monkeypatch.setattr(lm_decode, "record", functools.partial(record, path=bench_file))
     monkeypatch.setattr(sys, "argv", [
         "lm_decode", "--data", str(data), "--model", str(ROOT / "configs/lm/tiny-scratch.yaml"), "--users", "10", "--batch", "4",
-        "--beams", "12", "--compare-reference", "6", "--order", "length", "--profile",
+        "--beams", "12", "--compare-reference", "6", "--order", "length", "--profile", "--profile-batch", "-1",
         "--set", "model.init_args.overrides={num_layers: 1, hidden_size: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}"])
     lm_decode.main()
     printed = capsys.readouterr().out  # --profile: the decoder's operators, then the eager ones by input shape
-    assert "the same batch decoded eagerly (same padding), by operator and input shape:" in printed
+    assert "a quarter of the batch decoded eagerly (same padding), by operator and input shape:" in printed
     assert printed.count("Self CPU") >= 2 and "Input Shapes" in printed.split("by operator and input shape:")[1]
+    # the last batch (2 of the 10 users at 4 a batch) decoded again after the timed pass, its operator
+    # time against its wall time; before it, each batch of the timed pass: users, steps, seconds
+    line = printed.split("per batch (users, steps, s, ms a step, engine): ")[1].split("\n")[0]
+    timeline = [cell.split(", ") for cell in line.split("; ")]
+    assert [int(u) for u, *_ in timeline] == [4, 4, 2] and all(int(n) > 0 and float(t) > 0 for _, n, t, *_ in timeline)
+    assert all(cell[4].startswith("P ") for cell in timeline)  # the static decoder's prompt width
+    summary = printed.split("[profile] 2 users, ")[1].split("\n")[0]
+    wall, busy = float(summary.split(": ")[1].split(" s unprofiled")[0]), float(summary.split("), ")[1].split(" s in operators")[0])
+    assert int(summary.split(" steps")[0]) > 0 and wall > 0 and busy > 0
     table = bench_file.read_text()
     header, _, row = (line.split(" | ") for line in table.strip().splitlines()[-3:])
     cells = dict(zip(header, row, strict=True))
@@ -368,9 +377,9 @@ def test_lm_decode_benchmark_records_one_row_per_decode_scale(tmp_path, monkeypa
     seen = []
     decode_all = lm_decode.decode_all
 
-    def spy(module, batches, *args):
+    def spy(module, batches, *args, **kwargs):
         seen.append((module.lora.decode_scale, sum(len(b) for b in batches)))
-        return decode_all(module, batches, *args)
+        return decode_all(module, batches, *args, **kwargs)
 
     monkeypatch.setattr(lm_decode, "decode_all", spy)
     monkeypatch.setattr(sys, "argv", [
@@ -472,3 +481,44 @@ def test_gpu_hold_scaling_shards_are_their_studys_runs(hold, data):
         else:
             assert sweep.tokenize_overrides == theirs.get("tokenize_overrides", [])
     assert shard.runs()
+
+
+def test_profiling_counts_each_kernel_once_and_sorts_kernels_by_kind() -> None:
+    """An operator row repeats its kernels' device time as its own; the busy time and the kinds
+    count only the kernel rows, and each kernel name goes to its kind (the H200 decoder's names)."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from bench.profiling import busy_seconds, kernel_kind, kernel_kinds, kinds_report
+
+    def event(key: str, device: DeviceType, cpu_us: float, cuda_us: float, count: int = 1) -> SimpleNamespace:
+        return SimpleNamespace(key=key, device_type=device, self_cpu_time_total=cpu_us, self_device_time_total=cuda_us,
+                               count=count, is_user_annotation=False)
+
+    events = [
+        event("aten::mm", DeviceType.CPU, 50.0, 3000.0, 2),  # its kernel's 3 ms again, as the profiler reports it
+        event("nvjet_sm90_tst_192x128_64x5_1x2_h_bz_coopB_TNT", DeviceType.CUDA, 0.0, 3000.0, 2),
+        event("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16", DeviceType.CUDA, 0.0, 2000.0, 4),
+        event("fmha_cutlassF_bf16_aligned_64x64_rf_sm80", DeviceType.CUDA, 0.0, 500.0),
+        event("triton_poi_fused_add_index_mul_0", DeviceType.CUDA, 0.0, 1000.0, 10),
+        event("void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl>", DeviceType.CUDA, 0.0, 1500.0, 30),
+        event("void at::native::index_elementwise_kernel<128, 4>", DeviceType.CUDA, 0.0, 400.0, 8),
+        event("void at::native::(anonymous namespace)::CatArrayBatchedCopy<float>", DeviceType.CUDA, 0.0, 300.0, 6),
+        event("void at::native::reduce_kernel<512, 1>", DeviceType.CUDA, 0.0, 200.0, 2),
+        event("void at_cuda_detail::cub::DeviceRadixSortOnesweepKernel", DeviceType.CUDA, 0.0, 100.0),
+        event("Memset (Device)", DeviceType.CUDA, 0.0, 50.0),
+    ]
+    assert busy_seconds(events, cuda=True) == pytest.approx(9.05e-3)  # not 12.05 ms: aten::mm's copy is not added
+    assert busy_seconds(events, cuda=False) == pytest.approx(50e-6)
+    assert kernel_kind("triton_red_fused_sdpa_like_norm_1") == "fused (Triton)"  # Triton first, whatever it fuses
+    kinds = {kind: (seconds, n) for kind, seconds, n in kernel_kinds(events)}
+    assert kinds["matrix products"] == (pytest.approx(3e-3), 2)
+    assert kinds["attention"] == (pytest.approx(2.5e-3), 5)
+    assert kinds["elementwise (aten)"] == (pytest.approx(1.5e-3), 30)
+    assert kinds["index / gather / scatter"][1] == 8 and kinds["copy / cat"][1] == 6 and kinds["fused (Triton)"][1] == 10
+    assert kinds["reductions (sum, max, top-k, sort, norms)"] == (pytest.approx(3e-4), 3) and kinds["other"][1] == 1
+    assert [k for k, _, _ in kernel_kinds(events)][:2] == ["matrix products", "attention"]
+    report = kinds_report(events, per=2, unit="step").splitlines()
+    assert report[0] == "  matrix products: 1.5 ms a step (33%), 1 kernels" and len(report) == len(kinds)
+    assert kinds_report(events[:1]) == ""  # operators only (a CPU profile): no kernel kinds

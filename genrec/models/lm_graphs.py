@@ -45,8 +45,8 @@ over every forced token with its prompt and ancestors costs more than the steps 
 Class attributes measured on the H200 (docs/benchmarks.md, tenth hold): :attr:`GraphDecoder.FUSED_HEAD`
 (on) makes the steps return logits and row log-normalisers (:class:`~genrec.decoding.HeadScores`)
 instead of float32 ``[R, V]`` log-probs (``bench.lm_decode --head log-softmax`` turns it off);
-:attr:`GraphDecoder.CUDNN_ATTENTION` (off until its CUDA tests pass on a GPU) runs the steps'
-attention through cuDNN where it can (``--attention cudnn``). :attr:`GraphDecoder.CAPTURE_AFTER`
+:attr:`GraphDecoder.CUDNN_ATTENTION` (on; ``--attention efficient`` turns it off) runs the steps'
+attention through cuDNN where it can. :attr:`GraphDecoder.CAPTURE_AFTER`
 (default 1, unmeasured at more) runs a step shape eagerly until its N-th use, then captures it.
 
 Attention is one fused ``scaled_dot_product_attention`` per layer over ``[U_b + 1, kv_heads,
@@ -145,15 +145,16 @@ class GraphDecoder:
     :meth:`rows` gives the bucket; ``fed_padded`` counts what the steps fed."""
     FINE_ROWS = 1024
     """Row counts above which :attr:`ROWS_PER_OCTAVE` applies."""
-    CUDNN_ATTENTION = False
+    CUDNN_ATTENTION = True
     """The steps' attention through cuDNN's fused kernel where it runs the shape (Hopper
     instructions; the memory-efficient kernel is an sm80 one, and attention was 23 % of a step in
-    the H200 profile at batch 2,048). On the H200 +8 % users/s over the memory-efficient kernel,
-    same call (docs/benchmarks.md, tenth hold; ``bench.lm_decode --attention cudnn``). Off until
-    its CUDA tests (graphs against eager steps and the reference decoder) have passed on a GPU:
-    cuDNN's attention has had silent-correctness bugs (PyTorch issues on mask dtypes and on few
-    key/value heads), and this one's exactness is so far checked only by the trained LoRA's
-    R@10 (0.0506 against 0.0514 with the other kernel, within bf16 noise)."""
+    the H200 profile at batch 2,048), else the memory-efficient one. On the H200 +8 % users/s
+    over the memory-efficient kernel, same call (docs/benchmarks.md, tenth hold;
+    ``bench.lm_decode --attention efficient`` turns it off). On by default since its CUDA tests
+    passed on the H200 (eleventh hold: graphs against eager steps and the reference decoder, and
+    the kernel alone on the steps' shapes against float32 attention): cuDNN's attention has had
+    silent-correctness bugs (PyTorch issues on mask dtypes and on few key/value heads), so a new
+    GPU or PyTorch version should run those tests first (``bench/hold/run.sh gputests``)."""
     CAPTURE_AFTER = 1
     """Graphed steps capture a ``(U_b, R_b, lo, hi)`` shape the ``CAPTURE_AFTER``-th time it comes
     and before that run it eagerly (the same computation on the same static buffers, which the

@@ -525,6 +525,35 @@ def test_static_decoder_runs_qwen3_exactly_and_says_which_models_it_leaves_to_th
     assert unsupported_reason(gpt2).startswith("model type 'gpt2'")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN attention needs a GPU")
+@pytest.mark.parametrize(("kv_heads", "queries", "head_dim"), [(3, 60, 64), (1, 24, 16), (2, 40, 128)])
+def test_cuda_cudnn_attention_on_the_decoder_shapes_matches_float32(kv_heads, queries, head_dim):
+    """cuDNN's fused attention (GraphDecoder.CUDNN_ATTENTION) on the steps' layout, alone: per
+    user ``kv_heads`` heads of ``queries`` (beam slots x query groups) over a column span that
+    starts unaligned, under an additive mask of 0 / -inf in the compute dtype (each query sees its
+    prompt and some beam columns). cuDNN, forced (it raises rather than fall back), gives float32
+    attention's output within bf16 rounding, no worse than the memory-efficient kernel the steps
+    used before; SmolLM2 has 3 key/value heads, where cuDNN has had silent-correctness bugs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    users, columns, lo = 9, 700, 136
+    q, k, v = (torch.randn(users, kv_heads, n, head_dim, device="cuda") for n in (queries, columns, columns))
+    seen = torch.rand(users, 1, queries, columns, device="cuda") < 0.3
+    seen[..., lo:lo + 8] = True  # the prompt's last columns: every slot sees them
+    bias = torch.where(seen, 0.0, float("-inf"))[..., lo:]
+    k, v = k[:, :, lo:], v[:, :, lo:]
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=head_dim**-0.5)  # float32 (math)
+    half = [x.bfloat16() for x in (q, k, v, bias)]
+    out = {}
+    for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+        with sdpa_kernel([backend]):
+            out[name] = F.scaled_dot_product_attention(*half[:3], attn_mask=half[3], scale=head_dim**-0.5).float()
+    errors = {name: (o - expected).abs().max().item() for name, o in out.items()}
+    assert torch.isfinite(out["cudnn"]).all() and errors["cudnn"] < 0.03, errors
+    assert errors["cudnn"] <= 2 * errors["efficient"] + 1e-3, errors
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("variant", ["plain", "fused-head", "cudnn-attention", "capture-after-2"])
