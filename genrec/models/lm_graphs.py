@@ -47,7 +47,7 @@ Class attributes measured on the H200 (docs/benchmarks.md, tenth hold): :attr:`G
 instead of float32 ``[R, V]`` log-probs (``bench.lm_decode --head log-softmax`` turns it off);
 :attr:`GraphDecoder.CUDNN_ATTENTION` (on; ``--attention efficient`` turns it off) runs the steps'
 attention through cuDNN where it can. :attr:`GraphDecoder.CAPTURE_AFTER`
-(default 1, unmeasured at more) runs a step shape eagerly until its N-th use, then captures it.
+(default 1; 2 measured 7 % slower) runs a step shape eagerly until its N-th use, then captures it.
 
 Attention is one fused ``scaled_dot_product_attention`` per layer over ``[U_b + 1, kv_heads,
 W * g, hi - lo]`` with the additive mask (the memory-efficient kernel on CUDA; the flash kernel
@@ -161,8 +161,9 @@ class GraphDecoder:
     CUDA tests compare with the replayed graphs). A capture costs a warm-up run, the recording
     and a sync, about two steps; the best decoder spent 4.8 s of a 39.7 s test pass capturing
     shapes it met for the first time (docs/benchmarks.md, tenth hold), and a shape met once is
-    cheaper eager. 1 (the default until a
-    GPU measures more): capture at first use. ``bench.lm_decode --capture-after N``."""
+    cheaper eager. 1, the default: capture at first use; 2 was 7 % slower on the H200 (965.9
+    against 1,035.3 users/s, the eleventh hold: the timed pass ran steps eagerly that a warm-up
+    had captured before). ``bench.lm_decode --capture-after N``."""
     FUSED_HEAD = True
     """Steps return :class:`~genrec.decoding.HeadScores` (the logits in the compute dtype and each
     row's float32 log-normaliser, :meth:`~genrec.models.lm_weights.DecoderWeights.log_normaliser`)
