@@ -202,7 +202,14 @@ def host_ops_per_step(module: LMRecModule, batch: SeqBatch, device: torch.device
     """Decode ``batch`` once and count the aten operators dispatched from Python: ``(per step
     outside the graphed step body, per step inside it, steps)``. On CUDA the body is one graph
     replay (its operators run as captured kernels, not dispatched); on a CPU, or with the slot
-    decoder, everything runs eagerly."""
+    decoder, everything runs eagerly.
+
+    The count runs with ``torch.compile`` stood down (``set_stance("force_eager")``; compiled
+    functions count as their eager operators) and captures no graph (a step shape the warm-up
+    did not meet runs eagerly). A compiled function first called under a ``TorchDispatchMode``
+    is never compiled again: before 2026-12-04 this count, run between the warm-up and the
+    timed pass, left every later prefill and every graph captured after it with the eager
+    layer halves (docs/benchmarks.md, eleventh hold)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from genrec.models.lm_graphs import GraphDecoder
@@ -225,12 +232,13 @@ def host_ops_per_step(module: LMRecModule, batch: SeqBatch, device: torch.device
             where.pop()
 
     module.decode_counts = {}
-    GraphDecoder._run = counted
+    capture_after = GraphDecoder.CAPTURE_AFTER
+    GraphDecoder._run, GraphDecoder.CAPTURE_AFTER = counted, 2**62
     try:
-        with Count():
+        with torch.compiler.set_stance("force_eager"), Count():
             decode_all(module, [batch], device, beams, precision)
     finally:
-        GraphDecoder._run = run
+        GraphDecoder._run, GraphDecoder.CAPTURE_AFTER = run, capture_after
     steps = max(module.decode_counts.get("steps", 0), 1)
     return counts["outside"] / steps, counts["inside"] / steps, steps
 
@@ -260,6 +268,11 @@ def profile(module: LMRecModule, batch: SeqBatch, device: torch.device, beams: i
           f"{busy:.2f} s {'of kernels' if cuda else 'in operators'} ({busy / wall:.0%} of the unprofiled wall time)", flush=True)
     if cuda:
         print(f"[profile] kernel time by kind, per step:\n{kinds_report(events, per=steps, unit='step')}", flush=True)
+    # which torch.compile entries ran, and how often (a graph replay runs none: only the prefill's
+    # and eager steps' calls show; with the layer halves compiled, the prefill's are one a layer)
+    regions = {e.key.removeprefix("Torch-Compiled Region: "): e.count for e in events if e.key.startswith("Torch-Compiled Region")}
+    if regions:
+        print(f"[profile] compiled regions run (Dynamo frame/entry: calls): {regions}", flush=True)
     print(events.table(sort_by=key, row_limit=30), flush=True)
     saved = module.decode_graphs, module.decode_padded
     engine = getattr(module, "_graph_decoder", None)

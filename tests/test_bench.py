@@ -522,3 +522,48 @@ def test_profiling_counts_each_kernel_once_and_sorts_kernels_by_kind() -> None:
     report = kinds_report(events, per=2, unit="step").splitlines()
     assert report[0] == "  matrix products: 1.5 ms a step (33%), 1 kernels" and len(report) == len(kinds)
     assert kinds_report(events[:1]) == ""  # operators only (a CPU profile): no kernel kinds
+
+
+def test_lm_decode_host_operator_count_leaves_the_compiled_layer_halves_compiled(tmp_path, monkeypatch):
+    """bench.lm_decode counts the operators a step dispatches (host_ops_per_step) between its
+    warm-up and its timed pass. Counted under a TorchDispatchMode as it is, a compiled function
+    is never compiled again afterwards; the count now stands torch.compile down while it runs,
+    so the timed pass still runs the compiled layer halves (one compiled region a layer half in
+    the prefill and in every eager step). Dynamo's backend is 'eager' here: what is checked is
+    whether Dynamo's compiled code runs, not what Inductor makes of it."""
+    import functools
+
+    import yaml
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench import lm_decode
+    from genrec.stages.fit import GenRecCLI
+    from tests.test_configs import ROOT, TINY_DATA
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    torch._dynamo.reset()
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    cli = GenRecCLI(args=["--config", str(data), "--config", str(ROOT / "configs/lm/tiny-scratch.yaml"), "--trainer.logger=false",
+                          "--data.init_args.eval_batch_size=4",
+                          "--model.init_args.overrides={num_layers: 1, hidden_size: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}"],
+                    run=False)
+    module, dm = cli.model, cli.datamodule
+    dm.setup("test")
+    module.attach(dm.data.catalog, train_counts=dm.data.train_item_counts())
+    module.eval()
+    module.decode_compile = True
+    first, second = lm_decode.take_users(iter(dm.test_dataloader()), 8)
+    cpu = torch.device("cpu")
+    try:
+        lm_decode.decode_all(module, [first], cpu, 12, "fp32")  # the warm-up: compiles the halves
+        outside, inside, steps = lm_decode.host_ops_per_step(module, first, cpu, 12, "fp32")
+        assert outside > 0 and inside > 0 and steps > 0
+        module.decode_counts = {}
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            lm_decode.decode_all(module, [second], cpu, 12, "fp32")
+        regions = sum(e.count for e in prof.key_averages() if e.key.startswith("Torch-Compiled Region"))
+        # every step runs both halves of the one layer, the prefill once more; the head's normaliser too
+        assert regions >= 2 * (module.decode_counts["steps"] + 1), regions
+    finally:
+        torch._dynamo.reset()

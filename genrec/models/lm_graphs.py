@@ -33,7 +33,8 @@ Switches (attributes of :class:`~genrec.models.LMRecModule`, not constructor arg
 decoder), ``decode_graphs`` (default on: CUDA graphs on a GPU), ``decode_padded`` (default:
 as ``decode_graphs`` on the module's device), ``decode_compile`` (default off: each layer's
 elementwise work fused by ``torch.compile``, :meth:`~genrec.models.lm_weights.DecoderWeights.compile`;
-on the H200 +6 % users/s for 8-24 s of compiling, docs/benchmarks.md) and ``decode_forced``
+on the H200 +19 % users/s for 8-24 s of compiling, an understatement: until 2026-12-04 the
+benchmark's operator count switched the compiled code off after its warm-up, docs/benchmarks.md) and ``decode_forced``
 (default off): a user whose live beams are all in *forced* title suffixes (one item below each;
 71 % of Beauty's title tokens are, ``bench.title_trie``) leaves the steps, and
 :meth:`GraphDecoder.finish` scores the rest of those titles in one eager causal pass
