@@ -310,7 +310,7 @@ def main() -> None:
                         help="static: static shapes, CUDA graphs on a GPU (genrec.models.lm_graphs); static-eager: the same "
                         "decoder without graphs, at exact sizes; slot: the eager slot decoder (genrec.models.lm_decoding)")
     parser.add_argument("--rows-per-octave", type=int, default=None, metavar="N",
-                        help="graphed steps: row buckets per power of two above 1,024 (GraphDecoder.ROWS_PER_OCTAVE; default its 1)")
+                        help="graphed steps: row buckets per power of two above 1,024 (decoding.rows_per_octave; default 1)")
     parser.add_argument("--head", choices=["fused", "log-softmax"], default="fused",
                         help="static decoders' steps return: logits and row log-normalisers (fused, the default, "
                         "GraphDecoder.FUSED_HEAD; meant with --compile), or float32 log-probs (log-softmax)")
@@ -369,7 +369,7 @@ def main() -> None:
     if args.rows_per_octave is not None:
         if args.rows_per_octave < 1:
             raise SystemExit(f"--rows-per-octave must be >= 1, got {args.rows_per_octave}")
-        GraphDecoder.ROWS_PER_OCTAVE = args.rows_per_octave
+        module.decode_rows_per_octave = args.rows_per_octave
     unsupported = unsupported_reason(module.model) if module.static_decoding else None
     if unsupported:
         print(f"the static decoder does not run this model ({unsupported}): decoding with the slot decoder", flush=True)

@@ -28,7 +28,8 @@ over. This decoder computes the same thing with static shapes, so that a step is
   brute force and the reference decoder; a CUDA test checks the replayed graphs against eager
   padded steps.
 
-Switches (attributes of :class:`~genrec.models.LMRecModule`, not constructor arguments):
+Switches (attributes of :class:`~genrec.models.LMRecModule`, set from its ``decoding`` argument,
+:class:`~genrec.models.settings.DecodingSettings`):
 ``static_decoding`` (default on: this decoder when the model is one it runs, else the slot
 decoder), ``decode_graphs`` (default on: CUDA graphs on a GPU), ``decode_padded`` (default:
 as ``decode_graphs`` on the module's device), ``decode_compile`` (default off: each layer's
@@ -140,7 +141,8 @@ class GraphDecoder:
     """Padded (graphed) steps attend the beam columns written so far rounded up to a multiple of
     this (at least 64). Powers of two (before) attended 1,024 columns where 520-660 were written."""
     ROWS_PER_OCTAVE = 1
-    """Padded (graphed) steps feed the live beams rounded up to one of this many row buckets per
+    """(Default of ``LMRecModule.decode_rows_per_octave``, ``decoding.rows_per_octave`` in the
+    config, which sets it per engine.) Padded (graphed) steps feed the live beams rounded up to one of this many row buckets per
     power of two (above :attr:`FINE_ROWS`; below, powers of two): 1 = powers of two (up to 2x the
     rows fed), 4 = 1.25, 1.5, 1.75, 2 x 2^k (at most 1.25x, four times the graphs of that range).
     :meth:`rows` gives the bucket; ``fed_padded`` counts what the steps fed."""
@@ -484,6 +486,10 @@ def decoder_for(module: LMRecModule, batch_size: int, width: int, steps: int, pr
             module._graph_decoder = cached
         else:
             cached.w.load(module)
+    if module.decode_rows_per_octave is None:  # the class's default (an instance may have set its own)
+        cached.__dict__.pop("ROWS_PER_OCTAVE", None)
+    else:
+        cached.ROWS_PER_OCTAVE = module.decode_rows_per_octave
     return cached
 
 

@@ -81,6 +81,7 @@ from genrec.models.lm_prompt import (
 from genrec.models.optim import OptimizerConfig
 from genrec.models.presets import LMRecConfig
 from genrec.models.settings import (
+    DecodingSettings,
     EvalConfig,
     LMOptimizer,
     LoraSettings,
@@ -98,7 +99,8 @@ class LMRecModule(RecommenderModule):
     """LLM-as-recommender: history titles in a prompt, next title out, decoding constrained to titles.
 
     Arguments that belong together are grouped (:mod:`genrec.models.settings`): ``prompt``,
-    ``lora``, ``optimizer`` and ``evaluation``, each a dataclass or a mapping of its fields.
+    ``lora``, ``optimizer``, ``evaluation`` and ``decoding``, each a dataclass or a mapping of its
+    fields.
 
     Args:
         model: a pretrained causal LM: an offline alias (``smollm2``: SmolLM2-135M-Instruct from
@@ -138,6 +140,10 @@ class LMRecModule(RecommenderModule):
             100 warmup steps, cosine).
         evaluation: beam width, cut-offs, cold-start slice and the evaluated user subset
             (:class:`~genrec.models.settings.EvalConfig`).
+        decoding: how the beam search runs (:class:`~genrec.models.settings.DecodingSettings`:
+            the static decoder, CUDA graphs, ``torch.compile``, row buckets). It sets the
+            module's ``static_decoding``, ``decode_graphs``, ``decode_padded``, ``decode_compile``,
+            ``decode_forced`` and ``decode_rows_per_octave``, which code may also change later.
     """
 
     score_meaning: ClassVar[str] = "log-probability of the item's title (summed over its title tokens, beam search); 0 is certain"
@@ -147,6 +153,7 @@ class LMRecModule(RecommenderModule):
     decode_padded: bool | None = None
     decode_compile: bool = False
     decode_forced: bool = False
+    decode_rows_per_octave: int | None = None
     _graph_decoder: Any = None
 
     def __init__(
@@ -168,14 +175,19 @@ class LMRecModule(RecommenderModule):
         popularity_alpha: float = 0.0,
         optimizer: LMOptimizer | None = None,
         evaluation: EvalConfig | None = None,
+        decoding: DecodingSettings | None = None,
     ) -> None:
         super().__init__()
         self.prompt = prompt = as_settings(PromptConfig, prompt, "LMRecModule prompt")
         self.lora = lora = as_settings(LoraSettings, lora, "LMRecModule lora")
         self.eval_config = as_settings(EvalConfig, evaluation, "LMRecModule evaluation")
         optimizer = as_settings(LMOptimizer, optimizer, "LMRecModule optimizer")
+        decoding = as_settings(DecodingSettings, decoding, "LMRecModule decoding")
+        self.static_decoding, self.decode_graphs, self.decode_padded = decoding.static, decoding.graphs, decoding.padded
+        self.decode_compile, self.decode_forced, self.decode_rows_per_octave = decoding.compile, decoding.forced, decoding.rows_per_octave
         self.save_hyperparameters()
-        for key, value in {"prompt": prompt, "lora": lora, "evaluation": self.eval_config, "optimizer": optimizer}.items():
+        for key, value in {"prompt": prompt, "lora": lora, "evaluation": self.eval_config, "optimizer": optimizer,
+                           "decoding": decoding}.items():
             self.hparams[key] = stored(value)  # plain values: a weights_only checkpoint rebuilds the module
         if overrides and preset is None:
             raise ValueError(f"overrides {overrides} change a preset's fields: give a preset too")

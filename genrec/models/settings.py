@@ -73,6 +73,38 @@ class LMOptimizer(OptimizerConfig):
 
 
 @dataclass(frozen=True)
+class DecodingSettings:
+    """How the LM recommender decodes its title-constrained beam search (the switches of
+    :mod:`genrec.models.lm_graphs`; measured on the H200 in docs/benchmarks.md). The results do not
+    depend on them beyond floating-point rounding (tested against the reference decoder).
+
+    Attributes:
+        static: the static-shape decoder when the model is one it runs (Llama / Qwen3 layers,
+            plain or LoRA float weights), else the eager slot decoder.
+        graphs: each static step one CUDA-graph replay (on a GPU).
+        padded: static shapes without graphs too (``null``: as ``graphs``, on the module's device).
+        compile: ``torch.compile`` each layer's two halves and the head's normaliser (fuses the
+            elementwise work; compiles on the first decode, some 10-25 s).
+        forced: users whose live beams are all in forced title suffixes finish in one eager pass
+            (fewer steps, but measured slower on the H200).
+        rows_per_octave: graphed steps' row buckets per power of two above 1,024 rows (``null``:
+            :attr:`~genrec.models.lm_graphs.GraphDecoder.ROWS_PER_OCTAVE`, 1). 4 was the fastest
+            measured, with more graphs and memory (90 GiB at 2,048 users a batch).
+    """
+
+    static: bool = True
+    graphs: bool = True
+    padded: bool | None = None
+    compile: bool = False
+    forced: bool = False
+    rows_per_octave: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rows_per_octave is not None and self.rows_per_octave < 1:
+            raise ValueError(f"decoding.rows_per_octave must be >= 1 (or null for the default), got {self.rows_per_octave}")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """How a recommender is evaluated.
 
@@ -172,4 +204,4 @@ class PromptConfig:
             raise ValueError(f"prompt.max_history_title_tokens must be >= 1 (or null), got {self.max_history_title_tokens}")
 
 
-__all__ = ["DEFAULT_ITEM_TEMPLATE", "DEFAULT_PROMPT", "EvalConfig", "LMOptimizer", "LoraSettings", "PromptConfig", "as_settings", "stored"]
+__all__ = ["DEFAULT_ITEM_TEMPLATE", "DEFAULT_PROMPT", "DecodingSettings", "EvalConfig", "LMOptimizer", "LoraSettings", "PromptConfig", "as_settings", "stored"]

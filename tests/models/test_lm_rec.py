@@ -482,6 +482,36 @@ def test_graphed_row_buckets():
     assert engine.rows(10000) == 10240 and engine.rows(9000) == 10240
 
 
+def test_decoding_settings_configure_the_decoder_and_travel_with_the_checkpoint(datamodule, batch, tmp_path):
+    """``decoding`` (a mapping, as YAML gives it) sets the module's decoding switches, reaches the
+    engine (its row buckets), is stored in the hyperparameters, so a checkpoint rebuilds the
+    same decoder, and rejects an unknown field or a bucket count below 1 naming the key."""
+    from genrec.models.lm_graphs import GraphDecoder
+
+    m = tiny_module(decoding={"graphs": False, "padded": True, "rows_per_octave": 4, "forced": False})
+    assert (m.static_decoding, m.decode_graphs, m.decode_padded, m.decode_compile, m.decode_rows_per_octave) == (True, False, True, False, 4)
+    assert m.hparams["decoding"] == {"static": True, "graphs": False, "padded": True, "compile": False, "forced": False, "rows_per_octave": 4}
+    m.attach(datamodule.data.catalog)
+    m.eval()
+    with torch.no_grad():
+        m.recommend(batch, k=10, beam_width=12)
+    assert isinstance(m._graph_decoder, GraphDecoder) and m._graph_decoder.padded
+    assert m._graph_decoder.ROWS_PER_OCTAVE == 4 and GraphDecoder.ROWS_PER_OCTAVE == 1  # per engine, not the class
+    m.decode_rows_per_octave = None  # code may change it later: the class default again
+    with torch.no_grad():
+        m.recommend(batch, k=10, beam_width=12)
+    assert m._graph_decoder.ROWS_PER_OCTAVE == 1
+    path = tmp_path / "m.ckpt"
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
+                "pytorch-lightning_version": L.__version__}, path)
+    again = LMRecModule.load_from_checkpoint(path, map_location="cpu", strict=False)
+    assert (again.decode_graphs, again.decode_padded, again.decode_rows_per_octave) == (False, True, 4)
+    with pytest.raises(ValueError, match="LMRecModule decoding: unknown field"):
+        tiny_module(decoding={"cuda_graphs": False})
+    with pytest.raises(ValueError, match="decoding.rows_per_octave must be >= 1"):
+        tiny_module(decoding={"rows_per_octave": 0})
+
+
 def test_graphed_steps_attend_at_most_one_bucket_more_beam_columns_than_written():
     """The padded (graphed) span: from the batch's first prompt column to the beam columns written
     so far, rounded up to 64 and then to a multiple of 128 (few graphs), never beyond the buffer;
