@@ -304,8 +304,8 @@ def main() -> None:
     parser.add_argument("--compare-reference", type=int, default=0, metavar="N",
                         help="first check the first N users against the reference decoder (module docstring)")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="default: bf16 on a GPU, fp32 on a CPU")
-    parser.add_argument("--profile", action="store_true", help="after the timed pass: how busy the GPU is decoding the first batch, its kernel time by kind, its kernels and "
-                        "a quarter batch's eager operators by input shape")
+    parser.add_argument("--profile", action="store_true", help="after the timed pass: how busy the GPU is decoding one of its batches (--profile-batch), its kernel "
+                        "time by kind, its kernels and a quarter of it decoded eagerly, by operator and input shape")
     parser.add_argument("--decoder", choices=["static", "static-eager", "slot"], default="static",
                         help="static: static shapes, CUDA graphs on a GPU (genrec.models.lm_graphs); static-eager: the same "
                         "decoder without graphs, at exact sizes; slot: the eager slot decoder (genrec.models.lm_decoding)")

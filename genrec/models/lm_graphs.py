@@ -486,10 +486,7 @@ def decoder_for(module: LMRecModule, batch_size: int, width: int, steps: int, pr
             module._graph_decoder = cached
         else:
             cached.w.load(module)
-    if module.decode_rows_per_octave is None:  # the class's default (an instance may have set its own)
-        cached.__dict__.pop("ROWS_PER_OCTAVE", None)
-    else:
-        cached.ROWS_PER_OCTAVE = module.decode_rows_per_octave
+    cached.ROWS_PER_OCTAVE = module.decode_rows_per_octave or GraphDecoder.ROWS_PER_OCTAVE
     return cached
 
 

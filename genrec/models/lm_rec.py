@@ -147,13 +147,14 @@ class LMRecModule(RecommenderModule):
     """
 
     score_meaning: ClassVar[str] = "log-probability of the item's title (summed over its title tokens, beam search); 0 is certain"
-    # Decoding switches and the cached engine of one stage (meanings: the genrec.models.lm_graphs docstring)
-    static_decoding: bool = True
-    decode_graphs: bool = True
-    decode_padded: bool | None = None
-    decode_compile: bool = False
-    decode_forced: bool = False
-    decode_rows_per_octave: int | None = None
+    # Decoding switches, set from ``decoding`` (defaults: DecodingSettings), and the cached engine
+    # of one stage (meanings: the genrec.models.lm_graphs docstring)
+    static_decoding: bool
+    decode_graphs: bool
+    decode_padded: bool | None
+    decode_compile: bool
+    decode_forced: bool
+    decode_rows_per_octave: int | None
     _graph_decoder: Any = None
 
     def __init__(
