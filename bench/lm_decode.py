@@ -317,6 +317,9 @@ def main() -> None:
     parser.add_argument("--attention", choices=["efficient", "cudnn"], default="cudnn",
                         help="static decoders' attention kernel: cuDNN first (GraphDecoder.CUDNN_ATTENTION, the default "
                         "since 2026-12-04), or the memory-efficient one")
+    parser.add_argument("--prefill", choices=["causal", "masked"], default="causal",
+                        help="static decoders' prefill: right-padded rows, causal flash attention without a mask "
+                        "(GraphDecoder.CAUSAL_PREFILL, the default since 2026-12-04), or left-padded rows with a [B, S, S] mask")
     parser.add_argument("--profile-batch", type=int, default=0, metavar="I",
                         help="--profile this batch of the timed pass (default the first; -1 the last, in loader order the widest prompts)")
     parser.add_argument("--capture-after", type=int, default=None, metavar="N",
@@ -362,6 +365,7 @@ def main() -> None:
     module.decode_compile = args.compile
     module.decode_forced = args.forced
     GraphDecoder.FUSED_HEAD, GraphDecoder.CUDNN_ATTENTION = args.head == "fused", args.attention == "cudnn"
+    GraphDecoder.CAUSAL_PREFILL = args.prefill == "causal"
     if args.capture_after is not None:
         if args.capture_after < 1:
             raise SystemExit(f"--capture-after must be >= 1, got {args.capture_after}")
@@ -446,6 +450,7 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
                    + (f", capture at use {args.capture_after}" if args.capture_after not in (None, 1) and device.type == "cuda" else "")
                    + (", fused head" if args.head == "fused" and module.static_decoding and not unsupported else "")
                    + (", cuDNN attention" if args.attention == "cudnn" and device.type == "cuda" and module.static_decoding and not unsupported else "")
+                   + (", causal prefill" if args.prefill == "causal" and module.static_decoding and not unsupported else "")
                    + (", forced suffixes in one pass" if args.forced and module.static_decoding and not unsupported else ""),
         "precision": precision,
         "users": f"{users:,} of {total:,}",

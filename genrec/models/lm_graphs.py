@@ -122,6 +122,17 @@ def _attention_kernels(device: torch.device, cudnn: bool = False) -> contextlib.
     return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
+def _prefill_kernels(device: torch.device, cudnn: bool = False) -> contextlib.AbstractContextManager[None]:
+    """CUDA: the causal prefill's kernels, no mask: flash attention (cuDNN's first with ``cudnn``),
+    then the memory-efficient and math ones for a shape they do not run."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, *order] if cudnn else order, set_priority=True)
+
+
 class GraphDecoder:
     """Static buffers, the prefill and the graphed step of one decoding shape (module docstring).
 
@@ -167,6 +178,11 @@ class GraphDecoder:
     cheaper eager. 1, the default: capture at first use; 2 was 7 % slower on the H200 (965.9
     against 1,035.3 users/s, the eleventh hold: the timed pass ran steps eagerly that a warm-up
     had captured before). ``bench.lm_decode --capture-after N``."""
+    CAUSAL_PREFILL = True
+    """The prefill attends right-padded rows with plain causal attention (flash, no mask; with
+    :attr:`CUDNN_ATTENTION` cuDNN's kernel first) instead of left-padded rows with a ``[B, S, S]``
+    mask (the memory-efficient kernel, key/value heads repeated): :meth:`prefill`.
+    ``bench.lm_decode --prefill masked`` is the old way."""
     FUSED_HEAD = True
     """Steps return :class:`~genrec.decoding.HeadScores` (the logits in the compute dtype and each
     row's float32 log-normaliser, :meth:`~genrec.models.lm_weights.DecoderWeights.log_normaliser`)
@@ -227,7 +243,14 @@ class GraphDecoder:
     def prefill(self, module: LMRecModule, inputs: LMInputs) -> Tensor:
         """Run the ``[B, S]`` left-padded prompts, keep their keys/values right-aligned in the
         buffers' first ``P`` columns, reset the beam state; ``[B, V]`` float32 log-probs of the
-        first title token."""
+        first title token.
+
+        With :attr:`CAUSAL_PREFILL` the rows are first rolled to the right-padded layout (each
+        row's real tokens in columns ``0 .. L - 1``), where plain causal attention is exact for
+        every real token (a padding token is never before a real one), so the attention is one
+        flash kernel with no mask and no key/value heads repeated; the keys and values are rolled
+        back into the buffers' left-padded columns. Without it, the left-padded rows attend with
+        a ``[B, S, S]`` mask (the memory-efficient kernel on CUDA)."""
         B, S = inputs.input_ids.shape
         P, w = self.prompt_width, self.w
         mask = inputs.attention_mask.bool()
@@ -243,20 +266,40 @@ class GraphDecoder:
         self.bucket = min(_next_pow2(B), self.capacity) if self.padded else B
         self.step_index = self.fed = self.fed_padded = self.forced = 0
         x = module.embed(inputs)  # [B, S, h]
-        cos, sin = self.cos[inputs.position_ids], self.sin[inputs.position_ids]  # [B, S, d]
-        causal = torch.ones(S, S, dtype=torch.bool, device=self.device).tril()
-        # Padding queries see themselves too: their rows stay finite (their keys are never seen).
-        allowed = (causal & mask[:, None, :]) | torch.eye(S, dtype=torch.bool, device=self.device)  # [B, S, S]
+        positions = inputs.position_ids
+        if self.CAUSAL_PREFILL:
+            lengths = self.lengths[:B]
+            columns = torch.arange(S, device=self.device)
+            # Right-padded column c holds left-padded column (c + pad) mod S; left-padded column c
+            # holds right-padded column (c - pad) mod S (pad = S - L: a pure roll of each row).
+            right = (columns[None] + (S - lengths)[:, None]) % S  # [B, S]
+            left = (columns[None] - (S - lengths)[:, None]) % S  # [B, S]
+            x = x.gather(1, right[..., None].expand_as(x))
+            positions = positions.gather(1, right)
+            back = left[:, None, :, None].expand(B, w.kv_heads, S, w.head_dim)  # [B, kvh, S, d]
+        else:
+            causal = torch.ones(S, S, dtype=torch.bool, device=self.device).tril()
+            # Padding queries see themselves too: their rows stay finite (their keys are never seen).
+            allowed = (causal & mask[:, None, :]) | torch.eye(S, dtype=torch.bool, device=self.device)  # [B, S, S]
+        cos, sin = self.cos[positions], self.sin[positions]  # [B, S, d]
         for layer, keys, values in zip(w.layers, self.keys, self.values, strict=True):
             q, k, v = w.qkv(layer, x, cos, sin)  # [B, S, heads, d]
-            keys[:B, :, P - S : P] = k.transpose(1, 2)
-            values[:B, :, P - S : P] = v.transpose(1, 2)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            if self.groups > 1:
-                k, v = k.repeat_interleave(self.groups, dim=1), v.repeat_interleave(self.groups, dim=1)
-            with _attention_kernels(self.device):
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=w.scaling)  # [B, H, S, d]
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, S, d]
+            if self.CAUSAL_PREFILL:
+                keys[:B, :, P - S : P] = k.gather(2, back)
+                values[:B, :, P - S : P] = v.gather(2, back)
+                with _prefill_kernels(self.device, self.cudnn_attention):
+                    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=w.scaling, enable_gqa=self.groups > 1)
+            else:
+                keys[:B, :, P - S : P] = k
+                values[:B, :, P - S : P] = v
+                if self.groups > 1:
+                    k, v = k.repeat_interleave(self.groups, dim=1), v.repeat_interleave(self.groups, dim=1)
+                with _attention_kernels(self.device):
+                    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=w.scaling)  # [B, H, S, d]
             x = w.finish_layer(layer, x, out.transpose(1, 2).flatten(2))
+        if self.CAUSAL_PREFILL:
+            return w.log_probs(x[torch.arange(B, device=self.device), self.lengths[:B] - 1])
         return w.log_probs(x[:, -1])
 
     # ---- one step ------------------------------------------------------------------------------
@@ -329,6 +372,9 @@ class GraphDecoder:
             self.graph_cache[(users, rows, lo, hi)] = graph
             torch.cuda.synchronize(self.device)
             self.capture_seconds += time.perf_counter() - started
+            # Recording ran nothing: the warm-up run left this step's output (and its key/value
+            # writes) in the static buffers, so a replay now would compute the same step again.
+            return self._static_out(rows)
         graph.replay()
         self.replays += 1
         return self._static_out(rows)
