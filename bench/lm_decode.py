@@ -335,6 +335,9 @@ def main() -> None:
                         help="decode the users in the test loader's order, or re-batched by prompt length (less padding)")
     parser.add_argument("--warmup", type=int, default=None, metavar="N", help="users decoded before the timed pass (default: one batch)")
     parser.add_argument("--set", action="append", default=[], help="extra CLI override key=value")
+    parser.add_argument("--adapter", default=None, metavar="FILE",
+                        help="the trained parameters of an adapter file (python -m bench.lm_adapter CKPT FILE) put on the "
+                        "configured model, checked against its base weights; instead of --ckpt")
     parser.add_argument("--decode-scales", default=None, metavar="S,S,...",
                         help="decode the users once per LoRA decode_scale (lora.decode_scale: 1 as trained, 0 the pretrained "
                              "model), one row each; default: the model's own")
@@ -351,6 +354,17 @@ def main() -> None:
                           f"--data.init_args.eval_batch_size={batch_size}", f"--model.init_args.evaluation.beam_width={args.beams}", *overrides], run=False)
     dm = cli.datamodule
     module = LMRecModule.load_from_checkpoint(args.ckpt, map_location="cpu") if args.ckpt else cli.model
+    if args.adapter:
+        if args.ckpt:
+            raise SystemExit("--adapter and --ckpt both give trained weights: take one")
+        from genrec.errors import ArtifactError
+        from genrec.models.lm_adapter import load_adapter
+
+        try:
+            adapter = load_adapter(module, args.adapter)
+        except ArtifactError as error:
+            raise SystemExit(f"error: {error}") from None
+        print(f"adapter {args.adapter}: {int(adapter['parameters']):,} trained parameters from {adapter['source'] or '?'}")
     try:
         scales = [None] if args.decode_scales is None else [float(x) for x in args.decode_scales.split(",")]
     except ValueError:
@@ -441,7 +455,7 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
     row = {
         "data": dm.name,
         "model": f"{hp.preset or hp.model} ({sum(p.numel() for p in module.parameters()) / 1e6:.1f}M)"
-                 + (" ckpt" if args.ckpt else ", random weights" if hp.preset else "")
+                 + (" ckpt" if args.ckpt else " adapter" if args.adapter else ", random weights" if hp.preset else "")
                  + (f", adapters x{module.lora.decode_scale:g}" if module.lora.decode_scale != 1 else ""),
         "decoder": {"static": "static (pruned, CUDA graphs)" if device.type == "cuda" else "static (pruned)",
                     "static-eager": "static (pruned, eager)", "slot": "slot (pruned)"}[args.decoder if not unsupported else "slot"]

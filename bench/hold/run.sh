@@ -2,7 +2,7 @@
 # One GPU hold, several runs side by side under MPS (run from the synced repo root on the device
 # machine; bench/hold/README.md has the order of calls):
 #   [DT=SECONDS: decodeab / lmscales time limit] bash .carry/gpu/run.sh setup | gguf | decode [USERS] | gputests | decodevar TAG [FLAGS] | decodeab TAG [FLAGS] | profile [USERS] | tiger NAME DATA SIDS TARGET [--set ...] |
-#        lm NAME [--set ...] | lmscales NAME S,S,.. | sasrec DATA | scaling i/n [beauty|toys] | wait [S] | waitfor lm|tiger|scaling [S] | status | collect
+#        lm NAME [--set ...] | lmscales NAME S,S,.. | adapter NAME | sasrec DATA | scaling i/n [beauty|toys] | wait [S] | waitfor lm|tiger|scaling [S] | status | collect
 # Runs start in their own process sessions from a copy of the repo at /tmp/w/repo (a later call
 # re-syncs the checkout; the copy keeps what the runs write) and log to /tmp/res; `collect` tars
 # /tmp/res (logs, --out JSONs, docs/benchmarks.md with the new rows, result.json / metrics.csv
@@ -77,6 +77,11 @@ lmscales) # lmscales NAME S,S,..: once `lm NAME` has ended, its best checkpoint 
   n=$2; ck=$(python3 -c "import json; print(json.load(open('$RES/$n.json'))['run']['checkpoint'])")
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout ${DT:-560} python3 -m bench.lm_decode $DEC \
      --ckpt "$ck" --users all --decode-scales $3) > $RES/$n-scales.log 2>&1; grep "^| amazon" $RES/$n-scales.log | cut -c1-330 ;;
+adapter) # adapter NAME: once `lm NAME` has ended, its best checkpoint's adapter file (bench.lm_adapter: the trained
+        # parameters, 20 MB for LoRA r 16) into $OUT in 15 MiB parts; here: cat NAME.adapter.part* > NAME.adapter.safetensors
+  n=$2; ck=$(python3 -c "import json; print(json.load(open('$RES/$n.json'))['run']['checkpoint'])")
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo python3 -m bench.lm_adapter "$ck" /tmp/$n.adapter.safetensors) 2>&1 | tail -2
+  split -b 15M -d /tmp/$n.adapter.safetensors $OUT/$n.adapter.part && sha256sum /tmp/$n.adapter.safetensors ;;
 sasrec) # sasrec DATA
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo setsid nohup python3 train.py fit --config configs/data/amazon-$2.yaml --config configs/sasrec/amazon-beauty.yaml \
      --trainer.max_time=00:00:15:00 --trainer.max_epochs=200 --trainer.check_val_every_n_epoch=5 --trainer.enable_progress_bar=false \

@@ -183,6 +183,12 @@ class GraphDecoder:
     :attr:`CUDNN_ATTENTION` cuDNN's kernel first) instead of left-padded rows with a ``[B, S, S]``
     mask (the memory-efficient kernel, key/value heads repeated): :meth:`prefill`.
     ``bench.lm_decode --prefill masked`` is the old way."""
+    PREFILL_ELEMENTS = 2**31 - 1
+    """The prefill runs its users in equal chunks small enough that no activation (the widest:
+    ``[users * S, 2 * intermediate]`` of the MLP) reaches this many elements. Past ``2^31``,
+    Inductor's 32-bit indexing does not hold and the compiled layer half recompiles for 64-bit
+    indices in the middle of a test pass (on the H200, Beauty's widest prompts: 1,883 users x 510
+    tokens x 3,072 = 2.95e9; the benchmark's per-batch times jump there)."""
     FUSED_HEAD = True
     """Steps return :class:`~genrec.decoding.HeadScores` (the logits in the compute dtype and each
     row's float32 log-normaliser, :meth:`~genrec.models.lm_weights.DecoderWeights.log_normaliser`)
@@ -236,6 +242,7 @@ class GraphDecoder:
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
         self.capture_seconds = 0.0
         self.replays = 0
+        self.prefill_chunks = 0  # the last prefill's chunks of users (:attr:`PREFILL_ELEMENTS`)
 
     # ---- prefill -------------------------------------------------------------------------------
 
@@ -266,40 +273,51 @@ class GraphDecoder:
         self.bucket = min(_next_pow2(B), self.capacity) if self.padded else B
         self.step_index = self.fed = self.fed_padded = self.forced = 0
         x = module.embed(inputs)  # [B, S, h]
-        positions = inputs.position_ids
+        widest = max(max(layer.qkv.shape[0], layer.gate_up.shape[0]) for layer in w.layers)
+        users = max(1, self.PREFILL_ELEMENTS // (S * widest))  # per chunk: no activation reaches 2^31 elements
+        chunks = -(-B // users)
+        users = -(-B // chunks)  # the same size for all chunks but the last
+        self.prefill_chunks = chunks
+        return torch.cat([self._prefill_rows(x[a : a + users], inputs.position_ids[a : a + users], mask[a : a + users], a)
+                          for a in range(0, B, users)])
+
+    def _prefill_rows(self, x: Tensor, positions: Tensor, mask: Tensor, first: int) -> Tensor:
+        """:meth:`prefill` of batch rows ``first .. first + n - 1``: their input embeddings
+        ``x [n, S, h]``, positions and mask ``[n, S]``; ``[n, V]`` float32 log-probs."""
+        (n, S), P, w, rows = mask.shape, self.prompt_width, self.w, slice(first, first + mask.shape[0])
         if self.CAUSAL_PREFILL:
-            lengths = self.lengths[:B]
+            lengths = self.lengths[rows]
             columns = torch.arange(S, device=self.device)
             # Right-padded column c holds left-padded column (c + pad) mod S; left-padded column c
             # holds right-padded column (c - pad) mod S (pad = S - L: a pure roll of each row).
-            right = (columns[None] + (S - lengths)[:, None]) % S  # [B, S]
-            left = (columns[None] - (S - lengths)[:, None]) % S  # [B, S]
+            right = (columns[None] + (S - lengths)[:, None]) % S  # [n, S]
+            left = (columns[None] - (S - lengths)[:, None]) % S  # [n, S]
             x = x.gather(1, right[..., None].expand_as(x))
             positions = positions.gather(1, right)
-            back = left[:, None, :, None].expand(B, w.kv_heads, S, w.head_dim)  # [B, kvh, S, d]
+            back = left[:, None, :, None].expand(n, w.kv_heads, S, w.head_dim)  # [n, kvh, S, d]
         else:
             causal = torch.ones(S, S, dtype=torch.bool, device=self.device).tril()
             # Padding queries see themselves too: their rows stay finite (their keys are never seen).
-            allowed = (causal & mask[:, None, :]) | torch.eye(S, dtype=torch.bool, device=self.device)  # [B, S, S]
-        cos, sin = self.cos[positions], self.sin[positions]  # [B, S, d]
+            allowed = (causal & mask[:, None, :]) | torch.eye(S, dtype=torch.bool, device=self.device)  # [n, S, S]
+        cos, sin = self.cos[positions], self.sin[positions]  # [n, S, d]
         for layer, keys, values in zip(w.layers, self.keys, self.values, strict=True):
-            q, k, v = w.qkv(layer, x, cos, sin)  # [B, S, heads, d]
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, S, d]
+            q, k, v = w.qkv(layer, x, cos, sin)  # [n, S, heads, d]
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [n, heads, S, d]
             if self.CAUSAL_PREFILL:
-                keys[:B, :, P - S : P] = k.gather(2, back)
-                values[:B, :, P - S : P] = v.gather(2, back)
+                keys[rows, :, P - S : P] = k.gather(2, back)
+                values[rows, :, P - S : P] = v.gather(2, back)
                 with _prefill_kernels(self.device, self.cudnn_attention):
                     out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=w.scaling, enable_gqa=self.groups > 1)
             else:
-                keys[:B, :, P - S : P] = k
-                values[:B, :, P - S : P] = v
+                keys[rows, :, P - S : P] = k
+                values[rows, :, P - S : P] = v
                 if self.groups > 1:
                     k, v = k.repeat_interleave(self.groups, dim=1), v.repeat_interleave(self.groups, dim=1)
                 with _attention_kernels(self.device):
-                    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=w.scaling)  # [B, H, S, d]
+                    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], scale=w.scaling)  # [n, H, S, d]
             x = w.finish_layer(layer, x, out.transpose(1, 2).flatten(2))
         if self.CAUSAL_PREFILL:
-            return w.log_probs(x[torch.arange(B, device=self.device), self.lengths[:B] - 1])
+            return w.log_probs(x[torch.arange(n, device=self.device), self.lengths[rows] - 1])
         return w.log_probs(x[:, -1])
 
     # ---- one step ------------------------------------------------------------------------------

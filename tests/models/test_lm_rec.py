@@ -339,7 +339,7 @@ def nan_filled_empty_tensors():
 
 
 @pytest.mark.parametrize("decoder", ["padded", "padded-fine-rows", "padded-forced", "padded-fused-head", "exact", "exact-forced",
-                                     "exact-fused-head", "exact-masked-prefill", "slot"])
+                                     "exact-fused-head", "exact-masked-prefill", "padded-chunked-prefill", "slot"])
 def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_dropped(datamodule, batch, monkeypatch, decoder):
     """Below exhaustive width the decoders still agree: the slot decoder (pruned beams,
     in-place slot buffers, LoRA merged, finished users dropped from the buffers) and the
@@ -347,7 +347,8 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     of its CUDA graphs (padding rows, a spare row and column, power-of-two users), with or
     without forced suffixes finished in one pass, with steps that return logits and row
     log-normalisers (the fused head) or log-probs, with the prompts prefilled right-padded under
-    plain causal attention (the default) or left-padded under a mask, give the reference
+    plain causal attention (the default) or left-padded under a mask, all users at once or in
+    chunks, give the reference
     decoder's items and scores; the merged weights leave the module untouched."""
     static = decoder != "slot"
     from genrec.models.lm_decoding import SlotKV
@@ -366,6 +367,8 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     normalised = []
     monkeypatch.setattr(GraphDecoder, "FUSED_HEAD", decoder.endswith("fused-head"))  # the default (on) only where named
     monkeypatch.setattr(GraphDecoder, "CAUSAL_PREFILL", not decoder.endswith("masked-prefill"))
+    if decoder.endswith("chunked-prefill"):  # every user its own prefill chunk
+        monkeypatch.setattr(GraphDecoder, "PREFILL_ELEMENTS", 1)
     causal_calls = []
     if static:
         sdpa = torch.nn.functional.scaled_dot_product_attention
@@ -418,7 +421,8 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
         # every step's log-probs came from logits and their row normalisers with the fused head
         assert engine.fused_head == decoder.endswith("fused-head") and len(normalised) == (m.decode_counts["steps"] if engine.fused_head else 0)
         # the prefill's layers: causal attention without a mask, unless the masked prefill is asked for
-        assert causal_calls.count(True) == (0 if decoder.endswith("masked-prefill") else len(engine.w.layers))  # one batch, one prefill
+        assert engine.prefill_chunks == (len(batch) if decoder.endswith("chunked-prefill") else 1)
+        assert causal_calls.count(True) == (0 if decoder.endswith("masked-prefill") else len(engine.w.layers) * engine.prefill_chunks)
         if m.decode_forced:  # users left the steps early, their titles finished in one pass each time
             assert finished and all(n > 0 for _, n in finished) and m.decode_counts["steps"] < m.trie().max_depth
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
