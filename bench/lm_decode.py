@@ -106,6 +106,7 @@ def load_for_test(data: str, model: str, ckpt: str | None, eval_batch_size: int,
     module = LMRecModule.load_from_checkpoint(ckpt, map_location="cpu") if ckpt else cli.model
     dm.setup("test")
     module.attach(dm.data.catalog, train_counts=dm.data.train_item_counts())
+    dm.item_cost = module.line_lengths.cpu()  # the test order by prompt tokens, as LMRecModule.setup gives it
     return dm, module.to(device).eval()
 
 
@@ -373,6 +374,7 @@ def main() -> None:
         raise SystemExit(f"--beams {args.beams} is below the {module.num_results} items recommended per user")
     dm.setup("test")
     module.attach(dm.data.catalog, train_counts=dm.data.train_item_counts())
+    dm.item_cost = module.line_lengths.cpu()  # the test order by prompt tokens, as LMRecModule.setup gives it (train.py test)
     module.to(device).eval()
     module.static_decoding = args.decoder != "slot"
     module.decode_graphs = args.decoder == "static"

@@ -27,6 +27,7 @@ def padding_efficiency(data: str, model: str, bucket: bool, overrides: list[str]
     dm, module = cli.datamodule, cli.model
     dm.setup("fit")
     module.attach(dm.data.catalog, train_counts=dm.data.train_item_counts())
+    dm.item_cost = module.line_lengths.cpu()  # buckets by prompt tokens, as LMRecModule.setup gives it (train.py fit)
     real = computed = batches = longest = 0
     for batch in dm.train_dataloader():
         inputs = module.lm_inputs(batch)

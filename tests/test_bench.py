@@ -333,7 +333,7 @@ def test_lm_decode_benchmark_checks_the_reference_and_records_quality(tmp_path, 
     assert cells["batch"] == "4 by prompt length"
     assert cells["reference check"].startswith("fp32: 6/6 identical, 0 tied, 0 different, same-item score gap")
     assert 0 <= float(cells["test R@10"]) <= 1 and "of full search" in cells["beam tokens fed"]
-    assert "in the step body (eager)" in cells["aten ops/step"] and cells["decoder"] == "static (pruned), fused head"  # on a CPU: no graphs
+    assert "in the step body (eager)" in cells["aten ops/step"] and cells["decoder"] == "static (pruned), fused head, causal prefill"  # on a CPU: no graphs
 
     scores = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -3.0], [-1.0, -2.0, -3.0]])
     a = BeamResult(torch.tensor([[1, 2, 3], [1, 2, 3], [1, 2, 3]]), scores)

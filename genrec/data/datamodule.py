@@ -195,6 +195,13 @@ class SequenceDataModule(L.LightningDataModule):
             see :func:`genrec.data.catalog.render`), used by the encode stage unless
             ``--encode.template`` is given; ``None``: :data:`~genrec.data.catalog.DEFAULT_TEMPLATE`.
 
+    The attribute ``item_cost`` (``[num_items]``, default ``None``) is what each item costs in the
+    model's input, set by a model that knows it (``LMRecModule.setup``: the tokens of each item's
+    history line). With it, the evaluation order and the training buckets group samples by the
+    summed cost of their kept history (:meth:`sample_lengths`) rather than its item count: an LM's
+    prompts then pad to about their own length in tokens, which item counts do not give when
+    titles differ in length.
+
     The uniform training shuffle draws from one generator seeded with ``seed``; its state is the
     module's :meth:`state_dict`, saved in every checkpoint, so a resumed run shuffles the next
     epoch as the uninterrupted run would (not as epoch 0).
@@ -233,6 +240,7 @@ class SequenceDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self._data: SequenceData | None = None
+        self.item_cost: torch.Tensor | None = None  # [num_items], set by the model (see the class docstring)
         self._shuffle: torch.Generator | None = None
         self._shuffle_state: torch.Tensor | None = None
 
@@ -276,10 +284,23 @@ class SequenceDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         _ = self.data
 
+    def sample_lengths(self, users: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``[N]`` length of each sample's kept history (``users``, ``positions`` ``[N]``): its item
+        count, or with :attr:`item_cost` the summed cost of those items (an LM: prompt tokens)."""
+        counts = positions.clamp(max=self.max_history)
+        if self.item_cost is None:
+            return counts
+        data = self.data
+        if len(self.item_cost) != data.num_items:
+            raise ValueError(f"item_cost has {len(self.item_cost)} items, data set {self.name!r} {data.num_items}")
+        prefix = torch.cat([torch.zeros(1, dtype=torch.long), self.item_cost.long()[data.items].cumsum(0)])
+        end = data.offsets[users] + positions  # one past each history's newest item
+        return prefix[end] - prefix[end - counts]
+
     def dataset(self, stage: Stage) -> PrefixDataset:
         users, positions = self.data.samples(stage)
         if stage != "train" and self.sort_eval_by_length:
-            order = length_sorted_blocks(positions.clamp(max=self.max_history), 16 * self.eval_batch_size)
+            order = length_sorted_blocks(self.sample_lengths(users, positions), 16 * self.eval_batch_size)
             users, positions = users[order], positions[order]
         return PrefixDataset(self.data, users, positions, self.max_history)
 
@@ -294,8 +315,7 @@ class SequenceDataModule(L.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         elif stage == "train" and self.bucket_by_length:
             world = self.trainer.world_size if self.trainer is not None else 1
-            lengths = dataset.positions.clamp(max=self.max_history)
-            sampler = LengthBucketSampler(lengths, batch_size * world, seed=self.seed)
+            sampler = LengthBucketSampler(self.sample_lengths(dataset.users, dataset.positions), batch_size * world, seed=self.seed)
         return DataLoader(
             dataset,
             batch_size=batch_size,

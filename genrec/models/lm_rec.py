@@ -251,9 +251,14 @@ class LMRecModule(RecommenderModule):
     # ---- items and tokens ---------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        """Pre-tokenize the data module's catalogue titles and build the trie (see :meth:`attach`)."""
+        """Pre-tokenize the data module's catalogue titles and build the trie (see :meth:`attach`),
+        and give the data module each item's history-line tokens (its ``item_cost``), so that its
+        evaluation order and training buckets group prompts of similar length in tokens."""
         super().setup(stage)
         data = self.trainer_data()
+        datamodule = self.trainer.datamodule
+        if hasattr(datamodule, "item_cost"):  # batches of similar prompt lengths in tokens, not in items
+            datamodule.item_cost = self.line_lengths.cpu()
         self.choose_eval_users(data.num_users, {s: data.samples(s)[0] for s in ("val", "test")})
         if stage == "fit" and self.hparams.compile and self._train_forward is None:
             # kept off the module tree: the compiled wrapper shares self.model's parameters

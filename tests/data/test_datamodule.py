@@ -144,3 +144,31 @@ def test_bucketed_evaluation_sees_every_user_once_in_length_sorted_blocks():
             part = lengths[start : start + block]
             assert torch.equal(part, part.sort().values)
         assert sum(int(x.lengths.max()) for x in b) < sum(int(x.lengths.max()) for x in a)
+
+
+def test_item_costs_order_evaluation_and_training_buckets_by_summed_cost():
+    """With the model's per-item cost (an LM: tokens of each item's line), samples are grouped by
+    the summed cost of their kept history, not its item count: a history of a few long-titled
+    items sorts after one of many short-titled ones."""
+    source = ListSource({f"u{i}": [chr(97 + (i + j) % 20) for j in range(3 + (i * 7) % 12)] for i in range(60)})
+    dm = SequenceDataModule(source, kcore=0, batch_size=8, eval_batch_size=4, max_history=6, bucket_by_length=True)
+    dm.setup("fit")
+    cost = torch.randint(1, 40, (dm.data.num_items,), generator=torch.Generator().manual_seed(0))
+    dm.item_cost = cost
+
+    def summed(batch: SeqBatch) -> torch.Tensor:  # [B] the cost of each row's history, from the batch itself
+        return torch.where(batch.history >= 0, cost[batch.history.clamp(min=0)], 0).sum(1)
+
+    test = list(dm.test_dataloader())
+    costs = torch.cat([summed(b) for b in test])
+    assert len(costs) == len(dm.dataset("test")) and torch.equal(costs, costs.sort().values)  # one block: sorted
+    assert not torch.equal(torch.cat([b.lengths for b in test]), torch.cat([b.lengths for b in test]).sort().values)
+    users, positions = dm.dataset("test").users, dm.dataset("test").positions
+    assert torch.equal(dm.sample_lengths(users, positions), costs)
+    spread = [int(summed(b).max() - summed(b).min()) for b in dm.train_dataloader()]
+    dm.item_cost = None
+    by_count = [int(summed(b).max() - summed(b).min()) for b in dm.train_dataloader()]
+    assert sum(spread) < sum(by_count)  # buckets of similar cost, not of similar item count
+    dm.item_cost = cost[:-1]
+    with pytest.raises(ValueError, match="item_cost has"):
+        dm.dataset("test")

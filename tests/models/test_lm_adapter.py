@@ -19,7 +19,7 @@ from tests.models.test_lm_rec import tiny_datamodule, tiny_module
 def trained_lora(**lora) -> LMRecModule:
     m = tiny_module(lora={"enabled": True, "r": 4, **lora})
     torch.manual_seed(3)
-    for name, p in m.named_parameters():
+    for p in m.parameters():
         if p.requires_grad:  # as if trained: B starts at zero
             p.data.normal_(0, 0.5)
     return m.eval()

@@ -919,10 +919,12 @@ def test_liger_flag_patches_the_model_with_kernels_not_losses(monkeypatch, caplo
 # ---- Lightning ----------------------------------------------------------------------------------
 
 
-def test_fit_validate_test_predict(datamodule):
+def test_fit_validate_test_predict():
+    datamodule = tiny_datamodule()  # its own: the module's setup gives it the items' token costs
     m = tiny_module()
     trainer = quiet_trainer(fast_dev_run=True)
     trainer.fit(m, datamodule=datamodule)
+    assert torch.equal(datamodule.item_cost, m.line_lengths.cpu())  # eval order and buckets by prompt tokens
     assert {"train/loss_step", "val/loss", "val/recall@10", "val/ndcg@5"} <= set(trainer.callback_metrics)
     result = trainer.test(m, datamodule=datamodule, verbose=False)[0]
     for key in ("test/recall@5", "test/ndcg@10", "test/cold/recall@10", "test/popularity/recall@10", "test/loss"):
