@@ -321,6 +321,9 @@ def main() -> None:
     parser.add_argument("--prefill", choices=["causal", "masked"], default="causal",
                         help="static decoders' prefill: right-padded rows, causal flash attention without a mask "
                         "(GraphDecoder.CAUSAL_PREFILL, the default since 2026-12-04), or left-padded rows with a [B, S, S] mask")
+    parser.add_argument("--prefill-elements", type=int, default=None, metavar="N",
+                        help="static decoders: prefill chunks of users below N activation elements (GraphDecoder.PREFILL_ELEMENTS, "
+                        "default 2^31 - 1, Inductor's 32-bit indexing; a huge N prefills each batch at once)")
     parser.add_argument("--profile-batch", type=int, default=0, metavar="I",
                         help="--profile this batch of the timed pass (default the first; -1 the last, in loader order the widest prompts)")
     parser.add_argument("--capture-after", type=int, default=None, metavar="N",
@@ -382,6 +385,10 @@ def main() -> None:
     module.decode_forced = args.forced
     GraphDecoder.FUSED_HEAD, GraphDecoder.CUDNN_ATTENTION = args.head == "fused", args.attention == "cudnn"
     GraphDecoder.CAUSAL_PREFILL = args.prefill == "causal"
+    if args.prefill_elements is not None:
+        if args.prefill_elements < 1:
+            raise SystemExit(f"--prefill-elements must be >= 1, got {args.prefill_elements}")
+        GraphDecoder.PREFILL_ELEMENTS = args.prefill_elements
     if args.capture_after is not None:
         if args.capture_after < 1:
             raise SystemExit(f"--capture-after must be >= 1, got {args.capture_after}")
@@ -467,6 +474,8 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
                    + (", fused head" if args.head == "fused" and module.static_decoding and not unsupported else "")
                    + (", cuDNN attention" if args.attention == "cudnn" and device.type == "cuda" and module.static_decoding and not unsupported else "")
                    + (", causal prefill" if args.prefill == "causal" and module.static_decoding and not unsupported else "")
+                   + (f", prefill chunks < {args.prefill_elements:.3g} elements" if args.prefill_elements and module.static_decoding
+                      and not unsupported else "")
                    + (", forced suffixes in one pass" if args.forced and module.static_decoding and not unsupported else ""),
         "precision": precision,
         "users": f"{users:,} of {total:,}",

@@ -3,7 +3,8 @@
     python -m bench.lm_padding --data configs/data/amazon-beauty.yaml --model configs/lm/smollm2-lora.yaml
 
 Builds one epoch of training batches exactly as ``train.py fit`` would (prompts left-padded to
-the longest in the batch, targets + EOS) for each ``bucket_by_length`` setting and counts real
+the longest in the batch, targets + EOS) without buckets, in buckets by history items and by prompt
+tokens (``bucket_by_length``; ``train.py fit`` buckets an LM by tokens), and counts real
 tokens against the tokens the model computes on. No model runs (only the tokenizer), so the
 numbers do not depend on the device; padding costs the same share of a GPU's time when the
 step is bound by compute.
@@ -17,17 +18,20 @@ from bench.record import record, set_flags
 from genrec.stages.fit import GenRecCLI
 
 
-def padding_efficiency(data: str, model: str, bucket: bool, overrides: list[str]) -> dict[str, object]:
-    """One epoch's real vs computed (padded) tokens of the training batches."""
+def padding_efficiency(data: str, model: str, bucket: str, overrides: list[str]) -> dict[str, object]:
+    """One epoch's real vs computed (padded) tokens of the training batches; ``bucket``: ``off``,
+    ``by items`` (history lengths in items) or ``by tokens`` (in prompt tokens, as ``train.py fit``
+    buckets an LM's batches since 2026-12-04: ``SequenceDataModule.item_cost``)."""
     cli = GenRecCLI(
         args=["--config", data, "--config", model, "--trainer.logger=false", "--trainer.accelerator=cpu",
-              f"--data.init_args.bucket_by_length={str(bucket).lower()}", *overrides],
+              f"--data.init_args.bucket_by_length={str(bucket != 'off').lower()}", *overrides],
         run=False,
     )
     dm, module = cli.datamodule, cli.model
     dm.setup("fit")
     module.attach(dm.data.catalog, train_counts=dm.data.train_item_counts())
-    dm.item_cost = module.line_lengths.cpu()  # buckets by prompt tokens, as LMRecModule.setup gives it (train.py fit)
+    if bucket == "by tokens":  # as LMRecModule.setup gives it (train.py fit)
+        dm.item_cost = module.line_lengths.cpu()
     real = computed = batches = longest = 0
     for batch in dm.train_dataloader():
         inputs = module.lm_inputs(batch)
@@ -54,7 +58,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="extra CLI override key=value")
     args = parser.parse_args()
     overrides = set_flags(args.set)
-    rows = [padding_efficiency(args.data, args.model, bucket, overrides) for bucket in (False, True)]
+    rows = [padding_efficiency(args.data, args.model, bucket, overrides) for bucket in ("off", "by items", "by tokens")]
     record(
         "LM recommender batch padding",
         rows,

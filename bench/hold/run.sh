@@ -2,7 +2,7 @@
 # One GPU hold, several runs side by side under MPS (run from the synced repo root on the device
 # machine; bench/hold/README.md has the order of calls):
 #   [DT=SECONDS: decodeab / lmscales time limit] bash .carry/gpu/run.sh setup | gguf | decode [USERS] | gputests | decodevar TAG [FLAGS] | decodeab TAG [FLAGS] | profile [USERS] | tiger NAME DATA SIDS TARGET [--set ...] |
-#        lm NAME [--set ...] | lmscales NAME S,S,.. | adapter NAME | sasrec DATA | scaling i/n [beauty|toys] | wait [S] | waitfor lm|tiger|scaling [S] | status | collect
+#        lm NAME [--set ...] | lmscales NAME S,S,.. | adapter NAME | decodeckpt NAME TAG [FLAGS] | sasrec DATA | scaling i/n [beauty|toys] | wait [S] | waitfor lm|tiger|scaling [S] | status | collect
 # Runs start in their own process sessions from a copy of the repo at /tmp/w/repo (a later call
 # re-syncs the checkout; the copy keeps what the runs write) and log to /tmp/res; `collect` tars
 # /tmp/res (logs, --out JSONs, docs/benchmarks.md with the new rows, result.json / metrics.csv
@@ -43,6 +43,11 @@ decode) # decode [USERS]: the old tree (if carried), this tree, this tree compil
 decodevar) # decodevar TAG [FLAGS]: this tree's decoder on all users with extra bench.lm_decode flags, alone (e.g. `decodevar r4 --rows-per-octave 4`, `decodevar b2k --batch 2048`)
   t=$2; shift 2
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 200 python3 -m bench.lm_decode $DEC --users all "$@") > $RES/dec-$t.log 2>&1; grep "^| amazon" $RES/dec-$t.log | cut -c1-400 ;;
+decodeckpt) # decodeckpt NAME TAG [FLAGS]: once `lm NAME` has ended, decodevar TAG of its best checkpoint (written out here so that
+        # the call that runs it is pasted, not composed: bench/hold/README.md)
+  n=$2; t=$3; shift 3; ck=$(python3 -c "import json; print(json.load(open('$RES/$n.json'))['run']['checkpoint'])")
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout ${DT:-200} python3 -m bench.lm_decode $DEC --users all --ckpt "$ck" "$@") > $RES/dec-$t.log 2>&1
+  grep -e "^| amazon" -e "^per batch" $RES/dec-$t.log | cut -c1-500 ;;
 decodeab) # decodeab TAG [FLAGS]: as decodevar, on randomly initialised weights of SmolLM2-135M's shapes over the carried SmolLM2
         # tokenizer (.carry/tok): no GGUF, so it runs in the setup call. For kernel A/B in one call only: random weights prune
         # differently, so its users/s are not comparable with decodevar's (e.g. `decodeab base --compile`, `decodeab cudnn --compile --attention cudnn`)
