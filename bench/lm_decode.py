@@ -57,6 +57,7 @@ from genrec.decoding import BeamResult
 from genrec.metrics import RecEvaluation, cold_exposure
 from genrec.models import LMRecModule
 from genrec.models.lm_graphs import GraphDecoder, unsupported_reason
+from genrec.models.lm_weights import DecoderWeights
 from genrec.stages.fit import GenRecCLI
 
 TIE = 1e-3
@@ -321,6 +322,9 @@ def main() -> None:
     parser.add_argument("--prefill", choices=["causal", "masked"], default="causal",
                         help="static decoders' prefill: right-padded rows, causal flash attention without a mask "
                         "(GraphDecoder.CAUSAL_PREFILL, the default since 2026-12-04), or left-padded rows with a [B, S, S] mask")
+    parser.add_argument("--compile-dims", choices=["rows", "all"], default="all",
+                        help="with --compile: every dimension symbolic (torch.compile(dynamic=True), the default), or only the row "
+                        "dimensions dynamic and the feature widths static (DecoderWeights.ROWS_ONLY_DYNAMIC, not yet measured)")
     parser.add_argument("--prefill-elements", type=int, default=None, metavar="N",
                         help="static decoders: prefill chunks of users below N activation elements (GraphDecoder.PREFILL_ELEMENTS, "
                         "default 2^31 - 1, Inductor's 32-bit indexing; a huge N prefills each batch at once)")
@@ -385,6 +389,7 @@ def main() -> None:
     module.decode_forced = args.forced
     GraphDecoder.FUSED_HEAD, GraphDecoder.CUDNN_ATTENTION = args.head == "fused", args.attention == "cudnn"
     GraphDecoder.CAUSAL_PREFILL = args.prefill == "causal"
+    DecoderWeights.ROWS_ONLY_DYNAMIC = args.compile_dims == "rows"
     if args.prefill_elements is not None:
         if args.prefill_elements < 1:
             raise SystemExit(f"--prefill-elements must be >= 1, got {args.prefill_elements}")
@@ -468,7 +473,8 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
                  + (f", adapters x{module.lora.decode_scale:g}" if module.lora.decode_scale != 1 else ""),
         "decoder": {"static": "static (pruned, CUDA graphs)" if device.type == "cuda" else "static (pruned)",
                     "static-eager": "static (pruned, eager)", "slot": "slot (pruned)"}[args.decoder if not unsupported else "slot"]
-                   + (", compiled" if args.compile and module.static_decoding and not unsupported else "")
+                   + ((", compiled (rows dynamic)" if args.compile_dims == "rows" else ", compiled")
+                      if args.compile and module.static_decoding and not unsupported else "")
                    + (f", {args.rows_per_octave} row buckets/octave" if args.rows_per_octave not in (None, 1) else "")
                    + (f", capture at use {args.capture_after}" if args.capture_after not in (None, 1) and device.type == "cuda" else "")
                    + (", fused head" if args.head == "fused" and module.static_decoding and not unsupported else "")

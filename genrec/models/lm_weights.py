@@ -74,6 +74,7 @@ class DecoderWeights:
         self.layers: list[LayerWeights] = []
         self.embed = self.final_norm = self.lm_head = torch.empty(0)
         self.compiled = False
+        self.rows_only_dynamic = False  # set by :meth:`compile`
         self.load(module)
 
     def _tensors(self, module: LMRecModule) -> dict[str, Any]:
@@ -155,6 +156,7 @@ class DecoderWeights:
         """Queries ``[..., H, d]``, keys and values ``[..., kvh, d]`` of hidden states ``x [..., h]``
         (rotary embedding ``cos`` / signed ``sin`` ``[..., d]`` float32 of :meth:`rotary_table`
         applied, as ``transformers`` does under autocast: in float32, then cast)."""
+        self._rows_dynamic(x, cos, sin)
         return self._qkv(x, cos, sin, layer.input_norm, layer.qkv, layer.qkv_bias, layer.q_norm, layer.k_norm)
 
     def _qkv(self, x: Tensor, cos: Tensor, sin: Tensor, input_norm: Tensor, qkv_weight: Tensor, qkv_bias: Tensor | None,
@@ -177,6 +179,7 @@ class DecoderWeights:
 
     def finish_layer(self, layer: LayerWeights, x: Tensor, attended: Tensor) -> Tensor:
         """Residual stream ``x [..., h]`` after the attention output ``attended [..., H * d]`` and the MLP."""
+        self._rows_dynamic(x, attended)
         return self._finish(x, attended, layer.o, layer.o_bias, layer.post_norm, layer.gate_up, layer.down)
 
     def _finish(self, x: Tensor, attended: Tensor, o: Tensor, o_bias: Tensor | None, post_norm: Tensor, gate_up: Tensor,
@@ -187,16 +190,36 @@ class DecoderWeights:
         gate, up = self.linear(self.norm_cast(x, post_norm), gate_up).chunk(2, dim=-1)
         return x + self.linear(self.act(gate) * up, down)
 
-    def compile(self) -> None:
+    ROWS_ONLY_DYNAMIC = False
+    """With ``True``, :meth:`compile` makes only the row dimensions dynamic (each tensor's leading
+    dimensions: beams in a step, users and tokens in the prefill) and keeps the feature widths
+    (hidden size, heads, MLP width, vocabulary) static. Inductor can then use persistent reductions
+    for the norms and constant strides in the pointwise kernels: in the H200 profile the steps'
+    RMSNorm was a looped reduction, and their Triton kernels ran at well under the memory bandwidth
+    their bytes need. ``False`` (the default, the measured way): every dimension symbolic
+    (``torch.compile(dynamic=True)``). Not yet measured on a GPU: ``bench.lm_decode --compile-dims
+    rows`` against ``all`` decides the default."""
+
+    def compile(self, backend: str | Any = "inductor") -> None:
         """Run each layer's two halves (:meth:`qkv`, :meth:`finish_layer`) and the head's
-        :meth:`log_normaliser` through ``torch.compile`` with dynamic shapes: one compilation per
-        half serves every layer and every bucket, and the norms, rotary embedding, casts and
-        residual adds (most of a step's ~40 small kernels per layer, docs/benchmarks.md) fuse into
-        a few. Compiled on the first call, so outside any graph capture (the graphs' warm-up run)."""
-        self._qkv = torch.compile(self._qkv, dynamic=True)
-        self._finish = torch.compile(self._finish, dynamic=True)
-        self._lse = torch.compile(self._lse, dynamic=True)
+        :meth:`log_normaliser` through ``torch.compile``: one compilation per half serves every
+        layer and every bucket (the rows dynamic, :attr:`ROWS_ONLY_DYNAMIC`), and the norms, rotary
+        embedding, casts and residual adds (most of a step's ~40 small kernels per layer,
+        docs/benchmarks.md) fuse into a few. Compiled on the first call, so outside any graph
+        capture (the graphs' warm-up run). ``backend``: ``torch.compile``'s (tests record graphs)."""
+        self.rows_only_dynamic = bool(self.ROWS_ONLY_DYNAMIC)
+        dynamic = None if self.rows_only_dynamic else True
+        self._qkv = torch.compile(self._qkv, dynamic=dynamic, backend=backend)
+        self._finish = torch.compile(self._finish, dynamic=dynamic, backend=backend)
+        self._lse = torch.compile(self._lse, dynamic=dynamic, backend=backend)
         self.compiled = True
+
+    def _rows_dynamic(self, *tensors: Tensor) -> None:
+        """Compiled with :attr:`ROWS_ONLY_DYNAMIC`: mark each tensor's leading dimensions (all but the
+        last, the features) dynamic, so the first compilation is already the one for every row count."""
+        if self.compiled and self.rows_only_dynamic:
+            for t in tensors:
+                torch._dynamo.maybe_mark_dynamic(t, list(range(t.dim() - 1)))
 
     def logits(self, x: Tensor, out: Tensor | None = None) -> Tensor:
         """``[R, h]`` last hidden states -> ``[R, V]`` logits in the compute dtype (written into
@@ -210,6 +233,7 @@ class DecoderWeights:
         """``[R, V]`` logits (compute dtype) -> ``[R]`` float32 ``logsumexp`` of each row, computed in
         float32. Compiled (:meth:`compile`), the cast fuses into the reduction: the logits are read
         in the compute dtype and no float32 ``[R, V]`` copy is written."""
+        self._rows_dynamic(logits)
         return self._lse(logits)
 
     @staticmethod

@@ -698,6 +698,48 @@ def test_compiled_layer_halves_trace_as_one_graph_each(datamodule, dtype):
     assert q.dtype == k.dtype == v.dtype == dtype
 
 
+@pytest.mark.parametrize("rows_only", [True, False])
+def test_compiled_layer_halves_keep_feature_widths_static_and_compile_once_for_all_row_counts(datamodule, rows_only, monkeypatch):
+    """With ``ROWS_ONLY_DYNAMIC`` (a switch, off until a GPU measures it) the compiled halves see the rows symbolic and the
+    feature widths as constants (so Inductor can specialise its norms and pointwise kernels), and
+    one compilation serves every row count, steps' and prefill's; without it every dimension is
+    symbolic. Recorded with a backend that keeps the traced graphs' input shapes, no compiling."""
+    import torch._dynamo as dynamo
+
+    from genrec.models.lm_weights import DecoderWeights
+
+    monkeypatch.setattr(DecoderWeights, "ROWS_ONLY_DYNAMIC", rows_only)
+    dynamo.reset()
+    graphs: list[list[tuple]] = []
+
+    def record(gm, example_inputs):  # the traced input tensors' shapes (SymInt where dynamic)
+        values = [node.meta.get("example_value") for node in gm.graph.nodes if node.op == "placeholder"]
+        graphs.append([tuple(v.shape) for v in values if isinstance(v, torch.Tensor)])
+        return gm.forward
+
+    w = DecoderWeights(_lora_module(datamodule), torch.float32)
+    w.compile(backend=record)
+    layer, h = w.layers[0], w.embed.shape[1]
+    try:
+        for rows in (37, 53, 90):
+            x = torch.randn(rows, h)
+            cos, sin = (t[:rows] for t in w.rotary_table(128, torch.device("cpu")))
+            q, _, _ = w.qkv(layer, x, cos, sin)
+            w.finish_layer(layer, x, q.flatten(1))
+        assert len(graphs) == 2  # one graph a half for the three row counts
+        x_shape = graphs[0][0]
+        assert isinstance(x_shape[0], torch.SymInt)
+        assert isinstance(x_shape[1], int) == rows_only and (rows_only or isinstance(x_shape[1], torch.SymInt))
+        if rows_only:  # every input's last dimension a constant, e.g. the weights' and the features'
+            assert all(isinstance(shape[-1], int) for graph in graphs for shape in graph if shape)
+        prompt = torch.randn(3, 11, h)
+        cos, sin = (t[:11].expand(3, 11, -1) for t in w.rotary_table(128, torch.device("cpu")))
+        w.qkv(layer, prompt, cos, sin)
+        assert len(graphs) == 3 and all(isinstance(n, torch.SymInt) for n in graphs[2][0][:2]) and graphs[2][0][2] == h
+    finally:
+        dynamo.reset()
+
+
 @pytest.mark.slow  # the first compilation takes about a minute on 2 CPU cores
 @pytest.mark.parametrize("fused_head", [False, True])
 def test_compiled_static_decoder_gives_the_same_lists(datamodule, batch, fused_head, monkeypatch):
