@@ -97,6 +97,21 @@ def common_item_gap(fast: BeamResult, reference: BeamResult) -> float:
     return float(gaps[same].max()) if bool(same.any()) else 0.0
 
 
+SWITCHES = (
+    ("--head", ("fused", "log-softmax"), GraphDecoder, "FUSED_HEAD",
+     "static decoders' steps return logits and row log-normalisers (fused; meant with --compile), or float32 log-probs"),
+    ("--attention", ("cudnn", "efficient"), GraphDecoder, "CUDNN_ATTENTION",
+     "static decoders' attention kernel: cuDNN first, or the memory-efficient one"),
+    ("--prefill", ("causal", "masked"), GraphDecoder, "CAUSAL_PREFILL",
+     "static decoders' prefill: right-padded rows under causal flash attention without a mask, or left-padded rows with a [B, S, S] mask"),
+    ("--compile-dims", ("rows", "all"), DecoderWeights, "ROWS_ONLY_DYNAMIC",
+     "with --compile: only the row dimensions dynamic and the feature widths static, or every dimension symbolic"),
+)
+"""The decoder's switches: flag, (the value that turns the class attribute on, the one that turns
+it off), the class and attribute, help. Each flag's default is the attribute's default; a new
+switch is a row here."""
+
+
 def load_for_test(data: str, model: str, ckpt: str | None, eval_batch_size: int, sets: list[str], device: torch.device) -> tuple[Any, LMRecModule]:
     """The data module (test split set up) and the LM recommender as ``train.py test`` builds them
     (``ckpt``: that checkpoint's settings and weights), attached to the catalogue, on ``device``
@@ -313,18 +328,9 @@ def main() -> None:
                         "decoder without graphs, at exact sizes; slot: the eager slot decoder (genrec.models.lm_decoding)")
     parser.add_argument("--rows-per-octave", type=int, default=None, metavar="N",
                         help="graphed steps: row buckets per power of two above 1,024 (decoding.rows_per_octave; default 1)")
-    parser.add_argument("--head", choices=["fused", "log-softmax"], default="fused",
-                        help="static decoders' steps return: logits and row log-normalisers (fused, the default, "
-                        "GraphDecoder.FUSED_HEAD; meant with --compile), or float32 log-probs (log-softmax)")
-    parser.add_argument("--attention", choices=["efficient", "cudnn"], default="cudnn",
-                        help="static decoders' attention kernel: cuDNN first (GraphDecoder.CUDNN_ATTENTION, the default "
-                        "since 2026-12-04), or the memory-efficient one")
-    parser.add_argument("--prefill", choices=["causal", "masked"], default="causal",
-                        help="static decoders' prefill: right-padded rows, causal flash attention without a mask "
-                        "(GraphDecoder.CAUSAL_PREFILL, the default since 2026-12-04), or left-padded rows with a [B, S, S] mask")
-    parser.add_argument("--compile-dims", choices=["rows", "all"], default="all",
-                        help="with --compile: every dimension symbolic (torch.compile(dynamic=True), the default), or only the row "
-                        "dimensions dynamic and the feature widths static (DecoderWeights.ROWS_ONLY_DYNAMIC, not yet measured)")
+    for flag, (on, off), owner, attr, text in SWITCHES:
+        parser.add_argument(flag, choices=[on, off], default=on if getattr(owner, attr) else off,
+                            help=f"{text} ({owner.__name__}.{attr}; default: {on if getattr(owner, attr) else off})")
     parser.add_argument("--prefill-elements", type=int, default=None, metavar="N",
                         help="static decoders: prefill chunks of users below N activation elements (GraphDecoder.PREFILL_ELEMENTS, "
                         "default 2^31 - 1, Inductor's 32-bit indexing; a huge N prefills each batch at once)")
@@ -387,9 +393,8 @@ def main() -> None:
     module.decode_graphs = args.decoder == "static"
     module.decode_compile = args.compile
     module.decode_forced = args.forced
-    GraphDecoder.FUSED_HEAD, GraphDecoder.CUDNN_ATTENTION = args.head == "fused", args.attention == "cudnn"
-    GraphDecoder.CAUSAL_PREFILL = args.prefill == "causal"
-    DecoderWeights.ROWS_ONLY_DYNAMIC = args.compile_dims == "rows"
+    for flag, (on, _), owner, attr, _ in SWITCHES:
+        setattr(owner, attr, getattr(args, flag[2:].replace("-", "_")) == on)
     if args.prefill_elements is not None:
         if args.prefill_elements < 1:
             raise SystemExit(f"--prefill-elements must be >= 1, got {args.prefill_elements}")
