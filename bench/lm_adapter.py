@@ -21,11 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("ckpt", help="an LMRecModule checkpoint (.ckpt)")
     parser.add_argument("out", help="the adapter file to write (.safetensors)")
     args = parser.parse_args(argv)
-    from genrec.errors import UserError
+    from genrec.artifacts import read_checkpoint
+    from genrec.errors import ArtifactError, UserError
     from genrec.models import LMRecModule
     from genrec.models.lm_adapter import save_adapter
 
     try:
+        if "lora" not in read_checkpoint(args.ckpt).get("hyper_parameters", {}):  # weights-only, memory-mapped
+            raise ArtifactError(f"{args.ckpt}: not an LMRecModule checkpoint (no 'lora' in its hyper_parameters)")
         module = LMRecModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True)
         meta = save_adapter(module, args.out, source=args.ckpt)
     except (UserError, FileNotFoundError) as error:

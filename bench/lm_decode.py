@@ -119,10 +119,10 @@ def load_for_test(data: str, model: str, ckpt: str | None, eval_batch_size: int,
     cli = GenRecCLI(args=["--config", data, "--config", model, "--trainer.logger=false",
                           f"--data.init_args.eval_batch_size={eval_batch_size}", *set_flags(sets)], run=False)
     dm = cli.datamodule
-    module = LMRecModule.load_from_checkpoint(ckpt, map_location="cpu") if ckpt else cli.model
+    module = LMRecModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True) if ckpt else cli.model
     dm.setup("test")
     module.attach(dm.data.catalog, train_counts=dm.data.train_item_counts())
-    dm.item_cost = module.line_lengths.cpu()  # the test order by prompt tokens, as LMRecModule.setup gives it
+    module.give_item_costs(dm)  # the test order by prompt tokens, as LMRecModule.setup does
     return dm, module.to(device).eval()
 
 
@@ -367,7 +367,7 @@ def main() -> None:
     cli = GenRecCLI(args=["--config", args.data, "--config", args.model, "--trainer.logger=false",
                           f"--data.init_args.eval_batch_size={batch_size}", f"--model.init_args.evaluation.beam_width={args.beams}", *overrides], run=False)
     dm = cli.datamodule
-    module = LMRecModule.load_from_checkpoint(args.ckpt, map_location="cpu") if args.ckpt else cli.model
+    module = LMRecModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True) if args.ckpt else cli.model
     if args.adapter:
         if args.ckpt:
             raise SystemExit("--adapter and --ckpt both give trained weights: take one")
@@ -387,7 +387,7 @@ def main() -> None:
         raise SystemExit(f"--beams {args.beams} is below the {module.num_results} items recommended per user")
     dm.setup("test")
     module.attach(dm.data.catalog, train_counts=dm.data.train_item_counts())
-    dm.item_cost = module.line_lengths.cpu()  # the test order by prompt tokens, as LMRecModule.setup gives it (train.py test)
+    module.give_item_costs(dm)  # the test order by prompt tokens, as LMRecModule.setup does (train.py test)
     module.to(device).eval()
     module.static_decoding = args.decoder != "slot"
     module.decode_graphs = args.decoder == "static"

@@ -31,7 +31,7 @@ def padding_efficiency(data: str, model: str, bucket: str, overrides: list[str])
     dm.setup("fit")
     module.attach(dm.data.catalog, train_counts=dm.data.train_item_counts())
     if bucket == "by tokens":  # as LMRecModule.setup gives it (train.py fit)
-        dm.item_cost = module.line_lengths.cpu()
+        module.give_item_costs(dm)
     real = computed = batches = longest = 0
     for batch in dm.train_dataloader():
         inputs = module.lm_inputs(batch)

@@ -74,7 +74,7 @@ def main() -> None:
     cli = GenRecCLI(args=["--config", args.data, "--config", args.model, f"--model.init_args.sids={args.sids}",
                           "--trainer.logger=false", "--trainer.enable_progress_bar=false", *set_flags(args.set)], run=False)
     dm, trainer = cli.datamodule, cli.trainer
-    module = TigerModule.load_from_checkpoint(args.ckpt, map_location="cpu")
+    module = TigerModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True)
     rows, results = [], {}
     for width in beams:
         module.hparams.beam_width = width

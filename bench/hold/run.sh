@@ -17,6 +17,7 @@ status() { date; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
 collect() ( status; cd $W/repo && cp docs/benchmarks.md $RES/benchmarks.new.md; cp /tmp/old/docs/benchmarks.md $RES/benchmarks.old.md 2>/dev/null
     (find $W/repo/checkpoints -name result.json -o -name "scaling.*" -o -name metrics.csv; find /tmp/runs -name metrics.csv -o -name result.json) 2>/dev/null > /tmp/list
     tar -czf $RES/runs.tgz -T /tmp/list; tar -czf $OUT/res.tgz -C /tmp res; ls -la $OUT; )
+best() { python3 -c "import json; print(json.load(open('$RES/$1.json'))['run']['checkpoint'])"; }  # best NAME: lm NAME's best checkpoint
 running() { pgrep -f "python3 (-m bench\.|train\.py)" | wc -l; }
 case "$1" in
 setup)  # call 1: wheels, data, sids, old tree, first GGUF part, MPS
@@ -45,7 +46,7 @@ decodevar) # decodevar TAG [FLAGS]: this tree's decoder on all users with extra 
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 200 python3 -m bench.lm_decode $DEC --users all "$@") > $RES/dec-$t.log 2>&1; grep "^| amazon" $RES/dec-$t.log | cut -c1-400 ;;
 decodeckpt) # decodeckpt NAME TAG [FLAGS]: once `lm NAME` has ended, decodevar TAG of its best checkpoint (written out here so that
         # the call that runs it is pasted, not composed: bench/hold/README.md)
-  n=$2; t=$3; shift 3; ck=$(python3 -c "import json; print(json.load(open('$RES/$n.json'))['run']['checkpoint'])")
+  n=$2; t=$3; shift 3; ck=$(best $n)
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout ${DT:-200} python3 -m bench.lm_decode $DEC --users all --ckpt "$ck" "$@") > $RES/dec-$t.log 2>&1
   grep -e "^| amazon" -e "^per batch" $RES/dec-$t.log | cut -c1-500 ;;
 decodeab) # decodeab TAG [FLAGS]: as decodevar, on randomly initialised weights of SmolLM2-135M's shapes over the carried SmolLM2
@@ -79,12 +80,12 @@ lm)     # lm NAME [--set ...] (torch.compile, not liger: every liger run went Na
      --set trainer.max_epochs=2 --set trainer.val_check_interval=0.5 --set trainer.limit_val_batches=4 --set trainer.enable_progress_bar=false \
      --set trainer.default_root_dir=/tmp/runs/$n --out $RES/$n.json "$@" > $RES/$n.log 2>&1 &); echo started $n ;;
 lmscales) # lmscales NAME S,S,..: once `lm NAME` has ended, its best checkpoint decoded (all users) at each LoRA decode_scale
-  n=$2; ck=$(python3 -c "import json; print(json.load(open('$RES/$n.json'))['run']['checkpoint'])")
+  n=$2; ck=$(best $n)
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout ${DT:-560} python3 -m bench.lm_decode $DEC \
      --ckpt "$ck" --users all --decode-scales $3) > $RES/$n-scales.log 2>&1; grep "^| amazon" $RES/$n-scales.log | cut -c1-330 ;;
 adapter) # adapter NAME: once `lm NAME` has ended, its best checkpoint's adapter file (bench.lm_adapter: the trained
         # parameters, 20 MB for LoRA r 16) into $OUT in 15 MiB parts; here: cat NAME.adapter.part* > NAME.adapter.safetensors
-  n=$2; ck=$(python3 -c "import json; print(json.load(open('$RES/$n.json'))['run']['checkpoint'])")
+  n=$2; ck=$(best $n)
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo python3 -m bench.lm_adapter "$ck" /tmp/$n.adapter.safetensors) 2>&1 | tail -2
   split -b 15M -d /tmp/$n.adapter.safetensors $OUT/$n.adapter.part && sha256sum /tmp/$n.adapter.safetensors ;;
 sasrec) # sasrec DATA

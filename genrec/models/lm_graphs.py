@@ -115,28 +115,17 @@ def unsupported_reason(model: nn.Module) -> str | None:
     return None
 
 
-def _attention_kernels(device: torch.device, cudnn: bool = False) -> contextlib.AbstractContextManager[None]:
+def _attention_kernels(device: torch.device, cudnn: bool = False, flash: bool = False) -> contextlib.AbstractContextManager[None]:
     """CUDA: the memory-efficient kernel (takes an additive mask), else the math one; with
-    ``cudnn``, cuDNN's fused attention first (Hopper kernels; it takes an additive mask too),
-    falling back to those two for a shape it does not run."""
+    ``flash`` (no mask: the causal prefill) flash attention before them, and with ``cudnn``
+    cuDNN's fused attention first (Hopper kernels; it takes an additive mask too), each falling
+    back to the next for a shape it does not run."""
     if device.type != "cuda":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    if cudnn:
-        return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH], set_priority=True)
-    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-
-
-def _prefill_kernels(device: torch.device, cudnn: bool = False) -> contextlib.AbstractContextManager[None]:
-    """CUDA: the causal prefill's kernels, no mask: flash attention (cuDNN's first with ``cudnn``),
-    then the memory-efficient and math ones for a shape they do not run."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, *order] if cudnn else order, set_priority=True)
+    order = [SDPBackend.CUDNN_ATTENTION] * cudnn + [SDPBackend.FLASH_ATTENTION] * flash + [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    return sdpa_kernel(order, set_priority=True)
 
 
 class GraphDecoder:
@@ -249,6 +238,7 @@ class GraphDecoder:
         self.capture_seconds = 0.0
         self.replays = 0
         self.prefill_chunks = 0  # the last prefill's chunks of users (:attr:`PREFILL_ELEMENTS`)
+        self.widest = max(max(layer.qkv.shape[0], layer.gate_up.shape[0]) for layer in weights.layers)  # a token's widest activation
 
     # ---- prefill -------------------------------------------------------------------------------
 
@@ -265,7 +255,7 @@ class GraphDecoder:
         back into the buffers' left-padded columns. Without it, the left-padded rows attend with
         a ``[B, S, S]`` mask (the memory-efficient kernel on CUDA)."""
         B, S = inputs.input_ids.shape
-        P, w = self.prompt_width, self.w
+        P = self.prompt_width
         mask = inputs.attention_mask.bool()
         self.prompt_seen.zero_()
         self.prompt_seen[:B, P - S:] = mask
@@ -279,8 +269,7 @@ class GraphDecoder:
         self.bucket = min(_next_pow2(B), self.capacity) if self.padded else B
         self.step_index = self.fed = self.fed_padded = self.forced = 0
         x = module.embed(inputs)  # [B, S, h]
-        widest = max(max(layer.qkv.shape[0], layer.gate_up.shape[0]) for layer in w.layers)
-        users = max(1, self.PREFILL_ELEMENTS // (S * widest))  # per chunk: no activation reaches 2^31 elements
+        users = max(1, self.PREFILL_ELEMENTS // (S * self.widest))  # per chunk: no activation reaches 2^31 elements
         chunks = -(-B // users)
         users = -(-B // chunks)  # the same size for all chunks but the last
         self.prefill_chunks = chunks
@@ -312,7 +301,7 @@ class GraphDecoder:
             if self.CAUSAL_PREFILL:
                 keys[rows, :, P - S : P] = k.gather(2, back)
                 values[rows, :, P - S : P] = v.gather(2, back)
-                with _prefill_kernels(self.device, self.cudnn_attention):
+                with _attention_kernels(self.device, self.cudnn_attention, flash=True):
                     out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=w.scaling, enable_gqa=self.groups > 1)
             else:
                 keys[rows, :, P - S : P] = k

@@ -256,13 +256,18 @@ class LMRecModule(RecommenderModule):
         evaluation order and training buckets group prompts of similar length in tokens."""
         super().setup(stage)
         data = self.trainer_data()
-        datamodule = self.trainer.datamodule
-        if hasattr(datamodule, "item_cost"):  # batches of similar prompt lengths in tokens, not in items
-            datamodule.item_cost = self.line_lengths.cpu()
+        self.give_item_costs(self.trainer.datamodule)
         self.choose_eval_users(data.num_users, {s: data.samples(s)[0] for s in ("val", "test")})
         if stage == "fit" and self.hparams.compile and self._train_forward is None:
             # kept off the module tree: the compiled wrapper shares self.model's parameters
             object.__setattr__(self, "_train_forward", torch.compile(self.model, dynamic=True))
+
+    def give_item_costs(self, datamodule: Any) -> None:
+        """Give a data module that takes them (``item_cost``, :class:`~genrec.data.SequenceDataModule`)
+        each item's history-line tokens (after :meth:`attach`), so that it orders evaluation and
+        buckets training batches by prompt tokens rather than history items."""
+        if hasattr(datamodule, "item_cost"):
+            datamodule.item_cost = self.line_lengths.cpu()
 
     def title_token_ids(self, catalog: ItemCatalog) -> list[list[int]]:
         """Each item's unique title tokens (:func:`~genrec.models.lm_prompt.title_token_ids`, cut to

@@ -84,3 +84,6 @@ def test_bench_lm_adapter_writes_the_adapter_of_a_checkpoint(tmp_path, capsys):
     assert all(torch.equal(p, trained_parameters(trained)[n]) for n, p in trained_parameters(fresh).items())
     assert adapter_main([str(tmp_path / "missing.ckpt"), str(out)]) == 2
     assert "missing.ckpt" in capsys.readouterr().err
+    torch.save({"state_dict": {}, "hyper_parameters": {"sids": "x"}}, tmp_path / "other.ckpt")  # another module's
+    assert adapter_main([str(tmp_path / "other.ckpt"), str(out)]) == 2
+    assert "other.ckpt: not an LMRecModule checkpoint" in capsys.readouterr().err
