@@ -111,6 +111,18 @@ SWITCHES = (
 it off), the class and attribute, help. Each flag's default is the attribute's default; a new
 switch is a row here."""
 
+NUMBERS = (
+    ("--prefill-elements", GraphDecoder, "PREFILL_ELEMENTS", 1, "prefill chunks < {:.3g} elements",
+     "static decoders: prefill chunks of users below N activation elements (a huge N prefills each batch at once)"),
+    ("--capture-after", GraphDecoder, "CAPTURE_AFTER", 1, "capture at use {}",
+     "graphed steps: capture a shape at its N-th use, eager before"),
+    ("--prompt-bucket", GraphDecoder, "PROMPT_BUCKET", 8, "prompt columns from a multiple of {}",
+     "graphed steps: attend from a multiple of N prompt columns (a multiple of 8; N >= the prompt width: always "
+     "from column 0, so batches of every prompt length share one set of graphs)"),
+)
+"""The decoder's numeric settings: flag, class and attribute, the multiple a value must be, the
+decoder column's words when it is not the default, help. A new one is a row here."""
+
 
 def load_for_test(data: str, model: str, ckpt: str | None, eval_batch_size: int, sets: list[str], device: torch.device) -> tuple[Any, LMRecModule]:
     """The data module (test split set up) and the LM recommender as ``train.py test`` builds them
@@ -155,8 +167,9 @@ def decode_all(module: LMRecModule, batches: list[SeqBatch], device: torch.devic
                reference: bool = False, timeline: list[tuple[int, int, float, str]] | None = None) -> tuple[list[BeamResult], float]:
     """Every batch decoded (``BeamResult`` on the CPU per batch) and the seconds it took; with
     ``timeline``, one ``(users, steps, seconds, engine)`` appended per batch (each batch ends in a
-    copy to the host, which waits for it; ``engine``: the static decoder's prompt width and an id
-    that changes when it is rebuilt, empty for the slot decoder)."""
+    copy to the host, which waits for it; ``engine``: the static decoder's prompt width, an id
+    that changes when it is rebuilt, and the graphs it captured during the batch with their
+    seconds, which the batch's time includes; empty for the slot decoder)."""
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     results = []
     _sync(device)
@@ -164,15 +177,27 @@ def decode_all(module: LMRecModule, batches: list[SeqBatch], device: torch.devic
     with torch.no_grad(), autocast:
         for batch in batches:
             steps = module.decode_counts.get("steps", 0)
+            before = _captures(getattr(module, "_graph_decoder", None))
             result = module.recommend(batch.to(device), beam_width=beams, reference=reference)
             results.append(BeamResult(result.items.cpu(), result.scores.float().cpu()))  # the copy waits for the batch
             if timeline is not None:
                 now = time.perf_counter()
                 engine = getattr(module, "_graph_decoder", None)
+                after = _captures(engine)
+                if after[0] != before[0]:  # a new engine: everything it holds was captured in this batch
+                    before = (after[0], 0, 0.0)
                 timeline.append((len(batch), module.decode_counts.get("steps", 0) - steps, now - last,
-                                 "" if engine is None else f"P {engine.prompt_width}, engine {id(engine) % 10**4}"))
+                                 "" if engine is None else f"P {engine.prompt_width}, engine {after[0] % 10**4}, "
+                                 f"{after[1] - before[1]} captures {after[2] - before[2]:.2f} s"))
                 last = now
     return results, time.perf_counter() - started
+
+
+def _captures(engine: Any) -> tuple[int, int, float]:
+    """A static decoder's ``(id, graphs captured, capture seconds)`` (zeros without one)."""
+    if engine is None:
+        return (0, 0, 0.0)
+    return (id(engine), len(engine.graph_cache), engine.capture_seconds)
 
 
 def _sync(device: torch.device) -> None:
@@ -222,8 +247,10 @@ def host_ops_per_step(module: LMRecModule, batch: SeqBatch, device: torch.device
     decoder, everything runs eagerly.
 
     The count runs with ``torch.compile`` stood down (``set_stance("force_eager")``; compiled
-    functions count as their eager operators) and captures no graph (a step shape the warm-up
-    did not meet runs eagerly). A compiled function first called under a ``TorchDispatchMode``
+    functions count as their eager operators) and neither captures nor replays a graph: every
+    step's body runs eagerly and is counted, so the inside count is the same whichever shapes the
+    warm-up captured (before 2026-12-04, thirteenth hold, captured shapes replayed uncounted, and
+    a row's count depended on them). A compiled function first called under a ``TorchDispatchMode``
     is never compiled again: before 2026-12-04 this count, run between the warm-up and the
     timed pass, left every later prefill and every graph captured after it with the eager
     layer halves (docs/benchmarks.md, eleventh hold)."""
@@ -239,23 +266,22 @@ def host_ops_per_step(module: LMRecModule, batch: SeqBatch, device: torch.device
             counts[where[-1]] += 1
             return func(*args, **(kwargs or {}))
 
-    run = GraphDecoder._run
+    replay = GraphDecoder._replay
 
-    def counted(self: GraphDecoder, *args: int) -> torch.Tensor:
+    def counted(self: GraphDecoder, *args: int) -> Any:  # instead of a replay or a capture: the body, eagerly
         where.append("inside")
         try:
-            return run(self, *args)
+            return self._run(*args)  # graphed, it writes the static outputs and returns their views
         finally:
             where.pop()
 
     module.decode_counts = {}
-    capture_after = GraphDecoder.CAPTURE_AFTER
-    GraphDecoder._run, GraphDecoder.CAPTURE_AFTER = counted, 2**62
+    GraphDecoder._replay = counted
     try:
         with torch.compiler.set_stance("force_eager"), Count():
             decode_all(module, [batch], device, beams, precision)
     finally:
-        GraphDecoder._run, GraphDecoder.CAPTURE_AFTER = run, capture_after
+        GraphDecoder._replay = replay
     steps = max(module.decode_counts.get("steps", 0), 1)
     return counts["outside"] / steps, counts["inside"] / steps, steps
 
@@ -331,13 +357,11 @@ def main() -> None:
     for flag, (on, off), owner, attr, text in SWITCHES:
         parser.add_argument(flag, choices=[on, off], default=on if getattr(owner, attr) else off,
                             help=f"{text} ({owner.__name__}.{attr}; default: {on if getattr(owner, attr) else off})")
-    parser.add_argument("--prefill-elements", type=int, default=None, metavar="N",
-                        help="static decoders: prefill chunks of users below N activation elements (GraphDecoder.PREFILL_ELEMENTS, "
-                        "default 2^31 - 1, Inductor's 32-bit indexing; a huge N prefills each batch at once)")
+    for flag, owner, attr, multiple, _, text in NUMBERS:
+        parser.add_argument(flag, type=int, default=None, metavar="N",
+                            help=f"{text} ({owner.__name__}.{attr}; default {getattr(owner, attr)}; a multiple of {multiple})")
     parser.add_argument("--profile-batch", type=int, default=0, metavar="I",
                         help="--profile this batch of the timed pass (default the first; -1 the last, in loader order the widest prompts)")
-    parser.add_argument("--capture-after", type=int, default=None, metavar="N",
-                        help="graphed steps: capture a shape at its N-th use, eager before (GraphDecoder.CAPTURE_AFTER; default its 1)")
     parser.add_argument("--fused-head", dest="head", action="store_const", const="fused",
                         help="the default since 2026-12-04 (kept so that older docs/benchmarks.md commands run)")
     parser.add_argument("--compile", action="store_true",
@@ -395,14 +419,12 @@ def main() -> None:
     module.decode_forced = args.forced
     for flag, (on, _), owner, attr, _ in SWITCHES:
         setattr(owner, attr, getattr(args, flag[2:].replace("-", "_")) == on)
-    if args.prefill_elements is not None:
-        if args.prefill_elements < 1:
-            raise SystemExit(f"--prefill-elements must be >= 1, got {args.prefill_elements}")
-        GraphDecoder.PREFILL_ELEMENTS = args.prefill_elements
-    if args.capture_after is not None:
-        if args.capture_after < 1:
-            raise SystemExit(f"--capture-after must be >= 1, got {args.capture_after}")
-        GraphDecoder.CAPTURE_AFTER = args.capture_after
+    for flag, owner, attr, multiple, _, _ in NUMBERS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            if value < 1 or value % multiple:
+                raise SystemExit(f"{flag} takes a positive multiple of {multiple}, got {value}")
+            setattr(owner, attr, value)
     if args.rows_per_octave is not None:
         if args.rows_per_octave < 1:
             raise SystemExit(f"--rows-per-octave must be >= 1, got {args.rows_per_octave}")
@@ -449,7 +471,7 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
     eager_before = engine.eager_steps if engine is not None else 0
     timeline: list[tuple[int, int, float, str]] = []
     results, seconds = decode_all(module, batches, device, args.beams, precision, timeline=timeline)
-    print("per batch (users, steps, s, ms a step, engine): "
+    print("per batch (users, steps, s, ms a step, engine and the graphs it captured in the batch): "
           + "; ".join(f"{u}, {n}, {t:.2f}, {t / max(n, 1) * 1e3:.0f}, {e}" for u, n, t, e in timeline), flush=True)
     if args.compile:  # torch.compile's own count: frames compiled (and how many succeeded), graphs made
         from torch._dynamo.utils import counters
@@ -478,15 +500,14 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
                  + (f", adapters x{module.lora.decode_scale:g}" if module.lora.decode_scale != 1 else ""),
         "decoder": {"static": "static (pruned, CUDA graphs)" if device.type == "cuda" else "static (pruned)",
                     "static-eager": "static (pruned, eager)", "slot": "slot (pruned)"}[args.decoder if not unsupported else "slot"]
-                   + ((", compiled (rows dynamic)" if args.compile_dims == "rows" else ", compiled")
+                   + ((", compiled (rows dynamic)" if args.compile_dims == "rows" else ", compiled (all dimensions dynamic)")
                       if args.compile and module.static_decoding and not unsupported else "")
                    + (f", {args.rows_per_octave} row buckets/octave" if args.rows_per_octave not in (None, 1) else "")
-                   + (f", capture at use {args.capture_after}" if args.capture_after not in (None, 1) and device.type == "cuda" else "")
                    + (", fused head" if args.head == "fused" and module.static_decoding and not unsupported else "")
                    + (", cuDNN attention" if args.attention == "cudnn" and device.type == "cuda" and module.static_decoding and not unsupported else "")
                    + (", causal prefill" if args.prefill == "causal" and module.static_decoding and not unsupported else "")
-                   + (f", prefill chunks < {args.prefill_elements:.3g} elements" if args.prefill_elements and module.static_decoding
-                      and not unsupported else "")
+                   + "".join(f", {words.format(getattr(args, flag[2:].replace('-', '_')))}" for flag, _, _, _, words, _ in NUMBERS
+                             if getattr(args, flag[2:].replace("-", "_")) is not None and module.static_decoding and not unsupported)
                    + (", forced suffixes in one pass" if args.forced and module.static_decoding and not unsupported else ""),
         "precision": precision,
         "users": f"{users:,} of {total:,}",

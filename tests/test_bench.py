@@ -320,10 +320,11 @@ def test_lm_decode_benchmark_checks_the_reference_and_records_quality(tmp_path, 
     assert printed.count("Self CPU") >= 2 and "Input Shapes" in printed.split("by operator and input shape:")[1]
     # the last batch (2 of the 10 users at 4 a batch) decoded again after the timed pass, its operator
     # time against its wall time; before it, each batch of the timed pass: users, steps, seconds
-    line = printed.split("per batch (users, steps, s, ms a step, engine): ")[1].split("\n")[0]
+    line = printed.split("per batch (users, steps, s, ms a step, engine and the graphs it captured in the batch): ")[1].split("\n")[0]
     timeline = [cell.split(", ") for cell in line.split("; ")]
     assert [int(u) for u, *_ in timeline] == [4, 4, 2] and all(int(n) > 0 and float(t) > 0 for _, n, t, *_ in timeline)
     assert all(cell[4].startswith("P ") for cell in timeline)  # the static decoder's prompt width
+    assert all(cell[6] == "0 captures 0.00 s" for cell in timeline)  # on a CPU the steps run eagerly: no graphs
     summary = printed.split("[profile] 2 users, ")[1].split("\n")[0]
     wall, busy = float(summary.split(": ")[1].split(" s unprofiled")[0]), float(summary.split("), ")[1].split(" s in operators")[0])
     assert int(summary.split(" steps")[0]) > 0 and wall > 0 and busy > 0
@@ -396,8 +397,11 @@ def test_lm_decode_benchmark_records_one_row_per_decode_scale(tmp_path, monkeypa
     with pytest.raises(SystemExit, match="--decode-scales takes numbers"):
         monkeypatch.setattr(sys, "argv", [*sys.argv[:-4], "--decode-scales", "1,half"])
         lm_decode.main()
-    with pytest.raises(SystemExit, match="--capture-after must be >= 1, got 0"):
+    with pytest.raises(SystemExit, match="--capture-after takes a positive multiple of 1, got 0"):
         monkeypatch.setattr(sys, "argv", [*sys.argv[:-2], "--capture-after", "0"])
+        lm_decode.main()
+    with pytest.raises(SystemExit, match="--prompt-bucket takes a positive multiple of 8, got 12"):
+        monkeypatch.setattr(sys, "argv", [*sys.argv[:-2], "--prompt-bucket", "12"])
         lm_decode.main()
 
 
@@ -568,3 +572,38 @@ def test_lm_decode_host_operator_count_leaves_the_compiled_layer_halves_compiled
         assert regions >= 2 * (module.decode_counts["steps"] + 1), regions
     finally:
         torch._dynamo.reset()
+
+
+def test_lm_decode_timeline_counts_each_batchs_own_graph_captures():
+    """decode_all's per-batch timeline: the graphs captured during each batch and their seconds
+    (the engine's totals differenced), all of a new engine's when the decoder rebuilt it."""
+    from types import SimpleNamespace
+
+    from bench import lm_decode
+    from genrec.data.datamodule import SeqBatch
+
+    captured = iter([(2, 0.5), (0, 0.0), (3, 0.25)])  # new graphs and seconds per batch; an engine rebuilt before batch 3
+
+    class Module:
+        decode_counts: dict = {}
+        _graph_decoder = None
+
+        def recommend(self, batch, beam_width, reference):
+            graphs, seconds = next(captured)
+            engine = self._graph_decoder
+            if engine is None or len(self.decode_counts) == 2:  # batch 1, and batch 3: a new engine
+                engine = self._graph_decoder = SimpleNamespace(graph_cache={}, capture_seconds=0.0, prompt_width=64)
+            for _ in range(graphs):
+                engine.graph_cache[len(engine.graph_cache)] = None
+            engine.capture_seconds += seconds
+            self.decode_counts = {**self.decode_counts, len(self.decode_counts): 1, "steps": self.decode_counts.get("steps", 0) + 4}
+            return SimpleNamespace(items=torch.zeros(len(batch), 2, dtype=torch.long), scores=torch.zeros(len(batch), 2))
+
+    module = Module()
+    module.decode_counts = {}
+    batch = SeqBatch(torch.tensor([0, 1]), torch.tensor([[1], [2]]), torch.tensor([1, 1]), torch.tensor([3, 4]))
+    timeline: list = []
+    lm_decode.decode_all(module, [batch] * 3, torch.device("cpu"), 2, "fp32", timeline=timeline)
+    cells = [engine.split(", ")[2] for *_, engine in timeline]
+    assert cells == ["2 captures 0.50 s", "0 captures 0.00 s", "3 captures 0.25 s"]
+    assert [steps for _, steps, *_ in timeline] == [4, 4, 4]

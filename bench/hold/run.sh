@@ -43,7 +43,8 @@ decode) # decode [USERS]: the old tree (if carried), this tree, this tree compil
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 200 python3 -m bench.lm_decode $D --compile) > $RES/dec-compile.log 2>&1; tail -5 $RES/dec-compile.log ;;
 decodevar) # decodevar TAG [FLAGS]: this tree's decoder on all users with extra bench.lm_decode flags, alone (e.g. `decodevar r4 --rows-per-octave 4`, `decodevar b2k --batch 2048`)
   t=$2; shift 2
-  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 200 python3 -m bench.lm_decode $DEC --users all "$@") > $RES/dec-$t.log 2>&1; grep "^| amazon" $RES/dec-$t.log | cut -c1-400 ;;
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout ${DT:-200} python3 -m bench.lm_decode $DEC --users all "$@") > $RES/dec-$t.log 2>&1
+  grep -e "^| amazon" -e "^per batch" $RES/dec-$t.log | cut -c1-700 ;;
 decodeckpt) # decodeckpt NAME TAG [FLAGS]: once `lm NAME` has ended, decodevar TAG of its best checkpoint (written out here so that
         # the call that runs it is pasted, not composed: bench/hold/README.md)
   n=$2; t=$3; shift 3; ck=$(best $n)

@@ -32,7 +32,7 @@ Switches (attributes of :class:`~genrec.models.LMRecModule`, set from its ``deco
 :class:`~genrec.models.settings.DecodingSettings`):
 ``static_decoding`` (default on: this decoder when the model is one it runs, else the slot
 decoder), ``decode_graphs`` (default on: CUDA graphs on a GPU), ``decode_padded`` (default:
-as ``decode_graphs`` on the module's device), ``decode_compile`` (default off: each layer's
+as ``decode_graphs`` on the module's device), ``decode_compile`` (default: on a CUDA device; each layer's
 elementwise work fused by ``torch.compile``, :meth:`~genrec.models.lm_weights.DecoderWeights.compile`;
 on the H200 +19 % users/s for 8-24 s of compiling, an understatement: until 2026-12-04 the
 benchmark's operator count switched the compiled code off after its warm-up, docs/benchmarks.md) and ``decode_forced``
@@ -142,7 +142,12 @@ class GraphDecoder:
     """
 
     PROMPT_BUCKET = 128
-    """Padded (graphed) steps start attending at a multiple of this many prompt columns."""
+    """Padded (graphed) steps start attending at a multiple of this many prompt columns (a multiple
+    of 8). The start column is part of each graph's key, so a batch whose longest prompt crosses a
+    multiple needs new graphs (4.0 of a 22.9 s test pass went to captures on the H200, thirteenth
+    hold); at least the prompt width, every batch attends from column 0 (the columns before its
+    prompts masked) and one set of graphs serves every prompt length
+    (``bench.lm_decode --prompt-bucket``)."""
     BEAM_BUCKET = 128
     """Padded (graphed) steps attend the beam columns written so far rounded up to a multiple of
     this (at least 64). Powers of two (before) attended 1,024 columns where 520-660 were written."""
@@ -528,9 +533,10 @@ def decoder_for(module: LMRecModule, batch_size: int, width: int, steps: int, pr
     cached: GraphDecoder | None = module._graph_decoder
     graphs = module.decode_graphs
     padded = (graphs and device.type == "cuda") if module.decode_padded is None else module.decode_padded
+    compiled = device.type == "cuda" if module.decode_compile is None else bool(module.decode_compile)
     if (cached is None or cached.capacity < batch_size or (cached.width, cached.steps, cached.prompt_width) != (width, max(steps, 1), prompt_width)
             or cached.w.dtype != dtype or cached.device != device or cached.graphs != (graphs and device.type == "cuda")
-            or cached.padded != (padded or cached.graphs) or cached.w.compiled != module.decode_compile
+            or cached.padded != (padded or cached.graphs) or cached.w.compiled != compiled
             or cached.fused_head != bool(GraphDecoder.FUSED_HEAD) or cached.cudnn_attention != bool(GraphDecoder.CUDNN_ATTENTION)):
         module._graph_decoder = None
         cached = None
@@ -539,7 +545,7 @@ def decoder_for(module: LMRecModule, batch_size: int, width: int, steps: int, pr
     with torch.autocast(device.type, enabled=False):
         if cached is None:
             weights = DecoderWeights(module, dtype)
-            if module.decode_compile:
+            if compiled:
                 weights.compile()
             cached = GraphDecoder(weights, _next_pow2(batch_size), width, steps, prompt_width, device, graphs, padded)
             module._graph_decoder = cached

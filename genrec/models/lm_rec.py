@@ -152,7 +152,7 @@ class LMRecModule(RecommenderModule):
     static_decoding: bool
     decode_graphs: bool
     decode_padded: bool | None
-    decode_compile: bool
+    decode_compile: bool | None  # None: on a CUDA device
     decode_forced: bool
     decode_rows_per_octave: int | None
     _graph_decoder: Any = None

@@ -30,7 +30,10 @@ TOKENIZER = os.environ.get("GENREC_TEST_TOKENIZER") or None
 
 def tiny_module(**kwargs) -> LMRecModule:
     torch.manual_seed(0)
-    args = {"preset": "1m", "tokenizer": TOKENIZER, "overrides": TINY, "prompt": {"max_tokens": 96}, "evaluation": {"beam_width": 10}, "optimizer": {"warmup_steps": 0}}
+    # decoding uncompiled on a GPU too (its default there is compiled): the CUDA tests compare graphs with eager
+    # steps, and the compiled decoder has tests of its own
+    args = {"preset": "1m", "tokenizer": TOKENIZER, "overrides": TINY, "prompt": {"max_tokens": 96}, "evaluation": {"beam_width": 10},
+            "optimizer": {"warmup_steps": 0}, "decoding": {"compile": False}}
     for group in ("prompt", "evaluation", "optimizer"):  # a test's group fields change single defaults
         kwargs[group] = {**args[group], **kwargs.get(group, {})}
     return LMRecModule(**{**args, **kwargs})
@@ -339,7 +342,7 @@ def nan_filled_empty_tensors():
 
 
 @pytest.mark.parametrize("decoder", ["padded", "padded-fine-rows", "padded-forced", "padded-fused-head", "exact", "exact-forced",
-                                     "exact-fused-head", "exact-masked-prefill", "padded-chunked-prefill", "slot"])
+                                     "exact-fused-head", "exact-masked-prefill", "padded-chunked-prefill", "padded-whole-prompt", "slot"])
 def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_dropped(datamodule, batch, monkeypatch, decoder):
     """Below exhaustive width the decoders still agree: the slot decoder (pruned beams,
     in-place slot buffers, LoRA merged, finished users dropped from the buffers) and the
@@ -348,7 +351,8 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     without forced suffixes finished in one pass, with steps that return logits and row
     log-normalisers (the fused head) or log-probs, with the prompts prefilled right-padded under
     plain causal attention (the default) or left-padded under a mask, all users at once or in
-    chunks, give the reference
+    chunks, attending from the first prompt column a bucket of 16 allows or from column 0
+    (``PROMPT_BUCKET`` at least the prompt width: one set of graphs for every prompt length), give the reference
     decoder's items and scores; the merged weights leave the module untouched."""
     static = decoder != "slot"
     from genrec.models.lm_decoding import SlotKV
@@ -393,7 +397,8 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
         original = GraphDecoder.compact
         monkeypatch.setattr(GraphDecoder, "compact", lambda self, active, bucket: (
             compacted.append((self.bucket, active.numel(), bucket)), original(self, active, bucket)))
-        monkeypatch.setattr(GraphDecoder, "PROMPT_BUCKET", 16)  # (128 on a GPU) so that these short prompts skip columns
+        # (128 on a GPU) 16 so that these short prompts skip columns; the whole prompt: from column 0
+        monkeypatch.setattr(GraphDecoder, "PROMPT_BUCKET", 4096 if decoder.endswith("whole-prompt") else 16)
         span = GraphDecoder.span
         monkeypatch.setattr(GraphDecoder, "span", lambda self, t: spans.append((*span(self, t), self.columns)) or spans[-1][:2])
     else:
@@ -411,7 +416,8 @@ def test_slot_decoder_equals_the_reference_decoder_with_lora_and_finished_users_
     else:
         assert compacted and all(kept <= 0.75 * held for held, kept in compacted)
     if static:  # attention skipped the unused prompt columns and the beam columns not yet written
-        assert spans and all(lo > 0 and lo % 8 == 0 and lo < hi <= columns for lo, hi, columns in spans)
+        whole = decoder.endswith("whole-prompt")
+        assert spans and all((lo == 0 if whole else lo > 0) and lo % 8 == 0 and lo < hi <= columns for lo, hi, columns in spans)
         assert spans[0][1] < spans[0][2] and [hi for _, hi, _ in spans] == sorted(hi for _, hi, _ in spans)
         engine = m._graph_decoder
         assert engine.padded == decoder.startswith("padded")
@@ -502,13 +508,14 @@ def test_decoding_settings_configure_the_decoder_and_travel_with_the_checkpoint(
     from genrec.models.lm_graphs import GraphDecoder
 
     m = tiny_module(decoding={"graphs": False, "padded": True, "rows_per_octave": 4, "forced": False})
-    assert (m.static_decoding, m.decode_graphs, m.decode_padded, m.decode_compile, m.decode_rows_per_octave) == (True, False, True, False, 4)
-    assert m.hparams["decoding"] == {"static": True, "graphs": False, "padded": True, "compile": False, "forced": False, "rows_per_octave": 4}
+    assert (m.static_decoding, m.decode_graphs, m.decode_padded, m.decode_compile, m.decode_rows_per_octave) == (True, False, True, None, 4)
+    assert m.hparams["decoding"] == {"static": True, "graphs": False, "padded": True, "compile": None, "forced": False, "rows_per_octave": 4}
     m.attach(datamodule.data.catalog)
     m.eval()
     with torch.no_grad():
         m.recommend(batch, k=10, beam_width=12)
     assert isinstance(m._graph_decoder, GraphDecoder) and m._graph_decoder.padded
+    assert not m._graph_decoder.w.compiled  # compile null: on a CUDA device only, and this is a CPU
     assert m._graph_decoder.ROWS_PER_OCTAVE == 4 and GraphDecoder.ROWS_PER_OCTAVE == 1  # per engine, not the class
     m.decode_rows_per_octave = None  # code may change it later: the class default again
     with torch.no_grad():
@@ -700,7 +707,7 @@ def test_compiled_layer_halves_trace_as_one_graph_each(datamodule, dtype):
 
 @pytest.mark.parametrize("rows_only", [True, False])
 def test_compiled_layer_halves_keep_feature_widths_static_and_compile_once_for_all_row_counts(datamodule, rows_only, monkeypatch):
-    """With ``ROWS_ONLY_DYNAMIC`` (a switch, off until a GPU measures it) the compiled halves see the rows symbolic and the
+    """With ``ROWS_ONLY_DYNAMIC`` (the default since the thirteenth hold) the compiled halves see the rows symbolic and the
     feature widths as constants (so Inductor can specialise its norms and pointwise kernels), and
     one compilation serves every row count, steps' and prefill's; without it every dimension is
     symbolic. Recorded with a backend that keeps the traced graphs' input shapes, no compiling."""
