@@ -668,8 +668,8 @@ def test_cuda_graph_decoding_equals_eager_static_decoding(datamodule, batch, pre
     torch.testing.assert_close(replayed.scores, eager.scores, atol=1e-5, rtol=0)
 
 
-def _lora_module(datamodule, **lora) -> LMRecModule:
-    m = tiny_module(lora={"enabled": True, "r": 4, **lora})
+def _lora_module(datamodule, overrides: dict | None = None, **lora) -> LMRecModule:
+    m = tiny_module(lora={"enabled": True, "r": 4, **lora}, **({"overrides": overrides} if overrides else {}))
     m.attach(datamodule.data.catalog)
     torch.manual_seed(1)
     for name, p in m.named_parameters():
@@ -748,15 +748,16 @@ def test_compiled_layer_halves_keep_feature_widths_static_and_compile_once_for_a
 
 
 @pytest.mark.slow  # the first compilation takes about a minute on 2 CPU cores
-@pytest.mark.parametrize("fused_head", [False, True])
-def test_compiled_static_decoder_gives_the_same_lists(datamodule, batch, fused_head, monkeypatch):
-    """``decode_compile``: each layer's halves (and the fused head's log-normaliser) through
-    torch.compile (dynamic shapes) decode the same items as the uncompiled static decoder, exact
-    sizes and padded, one compiled engine each."""
+@pytest.mark.parametrize(("fused_head", "arch"), [(False, "llama"), (True, "llama"), (True, "qwen3")])
+def test_compiled_static_decoder_gives_the_same_lists(datamodule, batch, fused_head, arch, monkeypatch):
+    """``decode_compile`` (on a GPU the default): each layer's halves (and the fused head's
+    log-normaliser) through torch.compile (the rows dynamic) decode the same items as the
+    uncompiled static decoder, exact sizes and padded, one compiled engine each; for Llama's
+    layers and Qwen3's (q/k norms)."""
     from genrec.models.lm_graphs import GraphDecoder
 
     monkeypatch.setattr(GraphDecoder, "FUSED_HEAD", fused_head)
-    m = _lora_module(datamodule)
+    m = _lora_module(datamodule, overrides={**TINY, "arch": "qwen3", "num_heads": 4, "num_kv_heads": 2} if arch == "qwen3" else None)
     for padded in (False, True):
         m.decode_padded = padded
         m.decode_compile = False
@@ -765,6 +766,7 @@ def test_compiled_static_decoder_gives_the_same_lists(datamodule, batch, fused_h
         m.decode_compile = True
         compiled = m.recommend(batch, k=10, beam_width=12)
         assert m._graph_decoder.w.compiled and m._graph_decoder.padded == padded
+        assert (m._graph_decoder.w.layers[0].q_norm is not None) == (arch == "qwen3")  # Qwen3's q/k norms compiled in
         assert torch.equal(plain.items, compiled.items)
         torch.testing.assert_close(plain.scores, compiled.scores, atol=1e-4, rtol=0)
 
