@@ -112,16 +112,17 @@ it off), the class and attribute, help. Each flag's default is the attribute's d
 switch is a row here."""
 
 NUMBERS = (
-    ("--prefill-elements", GraphDecoder, "PREFILL_ELEMENTS", 1, "prefill chunks < {:.3g} elements",
+    ("--prefill-elements", GraphDecoder, "PREFILL_ELEMENTS", 1, False, "prefill chunks < {:.3g} elements",
      "static decoders: prefill chunks of users below N activation elements (a huge N prefills each batch at once)"),
-    ("--capture-after", GraphDecoder, "CAPTURE_AFTER", 1, "capture at use {}",
+    ("--capture-after", GraphDecoder, "CAPTURE_AFTER", 1, True, "capture at use {}",
      "graphed steps: capture a shape at its N-th use, eager before"),
-    ("--prompt-bucket", GraphDecoder, "PROMPT_BUCKET", 8, "prompt columns from a multiple of {}",
-     "graphed steps: attend from a multiple of N prompt columns (a multiple of 8; N >= the prompt width: always "
-     "from column 0, so batches of every prompt length share one set of graphs)"),
+    ("--prompt-bucket", GraphDecoder, "PROMPT_BUCKET", 8, True, "prompt columns from a multiple of {}",
+     "graphed steps: attend from a multiple of N prompt columns (N >= the prompt width: always from column 0, so "
+     "batches of every prompt length share one set of graphs)"),
 )
-"""The decoder's numeric settings: flag, class and attribute, the multiple a value must be, the
-decoder column's words when it is not the default, help. A new one is a row here."""
+"""The decoder's numeric settings: flag, class and attribute, the multiple a value must be,
+whether only graphed (CUDA) steps use it, the decoder column's words when it is given, help. A
+new one is a row here."""
 
 
 def load_for_test(data: str, model: str, ckpt: str | None, eval_batch_size: int, sets: list[str], device: torch.device) -> tuple[Any, LMRecModule]:
@@ -357,7 +358,7 @@ def main() -> None:
     for flag, (on, off), owner, attr, text in SWITCHES:
         parser.add_argument(flag, choices=[on, off], default=on if getattr(owner, attr) else off,
                             help=f"{text} ({owner.__name__}.{attr}; default: {on if getattr(owner, attr) else off})")
-    for flag, owner, attr, multiple, _, text in NUMBERS:
+    for flag, owner, attr, multiple, _, _, text in NUMBERS:
         parser.add_argument(flag, type=int, default=None, metavar="N",
                             help=f"{text} ({owner.__name__}.{attr}; default {getattr(owner, attr)}; a multiple of {multiple})")
     parser.add_argument("--profile-batch", type=int, default=0, metavar="I",
@@ -419,7 +420,7 @@ def main() -> None:
     module.decode_forced = args.forced
     for flag, (on, _), owner, attr, _ in SWITCHES:
         setattr(owner, attr, getattr(args, flag[2:].replace("-", "_")) == on)
-    for flag, owner, attr, multiple, _, _ in NUMBERS:
+    for flag, owner, attr, multiple, *_ in NUMBERS:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
             if value < 1 or value % multiple:
@@ -506,8 +507,9 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
                    + (", fused head" if args.head == "fused" and module.static_decoding and not unsupported else "")
                    + (", cuDNN attention" if args.attention == "cudnn" and device.type == "cuda" and module.static_decoding and not unsupported else "")
                    + (", causal prefill" if args.prefill == "causal" and module.static_decoding and not unsupported else "")
-                   + "".join(f", {words.format(getattr(args, flag[2:].replace('-', '_')))}" for flag, _, _, _, words, _ in NUMBERS
-                             if getattr(args, flag[2:].replace("-", "_")) is not None and module.static_decoding and not unsupported)
+                   + "".join(f", {words.format(getattr(args, flag[2:].replace('-', '_')))}" for flag, _, _, _, graphed, words, _ in NUMBERS
+                             if getattr(args, flag[2:].replace("-", "_")) is not None and module.static_decoding and not unsupported
+                             and (not graphed or (device.type == "cuda" and args.decoder == "static")))
                    + (", forced suffixes in one pass" if args.forced and module.static_decoding and not unsupported else ""),
         "precision": precision,
         "users": f"{users:,} of {total:,}",

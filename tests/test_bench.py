@@ -312,9 +312,13 @@ def test_lm_decode_benchmark_checks_the_reference_and_records_quality(tmp_path, 
     monkeypatch.setattr(lm_decode, "record", functools.partial(record, path=bench_file))
     monkeypatch.setattr(sys, "argv", [
         "lm_decode", "--data", str(data), "--model", str(ROOT / "configs/lm/tiny-scratch.yaml"), "--users", "10", "--batch", "4",
-        "--beams", "12", "--compare-reference", "6", "--order", "length", "--profile", "--profile-batch", "-1",
+        "--beams", "12", "--compare-reference", "6", "--order", "length", "--profile", "--profile-batch", "-1", "--prompt-bucket", "512",
         "--set", "model.init_args.overrides={num_layers: 1, hidden_size: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}"])
+    from genrec.models.lm_graphs import GraphDecoder
+
+    monkeypatch.setattr(GraphDecoder, "PROMPT_BUCKET", GraphDecoder.PROMPT_BUCKET)  # the bench sets it process-wide: restored after
     lm_decode.main()
+    assert GraphDecoder.PROMPT_BUCKET == 512
     printed = capsys.readouterr().out  # --profile: the decoder's operators, then the eager ones by input shape
     assert "a quarter of the batch decoded eagerly (same padding), by operator and input shape:" in printed
     assert printed.count("Self CPU") >= 2 and "Input Shapes" in printed.split("by operator and input shape:")[1]
@@ -335,7 +339,8 @@ def test_lm_decode_benchmark_checks_the_reference_and_records_quality(tmp_path, 
     assert cells["batch"] == "4 by prompt length"
     assert cells["reference check"].startswith("fp32: 6/6 identical, 0 tied, 0 different, same-item score gap")
     assert 0 <= float(cells["test R@10"]) <= 1 and "of full search" in cells["beam tokens fed"]
-    assert "in the step body (eager)" in cells["aten ops/step"] and cells["decoder"] == "static (pruned), fused head, causal prefill"  # on a CPU: no graphs
+    # on a CPU: no graphs, so a graphs-only setting (--prompt-bucket) is not in the label
+    assert "in the step body (eager)" in cells["aten ops/step"] and cells["decoder"] == "static (pruned), fused head, causal prefill"
 
     scores = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -3.0], [-1.0, -2.0, -3.0]])
     a = BeamResult(torch.tensor([[1, 2, 3], [1, 2, 3], [1, 2, 3]]), scores)
