@@ -984,6 +984,28 @@ def test_fit_validate_test_predict():
     assert isinstance(prediction, Recommendations) and prediction.items.shape == (6, 10)
 
 
+def test_training_forward_traces_as_one_graph_with_lora_and_the_beam_attention_hook(datamodule, batch):
+    """``compile=True`` compiles the training forward whole: the attention function genrec
+    registers (the beam search's hook, :data:`~genrec.models.lm_decoding.ACTIVE_KV`) does not
+    break Dynamo's graph. Reading the ContextVar there broke it at every layer, and past a few
+    breaks Dynamo gave up: a 30-layer forward compiled 157 of its ~2,150 operators and ran the
+    rest eagerly (2026-12-04)."""
+    import torch._dynamo as dynamo
+
+    m = tiny_module(lora={"enabled": True, "r": 4}, overrides={**TINY, "num_layers": 3})
+    m.attach(datamodule.data.catalog)
+    m.train()
+    inputs = m.lm_inputs(batch, with_target=True)
+
+    def forward(embeds, mask, positions):
+        return m.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False,
+                       logits_to_keep=inputs.target_width + 1).logits
+
+    explained = dynamo.explain(forward)(m.embed(inputs), inputs.attention_mask, inputs.position_ids)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), [b.reason for b in explained.break_reasons]
+    assert explained.op_count > 3 * 20  # every layer in the graph, not only the first
+
+
 @pytest.mark.slow  # torch.compile takes tens of seconds on a CPU
 def test_compiled_training_matches_eager():
     """compile=True trains through the compiled model (prompt lengths vary by batch: dynamic
@@ -999,6 +1021,7 @@ def test_compiled_training_matches_eager():
         trainer.fit(m, datamodule=datamodule)
         assert (m._train_forward is not None) == compiled
         assert (counters["stats"]["unique_graphs"] > 0) == compiled  # the steps ran the compiled model
+        assert not counters["graph_break"]  # ... whole (docs: test_training_forward_traces_as_one_graph...)
         losses.append(float(trainer.callback_metrics["train/loss_step"]))
         m.eval()
         assert m.recommend(next(iter(datamodule.test_dataloader()))).items.shape == (6, 10)
