@@ -125,6 +125,11 @@ whether only graphed (CUDA) steps use it, the decoder column's words when it is 
 new one is a row here."""
 
 
+def given(args: argparse.Namespace, flag: str) -> Any:
+    """The parsed value of a :data:`SWITCHES` or :data:`NUMBERS` flag (``--prompt-bucket``: ``args.prompt_bucket``)."""
+    return getattr(args, flag[2:].replace("-", "_"))
+
+
 def load_for_test(data: str, model: str, ckpt: str | None, eval_batch_size: int, sets: list[str], device: torch.device) -> tuple[Any, LMRecModule]:
     """The data module (test split set up) and the LM recommender as ``train.py test`` builds them
     (``ckpt``: that checkpoint's settings and weights), attached to the catalogue, on ``device``
@@ -388,14 +393,12 @@ def main() -> None:
     if precision == "bf16" and device.type != "cuda":
         raise SystemExit("--precision bf16 needs a GPU here (CPU bf16 matrix products are slow and not what is measured)")
     batch_size = args.batch or (1024 if device.type == "cuda" else 16)
-    overrides = set_flags(args.set)
-    cli = GenRecCLI(args=["--config", args.data, "--config", args.model, "--trainer.logger=false",
-                          f"--data.init_args.eval_batch_size={batch_size}", f"--model.init_args.evaluation.beam_width={args.beams}", *overrides], run=False)
-    dm = cli.datamodule
-    module = LMRecModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True) if args.ckpt else cli.model
+    if args.adapter and args.ckpt:
+        raise SystemExit("--adapter and --ckpt both give trained weights: take one")
+    # train.py test's data module and model (the test order by prompt tokens), on the device
+    dm, module = load_for_test(args.data, args.model, args.ckpt, batch_size,
+                               [f"model.init_args.evaluation.beam_width={args.beams}", *args.set], device)
     if args.adapter:
-        if args.ckpt:
-            raise SystemExit("--adapter and --ckpt both give trained weights: take one")
         from genrec.errors import ArtifactError
         from genrec.models.lm_adapter import load_adapter
 
@@ -410,18 +413,14 @@ def main() -> None:
         raise SystemExit(f"--decode-scales takes numbers separated by commas, got {args.decode_scales!r}") from None
     if args.beams < module.num_results:
         raise SystemExit(f"--beams {args.beams} is below the {module.num_results} items recommended per user")
-    dm.setup("test")
-    module.attach(dm.data.catalog, train_counts=dm.data.train_item_counts())
-    module.give_item_costs(dm)  # the test order by prompt tokens, as LMRecModule.setup does (train.py test)
-    module.to(device).eval()
     module.static_decoding = args.decoder != "slot"
     module.decode_graphs = args.decoder == "static"
     module.decode_compile = args.compile
     module.decode_forced = args.forced
     for flag, (on, _), owner, attr, _ in SWITCHES:
-        setattr(owner, attr, getattr(args, flag[2:].replace("-", "_")) == on)
+        setattr(owner, attr, given(args, flag) == on)
     for flag, owner, attr, multiple, *_ in NUMBERS:
-        value = getattr(args, flag[2:].replace("-", "_"))
+        value = given(args, flag)
         if value is not None:
             if value < 1 or value % multiple:
                 raise SystemExit(f"{flag} takes a positive multiple of {multiple}, got {value}")
@@ -507,8 +506,8 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
                    + (", fused head" if args.head == "fused" and module.static_decoding and not unsupported else "")
                    + (", cuDNN attention" if args.attention == "cudnn" and device.type == "cuda" and module.static_decoding and not unsupported else "")
                    + (", causal prefill" if args.prefill == "causal" and module.static_decoding and not unsupported else "")
-                   + "".join(f", {words.format(getattr(args, flag[2:].replace('-', '_')))}" for flag, _, _, _, graphed, words, _ in NUMBERS
-                             if getattr(args, flag[2:].replace("-", "_")) is not None and module.static_decoding and not unsupported
+                   + "".join(f", {words.format(given(args, flag))}" for flag, _, _, _, graphed, words, _ in NUMBERS
+                             if given(args, flag) is not None and module.static_decoding and not unsupported
                              and (not graphed or (device.type == "cuda" and args.decoder == "static")))
                    + (", forced suffixes in one pass" if args.forced and module.static_decoding and not unsupported else ""),
         "precision": precision,

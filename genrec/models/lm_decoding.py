@@ -256,12 +256,10 @@ def _with_beam_kv(inner: Callable[..., tuple[Tensor, Any]]) -> Callable[..., tup
     decoding steps attend as :func:`_attend_slots` or :func:`_attend_shared_prefix`."""
 
     def attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None, **kwargs: Any):
-        if torch.compiler.is_compiling():
-            # Only the training forward is compiled, and never inside a beam search
-            # (LMRecModule.forward). Dynamo cannot trace a ContextVar's get(): reading
-            # ACTIVE_KV here broke the compiled forward into pieces at every layer.
-            return inner(module, query, key, value, attention_mask, **kwargs)
-        state = ACTIVE_KV.get()
+        # Only the training forward is compiled, never inside a beam search (LMRecModule.forward),
+        # and Dynamo cannot trace a ContextVar's get(): reading ACTIVE_KV while compiling broke
+        # the compiled forward into pieces at every layer.
+        state = None if torch.compiler.is_compiling() else ACTIVE_KV.get()
         if state is None:
             return inner(module, query, key, value, attention_mask, **kwargs)
         layer = module.layer_idx
