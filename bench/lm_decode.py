@@ -34,7 +34,8 @@ padding, grouped by operator and input shape.
 The decoder is the static-shape one (:mod:`genrec.models.lm_graphs`: CUDA graphs on a GPU) unless
 ``--decoder slot`` (the eager slot decoder). Before the timed pass, ``--warmup`` users (default:
 the first batch) are decoded once, so that the graphs of the usual shapes are captured outside
-the timed pass; their capture time is reported separately, as are the host operators per
+the timed pass (``--warmup all``: every user, so the timed pass is the steady state of a
+decoder that has met every shape); their capture time is reported separately, as are the host operators per
 decoding step (aten operators dispatched from Python, counted on one batch after the warm-up;
 a graph replay counts as none of them, its kernels run on the device).
 """
@@ -377,7 +378,9 @@ def main() -> None:
                         "its titles are finished in one pass (LMRecModule.decode_forced)")
     parser.add_argument("--order", choices=["loader", "length"], default="loader",
                         help="decode the users in the test loader's order, or re-batched by prompt length (less padding)")
-    parser.add_argument("--warmup", type=int, default=None, metavar="N", help="users decoded before the timed pass (default: one batch)")
+    parser.add_argument("--warmup", default=None, metavar="N|all",
+                        help="users decoded before the timed pass (default: one batch; all: a whole untimed pass first, so that the "
+                        "timed pass replays graphs of every shape it meets: the steady state, the row's decoder says so)")
     parser.add_argument("--set", action="append", default=[], help="extra CLI override key=value")
     parser.add_argument("--adapter", default=None, metavar="FILE",
                         help="the trained parameters of an adapter file (python -m bench.lm_adapter CKPT FILE) put on the "
@@ -388,6 +391,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.users != "all" and not (args.users.isdigit() and int(args.users) > 0):
         raise SystemExit(f"--users takes a positive number or 'all', got {args.users!r}")
+    if args.warmup not in (None, "all") and not (args.warmup.isdigit() and int(args.warmup) > 0):
+        raise SystemExit(f"--warmup takes a positive number or 'all', got {args.warmup!r}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     if precision == "bf16" and device.type != "cuda":
@@ -442,7 +447,7 @@ def main() -> None:
     if args.compare_reference:
         check = compare(module, take_users(iter(batches), args.compare_reference), device, args.beams, precision)
     first = batches[0]
-    warm = take_users(iter(batches), args.warmup or len(first))
+    warm = batches if args.warmup == "all" else take_users(iter(batches), int(args.warmup) if args.warmup else len(first))
     warm_s = decode_all(module, warm, device, args.beams, precision)[1]
     engine = module._graph_decoder
     capture_s = engine.capture_seconds if engine is not None else 0.0
@@ -509,7 +514,8 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
                    + "".join(f", {words.format(given(args, flag))}" for flag, _, _, _, graphed, words, _ in NUMBERS
                              if given(args, flag) is not None and module.static_decoding and not unsupported
                              and (not graphed or (device.type == "cuda" and args.decoder == "static")))
-                   + (", forced suffixes in one pass" if args.forced and module.static_decoding and not unsupported else ""),
+                   + (", forced suffixes in one pass" if args.forced and module.static_decoding and not unsupported else "")
+                   + (", after a whole untimed pass (steady state)" if args.warmup == "all" else ""),
         "precision": precision,
         "users": f"{users:,} of {total:,}",
         "batch": batch_size if args.order == "loader" else f"{batch_size} by prompt length",

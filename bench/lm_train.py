@@ -29,6 +29,14 @@ from genrec.artifacts import write_json
 from genrec.stages.fit import GenRecCLI
 
 
+def real_tokens(module: Any, batch: Any) -> torch.Tensor:
+    """The real (unpadded) prompt + target tokens of an LM recommender's training batch: a 0-d
+    tensor on the batch's device (no sync)."""
+    _, lines, keep = module.history_lines(batch.history)
+    fixed = len(batch) * (module.prompt_prefix.numel() + module.prompt_suffix.numel())
+    return (lines * keep).sum() + module.target_lengths[batch.targets].sum() + fixed
+
+
 class TokenTimeline(Timeline):
     """:class:`bench.common.Timeline` counting the LM's real prompt + target tokens (on the device)."""
 
@@ -40,9 +48,7 @@ class TokenTimeline(Timeline):
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         self.count("samples", len(batch))
-        _, lines, keep = module.history_lines(batch.history)
-        fixed = len(batch) * (module.prompt_prefix.numel() + module.prompt_suffix.numel())
-        self.count("tokens", (lines * keep).sum() + module.target_lengths[batch.targets].sum() + fixed)
+        self.count("tokens", real_tokens(module, batch))
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)

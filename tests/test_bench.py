@@ -399,6 +399,16 @@ def test_lm_decode_benchmark_records_one_row_per_decode_scale(tmp_path, monkeypa
     rows = [line for line in bench_file.read_text().splitlines() if line.startswith("| tiny")]
     assert len(rows) == 2 and "adapters x" not in rows[0] and ", adapters x0.5 |" in rows[1]
     assert all("M), random weights" in row for row in rows)  # a preset without --ckpt: its row says so
+    argv = list(sys.argv)
+    seen.clear()
+    monkeypatch.setattr(sys, "argv", [*argv[:-6], "--decode-scales", "1", "--warmup", "all", *argv[-4:]])
+    lm_decode.main()  # --warmup all: one untimed pass over every user, then the timed one; the row says so
+    assert seen == [(1.0, 6), (1.0, 3), (1.0, 6)]  # the warm pass, the operator count's first batch, the timed pass
+    assert "(steady state)" in bench_file.read_text().splitlines()[-1]
+    with pytest.raises(SystemExit, match="--warmup takes a positive number or 'all', got 'half'"):
+        monkeypatch.setattr(sys, "argv", [*argv, "--warmup", "half"])
+        lm_decode.main()
+    monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit, match="--decode-scales takes numbers"):
         monkeypatch.setattr(sys, "argv", [*sys.argv[:-4], "--decode-scales", "1,half"])
         lm_decode.main()
@@ -612,3 +622,40 @@ def test_lm_decode_timeline_counts_each_batchs_own_graph_captures():
     cells = [engine.split(", ")[2] for *_, engine in timeline]
     assert cells == ["2 captures 0.50 s", "0 captures 0.00 s", "3 captures 0.25 s"]
     assert [steps for _, steps, *_ in timeline] == [4, 4, 4]
+
+
+def test_lm_step_times_eager_and_compiled_training_steps_on_the_same_batches(tmp_path, monkeypatch):
+    """bench.lm_step: each variant trains the same steps from the same seed through
+    ``trainer.fit``, so the last losses agree; the compiled variants record one graph and no
+    break (``layers``: one compilation for both decoder layers), the eager one none; a warm-up
+    longer than the epoch stops with one line."""
+    import functools
+    import sys
+
+    import yaml
+
+    from bench import lm_step
+    from bench.record import record
+    from tests.test_configs import ROOT, TINY_DATA
+
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump(TINY_DATA))
+    bench_file = tmp_path / "benchmarks.md"
+    monkeypatch.setattr(lm_step, "record", functools.partial(record, path=bench_file))
+    argv = ["lm_step", "--data", str(data), "--model", str(ROOT / "configs/lm/tiny-scratch.yaml"), "--warmup", "1", "--steps", "2",
+            "--backend", "eager", "--variant", "eager", "--variant", "layers", "--variant", "whole", "--set", "trainer.accelerator=cpu",
+            "--set", "data.init_args.batch_size=8",
+            "--set", "model.init_args.overrides={num_layers: 2, hidden_size: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    lm_step.main()
+    lines = [line.split(" | ") for line in bench_file.read_text().strip().splitlines() if line.startswith("| ")]
+    header, rows = lines[0], [dict(zip(lines[0], row, strict=True)) for row in lines[1:] if row[0] == "| tiny"]
+    assert "first step s (compile included)" in header
+    assert [row["variant"] for row in rows] == ["eager", "layers (eager)", "whole (eager)"]
+    assert [row["graphs / breaks"] for row in rows] == ["0 / 0", "1 / 0", "1 / 0"]
+    assert all(row["timed steps"] == "2" and float(row["samples/s"]) > 0 and int(row["real tokens/s"].replace(",", "")) > 0 for row in rows)
+    assert len({row["last loss"] for row in rows}) == 1  # the same batches, weights and arithmetic
+    monkeypatch.setattr(sys, "argv", [*argv[:5], "--warmup", "50", "--steps", "1", "--set", "trainer.accelerator=cpu", "--set", "trainer.max_epochs=1",
+                                      "--set", "data.init_args.batch_size=64", *argv[-2:]])
+    with pytest.raises(SystemExit, match="training ended before step 50"):
+        lm_step.main()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU hold, several runs side by side under MPS (run from the synced repo root on the device
 # machine; bench/hold/README.md has the order of calls):
-#   [DT=SECONDS: decodeab / lmscales time limit] bash .carry/gpu/run.sh setup | gguf | decode [USERS] | gputests | decodevar TAG [FLAGS] | decodeab TAG [FLAGS] | profile [USERS] | tiger NAME DATA SIDS TARGET [--set ...] |
+#   [DT=SECONDS: decodeab / lmscales time limit] bash .carry/gpu/run.sh setup | gguf | decode [USERS] | gputests | decodevar TAG [FLAGS] | decodeab TAG [FLAGS] | step [FLAGS] | profile [USERS] | tiger NAME DATA SIDS TARGET [--set ...] |
 #        lm NAME [--set ...] | lmscales NAME S,S,.. | adapter NAME | decodeckpt NAME TAG [FLAGS] | sasrec DATA | scaling i/n [beauty|toys] | wait [S] | waitfor lm|tiger|scaling [S] | status | collect
 # Runs start in their own process sessions from a copy of the repo at /tmp/w/repo (a later call
 # re-syncs the checkout; the copy keeps what the runs write) and log to /tmp/res; `collect` tars
@@ -62,6 +62,13 @@ gputests) # gputests: the test suite's CUDA tests (graphs against eager steps an
         # their tiny LMs read the SmolLM2 tokenizer from the carried .carry/tok (no GGUF needed)
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo HF_HUB_OFFLINE=1 GENREC_TEST_TOKENIZER=$W/tok timeout ${DT:-300} python3 -m pytest -q -p no:cacheprovider -x \
      tests/models/test_lm_rec.py -k "cuda" -m "slow or not slow") > $RES/gputests.log 2>&1; tail -15 $RES/gputests.log | cut -c1-300 ;;
+step)   # step [FLAGS]: bench.lm_step, the LM recommender's training step at the LM runs' settings, variants side by side in one
+        # process, alone on the GPU (default: eager, layers; e.g. `step --variant eager --variant layers --variant liger`)
+  shift
+  (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout ${DT:-300} python3 -m bench.lm_step --data configs/data/amazon-beauty.yaml \
+     --model configs/lm/smollm2-lora.yaml --set data.init_args.batch_size=128 --set data.init_args.bucket_by_length=true \
+     --set model.init_args.optimizer.lr=0.001 --set model.init_args.optimizer.warmup_steps=50 "$@") > $RES/step.log 2>&1
+  grep -e "^| amazon" $RES/step.log | cut -c1-330 ;;
 profile) # profile [USERS [FLAGS]]: bench.lm_decode --profile of this tree (alone on the GPU), e.g. `profile 4096 --compile`
   u=${2:-4096}; shift; shift; tag=$(echo "$*" | tr -dc 'a-z')
   (cd $W/repo && PYTHONPATH=/tmp/site:$W/repo timeout 240 python3 -m bench.lm_decode $DEC --users $u --profile "$@") > $RES/dec-profile$tag.log 2>&1; tail -60 $RES/dec-profile$tag.log | cut -c1-220 ;;

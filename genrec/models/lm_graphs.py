@@ -147,7 +147,8 @@ class GraphDecoder:
     multiple needs new graphs (4.0 of a 22.9 s test pass went to captures on the H200, thirteenth
     hold); at least the prompt width, every batch attends from column 0 (the columns before its
     prompts masked) and one set of graphs serves every prompt length
-    (``bench.lm_decode --prompt-bucket``)."""
+    (``bench.lm_decode --prompt-bucket``), no faster on the H200 (fourteenth hold: the wider
+    attention costs what the captures saved)."""
     BEAM_BUCKET = 128
     """Padded (graphed) steps attend the beam columns written so far rounded up to a multiple of
     this (at least 64). Powers of two (before) attended 1,024 columns where 520-660 were written."""

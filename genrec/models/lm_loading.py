@@ -1,6 +1,6 @@
 """Loading the LM recommender's language model: tokenizers, pretrained or preset causal LMs (GGUF
 files dequantised, 4-bit nf4 base weights), LoRA adapters, Liger kernels, and the decoder-layer
-classes FSDP wraps."""
+classes FSDP wraps and :class:`LayerCompile` compiles."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import functools
 import inspect
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -41,6 +43,49 @@ def decoder_layer_classes(model: nn.Module) -> set[type[nn.Module]]:
     Lightning's ``FSDPStrategy`` for it."""
     names = set(getattr(model, "_no_split_modules", None) or [])
     return {type(m) for m in model.modules() if type(m).__name__ in names}
+
+
+class LayerCompile:
+    """``torch.compile`` for the training forward, one decoder layer at a time (regional compilation).
+
+    Each decoder layer's call (``nn.Module._call_impl``, what ``nn.Module.compile`` compiles) is
+    compiled on its own. Dynamo lifts a layer's parameters into graph inputs, so the first layer's
+    graph serves every other layer of the same class: compile time is one layer's, not the whole
+    model's. The embedding, final norm and output layer run eagerly (a few operators).
+    Compiling the whole model as one graph instead took minutes on the host for SmolLM2-135M's 30
+    layers with LoRA: on the H200 the fourteenth hold's two LoRA runs did not reach their 40th
+    step in 8 minutes, the GPU idle (docs/benchmarks.md, "LM recommender").
+
+    The compiled calls are in force only inside :meth:`active`; outside it (validation, test, beam
+    search, whose attention hook reads a ``ContextVar`` that Dynamo cannot trace) the same layers
+    run eagerly.
+
+    Args:
+        model: a ``transformers`` causal LM, or a peft wrapper of one.
+        dynamic: ``torch.compile``'s ``dynamic`` (prompt lengths vary by batch).
+        backend: ``torch.compile``'s backend (tests count graphs with ``"eager"``).
+    """
+
+    def __init__(self, model: nn.Module, dynamic: bool = True, backend: str | Any = "inductor") -> None:
+        get_base = getattr(model, "get_base_model", None)
+        classes = decoder_layer_classes(get_base() if get_base is not None else model)
+        self.layers = [m for m in model.modules() if type(m) in classes]
+        if not self.layers:
+            raise ValueError(f"{type(model).__name__}: no decoder layers found to compile (its _no_split_modules name none)")
+        self.calls = [torch.compile(layer._call_impl, dynamic=dynamic, backend=backend) for layer in self.layers]
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Run the layers' compiled calls inside the block (``nn.Module.__call__`` takes a module's
+        ``_compiled_call_impl`` when set), and what they ran before after it."""
+        before = [layer._compiled_call_impl for layer in self.layers]
+        for layer, call in zip(self.layers, self.calls, strict=True):
+            layer._compiled_call_impl = call
+        try:
+            yield
+        finally:
+            for layer, call in zip(self.layers, before, strict=True):
+                layer._compiled_call_impl = call
 
 
 def apply_liger(model: nn.Module, fused_loss: bool = False) -> None:

@@ -40,6 +40,7 @@ are flags; FSDP is the trainer's ``strategy`` (see ``configs/lm/fsdp.yaml`` and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from typing import Any, ClassVar, Literal
@@ -62,6 +63,7 @@ from genrec.models.lm_decoding import (
 )
 from genrec.models.lm_graphs import graph_decode  # issue 20 (decode)
 from genrec.models.lm_loading import (
+    LayerCompile,
     apply_liger,
     build_lm,
     cf_table,
@@ -118,8 +120,9 @@ class LMRecModule(RecommenderModule):
         prompt: the prompt templates and token budgets (:class:`~genrec.models.settings.PromptConfig`).
         lora: LoRA adapters and 4-bit base weights (:class:`~genrec.models.settings.LoraSettings`).
         gradient_checkpointing: recompute activations in the backward pass (HF, non-reentrant).
-        compile: ``torch.compile`` the model for training steps (dynamic shapes: prompt lengths
-            vary by batch); validation, test and beam search run it eagerly.
+        compile: ``torch.compile`` the model's decoder layers for training steps, one layer at a
+            time (:class:`~genrec.models.lm_loading.LayerCompile`; dynamic shapes: prompt lengths
+            vary by batch); validation, test and beam search run them eagerly.
         liger: patch the LM with Liger's Triton kernels (``pip install liger-kernel``; CUDA only):
             RMSNorm, RoPE and SwiGLU of the model types Liger knows (Llama, Qwen3, Mistral, ...).
             Its fused output-layer loss is not used: this module computes logits for the target
@@ -222,7 +225,7 @@ class LMRecModule(RecommenderModule):
             raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens but the model only {self.vocab_size}")
         self.cf: nn.Embedding | None = None  # built in attach (needs the number of items)
         self.cf_proj: nn.Linear | None = None  # with cf_init: the file's dim -> hidden
-        self._train_forward = None  # torch.compile'd self.model for training (setup, with compile)
+        self._compiled_layers: LayerCompile | None = None  # the training forward's compiled decoder layers (setup, with compile)
 
         before, after = prompt.template.split("{history}")
         line_before, line_after = prompt.item_template.split("{title}")
@@ -258,9 +261,8 @@ class LMRecModule(RecommenderModule):
         data = self.trainer_data()
         self.give_item_costs(self.trainer.datamodule)
         self.choose_eval_users(data.num_users, {s: data.samples(s)[0] for s in ("val", "test")})
-        if stage == "fit" and self.hparams.compile and self._train_forward is None:
-            # kept off the module tree: the compiled wrapper shares self.model's parameters
-            object.__setattr__(self, "_train_forward", torch.compile(self.model, dynamic=True))
+        if stage == "fit" and self.hparams.compile and self._compiled_layers is None:
+            self._compiled_layers = LayerCompile(self.model)
 
     def give_item_costs(self, datamodule: Any) -> None:
         """Give a data module that takes them (``item_cost``, :class:`~genrec.data.SequenceDataModule`)
@@ -403,14 +405,15 @@ class LMRecModule(RecommenderModule):
 
     def forward(self, inputs: LMInputs, logits_to_keep: int = 0) -> Tensor:
         """Logits ``[B, S or logits_to_keep, V]`` of a batch of :class:`LMInputs`."""
-        compiled = self.training and self._train_forward is not None and ACTIVE_KV.get() is None  # decoding: eager
-        out = (self._train_forward if compiled else self.model)(
-            inputs_embeds=self.embed(inputs),
-            attention_mask=inputs.attention_mask,
-            position_ids=inputs.position_ids,
-            use_cache=False,
-            logits_to_keep=logits_to_keep,
-        )
+        compiled = self.training and self._compiled_layers is not None and ACTIVE_KV.get() is None  # decoding: eager
+        with self._compiled_layers.active() if compiled else contextlib.nullcontext():
+            out = self.model(
+                inputs_embeds=self.embed(inputs),
+                attention_mask=inputs.attention_mask,
+                position_ids=inputs.position_ids,
+                use_cache=False,
+                logits_to_keep=logits_to_keep,
+            )
         return out.logits
 
     def loss(self, inputs: LMInputs, row_weights: Tensor | None = None) -> Tensor:

@@ -1006,6 +1006,45 @@ def test_training_forward_traces_as_one_graph_with_lora_and_the_beam_attention_h
     assert explained.op_count > 3 * 20  # every layer in the graph, not only the first
 
 
+def test_layer_compile_shares_one_compilation_across_layers_and_only_inside_active(datamodule, batch):
+    """:class:`LayerCompile` (``compile=True``) compiles each decoder layer on its own, and one
+    compilation serves every layer: the graphs made do not grow with the layer count (the whole
+    30-layer forward traced as one graph made the first step take 145.7 s on the CPU against
+    14.4 s this way, docs/benchmarks.md). Inside ``active()`` every layer runs compiled, with no graph break and
+    the eager outputs; outside it the layers run eagerly again (decoding must)."""
+    import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
+
+    from genrec.models.lm_loading import LayerCompile
+
+    m = tiny_module(lora={"enabled": True, "r": 4}, overrides={**TINY, "num_layers": 5})
+    m.attach(datamodule.data.catalog)
+    m.train()
+    inputs = m.lm_inputs(batch, with_target=True)
+    with torch.no_grad():
+        eager = m(inputs, logits_to_keep=inputs.target_width + 1)
+    dynamo.reset()
+    counters.clear()
+    compiled = LayerCompile(m.model, backend="eager")
+    assert len(compiled.layers) == 5
+    calls: list[int] = []
+    hooks = [layer.register_forward_pre_hook(lambda mod, args: calls.append(torch.compiler.is_compiling())) for layer in compiled.layers]
+    with compiled.active(), torch.no_grad():
+        logits = m.model(inputs_embeds=m.embed(inputs), attention_mask=inputs.attention_mask, position_ids=inputs.position_ids,
+                         use_cache=False, logits_to_keep=inputs.target_width + 1).logits
+    torch.testing.assert_close(logits, eager)
+    assert not counters["graph_break"]
+    assert 1 <= counters["stats"]["unique_graphs"] <= 2 < len(compiled.layers)  # the first layer's input may differ in requires_grad
+    assert calls == [True] * 5  # every layer traced under the compiled call (hooks run inside it)
+    assert all(layer._compiled_call_impl is None for layer in compiled.layers)  # eager again after the block
+    calls.clear()
+    with torch.no_grad():
+        m(inputs, logits_to_keep=inputs.target_width + 1)
+    assert calls == [False] * 5
+    for hook in hooks:
+        hook.remove()
+
+
 @pytest.mark.slow  # torch.compile takes tens of seconds on a CPU
 def test_compiled_training_matches_eager():
     """compile=True trains through the compiled model (prompt lengths vary by batch: dynamic
@@ -1019,7 +1058,7 @@ def test_compiled_training_matches_eager():
         m = tiny_module(compile=compiled, optimizer={"lr": 3e-3})
         trainer = quiet_trainer(max_steps=3, limit_val_batches=0)
         trainer.fit(m, datamodule=datamodule)
-        assert (m._train_forward is not None) == compiled
+        assert (m._compiled_layers is not None) == compiled
         assert (counters["stats"]["unique_graphs"] > 0) == compiled  # the steps ran the compiled model
         assert not counters["graph_break"]  # ... whole (docs: test_training_forward_traces_as_one_graph...)
         losses.append(float(trainer.callback_metrics["train/loss_step"]))
