@@ -79,6 +79,7 @@ from torch import Tensor, nn
 from genrec.decoding import BeamResult, HeadScores, LiveBeams, pruned_beam_search
 from genrec.models.lm_decoding import COMPACT_FRACTION
 from genrec.models.lm_weights import DecoderWeights, causal_lm
+from genrec.models.settings import ENGINE_SETTINGS
 
 if TYPE_CHECKING:
     from genrec.models.lm_rec import LMInputs, LMRecModule
@@ -154,7 +155,8 @@ class GraphDecoder:
     this (at least 64). Powers of two (before) attended 1,024 columns where 520-660 were written."""
     ROWS_PER_OCTAVE = 1
     """(Default of ``LMRecModule.decode_rows_per_octave``, ``decoding.rows_per_octave`` in the
-    config, which sets it per engine.) Padded (graphed) steps feed the live beams rounded up to one of this many row buckets per
+    config, which sets it per engine, as ``decoding.prompt_bucket``, ``capture_after``,
+    ``causal_prefill`` and ``prefill_elements`` set the attributes below.) Padded (graphed) steps feed the live beams rounded up to one of this many row buckets per
     power of two (above :attr:`FINE_ROWS`; below, powers of two): 1 = powers of two (up to 2x the
     rows fed), 4 = 1.25, 1.5, 1.75, 2 x 2^k (at most 1.25x, four times the graphs of that range).
     :meth:`rows` gives the bucket; ``fed_padded`` counts what the steps fed."""
@@ -552,7 +554,9 @@ def decoder_for(module: LMRecModule, batch_size: int, width: int, steps: int, pr
             module._graph_decoder = cached
         else:
             cached.w.load(module)
-    cached.ROWS_PER_OCTAVE = module.decode_rows_per_octave or GraphDecoder.ROWS_PER_OCTAVE
+    for name in ENGINE_SETTINGS:  # the module's own (decoding.<name>), else the class's
+        value = getattr(module, f"decode_{name}")
+        setattr(cached, name.upper(), value if value is not None else getattr(GraphDecoder, name.upper()))
     return cached
 
 

@@ -83,6 +83,7 @@ from genrec.models.lm_prompt import (
 from genrec.models.optim import OptimizerConfig
 from genrec.models.presets import LMRecConfig
 from genrec.models.settings import (
+    ENGINE_SETTINGS,
     DecodingSettings,
     EvalConfig,
     LMOptimizer,
@@ -146,7 +147,9 @@ class LMRecModule(RecommenderModule):
         decoding: how the beam search runs (:class:`~genrec.models.settings.DecodingSettings`:
             the static decoder, CUDA graphs, ``torch.compile``, row buckets). It sets the
             module's ``static_decoding``, ``decode_graphs``, ``decode_padded``, ``decode_compile``,
-            ``decode_forced`` and ``decode_rows_per_octave``, which code may also change later.
+            ``decode_forced`` and ``decode_<name>`` of the engine settings
+            (:data:`~genrec.models.settings.ENGINE_SETTINGS`: ``rows_per_octave``,
+            ``prompt_bucket``, ...), which code may also change later.
     """
 
     score_meaning: ClassVar[str] = "log-probability of the item's title (summed over its title tokens, beam search); 0 is certain"
@@ -157,7 +160,11 @@ class LMRecModule(RecommenderModule):
     decode_padded: bool | None
     decode_compile: bool | None  # None: on a CUDA device
     decode_forced: bool
-    decode_rows_per_octave: int | None
+    decode_rows_per_octave: int | None  # and the other ENGINE_SETTINGS: None, the GraphDecoder class's value
+    decode_prompt_bucket: int | None
+    decode_capture_after: int | None
+    decode_causal_prefill: bool | None
+    decode_prefill_elements: int | None
     _graph_decoder: Any = None
 
     def __init__(
@@ -188,7 +195,9 @@ class LMRecModule(RecommenderModule):
         optimizer = as_settings(LMOptimizer, optimizer, "LMRecModule optimizer")
         decoding = as_settings(DecodingSettings, decoding, "LMRecModule decoding")
         self.static_decoding, self.decode_graphs, self.decode_padded = decoding.static, decoding.graphs, decoding.padded
-        self.decode_compile, self.decode_forced, self.decode_rows_per_octave = decoding.compile, decoding.forced, decoding.rows_per_octave
+        self.decode_compile, self.decode_forced = decoding.compile, decoding.forced
+        for name in ENGINE_SETTINGS:
+            setattr(self, f"decode_{name}", getattr(decoding, name))
         self.save_hyperparameters()
         for key, value in {"prompt": prompt, "lora": lora, "evaluation": self.eval_config, "optimizer": optimizer,
                            "decoding": decoding}.items():

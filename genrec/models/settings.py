@@ -93,6 +93,17 @@ class DecodingSettings:
         rows_per_octave: graphed steps' row buckets per power of two above 1,024 rows (``null``:
             :attr:`~genrec.models.lm_graphs.GraphDecoder.ROWS_PER_OCTAVE`, 1). 4 was the fastest
             measured, with more graphs and memory (90 GiB at 2,048 users a batch).
+        prompt_bucket: padded steps attend from a multiple of this many prompt columns, a
+            multiple of 8 (``null``: :attr:`~genrec.models.lm_graphs.GraphDecoder.PROMPT_BUCKET`,
+            128); at least the prompt width, one set of graphs serves every prompt length.
+        capture_after: graphed steps capture a shape at its N-th use, eagerly before (``null``:
+            :attr:`~genrec.models.lm_graphs.GraphDecoder.CAPTURE_AFTER`, 1).
+        causal_prefill: prefill right-padded prompts under plain causal attention rather than
+            left-padded ones under a mask (``null``:
+            :attr:`~genrec.models.lm_graphs.GraphDecoder.CAUSAL_PREFILL`, on).
+        prefill_elements: prefill users in chunks whose widest activation stays below this many
+            elements (``null``: :attr:`~genrec.models.lm_graphs.GraphDecoder.PREFILL_ELEMENTS`,
+            2^31 - 1, where Inductor's 32-bit indexing holds).
     """
 
     static: bool = True
@@ -101,10 +112,24 @@ class DecodingSettings:
     compile: bool | None = None
     forced: bool = False
     rows_per_octave: int | None = None
+    prompt_bucket: int | None = None
+    capture_after: int | None = None
+    causal_prefill: bool | None = None
+    prefill_elements: int | None = None
 
     def __post_init__(self) -> None:
-        if self.rows_per_octave is not None and self.rows_per_octave < 1:
-            raise ValueError(f"decoding.rows_per_octave must be >= 1 (or null for the default), got {self.rows_per_octave}")
+        for name in ("rows_per_octave", "capture_after", "prefill_elements"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"decoding.{name} must be >= 1 (or null for the default), got {value}")
+        if self.prompt_bucket is not None and (self.prompt_bucket < 8 or self.prompt_bucket % 8):
+            raise ValueError(f"decoding.prompt_bucket must be a positive multiple of 8 (or null for the default), got {self.prompt_bucket}")
+
+
+ENGINE_SETTINGS = ("rows_per_octave", "prompt_bucket", "capture_after", "causal_prefill", "prefill_elements")
+"""The :class:`DecodingSettings` fields that set a :class:`~genrec.models.lm_graphs.GraphDecoder`
+attribute of the same name in capitals, each engine's own (``LMRecModule.decode_<name>``; ``null``:
+the class's value)."""
 
 
 @dataclass(frozen=True)

@@ -504,32 +504,47 @@ def test_graphed_row_buckets():
 def test_decoding_settings_configure_the_decoder_and_travel_with_the_checkpoint(datamodule, batch, tmp_path):
     """``decoding`` (a mapping, as YAML gives it) sets the module's decoding switches, reaches the
     engine (its row buckets), is stored in the hyperparameters, so a checkpoint rebuilds the
-    same decoder, and rejects an unknown field or a bucket count below 1 naming the key."""
+    same decoder, and rejects an unknown field or a bad engine value naming the key. The engine
+    settings (rows per octave, prompt bucket, capture use, prefill layout and chunks) leave the
+    lists as the defaults make them."""
     from genrec.models.lm_graphs import GraphDecoder
 
-    m = tiny_module(decoding={"graphs": False, "padded": True, "rows_per_octave": 4, "forced": False})
+    engine = {"rows_per_octave": 4, "prompt_bucket": 16, "capture_after": 2, "causal_prefill": False, "prefill_elements": 1}
+    m = tiny_module(decoding={"graphs": False, "padded": True, "forced": False, **engine})
     assert (m.static_decoding, m.decode_graphs, m.decode_padded, m.decode_compile, m.decode_rows_per_octave) == (True, False, True, None, 4)
-    assert m.hparams["decoding"] == {"static": True, "graphs": False, "padded": True, "compile": None, "forced": False, "rows_per_octave": 4}
+    assert (m.decode_prompt_bucket, m.decode_capture_after, m.decode_causal_prefill, m.decode_prefill_elements) == (16, 2, False, 1)
+    assert m.hparams["decoding"] == {"static": True, "graphs": False, "padded": True, "compile": None, "forced": False, **engine}
     m.attach(datamodule.data.catalog)
     m.eval()
     with torch.no_grad():
-        m.recommend(batch, k=10, beam_width=12)
+        tuned = m.recommend(batch, k=10, beam_width=12)
     assert isinstance(m._graph_decoder, GraphDecoder) and m._graph_decoder.padded
     assert not m._graph_decoder.w.compiled  # compile null: on a CUDA device only, and this is a CPU
-    assert m._graph_decoder.ROWS_PER_OCTAVE == 4 and GraphDecoder.ROWS_PER_OCTAVE == 1  # per engine, not the class
-    m.decode_rows_per_octave = None  # code may change it later: the class default again
+    e = m._graph_decoder
+    assert (e.ROWS_PER_OCTAVE, e.PROMPT_BUCKET, e.CAPTURE_AFTER, e.CAUSAL_PREFILL, e.PREFILL_ELEMENTS) == (4, 16, 2, False, 1)
+    assert e.prefill_chunks == len(batch)  # one user a chunk: no activation fits in one element
+    assert (GraphDecoder.ROWS_PER_OCTAVE, GraphDecoder.PROMPT_BUCKET, GraphDecoder.CAUSAL_PREFILL) == (1, 128, True)  # per engine, not the class
+    for name in engine:  # code may change them later: the class defaults again
+        setattr(m, f"decode_{name}", None)
     with torch.no_grad():
-        m.recommend(batch, k=10, beam_width=12)
-    assert m._graph_decoder.ROWS_PER_OCTAVE == 1
+        default = m.recommend(batch, k=10, beam_width=12)
+    e = m._graph_decoder
+    assert (e.ROWS_PER_OCTAVE, e.PROMPT_BUCKET, e.CAPTURE_AFTER, e.CAUSAL_PREFILL, e.PREFILL_ELEMENTS) == (1, 128, 1, True, 2**31 - 1)
+    assert torch.equal(tuned.items, default.items)
+    torch.testing.assert_close(tuned.scores, default.scores, atol=1e-4, rtol=0)
     path = tmp_path / "m.ckpt"
     torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
                 "pytorch-lightning_version": L.__version__}, path)
     again = LMRecModule.load_from_checkpoint(path, map_location="cpu", strict=False)
-    assert (again.decode_graphs, again.decode_padded, again.decode_rows_per_octave) == (False, True, 4)
+    assert (again.decode_graphs, again.decode_padded, again.decode_rows_per_octave, again.decode_prompt_bucket) == (False, True, 4, 16)
     with pytest.raises(ValueError, match="LMRecModule decoding: unknown field"):
         tiny_module(decoding={"cuda_graphs": False})
     with pytest.raises(ValueError, match="decoding.rows_per_octave must be >= 1"):
         tiny_module(decoding={"rows_per_octave": 0})
+    with pytest.raises(ValueError, match="decoding.capture_after must be >= 1"):
+        tiny_module(decoding={"capture_after": 0})
+    with pytest.raises(ValueError, match="decoding.prompt_bucket must be a positive multiple of 8"):
+        tiny_module(decoding={"prompt_bucket": 12})
 
 
 def test_graphed_steps_attend_at_most_one_bucket_more_beam_columns_than_written():
