@@ -59,6 +59,7 @@ from genrec.metrics import RecEvaluation, cold_exposure
 from genrec.models import LMRecModule
 from genrec.models.lm_graphs import GraphDecoder, unsupported_reason
 from genrec.models.lm_weights import DecoderWeights
+from genrec.models.settings import ENGINE_SETTINGS
 from genrec.stages.fit import GenRecCLI
 
 TIE = 1e-3
@@ -124,6 +125,16 @@ NUMBERS = (
 """The decoder's numeric settings: flag, class and attribute, the multiple a value must be,
 whether only graphed (CUDA) steps use it, the decoder column's words when it is given, help. A
 new one is a row here."""
+
+
+def apply_setting(module: LMRecModule, owner: type, attr: str, value: Any) -> None:
+    """A :data:`SWITCHES` or :data:`NUMBERS` value onto the module when it is one of the engine's
+    ``decoding`` settings (``GraphDecoder.PROMPT_BUCKET``: ``module.decode_prompt_bucket``, as
+    ``decoding.prompt_bucket`` in a config sets it), else onto the class attribute (process-wide)."""
+    if owner is GraphDecoder and attr.lower() in ENGINE_SETTINGS:
+        setattr(module, f"decode_{attr.lower()}", value)
+    else:
+        setattr(owner, attr, value)
 
 
 def given(args: argparse.Namespace, flag: str) -> Any:
@@ -366,7 +377,7 @@ def main() -> None:
                             help=f"{text} ({owner.__name__}.{attr}; default: {on if getattr(owner, attr) else off})")
     for flag, owner, attr, multiple, _, _, text in NUMBERS:
         parser.add_argument(flag, type=int, default=None, metavar="N",
-                            help=f"{text} ({owner.__name__}.{attr}; default {getattr(owner, attr)}; a multiple of {multiple})")
+                            help=f"{text} (decoding.{attr.lower()}; default {owner.__name__}.{attr}, {getattr(owner, attr)}; a multiple of {multiple})")
     parser.add_argument("--profile-batch", type=int, default=0, metavar="I",
                         help="--profile this batch of the timed pass (default the first; -1 the last, in loader order the widest prompts)")
     parser.add_argument("--fused-head", dest="head", action="store_const", const="fused",
@@ -423,13 +434,13 @@ def main() -> None:
     module.decode_compile = args.compile
     module.decode_forced = args.forced
     for flag, (on, _), owner, attr, _ in SWITCHES:
-        setattr(owner, attr, given(args, flag) == on)
+        apply_setting(module, owner, attr, given(args, flag) == on)
     for flag, owner, attr, multiple, *_ in NUMBERS:
         value = given(args, flag)
         if value is not None:
             if value < 1 or value % multiple:
                 raise SystemExit(f"{flag} takes a positive multiple of {multiple}, got {value}")
-            setattr(owner, attr, value)
+            apply_setting(module, owner, attr, value)
     if args.rows_per_octave is not None:
         if args.rows_per_octave < 1:
             raise SystemExit(f"--rows-per-octave must be >= 1, got {args.rows_per_octave}")

@@ -316,9 +316,11 @@ def test_lm_decode_benchmark_checks_the_reference_and_records_quality(tmp_path, 
         "--set", "model.init_args.overrides={num_layers: 1, hidden_size: 32, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}"])
     from genrec.models.lm_graphs import GraphDecoder
 
-    monkeypatch.setattr(GraphDecoder, "PROMPT_BUCKET", GraphDecoder.PROMPT_BUCKET)  # the bench sets it process-wide: restored after
+    buckets = []
+    decode_all = lm_decode.decode_all
+    monkeypatch.setattr(lm_decode, "decode_all", lambda module, *a, **k: buckets.append(module.decode_prompt_bucket) or decode_all(module, *a, **k))
     lm_decode.main()
-    assert GraphDecoder.PROMPT_BUCKET == 512
+    assert buckets and set(buckets) == {512} and GraphDecoder.PROMPT_BUCKET == 128  # the module's decoding.prompt_bucket, not the class's
     printed = capsys.readouterr().out  # --profile: the decoder's operators, then the eager ones by input shape
     assert "a quarter of the batch decoded eagerly (same padding), by operator and input shape:" in printed
     assert printed.count("Self CPU") >= 2 and "Input Shapes" in printed.split("by operator and input shape:")[1]
