@@ -154,6 +154,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
         raise SystemExit(f"--warmup and --steps must be >= 1, got {args.warmup} and {args.steps}")
+    import torch._dynamo as dynamo
+
+    if args.backend not in dynamo.list_backends(exclude_tags=()):
+        raise SystemExit(f"--backend {args.backend!r} is not a torch.compile backend here (e.g. inductor, aot_eager, eager)")
     variants = args.variant or ["eager", "layers"]
     if "liger" in variants and not torch.cuda.is_available():
         raise SystemExit("--variant liger needs a CUDA device (Liger's kernels are Triton)")

@@ -661,3 +661,6 @@ def test_lm_step_times_eager_and_compiled_training_steps_on_the_same_batches(tmp
                                       "--set", "data.init_args.batch_size=64", *argv[-2:]])
     with pytest.raises(SystemExit, match="training ended before step 50"):
         lm_step.main()
+    monkeypatch.setattr(sys, "argv", [*argv, "--backend", "inductr"])
+    with pytest.raises(SystemExit, match="--backend 'inductr' is not a torch.compile backend here"):
+        lm_step.main()

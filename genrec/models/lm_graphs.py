@@ -535,11 +535,12 @@ def decoder_for(module: LMRecModule, batch_size: int, width: int, steps: int, pr
     dtype = _compute_dtype(module, device)
     cached: GraphDecoder | None = module._graph_decoder
     graphs = module.decode_graphs
-    padded = (graphs and device.type == "cuda") if module.decode_padded is None else module.decode_padded
+    graphed = graphs and device.type == "cuda"  # what GraphDecoder makes of ``graphs`` on this device
+    padded = graphed if module.decode_padded is None else module.decode_padded
     compiled = device.type == "cuda" if module.decode_compile is None else bool(module.decode_compile)
     if (cached is None or cached.capacity < batch_size or (cached.width, cached.steps, cached.prompt_width) != (width, max(steps, 1), prompt_width)
-            or cached.w.dtype != dtype or cached.device != device or cached.graphs != (graphs and device.type == "cuda")
-            or cached.padded != (padded or cached.graphs) or cached.w.compiled != compiled
+            or cached.w.dtype != dtype or cached.device != device or cached.graphs != graphed
+            or cached.padded != (padded or graphed) or cached.w.compiled != compiled
             or cached.fused_head != bool(GraphDecoder.FUSED_HEAD) or cached.cudnn_attention != bool(GraphDecoder.CUDNN_ATTENTION)):
         module._graph_decoder = None
         cached = None
