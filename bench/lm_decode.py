@@ -411,18 +411,16 @@ def main() -> None:
     batch_size = args.batch or (1024 if device.type == "cuda" else 16)
     if args.adapter and args.ckpt:
         raise SystemExit("--adapter and --ckpt both give trained weights: take one")
-    # train.py test's data module and model (the test order by prompt tokens), on the device
-    dm, module = load_for_test(args.data, args.model, args.ckpt, batch_size,
-                               [f"model.init_args.evaluation.beam_width={args.beams}", *args.set], device)
-    if args.adapter:
-        from genrec.errors import ArtifactError
-        from genrec.models.lm_adapter import load_adapter
+    # train.py test's data module and model (the test order by prompt tokens), on the device; an
+    # adapter goes on as model.init_args.adapter does in train.py (checked, one line if it does not fit)
+    from genrec.errors import ArtifactError
 
-        try:
-            adapter = load_adapter(module, args.adapter)
-        except ArtifactError as error:
-            raise SystemExit(f"error: {error}") from None
-        print(f"adapter {args.adapter}: {int(adapter['parameters']):,} trained parameters from {adapter['source'] or '?'}")
+    adapter = [f"model.init_args.adapter={args.adapter}"] if args.adapter else []
+    try:
+        dm, module = load_for_test(args.data, args.model, args.ckpt, batch_size,
+                                   [f"model.init_args.evaluation.beam_width={args.beams}", *adapter, *args.set], device)
+    except ArtifactError as error:
+        raise SystemExit(f"error: {error}") from None
     try:
         scales = [None] if args.decode_scales is None else [float(x) for x in args.decode_scales.split(",")]
     except ValueError:

@@ -420,6 +420,10 @@ def test_lm_decode_benchmark_records_one_row_per_decode_scale(tmp_path, monkeypa
     with pytest.raises(SystemExit, match="--prompt-bucket takes a positive multiple of 8, got 12"):
         monkeypatch.setattr(sys, "argv", [*sys.argv[:-2], "--prompt-bucket", "12"])
         lm_decode.main()
+    (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 20)  # --adapter: model.init_args.adapter, its one line
+    with pytest.raises(SystemExit, match=r"^error: .*broken.safetensors: not a readable adapter file"):
+        monkeypatch.setattr(sys, "argv", [*argv, "--adapter", str(tmp_path / "broken.safetensors")])
+        lm_decode.main()
 
 
 def test_lm_ancestry_counts_the_columns_the_live_beams_still_attend(tmp_path, monkeypatch, capsys):

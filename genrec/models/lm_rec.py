@@ -140,6 +140,12 @@ class LMRecModule(RecommenderModule):
         popularity_alpha: weight each training row by ``(1 + training count of its target)^-alpha``
             (normalised over the batch's target tokens; :mod:`genrec.models.lm_loss`): against the
             popularity bias fine-tuning learns; 0 (default) is the plain loss.
+        adapter: an adapter file (:mod:`genrec.models.lm_adapter`: the trained parameters of a
+            run, ``python -m bench.lm_adapter CKPT FILE``) put on the model once its items are
+            attached (:meth:`attach`), after checking that it fits these settings and base weights:
+            ``train.py test`` / ``predict`` of a trained LoRA without its 500 MB checkpoint, or
+            ``fit`` starting from it. A checkpoint's weights (``--ckpt_path``, ``load_from_checkpoint``)
+            take precedence: a module restored from one does not load it.
         optimizer: AdamW and its schedule (:class:`~genrec.models.settings.LMOptimizer`: lr 1e-4,
             100 warmup steps, cosine).
         evaluation: beam width, cut-offs, cold-start slice and the evaluated user subset
@@ -184,6 +190,7 @@ class LMRecModule(RecommenderModule):
         cf_embedding: bool = False,
         cf_init: str | None = None,
         popularity_alpha: float = 0.0,
+        adapter: str | None = None,
         optimizer: LMOptimizer | None = None,
         evaluation: EvalConfig | None = None,
         decoding: DecodingSettings | None = None,
@@ -257,6 +264,7 @@ class LMRecModule(RecommenderModule):
         padding rows of the graphed steps), and the beam tokens the full search (every beam every
         step) would have fed."""
         self._trie: PrefixTrie | None = None
+        self._weights_from: str | None = None  # what the trained weights were last set from: the adapter or a checkpoint
 
         self.evaluation = RecEvaluation(self.ks, self.eval_config.cold_start_max_count)
 
@@ -315,6 +323,18 @@ class LMRecModule(RecommenderModule):
                 self._new_cf(n, cf_table(self.hparams.cf_init, catalog) if self.hparams.cf_init else None)
             elif self.cf.num_embeddings != n:
                 raise ValueError(f"the CF embedding has {self.cf.num_embeddings} items, the catalogue {n}")
+        if self.hparams.get("adapter") and self._weights_from is None:
+            self.load_adapter_file(self.hparams.adapter)
+
+    def load_adapter_file(self, path: str) -> None:
+        """Put the adapter file ``path`` on the model (checked by :func:`~genrec.models.lm_adapter.load_adapter`:
+        one line naming the file and what does not fit) and log where it came from."""
+        from genrec.models.lm_adapter import load_adapter
+
+        meta = load_adapter(self, path)
+        self._weights_from = f"adapter {path}"
+        log.info("adapter %s: %s trained parameters put on the model (made from %s)", path,
+                 f"{int(meta['parameters']):,}", meta.get("source") or "an unnamed source")
 
     def _new_cf(self, num_items: int, table: Tensor | None = None, dim: int | None = None) -> None:
         """Create the CF embedding: learned ``[num_items, hidden]`` from zero; or a frozen item
@@ -529,6 +549,10 @@ class LMRecModule(RecommenderModule):
         return as_settings(LMOptimizer, self.hparams.optimizer, "LMRecModule optimizer")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The checkpoint's weights win over the adapter's (which attach then no longer loads).
+        if self._weights_from is not None and self._weights_from.startswith("adapter "):
+            log.info("%s: the checkpoint's weights replace it", self._weights_from)
+        self._weights_from = "checkpoint"
         # The CF embedding is sized by the catalogue; create it before the state dict is loaded.
         weight = checkpoint.get("state_dict", {}).get("cf.weight")
         if weight is not None and self.cf is None:

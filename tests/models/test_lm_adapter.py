@@ -87,3 +87,46 @@ def test_bench_lm_adapter_writes_the_adapter_of_a_checkpoint(tmp_path, capsys):
     torch.save({"state_dict": {}, "hyper_parameters": {"sids": "x"}}, tmp_path / "other.ckpt")  # another module's
     assert adapter_main([str(tmp_path / "other.ckpt"), str(out)]) == 2
     assert "other.ckpt: not an LMRecModule checkpoint" in capsys.readouterr().err
+
+
+def test_the_adapter_setting_puts_the_file_on_at_attach_and_tests_as_the_trained_model(tmp_path, caplog):
+    """``adapter=FILE`` (``model.init_args.adapter`` in YAML): the trainer's test of a fresh module
+    with the file gives the trained module's metrics; a file that does not fit stops with its line."""
+    from tests.trainer import quiet_trainer
+
+    path = tmp_path / "a.safetensors"
+    trained = trained_lora()
+    save_adapter(trained, path, source="run-7")
+    fresh = tiny_module(lora={"enabled": True, "r": 4}, adapter=str(path))
+    assert not all(torch.equal(p, trained_parameters(trained)[n]) for n, p in trained_parameters(fresh).items())
+    dm = tiny_datamodule()
+    with caplog.at_level("INFO", logger="genrec.models.lm_rec"):
+        got = quiet_trainer().test(fresh, datamodule=dm, verbose=False)[0]
+    assert f"adapter {path}: " in caplog.text and "made from run-7" in caplog.text
+    assert all(torch.equal(p, trained_parameters(trained)[n]) for n, p in trained_parameters(fresh).items())
+    want = quiet_trainer().test(trained, datamodule=dm, verbose=False)[0]
+    assert got == want and got["test/recall@10"] != quiet_trainer().test(
+        tiny_module(lora={"enabled": True, "r": 4}), datamodule=dm, verbose=False)[0]["test/recall@10"]
+    wrong = tiny_module(lora={"enabled": True, "r": 8}, adapter=str(path))
+    with pytest.raises(ArtifactError, match=r"a.safetensors: .*lora_A.default.weight is torch.float32 \(4, 32\)"):
+        wrong.attach(dm.data.catalog)
+
+
+def test_a_checkpoint_of_a_run_started_from_an_adapter_keeps_its_own_weights(tmp_path):
+    """A module restored from a checkpoint whose settings name an adapter has the checkpoint's
+    weights: attaching its items does not put the adapter back over them."""
+    path = tmp_path / "a.safetensors"
+    save_adapter(trained_lora(), path)
+    run = tiny_module(lora={"enabled": True, "r": 4}, adapter=str(path))
+    dm = tiny_datamodule()
+    run.attach(dm.data.catalog)  # starts from the adapter ...
+    with torch.no_grad():
+        for p in trained_parameters(run).values():
+            p.add_(0.25)  # ... and trains on
+    ckpt = tmp_path / "run.ckpt"
+    torch.save({"state_dict": run.state_dict(), "hyper_parameters": dict(run.hparams),
+                "pytorch-lightning_version": L.__version__}, ckpt)
+    restored = LMRecModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    assert restored.hparams.adapter == str(path)
+    restored.attach(dm.data.catalog)
+    assert all(torch.equal(v, run.state_dict()[k]) for k, v in restored.state_dict().items())
