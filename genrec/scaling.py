@@ -12,7 +12,10 @@ largest size (:func:`genrec.scaling_law.held_out_error`) and writes under ``<roo
 * ``scaling.md`` — the table (mean ± std over seeds per preset), the axes table (sweeps that vary
   the SIDs, e.g. the encoder or the codebook, beside the ladder at their size), fitted constants,
   R², held-out error, the command and device;
-* ``scaling.png`` — points with error bars and the fitted curves.
+* ``scaling.png`` — points with error bars and the fitted curves;
+* ``val_curves.png`` — every finished run's val curve, one panel per sweep (the runs at a size's
+  chosen lr solid): whether each point reached its plateau (the table's late val gain,
+  :func:`genrec.convergence.late_gain`, says it in numbers).
 
 With ``archive`` (e.g. ``docs/runs``, kept in git), each report also copies every finished run's
 ``result.json`` to ``<archive>/<name>/<run>.json``, and a run whose result is only there counts
@@ -50,6 +53,7 @@ import yaml
 from filelock import FileLock
 
 from genrec.artifacts import atomic_path, read_json, write_json
+from genrec.convergence import RISING, TAIL, late_gain, plot_val_curves
 from genrec.errors import ConfigError, UsageError, one_line, user_error
 from genrec.pipeline import (
     PipelineConfig,
@@ -607,6 +611,32 @@ def run_scaling(config: ScalingConfig, command: str = "", shard: tuple[int, int]
 
 
 
+def val_curves(config: ScalingConfig, selection: dict[str, dict[str, dict[str, Any]]]
+               ) -> tuple[dict[str, float], dict[str, list[tuple[str, list[list[float]], bool]]], list[str]]:
+    """Every finished run's late val gain (:func:`~genrec.convergence.late_gain`; runs whose
+    curve is too short to read are left out); per sweep, its val curves for
+    :func:`~genrec.convergence.plot_val_curves`: ``(label, points, counted)``, ``counted`` false
+    for a run at an lr its size did not choose; and the metrics the curves monitor."""
+    chosen = {(name, label): pick["chosen"] for name, picks in selection.items() for label, pick in picks.items()}
+    gains: dict[str, float] = {}
+    panels: dict[str, list[tuple[str, list[list[float]], bool]]] = {}
+    monitors: set[str] = set()
+    for run, sweep_name, label, seed, lr in config.every_run():
+        path = result_file(config, run)
+        curve = (read_json(path).get("val_curve") or {}) if path is not None else {}
+        points = curve.get("points")
+        if not points:
+            continue
+        monitors.add(str(curve.get("monitor") or "val metric"))
+        gain = late_gain(points)
+        if gain is not None:
+            gains[run] = gain
+        counted = lr is None or chosen.get((sweep_name, label)) == lr
+        name = f"{label}{'' if lr is None else f' lr {lr:g}'} s{seed}"
+        panels.setdefault(sweep_name, []).append((name, points, counted))
+    return gains, panels, sorted(monitors)
+
+
 def select_lrs(config: ScalingConfig) -> dict[str, dict[str, dict[str, Any]]]:
     """Per sweep with ``lrs``, per size label: every lr's mean best val value over its finished
     seeds (``{"lrs": {lr: [mean, seeds]}, "chosen": lr, "pending": [lr, ...]}``), the chosen lr
@@ -711,6 +741,13 @@ def _epochs(rows: list[tuple[str, int, ScalingPoint, dict[str, Any]]]) -> str:
     return ", ".join(f"{'?' if e[3].get('best_epoch') is None else e[3]['best_epoch']} / {e[3].get('epochs', '?')}" for e in rows)
 
 
+def _late_gains(rows: list[tuple[str, int, ScalingPoint, dict[str, Any]]]) -> str:
+    """Each seed's :func:`~genrec.convergence.late_gain` of its val curve, as ``+0.3 %`` (``?``
+    without a curve to read)."""
+    gains = [late_gain((e[3].get("val_curve") or {}).get("points")) for e in rows]
+    return ", ".join("?" if g is None else f"{100 * g:+.1f} %" for g in gains)
+
+
 def _known(value: float) -> float | None:
     """A parameter count for JSON: ``None`` when unknown (NaN)."""
     return None if math.isnan(value) else value
@@ -790,7 +827,8 @@ def write_scaling_report(config: ScalingConfig, sids: dict[str, Path | None], co
              f"Data: `{config.data}`; seeds {config.seeds}; metric test {metric}; trained on {trained}; "
              f"report written on {device_name()}.", ""]
     lines += ["| sweep | paradigm | preset | parameters (trained) | seeds done | "
-              f"test {metric} mean ± std | test ndcg@10 mean | cold {metric} mean | train s mean | best / last epoch |", "|---|---|---|---|---|---|---|---|---|---|"]
+              f"test {metric} mean ± std | test ndcg@10 mean | cold {metric} mean | train s mean | best / last epoch | "
+              f"val gain, last {TAIL:.0%} of epochs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     summary: dict[str, Any] = {"name": config.name, "metric": metric, "command": command, "device": device_name(),
                                "trained_on": dict(trained_on), "sweeps": {}}
     plotted = {}
@@ -805,7 +843,7 @@ def write_scaling_report(config: ScalingConfig, sids: dict[str, Path | None], co
         for preset in sweep.labels:
             rows = [e for e in entries if e[0] == preset]
             if not rows:
-                lines.append(f"| {sweep_name} | {sweep.paradigm} | {preset} | — | 0/{len(config.seeds)} | — | — | — | — | — |")
+                lines.append(f"| {sweep_name} | {sweep.paradigm} | {preset} | — | 0/{len(config.seeds)} | — | — | — | — | — | — |")
                 continue
             recall = np.array([e[2].recall for e in rows])
             ndcg = np.mean([e[3]["metrics"].get("test/ndcg@10", float("nan")) for e in rows])
@@ -815,7 +853,7 @@ def write_scaling_report(config: ScalingConfig, sids: dict[str, Path | None], co
             params = rows[0][3]["parameters"]
             trained = rows[0][3].get("trainable_parameters", params)
             lines.append(f"| {sweep_name} | {sweep.paradigm} | {preset} | {params:,} ({trained:,}) | {len(rows)}/{len(config.seeds)} | "
-                         f"{recall.mean():.4f} ± {std:.4f} | {ndcg:.4f} | {cold:.4f} | {seconds:.0f} | {_epochs(rows)} |")
+                         f"{recall.mean():.4f} ± {std:.4f} | {ndcg:.4f} | {cold:.4f} | {seconds:.0f} | {_epochs(rows)} | {_late_gains(rows)} |")
         points = [e[2] for e in entries]
         record: dict[str, Any] = {
             "paradigm": sweep.paradigm,
@@ -842,6 +880,12 @@ def write_scaling_report(config: ScalingConfig, sids: dict[str, Path | None], co
         elif points:
             plotted[f"{sweep_name} ({sweep.paradigm})"] = (None, points)
         summary["sweeps"][sweep_name] = record
+    rising, panels, monitors = val_curves(config, selection)
+    summary["late_val_gain"] = {"tail": TAIL, "rising_above": RISING, "runs": rising}
+    lines += ["", f"Late val gain: how much each run's best val value rose in the last {TAIL:.0%} of its epochs, relative to its "
+              f"best before them (about 0: the run reached its plateau; `val_curves.png` shows the curves). "
+              + ("Still rising at the end (above " + f"{RISING:.0%}" + "): " + ", ".join(f"{run} ({100 * g:+.1f} %)" for run, g in rising.items() if g > RISING) + "."
+                 if any(g > RISING for g in rising.values()) else f"No finished run rose more than {RISING:.0%} late.")]
     axis_lines, summary["axes"] = axes_table(config, collected, selection, inputs)
     lines += axis_lines
     if selection:
@@ -896,6 +940,9 @@ def write_scaling_report(config: ScalingConfig, sids: dict[str, Path | None], co
     if plotted:
         plot_scaling(plotted, run_dir / "scaling.png", metric_label=f"test {metric}")
         lines += ["", "![scaling](scaling.png)"]
+    if panels:
+        plot_val_curves(panels, run_dir / "val_curves.png", metric_label=", ".join(monitors))
+        lines += ["", "![val curves](val_curves.png)"]
     write_json(run_dir / "scaling.json", summary)
     report = run_dir / "scaling.md"
     with atomic_path(report) as tmp:

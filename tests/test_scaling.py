@@ -82,7 +82,8 @@ def test_shards_then_fit_and_report(tmp_path, fake_training):
     assert "Not run yet" not in report
     assert "trained on FakeGPU (21 runs); report written on" in report  # the runs' device, not the reporting machine's
     assert "| tiger | sid | 13m |" in report and "3/3" in report
-    assert "| best / last epoch |" in report and "| 20 / 30, 21 / 30, 22 / 30 |" in report  # each seed's plateau check
+    assert "| best / last epoch |" in report and "| 20 / 30, 21 / 30, 22 / 30 | ?, ?, ? |" in report  # each seed's plateau check (no val curves here)
+    assert not (tmp_path / "runs" / "study" / "val_curves.png").exists()
 
     summary = read_json(tmp_path / "runs" / "study" / "scaling.json")
     tiger = summary["sweeps"]["tiger"]
@@ -274,6 +275,16 @@ def test_lr_sweep_per_size_is_chosen_on_val_and_shown(tmp_path, monkeypatch):
             "tiger 336k (0.004, the largest of [0.001, 0.002, 0.004]), tiger 13m (0.001, the smallest of [0.001, 0.002, 0.004]).") in report
     points = summary["sweeps"]["tiger"]["points"]
     assert len(points) == 4 and all(abs(p["recall"] - 0.8 * (0.06 + 0.0005 * p["seed"])) < 1e-9 for p in points)
+    # every curve is flat from epoch 6 of 0..9: no late gain, each run's in the table, the plot made
+    assert "| 6 / 10, 6 / 10 | +0.0 %, +0.0 % |" in report and "No finished run rose more than 1% late." in report
+    assert summary["late_val_gain"]["runs"]["tiger-13m-lr0.004-s1"] == 0.0 and len(summary["late_val_gain"]["runs"]) == 12
+    assert (tmp_path / "runs" / "lr" / "val_curves.png").read_bytes()[:4] == b"\x89PNG" and "![val curves](val_curves.png)" in report
+    rising = tmp_path / "runs" / "lr" / "tiger-336k-lr0.001-s0" / "result.json"
+    result = read_json(rising)
+    result["val_curve"]["points"] = [[e, 0.01 * (1 + e)] for e in range(10)]  # still climbing: 0.10 late against 0.07 before
+    write_json(rising, result)
+    report = run_scaling(config, collect_only=True).read_text()
+    assert "Still rising at the end (above 1%): tiger-336k-lr0.001-s0 (+42.9 %)." in report
     with pytest.raises(ValueError, match="lrs must be distinct and > 0"):
         ScalingConfig(name="x", data="d.yaml", sweeps={"t": {"model": "m.yaml", "presets": ["1m"], "lrs": [0.001, 0.001]}})
 
@@ -427,3 +438,22 @@ def test_pretrained_local_folders_train_for_real(tmp_path):
     expected = {label: sum(p.numel() for p in LlamaForCausalLM.from_pretrained(folder).parameters()) for label, folder in folders.items()}
     assert {label: r["parameters"] for label, r in results.items()} == expected
     assert all(0.0 <= r["metrics"]["test/recall@10"] <= 1.0 for r in results.values())
+
+
+def test_late_gain_reads_the_last_quarter_of_a_val_curve_against_the_best_before_it(tmp_path):
+    from genrec.convergence import late_gain, plot_val_curves
+
+    flat = [[e, min(e, 10) / 100] for e in range(1, 41)]  # peaks at epoch 10 of 40
+    assert late_gain(flat) == 0.0
+    climbing = [[e, e / 100] for e in range(1, 41)]  # late (epochs >= 30.25): 0.40; before: 0.30
+    assert late_gain(climbing) == pytest.approx(0.40 / 0.30 - 1)
+    assert late_gain(list(reversed(climbing))) == pytest.approx(0.40 / 0.30 - 1)  # order does not matter
+    assert late_gain([[1, 0.2], [2, 0.3], [3, 0.25]]) == pytest.approx(-1 / 6)  # the late value below the earlier best
+    assert late_gain(climbing, tail=0.5) == pytest.approx(0.40 / 0.20 - 1)
+    assert late_gain([[1, 0.1], [2, 0.2]]) is None and late_gain(None) is None  # too short to read
+    assert late_gain([[1, 0.0], [2, 0.0], [3, 0.1]]) is None  # nothing to be relative to
+    path = plot_val_curves({"tiger": [("336k lr 0.001 s0", climbing, True), ("336k lr 0.001 s1", flat, True),
+                                      ("336k lr 0.002 s0", flat, False)], "enc-cf": [("13m s0", flat, True)]}, tmp_path / "v.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="no val curves to plot"):
+        plot_val_curves({}, tmp_path / "none.png")
