@@ -59,7 +59,7 @@ from genrec.metrics import RecEvaluation, cold_exposure
 from genrec.models import LMRecModule
 from genrec.models.lm_graphs import GraphDecoder, unsupported_reason
 from genrec.models.lm_weights import DecoderWeights
-from genrec.models.settings import ENGINE_SETTINGS
+from genrec.models.settings import BUILD_SETTINGS, ENGINE_SETTINGS
 from genrec.stages.fit import GenRecCLI
 
 TIE = 1e-3
@@ -128,13 +128,21 @@ new one is a row here."""
 
 
 def apply_setting(module: LMRecModule, owner: type, attr: str, value: Any) -> None:
-    """A :data:`SWITCHES` or :data:`NUMBERS` value onto the module when it is one of the engine's
+    """A :data:`SWITCHES` or :data:`NUMBERS` value onto the module when it is one of its
     ``decoding`` settings (``GraphDecoder.PROMPT_BUCKET``: ``module.decode_prompt_bucket``, as
-    ``decoding.prompt_bucket`` in a config sets it), else onto the class attribute (process-wide)."""
-    if owner is GraphDecoder and attr.lower() in ENGINE_SETTINGS:
+    ``decoding.prompt_bucket`` in a config sets it; every switch and number so far), else onto the
+    class attribute (process-wide)."""
+    if attr.lower() in (*ENGINE_SETTINGS, *BUILD_SETTINGS):
         setattr(module, f"decode_{attr.lower()}", value)
     else:
         setattr(owner, attr, value)
+
+
+def setting(module: LMRecModule, owner: type, attr: str) -> Any:
+    """The value a :data:`SWITCHES` or :data:`NUMBERS` setting decodes with: the module's
+    ``decode_<name>`` (its config's ``decoding.<name>`` or a flag), else the class attribute."""
+    value = getattr(module, f"decode_{attr.lower()}", None)
+    return getattr(owner, attr) if value is None else value
 
 
 def given(args: argparse.Namespace, flag: str) -> Any:
@@ -373,8 +381,9 @@ def main() -> None:
     parser.add_argument("--rows-per-octave", type=int, default=None, metavar="N",
                         help="graphed steps: row buckets per power of two above 1,024 (decoding.rows_per_octave; default 1)")
     for flag, (on, off), owner, attr, text in SWITCHES:
-        parser.add_argument(flag, choices=[on, off], default=on if getattr(owner, attr) else off,
-                            help=f"{text} ({owner.__name__}.{attr}; default: {on if getattr(owner, attr) else off})")
+        parser.add_argument(flag, choices=[on, off], default=None,
+                            help=f"{text} (decoding.{attr.lower()}; default: the config's, else {owner.__name__}.{attr}: "
+                            f"{on if getattr(owner, attr) else off})")
     for flag, owner, attr, multiple, _, _, text in NUMBERS:
         parser.add_argument(flag, type=int, default=None, metavar="N",
                             help=f"{text} (decoding.{attr.lower()}; default {owner.__name__}.{attr}, {getattr(owner, attr)}; a multiple of {multiple})")
@@ -431,8 +440,9 @@ def main() -> None:
     module.decode_graphs = args.decoder == "static"
     module.decode_compile = args.compile
     module.decode_forced = args.forced
-    for flag, (on, _), owner, attr, _ in SWITCHES:
-        apply_setting(module, owner, attr, given(args, flag) == on)
+    for flag, (on, _), owner, attr, _ in SWITCHES:  # a given flag over the config's decoding.<name>
+        if given(args, flag) is not None:
+            apply_setting(module, owner, attr, given(args, flag) == on)
     for flag, owner, attr, multiple, *_ in NUMBERS:
         value = given(args, flag)
         if value is not None:
@@ -507,6 +517,7 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
     valid = int(((ranked >= 0).all(1) & (ranked.sort(1).values.diff(1) != 0).all(1)).sum())
     decoded = module.decode_counts
     hp = module.hparams
+    switched = {flag: setting(module, owner, attr) for flag, _, owner, attr, _ in SWITCHES}  # what decoded (config or flag)
     row = {
         "data": dm.name,
         "model": f"{hp.preset or hp.model} ({sum(p.numel() for p in module.parameters()) / 1e6:.1f}M)"
@@ -514,12 +525,12 @@ def measure(args: argparse.Namespace, module: LMRecModule, dm: Any, batches: lis
                  + (f", adapters x{module.lora.decode_scale:g}" if module.lora.decode_scale != 1 else ""),
         "decoder": {"static": "static (pruned, CUDA graphs)" if device.type == "cuda" else "static (pruned)",
                     "static-eager": "static (pruned, eager)", "slot": "slot (pruned)"}[args.decoder if not unsupported else "slot"]
-                   + ((", compiled (rows dynamic)" if args.compile_dims == "rows" else ", compiled (all dimensions dynamic)")
+                   + ((", compiled (rows dynamic)" if switched["--compile-dims"] else ", compiled (all dimensions dynamic)")
                       if args.compile and module.static_decoding and not unsupported else "")
                    + (f", {args.rows_per_octave} row buckets/octave" if args.rows_per_octave not in (None, 1) else "")
-                   + (", fused head" if args.head == "fused" and module.static_decoding and not unsupported else "")
-                   + (", cuDNN attention" if args.attention == "cudnn" and device.type == "cuda" and module.static_decoding and not unsupported else "")
-                   + (", causal prefill" if args.prefill == "causal" and module.static_decoding and not unsupported else "")
+                   + (", fused head" if switched["--head"] and module.static_decoding and not unsupported else "")
+                   + (", cuDNN attention" if switched["--attention"] and device.type == "cuda" and module.static_decoding and not unsupported else "")
+                   + (", causal prefill" if switched["--prefill"] and module.static_decoding and not unsupported else "")
                    + "".join(f", {words.format(given(args, flag))}" for flag, _, _, _, graphed, words, _ in NUMBERS
                              if given(args, flag) is not None and module.static_decoding and not unsupported
                              and (not graphed or (device.type == "cuda" and args.decoder == "static")))

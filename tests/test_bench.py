@@ -424,6 +424,17 @@ def test_lm_decode_benchmark_records_one_row_per_decode_scale(tmp_path, monkeypa
     with pytest.raises(SystemExit, match=r"^error: .*broken.safetensors: not a readable adapter file"):
         monkeypatch.setattr(sys, "argv", [*argv, "--adapter", str(tmp_path / "broken.safetensors")])
         lm_decode.main()
+    # the config's decoding.fused_head decodes unless a flag says otherwise; a flag (--attention) sets the module's
+    # decoding.cudnn_attention, and neither touches the class defaults; the row says what decoded
+    from genrec.models.lm_graphs import GraphDecoder
+
+    built = []
+    monkeypatch.setattr(lm_decode, "decode_all",
+                        lambda module, *a, **k: built.append((module.decode_fused_head, module.decode_cudnn_attention)) or decode_all(module, *a, **k))
+    monkeypatch.setattr(sys, "argv", [*argv, "--set", "model.init_args.decoding={fused_head: false}", "--attention", "efficient"])
+    lm_decode.main()
+    assert built and set(built) == {(False, False)} and GraphDecoder.FUSED_HEAD and GraphDecoder.CUDNN_ATTENTION
+    assert "fused head" not in bench_file.read_text().splitlines()[-1] and "fused head" in rows[0]
 
 
 def test_lm_ancestry_counts_the_columns_the_live_beams_still_attend(tmp_path, monkeypatch, capsys):

@@ -79,7 +79,7 @@ from torch import Tensor, nn
 from genrec.decoding import BeamResult, HeadScores, LiveBeams, pruned_beam_search
 from genrec.models.lm_decoding import COMPACT_FRACTION
 from genrec.models.lm_weights import DecoderWeights, causal_lm
-from genrec.models.settings import ENGINE_SETTINGS
+from genrec.models.settings import BUILD_SETTINGS, ENGINE_SETTINGS
 
 if TYPE_CHECKING:
     from genrec.models.lm_rec import LMInputs, LMRecModule
@@ -203,7 +203,8 @@ class GraphDecoder:
     hold); ``bench.lm_decode --head log-softmax`` is off."""
 
     def __init__(self, weights: DecoderWeights, capacity: int, width: int, steps: int, prompt_width: int, device: torch.device,
-                 graphs: bool = True, padded: bool | None = None) -> None:
+                 graphs: bool = True, padded: bool | None = None, fused_head: bool | None = None,
+                 cudnn_attention: bool | None = None) -> None:
         self.w, self.capacity, self.width, self.steps, self.prompt_width = weights, capacity, width, max(steps, 1), prompt_width
         self.device = device
         self.graphs = graphs and device.type == "cuda"
@@ -224,7 +225,9 @@ class GraphDecoder:
         self.queries = torch.zeros(rows, kvh, width * self.groups, d, dtype=dt, device=device)
         most = capacity * width
         self.inputs = torch.zeros(5, most, dtype=torch.long, device=device)  # token, position, user, slot, column
-        self.fused_head, self.cudnn_attention = bool(self.FUSED_HEAD), bool(self.CUDNN_ATTENTION)
+        # None: the class's (FUSED_HEAD, CUDNN_ATTENTION)
+        self.fused_head = bool(self.FUSED_HEAD if fused_head is None else fused_head)
+        self.cudnn_attention = bool(self.CUDNN_ATTENTION if cudnn_attention is None else cudnn_attention)
         # The graphs' static output (eager steps return fresh ones instead): [cap * W, V] float32
         # log-probs, or with the fused head [cap * W, V] logits in the compute dtype and [cap * W]
         # float32 log-normalisers.
@@ -527,6 +530,10 @@ def _compute_dtype(module: LMRecModule, device: torch.device) -> torch.dtype:
     return causal_lm(module.model).get_input_embeddings().weight.dtype
 
 
+_BUILD_OWNERS = {"fused_head": GraphDecoder, "cudnn_attention": GraphDecoder, "rows_only_dynamic": DecoderWeights}
+"""The class whose attribute (the name in capitals) is each build setting's default."""
+
+
 def decoder_for(module: LMRecModule, batch_size: int, width: int, steps: int, prompt_width: int) -> GraphDecoder:
     """The module's cached :class:`GraphDecoder` when it fits the shape (the capacity at least
     ``batch_size``, the same width, steps, prompt width, dtype, device), else a new one (the
@@ -538,10 +545,13 @@ def decoder_for(module: LMRecModule, batch_size: int, width: int, steps: int, pr
     graphed = graphs and device.type == "cuda"  # what GraphDecoder makes of ``graphs`` on this device
     padded = graphed if module.decode_padded is None else module.decode_padded
     compiled = device.type == "cuda" if module.decode_compile is None else bool(module.decode_compile)
+    own = {name: getattr(module, f"decode_{name}") for name in BUILD_SETTINGS}
+    built = {name: bool(getattr(_BUILD_OWNERS[name], name.upper()) if value is None else value) for name, value in own.items()}  # the module's, else the class's
     if (cached is None or cached.capacity < batch_size or (cached.width, cached.steps, cached.prompt_width) != (width, max(steps, 1), prompt_width)
             or cached.w.dtype != dtype or cached.device != device or cached.graphs != graphed
             or cached.padded != (padded or graphed) or cached.w.compiled != compiled
-            or cached.fused_head != bool(GraphDecoder.FUSED_HEAD) or cached.cudnn_attention != bool(GraphDecoder.CUDNN_ATTENTION)):
+            or cached.fused_head != built["fused_head"] or cached.cudnn_attention != built["cudnn_attention"]
+            or (compiled and cached.w.rows_only_dynamic != built["rows_only_dynamic"])):
         module._graph_decoder = None
         cached = None
         if device.type == "cuda":
@@ -550,8 +560,9 @@ def decoder_for(module: LMRecModule, batch_size: int, width: int, steps: int, pr
         if cached is None:
             weights = DecoderWeights(module, dtype)
             if compiled:
-                weights.compile()
-            cached = GraphDecoder(weights, _next_pow2(batch_size), width, steps, prompt_width, device, graphs, padded)
+                weights.compile(rows_only_dynamic=built["rows_only_dynamic"])
+            cached = GraphDecoder(weights, _next_pow2(batch_size), width, steps, prompt_width, device, graphs, padded,
+                                  fused_head=built["fused_head"], cudnn_attention=built["cudnn_attention"])
             module._graph_decoder = cached
         else:
             cached.w.load(module)

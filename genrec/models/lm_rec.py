@@ -83,6 +83,7 @@ from genrec.models.lm_prompt import (
 from genrec.models.optim import OptimizerConfig
 from genrec.models.presets import LMRecConfig
 from genrec.models.settings import (
+    BUILD_SETTINGS,
     ENGINE_SETTINGS,
     DecodingSettings,
     EvalConfig,
@@ -155,7 +156,9 @@ class LMRecModule(RecommenderModule):
             module's ``static_decoding``, ``decode_graphs``, ``decode_padded``, ``decode_compile``,
             ``decode_forced`` and ``decode_<name>`` of the engine settings
             (:data:`~genrec.models.settings.ENGINE_SETTINGS`: ``rows_per_octave``,
-            ``prompt_bucket``, ...), which code may also change later.
+            ``prompt_bucket``, ...) and of the build settings
+            (:data:`~genrec.models.settings.BUILD_SETTINGS`: ``fused_head``, ``cudnn_attention``,
+            ``rows_only_dynamic``), which code may also change later.
     """
 
     score_meaning: ClassVar[str] = "log-probability of the item's title (summed over its title tokens, beam search); 0 is certain"
@@ -171,6 +174,9 @@ class LMRecModule(RecommenderModule):
     decode_capture_after: int | None
     decode_causal_prefill: bool | None
     decode_prefill_elements: int | None
+    decode_fused_head: bool | None  # and the other BUILD_SETTINGS: None, the class's value
+    decode_cudnn_attention: bool | None
+    decode_rows_only_dynamic: bool | None
     _graph_decoder: Any = None
 
     def __init__(
@@ -203,7 +209,7 @@ class LMRecModule(RecommenderModule):
         decoding = as_settings(DecodingSettings, decoding, "LMRecModule decoding")
         self.static_decoding, self.decode_graphs, self.decode_padded = decoding.static, decoding.graphs, decoding.padded
         self.decode_compile, self.decode_forced = decoding.compile, decoding.forced
-        for name in ENGINE_SETTINGS:
+        for name in (*ENGINE_SETTINGS, *BUILD_SETTINGS):
             setattr(self, f"decode_{name}", getattr(decoding, name))
         self.save_hyperparameters()
         for key, value in {"prompt": prompt, "lora": lora, "evaluation": self.eval_config, "optimizer": optimizer,

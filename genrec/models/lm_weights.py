@@ -200,14 +200,15 @@ class DecoderWeights:
     batch's step faster (the last 90 against 139 ms). ``False``: every dimension symbolic
     (``torch.compile(dynamic=True)``), ``bench.lm_decode --compile-dims all``."""
 
-    def compile(self, backend: str | Any = "inductor") -> None:
+    def compile(self, backend: str | Any = "inductor", rows_only_dynamic: bool | None = None) -> None:
         """Run each layer's two halves (:meth:`qkv`, :meth:`finish_layer`) and the head's
         :meth:`log_normaliser` through ``torch.compile``: one compilation per half serves every
         layer and every bucket (the rows dynamic, :attr:`ROWS_ONLY_DYNAMIC`), and the norms, rotary
         embedding, casts and residual adds (most of a step's ~40 small kernels per layer,
         docs/benchmarks.md) fuse into a few. Compiled on the first call, so outside any graph
-        capture (the graphs' warm-up run). ``backend``: ``torch.compile``'s (tests record graphs)."""
-        self.rows_only_dynamic = bool(self.ROWS_ONLY_DYNAMIC)
+        capture (the graphs' warm-up run). ``backend``: ``torch.compile``'s (tests record graphs);
+        ``rows_only_dynamic``: ``None``, the class's :attr:`ROWS_ONLY_DYNAMIC`."""
+        self.rows_only_dynamic = bool(self.ROWS_ONLY_DYNAMIC if rows_only_dynamic is None else rows_only_dynamic)
         dynamic = None if self.rows_only_dynamic else True
         self._qkv = torch.compile(self._qkv, dynamic=dynamic, backend=backend)
         self._finish = torch.compile(self._finish, dynamic=dynamic, backend=backend)

@@ -104,6 +104,15 @@ class DecodingSettings:
         prefill_elements: prefill users in chunks whose widest activation stays below this many
             elements (``null``: :attr:`~genrec.models.lm_graphs.GraphDecoder.PREFILL_ELEMENTS`,
             2^31 - 1, where Inductor's 32-bit indexing holds).
+        fused_head: steps return the logits and each row's log-normaliser instead of float32
+            log-probs (``null``: :attr:`~genrec.models.lm_graphs.GraphDecoder.FUSED_HEAD`, on;
+            +7 % users/s compiled on the H200).
+        cudnn_attention: the steps' attention through cuDNN's fused kernel first (``null``:
+            :attr:`~genrec.models.lm_graphs.GraphDecoder.CUDNN_ATTENTION`, on; +8 % users/s on
+            the H200; a new GPU or PyTorch should pass its CUDA tests first).
+        rows_only_dynamic: with ``compile``, only the row dimensions dynamic, the feature widths
+            static (``null``: :attr:`~genrec.models.lm_weights.DecoderWeights.ROWS_ONLY_DYNAMIC`,
+            on; +29 % users/s on the H200 over every dimension symbolic).
     """
 
     static: bool = True
@@ -116,6 +125,9 @@ class DecodingSettings:
     capture_after: int | None = None
     causal_prefill: bool | None = None
     prefill_elements: int | None = None
+    fused_head: bool | None = None
+    cudnn_attention: bool | None = None
+    rows_only_dynamic: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("rows_per_octave", "capture_after", "prefill_elements"):
@@ -130,6 +142,13 @@ ENGINE_SETTINGS = ("rows_per_octave", "prompt_bucket", "capture_after", "causal_
 """The :class:`DecodingSettings` fields that set a :class:`~genrec.models.lm_graphs.GraphDecoder`
 attribute of the same name in capitals, each engine's own (``LMRecModule.decode_<name>``; ``null``:
 the class's value)."""
+
+BUILD_SETTINGS = ("fused_head", "cudnn_attention", "rows_only_dynamic")
+"""The :class:`DecodingSettings` fields that decide how an engine is built (its buffers, kernels
+and compilation; :func:`~genrec.models.lm_graphs.decoder_for` builds a new one when they change),
+each the module's own (``LMRecModule.decode_<name>``; ``null``: the class attribute of the same
+name in capitals, :class:`~genrec.models.lm_graphs.GraphDecoder`'s or for ``rows_only_dynamic``
+:class:`~genrec.models.lm_weights.DecoderWeights`')."""
 
 
 @dataclass(frozen=True)
@@ -232,4 +251,4 @@ class PromptConfig:
             raise ValueError(f"prompt.max_history_title_tokens must be >= 1 (or null), got {self.max_history_title_tokens}")
 
 
-__all__ = ["DEFAULT_ITEM_TEMPLATE", "DEFAULT_PROMPT", "DecodingSettings", "EvalConfig", "LMOptimizer", "LoraSettings", "PromptConfig", "as_settings", "stored"]
+__all__ = ["BUILD_SETTINGS", "DEFAULT_ITEM_TEMPLATE", "DEFAULT_PROMPT", "DecodingSettings", "ENGINE_SETTINGS", "EvalConfig", "LMOptimizer", "LoraSettings", "PromptConfig", "as_settings", "stored"]

@@ -513,7 +513,8 @@ def test_decoding_settings_configure_the_decoder_and_travel_with_the_checkpoint(
     m = tiny_module(decoding={"graphs": False, "padded": True, "forced": False, **engine})
     assert (m.static_decoding, m.decode_graphs, m.decode_padded, m.decode_compile, m.decode_rows_per_octave) == (True, False, True, None, 4)
     assert (m.decode_prompt_bucket, m.decode_capture_after, m.decode_causal_prefill, m.decode_prefill_elements) == (16, 2, False, 1)
-    assert m.hparams["decoding"] == {"static": True, "graphs": False, "padded": True, "compile": None, "forced": False, **engine}
+    assert m.hparams["decoding"] == {"static": True, "graphs": False, "padded": True, "compile": None, "forced": False, **engine,
+                                     "fused_head": None, "cudnn_attention": None, "rows_only_dynamic": None}
     m.attach(datamodule.data.catalog)
     m.eval()
     with torch.no_grad():
@@ -545,6 +546,51 @@ def test_decoding_settings_configure_the_decoder_and_travel_with_the_checkpoint(
         tiny_module(decoding={"capture_after": 0})
     with pytest.raises(ValueError, match="decoding.prompt_bucket must be a positive multiple of 8"):
         tiny_module(decoding={"prompt_bucket": 12})
+
+
+def test_decoding_build_settings_build_each_module_its_engine_and_a_change_builds_a_new_one(datamodule, batch, tmp_path, monkeypatch):
+    """``decoding.fused_head``, ``cudnn_attention`` and ``rows_only_dynamic`` (BUILD_SETTINGS) build
+    the module's engine (its head, attention kernels and compilation) without touching the class
+    defaults; ``null`` is the class's value; changing one builds a new engine, an unchanged one
+    is reused; they travel with the checkpoint."""
+    from genrec.models.lm_graphs import GraphDecoder
+    from genrec.models.lm_weights import DecoderWeights
+
+    compiled = []
+
+    def fake_compile(self, backend="inductor", rows_only_dynamic=None):  # records the setting; the halves stay eager
+        compiled.append(rows_only_dynamic)
+        self.rows_only_dynamic, self.compiled = bool(rows_only_dynamic), True
+
+    monkeypatch.setattr(DecoderWeights, "compile", fake_compile)
+    built = {"fused_head": False, "cudnn_attention": False, "rows_only_dynamic": False}
+    m = tiny_module(decoding={"graphs": False, "padded": True, "compile": True, **built})
+    assert (m.decode_fused_head, m.decode_cudnn_attention, m.decode_rows_only_dynamic) == (False, False, False)
+    assert {k: m.hparams["decoding"][k] for k in built} == built
+    m.attach(datamodule.data.catalog)
+    m.eval()
+    with torch.no_grad():
+        plain = m.recommend(batch, k=10, beam_width=12)
+    e = m._graph_decoder
+    assert (e.fused_head, e.cudnn_attention, e.w.rows_only_dynamic, compiled) == (False, False, False, [False])
+    assert GraphDecoder.FUSED_HEAD and GraphDecoder.CUDNN_ATTENTION and DecoderWeights.ROWS_ONLY_DYNAMIC  # the classes' defaults stay
+    with torch.no_grad():
+        m.recommend(batch, k=10, beam_width=12)
+    assert m._graph_decoder is e and compiled == [False]  # nothing changed: the same engine
+    m.decode_fused_head = None  # the class's: on
+    with torch.no_grad():
+        fused = m.recommend(batch, k=10, beam_width=12)
+    assert m._graph_decoder is not e and m._graph_decoder.fused_head and not m._graph_decoder.cudnn_attention
+    assert torch.equal(plain.items, fused.items)
+    torch.testing.assert_close(plain.scores, fused.scores, atol=1e-4, rtol=0)
+    m.decode_rows_only_dynamic = True
+    with torch.no_grad():
+        m.recommend(batch, k=10, beam_width=12)
+    assert m._graph_decoder.w.rows_only_dynamic and compiled == [False, False, True]
+    path = tmp_path / "m.ckpt"
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams), "pytorch-lightning_version": L.__version__}, path)
+    again = LMRecModule.load_from_checkpoint(path, map_location="cpu", strict=False)
+    assert (again.decode_fused_head, again.decode_cudnn_attention, again.decode_rows_only_dynamic) == (False, False, False)
 
 
 def test_graphed_steps_attend_at_most_one_bucket_more_beam_columns_than_written():
