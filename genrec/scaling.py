@@ -11,7 +11,8 @@ largest size (:func:`genrec.scaling_law.held_out_error`) and writes under ``<roo
 * ``scaling.json`` — every point and every fit;
 * ``scaling.md`` — the table (mean ± std over seeds per preset), the axes table (sweeps that vary
   the SIDs, e.g. the encoder or the codebook, beside the ladder at their size), fitted constants,
-  R², held-out error, the command and device;
+  R², held-out error, the command and device, and with ``claims`` the paper's claims decided from
+  the runs (:mod:`genrec.claims`);
 * ``scaling.png`` — points with error bars and the fitted curves;
 * ``val_curves.png`` — every finished run's val curve, one panel per sweep (the runs at a size's
   chosen lr solid): whether each point reached its plateau (the table's late val gain,
@@ -53,6 +54,7 @@ import yaml
 from filelock import FileLock
 
 from genrec.artifacts import atomic_path, read_json, write_json
+from genrec.claims import check_claims, claims_table, decide_claims
 from genrec.convergence import RISING, TAIL, late_gain, plot_val_curves
 from genrec.errors import ConfigError, UsageError, one_line, user_error
 from genrec.pipeline import (
@@ -219,6 +221,10 @@ class ScalingConfig:
         accelerator: the Lightning accelerator of every stage (as in
             :class:`~genrec.pipeline.PipelineConfig`); ``None``: each YAML says.
         root: the folder of all runs.
+        claims: the paper's claims the report decides from these runs (:mod:`genrec.claims`):
+            claim key (``sid_saturation``, ``encoder_size``, ``codebook_size``, ``llm_scaling``,
+            ``cold_start``, ``cf_injection``) -> the sweeps (and sizes) that bear on it, e.g.
+            ``sid_saturation: {ladder: tiger, at: 13m}``.
         archive: a folder of finished runs' results kept in the repo (e.g. ``docs/runs``):
             ``<archive>/<name>/<run>.json``, a byte-identical copy of the run's ``result.json``.
             Every report copies the run folders' results there (a run folder's wins over a
@@ -241,6 +247,7 @@ class ScalingConfig:
     accelerator: str | None = None
     root: str = "checkpoints"
     archive: str | None = None
+    claims: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sweeps = {k: v if isinstance(v, Sweep) else Sweep(**v) for k, v in self.sweeps.items()}
@@ -271,6 +278,7 @@ class ScalingConfig:
                                   f"got {stray[0] if stray else sweep.tokenize_overrides[0]!r}")
         if not self.seeds:
             raise ConfigError("scaling needs at least one seed")
+        check_claims(self.claims, {name: sweep.labels for name, sweep in self.sweeps.items()})
 
     def source(self, sweep_name: str) -> SidSource:
         """The SIDs of sweep ``sweep_name``: its own settings over the study's (see :class:`Sweep`)."""
@@ -888,6 +896,16 @@ def write_scaling_report(config: ScalingConfig, sids: dict[str, Path | None], co
                  if any(g > RISING for g in rising.values()) else f"No finished run rose more than {RISING:.0%} late.")]
     axis_lines, summary["axes"] = axes_table(config, collected, selection, inputs)
     lines += axis_lines
+    by_size: dict[str, dict[str, dict[str, list[float]]]] = {"all": {}, "cold": {}}
+    for sweep_name, entries in collected.items():
+        for preset, _, point, result in entries:
+            by_size["all"].setdefault(sweep_name, {}).setdefault(preset, []).append(point.recall)
+            cold = result["metrics"].get(f"test/cold/{metric}")
+            if cold is not None:
+                by_size["cold"].setdefault(sweep_name, {}).setdefault(preset, []).append(float(cold))
+    summary["claims"] = decide_claims(config.claims, by_size["all"], by_size["cold"],
+                                      {name: sweep.labels for name, sweep in config.sweeps.items()}, len(config.seeds), metric)
+    lines += claims_table(summary["claims"])
     if selection:
         lines += ["", "## Learning rate per size (chosen on val; the table above and the law use the chosen one)", "",
                   "| sweep | size | lr | mean best val | seeds | chosen |", "|---|---|---|---|---|---|"]

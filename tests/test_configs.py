@@ -261,6 +261,16 @@ def test_cli_usage_lists_commands(capsys):
         main(["nonsense"])
 
 
+def tiny_llama(folder: Path) -> str:
+    """A one-layer Llama over SmolLM2's vocabulary saved to ``folder`` (a stand-in for a pretrained LM)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, max_position_embeddings=256, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.mark.parametrize("config", [c for c in CONFIGS if c.startswith("configs/scaling/")])
 def test_scaling_config(config, tiny_data, tmp_path, monkeypatch, one_thread):
     """Each scaling config trains its sweeps' smallest and largest presets (one seed, fast_dev_run on
@@ -270,11 +280,12 @@ def test_scaling_config(config, tiny_data, tmp_path, monkeypatch, one_thread):
 
     monkeypatch.chdir(ROOT)
     settings = yaml.safe_load((ROOT / config).read_text())
+    claimed = {value for roles in settings.get("claims", {}).values() for role, value in roles.items() if role.endswith("at")}
     for sweep in settings["sweeps"].values():
         presets = sweep.get("presets", [])
         assert set(presets) <= set(names()) | set(lm_names()), f"{config}: unknown presets {set(presets) - set(names()) - set(lm_names())}"
-        if len(presets) > 2:
-            sweep["presets"] = [presets[0], presets[-1]]
+        if len(presets) > 2:  # the ends, and the sizes its claims compare at
+            sweep["presets"] = [p for p in presets if p in (presets[0], presets[-1]) or p in claimed]
             sweep["preset_overrides"] = {p: v for p, v in sweep.get("preset_overrides", {}).items() if p in sweep["presets"]}
     fast = ["--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
             "--data.init_args.batch_size", "8", "--data.init_args.eval_batch_size", "8"]
@@ -284,6 +295,11 @@ def test_scaling_config(config, tiny_data, tmp_path, monkeypatch, one_thread):
         sweep["preset_overrides"] = {p: [*extra, *fast] for p, extra in sweep.get("preset_overrides", {}).items()}
         if "lm/" in sweep["model"]:  # a narrow one-layer LM: the 49k-token vocabulary dominates its cost
             sweep["overrides"] += ["--model.init_args.prompt.max_tokens", "64", "--model.init_args.evaluation.beam_width", "10"]
+        if sweep.get("models"):  # pretrained LMs by label (SmolLM2: ~50 s to load on a CPU): a tiny local Llama folder of its
+            # shapes' kind stands in, over SmolLM2's tokenizer, eager (compiling its layers on a CPU takes longer than the run)
+            sweep["models"] = {label: tiny_llama(tmp_path / f"llama-{label}") for label in sweep["models"]}
+            sweep["overrides"] += ["--model.init_args.tokenizer", "smollm2", "--model.init_args.compile", "false",
+                                   "--trainer.val_check_interval", "1.0"]
         sweep["lrs"] = sweep.get("lrs", [])[:1]  # one lr of a sweep's lr selection: the runs differ only in that number
         sweep.pop("lr_extend", None)  # (it needs two lrs; tests/test_scaling.py runs it)
         if sweep.get("tokenize_overrides"):  # a sweep's own SIDs (e.g. a codebook axis) on the 60-item catalogue: small codebooks
@@ -302,7 +318,7 @@ def test_scaling_config(config, tiny_data, tmp_path, monkeypatch, one_thread):
     report = (tmp_path / settings["name"] / "scaling.md").read_text()
     for name, sweep in settings["sweeps"].items():
         lr = f"-lr{sweep['lrs'][0]:g}" if sweep["lrs"] else ""
-        for preset in sweep["presets"]:
+        for preset in sweep.get("presets") or list(sweep["models"]):
             assert f"| {name} | {sweep.get('paradigm', 'sid')} | {preset} |" in report
             result = tmp_path / settings["name"] / f"{name}-{preset}{lr}-s0" / "result.json"
             assert result.is_file()
@@ -310,6 +326,10 @@ def test_scaling_config(config, tiny_data, tmp_path, monkeypatch, one_thread):
                 assert (archive / settings["name"] / f"{name}-{preset}{lr}-s0.json").read_bytes() == result.read_bytes()
         if sweep.get("axis"):
             assert f"| {sweep['axis']} | {sweep['presets'][0]} | {name} |" in report
+    for key in settings.get("claims", {}):  # one seed a size: each claim's row, none decided
+        from genrec.claims import CLAIMS
+
+        assert f"| {CLAIMS[key][0]} | **not" in report
 
 
 def _law_count_cases() -> list:
