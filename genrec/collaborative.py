@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from genrec.artifacts import atomic_path
 from genrec.data.sequences import SequenceData
 from genrec.encode.config import CF_MODEL
+from genrec.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def cf_embeddings(data: SequenceData, dim: int = 64, window: int = 3, seed: int 
 
     n = data.num_items
     if not 1 <= dim < n:
-        raise ValueError(f"dim must be in [1, {n - 1}] for {n} items, got {dim}")
+        raise ConfigError(f"encoder.cf_dim must be in [1, {n - 1}] for {n} items (the SVD rank), got {dim}")
     matrix = ppmi(cooccurrence(data, window))
     rng = np.random.default_rng(seed)
     u, s, _ = svds(matrix, k=dim, v0=rng.standard_normal(n))

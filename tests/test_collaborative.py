@@ -8,6 +8,7 @@ from genrec.data.catalog import Item
 from genrec.data.formats.base import RawData
 from genrec.data.sequences import SequenceData, build_sequences
 from genrec.encode import embedding_label, embedding_metadata
+from genrec.errors import ConfigError
 from genrec.quantize.semantic_ids import SemanticIDs
 
 
@@ -72,7 +73,7 @@ def test_items_bought_together_embed_close():
 
 def test_dim_must_be_below_the_item_count():
     data = _data({"u": ["0", "1", "2", "3", "4"]})
-    with pytest.raises(ValueError, match="dim must be in"):
+    with pytest.raises(ConfigError, match=r"encoder.cf_dim must be in \[1, 4\] for 5 items"):
         cf_embeddings(data, dim=5)
 
 

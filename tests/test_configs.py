@@ -300,6 +300,13 @@ def test_scaling_config(config, tiny_data, tmp_path, monkeypatch, one_thread):
             sweep["models"] = {label: tiny_llama(tmp_path / f"llama-{label}") for label in sweep["models"]}
             sweep["overrides"] += ["--model.init_args.tokenizer", "smollm2", "--model.init_args.compile", "false",
                                    "--trainer.val_check_interval", "1.0"]
+        overrides = sweep["overrides"]
+        for i, flag in enumerate(overrides[:-1]):
+            if flag == "--model.init_args.cf_init" and str(overrides[i + 1]).endswith(".yaml"):  # the 60-item data: a narrow cf encoder
+                small = yaml.safe_load((ROOT / overrides[i + 1]).read_text())
+                small["encoder"]["cf_dim"] = 8
+                overrides[i + 1] = str(tmp_path / "cf-init.yaml")
+                (tmp_path / "cf-init.yaml").write_text(yaml.safe_dump(small))
         sweep["lrs"] = sweep.get("lrs", [])[:1]  # one lr of a sweep's lr selection: the runs differ only in that number
         sweep.pop("lr_extend", None)  # (it needs two lrs; tests/test_scaling.py runs it)
         if sweep.get("tokenize_overrides"):  # a sweep's own SIDs (e.g. a codebook axis) on the 60-item catalogue: small codebooks

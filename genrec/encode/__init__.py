@@ -23,7 +23,9 @@ which picks the kind and joins text and ``cf`` embeddings into hybrid ones.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import logging
 import math
 import time
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -49,6 +52,7 @@ from genrec.encode.files import (
 )
 from genrec.encode.gguf import ALIASES, resolve_model
 from genrec.encode.text import EncoderModule, TextEncoder, encode_catalog
+from genrec.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,50 @@ def encode_items(data: SequenceData, output: str | Path | None = None, encoder: 
             return output
         dtype = options.get("dtype", "float32")
         return encode_interactions(data, output, encoder.cf_dim, encoder.cf_window, dtype=dtype, data_name=data_name, settings=settings)
+
+
+ENCODE_CONFIG_SUFFIXES = (".yaml", ".yml")
+"""What names an encoder YAML (``configs/encode/*.yaml``) rather than an embeddings file."""
+
+
+def encode_with_config(path: str | Path, data: SequenceData, data_name: str = "", default_template: str | None = None) -> Path:
+    """The encode stage that an encoder YAML (``configs/encode/*.yaml``: its ``encoder:`` and
+    ``encode:`` blocks) describes, for ``data``: the file at its default path, made or reused
+    (:func:`encode_items`); the template defaults to ``default_template`` (a data preset's
+    ``text_template``), then :data:`~genrec.data.catalog.DEFAULT_TEMPLATE`.
+
+    Returns:
+        The path of the ``[num_items, dim]`` embedding file.
+
+    Raises:
+        ConfigError: the file is unreadable, not YAML, or has a key that is not an encoder
+            setting or encode option (the message names the file and the key).
+    """
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise ConfigError(f"encoder YAML {path}: cannot be read ({error.strerror or error})") from error
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise ConfigError(f"encoder YAML {path}" + (f", line {mark.line + 1}" if mark else "") + ": not valid YAML") from error
+    config = config or {}
+    if not isinstance(config, dict) or set(config) - {"encoder", "encode"}:
+        extra = sorted(set(config) - {"encoder", "encode"}) if isinstance(config, dict) else [type(config).__name__]
+        raise ConfigError(f"encoder YAML {path}: {extra[0]!r} is not a block of an encoder YAML (encoder:, encode:)")
+    blocks = {"encoder": {f.name for f in dataclasses.fields(EncoderConfig)},
+              "encode": set(inspect.signature(encode_catalog).parameters) - {"catalog", "encoder", "data_name", "output"}}
+    values: dict[str, dict[str, Any]] = {}
+    for block, keys in blocks.items():
+        given = config.get(block) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"encoder YAML {path}: {block}: must be a mapping, got {given!r}")
+        unknown = sorted(set(given) - keys)
+        if unknown:
+            raise ConfigError(f"encoder YAML {path}: {block}.{unknown[0]} is not a setting there (one of {', '.join(sorted(keys))})")
+        values[block] = {k: v for k, v in given.items() if v is not None}
+    options = values["encode"]
+    options["template"] = options.get("template") or default_template or DEFAULT_TEMPLATE
+    return encode_items(data, encoder=EncoderConfig(**values["encoder"]), data_name=data_name, **options)
 
 
 def _encode_hybrid(data: SequenceData, output: str | Path | None, encoder: EncoderConfig, data_name: str, **options: Any) -> Path:
@@ -121,6 +169,7 @@ def _encode_hybrid(data: SequenceData, output: str | Path | None, encoder: Encod
 __all__ = [
     "ALIASES",
     "CF_MODEL",
+    "ENCODE_CONFIG_SUFFIXES",
     "EncoderConfig",
     "EncoderModule",
     "Pooling",
@@ -130,5 +179,6 @@ __all__ = [
     "embedding_metadata",
     "encode_catalog",
     "encode_items",
+    "encode_with_config",
     "resolve_model",
 ]

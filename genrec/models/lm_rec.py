@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from genrec.data.catalog import ItemCatalog
 from genrec.data.datamodule import SeqBatch
 from genrec.decoding import BeamResult, PrefixTrie, constrained_beam_search
+from genrec.errors import ConfigError
 from genrec.metrics import RecEvaluation
 from genrec.models.base import RecommenderModule, Stage
 from genrec.models.lm_decoding import (
@@ -137,7 +138,11 @@ class LMRecModule(RecommenderModule):
             (the ``cf`` encoder's output, ``configs/encode/cf.yaml``: ``[num_items, dim]``
             safetensors whose catalogue fingerprint must match the data's), kept frozen, and a
             zero-initialised linear map ``dim -> hidden`` (trained) adds it to the tokens, so
-            training starts from the plain LM and learns how to use the collaborative vectors.
+            training starts from the plain LM and learns how to use the collaborative vectors
+            (the paper's external CF embeddings). An encoder YAML (``.yaml``, e.g.
+            ``configs/encode/cf.yaml``) names the file that encoder makes of the trainer's data:
+            made, or reused at its default path, in :meth:`setup`
+            (:func:`~genrec.encode.encode_with_config`), so a config need not know its name.
         popularity_alpha: weight each training row by ``(1 + training count of its target)^-alpha``
             (normalised over the batch's target tokens; :mod:`genrec.models.lm_loss`): against the
             popularity bias fine-tuning learns; 0 (default) is the plain loss.
@@ -271,6 +276,7 @@ class LMRecModule(RecommenderModule):
         step) would have fed."""
         self._trie: PrefixTrie | None = None
         self._weights_from: str | None = None  # what the trained weights were last set from: the adapter or a checkpoint
+        self._cf_file: str | None = None  # the embeddings file an encoder-YAML cf_init was resolved to (setup)
 
         self.evaluation = RecEvaluation(self.ks, self.eval_config.cold_start_max_count)
 
@@ -279,13 +285,28 @@ class LMRecModule(RecommenderModule):
     def setup(self, stage: str) -> None:
         """Pre-tokenize the data module's catalogue titles and build the trie (see :meth:`attach`),
         and give the data module each item's history-line tokens (its ``item_cost``), so that its
-        evaluation order and training buckets group prompts of similar length in tokens."""
+        evaluation order and training buckets group prompts of similar length in tokens. An
+        encoder-YAML ``cf_init`` is encoded (or its file reused) from the data module's data first."""
+        self._encode_cf_init()
         super().setup(stage)
         data = self.trainer_data()
         self.give_item_costs(self.trainer.datamodule)
         self.choose_eval_users(data.num_users, {s: data.samples(s)[0] for s in ("val", "test")})
         if stage == "fit" and self.hparams.compile and self._compiled_layers is None:
             self._compiled_layers = LayerCompile(self.model)
+
+    def _encode_cf_init(self) -> None:
+        """Resolve an encoder-YAML ``cf_init`` to the embeddings file that encoder makes of the
+        trainer's data (once; not when the CF table already exists, e.g. restored)."""
+        from genrec.encode import ENCODE_CONFIG_SUFFIXES, encode_with_config
+
+        source = self.hparams.get("cf_init")
+        if not source or not str(source).endswith(ENCODE_CONFIG_SUFFIXES) or self._cf_file or self.cf is not None:
+            return
+        datamodule = self.trainer.datamodule
+        self._cf_file = str(encode_with_config(source, self.trainer_data(), getattr(datamodule, "name", ""),
+                                               getattr(datamodule, "text_template", None)))
+        log.info("cf_init %s: the embeddings %s", source, self._cf_file)
 
     def give_item_costs(self, datamodule: Any) -> None:
         """Give a data module that takes them (``item_cost``, :class:`~genrec.data.SequenceDataModule`)
@@ -326,11 +347,24 @@ class LMRecModule(RecommenderModule):
         self._trie = PrefixTrie.from_sequences([t + [self.eos_id] for t in titles], vocab_size=self.vocab_size)
         if self.hparams.cf_embedding:
             if self.cf is None:
-                self._new_cf(n, cf_table(self.hparams.cf_init, catalog) if self.hparams.cf_init else None)
+                self._new_cf(n, cf_table(self._cf_source(), catalog) if self.hparams.cf_init else None)
             elif self.cf.num_embeddings != n:
                 raise ValueError(f"the CF embedding has {self.cf.num_embeddings} items, the catalogue {n}")
         if self.hparams.get("adapter") and self._weights_from is None:
             self.load_adapter_file(self.hparams.adapter)
+
+    def _cf_source(self) -> str:
+        """The embeddings file of ``cf_init``: the file it names, or the one its encoder YAML was
+        resolved to in :meth:`setup`."""
+        from genrec.encode import ENCODE_CONFIG_SUFFIXES
+
+        source = str(self.hparams.cf_init)
+        if self._cf_file:
+            return self._cf_file
+        if source.endswith(ENCODE_CONFIG_SUFFIXES):
+            raise ConfigError(f"cf_init {source} is an encoder YAML, encoded from the trainer's data in setup(); outside a "
+                              f"Trainer name its embeddings file (python train.py encode --config DATA.yaml --config {source})")
+        return source
 
     def load_adapter_file(self, path: str) -> None:
         """Put the adapter file ``path`` on the model (checked by :func:`~genrec.models.lm_adapter.load_adapter`:

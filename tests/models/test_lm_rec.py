@@ -898,6 +898,48 @@ def test_cf_embedding_from_the_cf_encoders_file(datamodule, batch, tmp_path):
         tiny_module(cf_init=str(path))
 
 
+def test_cf_init_as_an_encoder_yaml_is_encoded_from_the_trainers_data(tmp_path, monkeypatch):
+    """cf_init naming an encoder YAML: setup() makes (then reuses) the embeddings that encoder
+    makes of the trainer's data at its default path, and the CF table is that file's; outside
+    a Trainer the YAML is refused with one line saying what to give instead."""
+    from genrec.data.datamodule import load_embeddings
+    from genrec.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)  # the default path is checkpoints/<data>/embeddings/
+    (tmp_path / "cf.yaml").write_text("encoder:\n  model: cf\n  cf_dim: 8\n  cf_window: 2\nencode:\n  dtype: float32\n")
+    datamodule = tiny_datamodule()
+    m = tiny_module(cf_embedding=True, cf_init="cf.yaml")
+    quiet_trainer(fast_dev_run=True).fit(m, datamodule=datamodule)
+    made = sorted((tmp_path / "checkpoints" / "tiny" / "embeddings").glob("cf-*.safetensors"))
+    assert len(made) == 1 and m._cf_file == str(made[0].relative_to(tmp_path))
+    assert torch.equal(m.cf.weight, load_embeddings(made[0])) and m.cf.weight.shape == (len(datamodule.data.catalog), 8)
+    assert m.cf_proj.weight.any()  # trained (it starts at zero)
+    stamp = made[0].stat().st_mtime_ns
+    again = tiny_module(cf_embedding=True, cf_init="cf.yaml")
+    quiet_trainer(fast_dev_run=True).test(again, datamodule=datamodule, verbose=False)
+    assert again._cf_file == m._cf_file and made[0].stat().st_mtime_ns == stamp  # reused, not re-made
+    with pytest.raises(ConfigError, match=r"cf_init cf.yaml is an encoder YAML, .* --config cf.yaml\)"):
+        tiny_module(cf_embedding=True, cf_init="cf.yaml").attach(datamodule.data.catalog)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("encoder:\n  model: cf\n  cf_dims: 8\n", r"bad.yaml: encoder.cf_dims is not a setting there \(one of .*cf_dim,"),
+    ("encoder:\n  model: cf\nencode:\n  batch: 8\n", r"bad.yaml: encode.batch is not a setting there"),
+    ("data: configs/data/synthetic.yaml\n", r"bad.yaml: 'data' is not a block of an encoder YAML"),
+    ("encoder: [cf]\n", r"bad.yaml: encoder: must be a mapping"),
+    ("encoder:\n  model: cf\n cf_dim: 8\n", r"bad.yaml, line 3: not valid YAML"),
+])
+def test_encode_with_config_refuses_a_bad_encoder_yaml_with_one_line(tmp_path, datamodule, text, message):
+    from genrec.encode import encode_with_config
+    from genrec.errors import ConfigError
+
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        encode_with_config(tmp_path / "bad.yaml", datamodule.data, "tiny")
+    with pytest.raises(ConfigError, match="gone.yaml: cannot be read"):
+        encode_with_config(tmp_path / "gone.yaml", datamodule.data, "tiny")
+
+
 @pytest.mark.parametrize("decoder", ["static", "slot", "reference"])
 def test_decode_scale_interpolates_the_adapters_when_recommending_only(datamodule, batch, decoder):
     """``lora.decode_scale`` s: beam search runs with the adapters' delta times s, i.e. exactly
