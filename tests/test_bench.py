@@ -490,19 +490,25 @@ def test_lm_decode_noise_scores_the_targets_alike_three_ways_in_float32(tmp_path
     assert lines[0].startswith("3 users, target score (fp32, plain) mean -")
 
 
-@pytest.mark.parametrize(("hold", "data"), [("beauty", "beauty"), ("toys", "toys"), ("beauty-axes", "beauty")])
+@pytest.mark.parametrize(("hold", "data"), [("beauty", "beauty"), ("toys", "toys"), ("beauty-axes", "beauty"), ("beauty-cpu", "beauty")])
 def test_gpu_hold_scaling_shards_are_their_studys_runs(hold, data):
-    """bench/hold/scaling-<hold>.yaml (what a GPU hold trains) parses as a scaling study of the same
-    name, data and archive as configs/scaling/amazon-<data>.yaml, and each of its sweeps is the
-    study's sweep of that name (model, presets, lrs, axis, the SID settings it makes on the GPU
-    machine), so its runs land in that study's folders and archive: a typo there would cost a GPU hold."""
+    """bench/hold/scaling-<hold>.yaml (what a GPU hold, or a session on the CPU, trains) parses as a
+    scaling study of the same name, data and archive as configs/scaling/amazon-<data>.yaml, and each
+    of its sweeps is the study's sweep of that name (model, presets, lrs, axis, the SID settings it
+    makes on the GPU machine), so its runs land in that study's folders and archive: a typo there
+    would cost a GPU hold, or two hours of a CPU."""
     import yaml
 
     from genrec.scaling import ScalingConfig
     from tests.test_configs import ROOT
 
     text = (ROOT / f"bench/hold/scaling-{hold}.yaml").read_text()
-    assert f"scaling-{hold}.yaml" in (ROOT / "bench/hold/prepare.sh").read_text()  # carried
+    on_cpu = hold.endswith("-cpu")  # nothing carried: the study's SIDs at the tokenize command's path, on this machine
+    if on_cpu:
+        assert "\naccelerator: cpu\n" in text and f"--config bench/hold/scaling-{hold}.yaml" in text  # the command it documents
+        assert yaml.safe_load(text)["sids"] == "checkpoints/amazon-beauty/sids/minilm-cf-rqkmeans.safetensors" and "--tokenize.name minilm-cf-rqkmeans" in text
+    else:
+        assert f"scaling-{hold}.yaml" in (ROOT / "bench/hold/prepare.sh").read_text()  # carried
     hold_cfg = yaml.safe_load(text.replace("SIDS/", "/carried/sids/"))  # run.sh's substitution
     study = yaml.safe_load((ROOT / f"configs/scaling/amazon-{data}.yaml").read_text())
     shard = ScalingConfig(**hold_cfg)
@@ -513,7 +519,7 @@ def test_gpu_hold_scaling_shards_are_their_studys_runs(hold, data):
         assert set(sweep.presets) <= set(theirs["presets"]) and set(sweep.lrs) <= set(theirs.get("lrs", []))
         assert sweep.axis == theirs.get("axis") and sweep.lr_seeds == theirs.get("lr_seeds")
         assert sweep.encoder == theirs.get("encoder") and sweep.tokenizer_parameters == theirs.get("tokenizer_parameters")
-        if sweep.sids:  # made by prepare.sh and carried
+        if sweep.sids and not on_cpu:  # made by prepare.sh and carried
             assert sweep.sids.startswith("/carried/sids/") and Path(sweep.sids).name in (ROOT / "bench/hold/prepare.sh").read_text()
         else:
             assert sweep.tokenize_overrides == theirs.get("tokenize_overrides", [])
