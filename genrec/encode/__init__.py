@@ -91,6 +91,19 @@ ENCODE_CONFIG_SUFFIXES = (".yaml", ".yml")
 """What names an encoder YAML (``configs/encode/*.yaml``) rather than an embeddings file."""
 
 
+ENCODE_SKIP = frozenset({"catalog", "encoder", "data_name"})
+"""Parameters of :func:`encode_catalog` that are no ``encode:`` option (the caller sets them)."""
+
+
+def add_encode_arguments(parser: Any, skip: frozenset[str] = ENCODE_SKIP) -> Any:
+    """Add an encoder YAML's two blocks to a jsonargparse ``parser``: ``encoder:`` (the
+    :class:`EncoderConfig` fields) and ``encode:`` (:func:`encode_catalog`'s options but ``skip``).
+    The one definition of those blocks, for ``train.py encode`` and :func:`encode_with_config`."""
+    parser.add_class_arguments(EncoderConfig, "encoder", help="The modality encoder.")
+    parser.add_function_arguments(encode_catalog, "encode", skip=set(skip))
+    return parser
+
+
 def encode_with_config(path: str | Path, data: SequenceData, data_name: str = "", default_template: str | None = None) -> Path:
     """The encode stage that an encoder YAML (``configs/encode/*.yaml``: its ``encoder:`` and
     ``encode:`` blocks) describes, for ``data``: the file at its default path, made or reused
@@ -101,9 +114,14 @@ def encode_with_config(path: str | Path, data: SequenceData, data_name: str = ""
         The path of the ``[num_items, dim]`` embedding file.
 
     Raises:
-        ConfigError: the file is unreadable, not YAML, or has a key that is not an encoder
-            setting or encode option (the message names the file and the key).
+        ConfigError: the file is unreadable, not YAML, has a key that is not an encoder setting
+            or encode option, or a value of the wrong type or range (the message names the file
+            and the key).
     """
+    import argparse
+
+    from jsonargparse import ArgumentParser
+
     try:
         config = yaml.safe_load(Path(path).read_text())
     except OSError as error:
@@ -116,8 +134,7 @@ def encode_with_config(path: str | Path, data: SequenceData, data_name: str = ""
         extra = sorted(set(config) - {"encoder", "encode"}) if isinstance(config, dict) else [type(config).__name__]
         raise ConfigError(f"encoder YAML {path}: {extra[0]!r} is not a block of an encoder YAML (encoder:, encode:)")
     blocks = {"encoder": {f.name for f in dataclasses.fields(EncoderConfig)},
-              "encode": set(inspect.signature(encode_catalog).parameters) - {"catalog", "encoder", "data_name", "output"}}
-    values: dict[str, dict[str, Any]] = {}
+              "encode": set(inspect.signature(encode_catalog).parameters) - ENCODE_SKIP - {"output"}}
     for block, keys in blocks.items():
         given = config.get(block) or {}
         if not isinstance(given, dict):
@@ -125,10 +142,21 @@ def encode_with_config(path: str | Path, data: SequenceData, data_name: str = ""
         unknown = sorted(set(given) - keys)
         if unknown:
             raise ConfigError(f"encoder YAML {path}: {block}.{unknown[0]} is not a setting there (one of {', '.join(sorted(keys))})")
-        values[block] = {k: v for k, v in given.items() if v is not None}
+    # The values' types, as `train.py encode` checks them (its own blocks: add_encode_arguments).
+    parser = add_encode_arguments(ArgumentParser(exit_on_error=False), ENCODE_SKIP | {"output"})
+    try:
+        parsed = parser.parse_object({block: config.get(block) or {} for block in blocks})
+    except argparse.ArgumentError as error:
+        raise ConfigError(f"encoder YAML {path}: {' '.join(str(error).split())}") from error
+    values = {block: {k: v for k, v in vars(parsed[block]).items() if v is not None and k in (config.get(block) or {})}
+              for block in blocks}
     options = values["encode"]
     options["template"] = options.get("template") or default_template or DEFAULT_TEMPLATE
-    return encode_items(data, encoder=EncoderConfig(**values["encoder"]), data_name=data_name, **options)
+    try:
+        encoder = EncoderConfig(**values["encoder"])
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"encoder YAML {path}: {error}") from error
+    return encode_items(data, encoder=encoder, data_name=data_name, **options)
 
 
 def _encode_hybrid(data: SequenceData, output: str | Path | None, encoder: EncoderConfig, data_name: str, **options: Any) -> Path:
@@ -179,6 +207,8 @@ __all__ = [
     "embedding_metadata",
     "encode_catalog",
     "encode_items",
+    "add_encode_arguments",
+    "ENCODE_SKIP",
     "encode_with_config",
     "resolve_model",
 ]

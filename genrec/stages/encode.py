@@ -9,7 +9,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from genrec.data.catalog import DEFAULT_TEMPLATE
 from genrec.data.datamodule import SequenceDataModule
-from genrec.encode import EncoderConfig, encode_catalog, encode_items
+from genrec.encode import EncoderConfig, add_encode_arguments, encode_items
 from genrec.stages.parsing import PARSER_OPTIONS
 
 
@@ -18,9 +18,7 @@ def encode_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="train.py encode", description="Embed every item's text with a modality encoder.", **PARSER_OPTIONS)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML(s): a data: block and encoder:/encode: blocks")
     parser.add_subclass_arguments(SequenceDataModule, "data", required=True, help="The data set whose items are encoded.")
-    parser.add_class_arguments(EncoderConfig, "encoder", help="The modality encoder.")
-    parser.add_function_arguments(encode_catalog, "encode", skip={"catalog", "encoder", "data_name"})
-    return parser
+    return add_encode_arguments(parser)
 
 
 def encode_options(config: Namespace, datamodule: SequenceDataModule) -> dict[str, Any]:

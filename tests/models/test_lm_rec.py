@@ -928,6 +928,9 @@ def test_cf_init_as_an_encoder_yaml_is_encoded_from_the_trainers_data(tmp_path, 
     ("data: configs/data/synthetic.yaml\n", r"bad.yaml: 'data' is not a block of an encoder YAML"),
     ("encoder: [cf]\n", r"bad.yaml: encoder: must be a mapping"),
     ("encoder:\n  model: cf\n cf_dim: 8\n", r"bad.yaml, line 3: not valid YAML"),
+    ("encoder:\n  model: cf\n  cf_dim: abc\n", r"bad.yaml: .*encoder.cf_dim.*int.*abc"),  # types checked as `train.py encode` does
+    ("encode:\n  batch_size: many\n", r"bad.yaml: .*encode.batch_size.*int.*many"),
+    ("encoder:\n  model: cf\n  cf_weight: -1\n", r"bad.yaml: encoder: cf_weight must be >= 0"),
 ])
 def test_encode_with_config_refuses_a_bad_encoder_yaml_with_one_line(tmp_path, datamodule, text, message):
     from genrec.encode import encode_with_config
